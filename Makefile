@@ -1,0 +1,40 @@
+# The README's commands. Each bootstraps .venv on a fresh machine with only Python 3.11.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO := 0
+
+.PHONY: demo test lint format bench clean
+
+# torch first, pinned to the CPU wheel; the constraint keeps every later step from
+# swapping it for a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	rm -rf outputs/demo
+	$(BIN)/python -m experiments.run +experiment=demo hydra.run.dir=outputs/demo/federated
+	$(BIN)/python -m benchmarks.centralized --out outputs/demo/centralized.json
+	$(BIN)/fedpriv report outputs/demo --out outputs/demo
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	PATH=$(BIN):$$PATH .ci/lint
+
+format: $(STAMP)
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	-command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ] && \
+	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || echo "Fashion-MNIST not installed; benchmarks use digits")
+	$(BIN)/python -m benchmarks.simulation
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache .hypothesis

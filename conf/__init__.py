@@ -1,0 +1,1 @@
+"""Hydra config tree, importable as fedpriv.conf (see pyproject.toml)."""

@@ -1,0 +1,26 @@
+"""fedpriv: privacy-preserving federated learning on Flower's engine.
+
+>>> from fedpriv import load_config, run
+>>> result = run(load_config(overrides=["strategy=fedavg", "rounds=5"]))  # doctest: +SKIP
+>>> result.final["accuracy"]  # doctest: +SKIP
+"""
+
+from fedpriv.api import run
+from fedpriv.config import ExperimentConfig, from_mapping, load_config
+from fedpriv.errors import ConfigError, DataError, FedprivError, SimulationError
+from fedpriv.results import Result
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "ExperimentConfig",
+    "FedprivError",
+    "Result",
+    "SimulationError",
+    "__version__",
+    "from_mapping",
+    "load_config",
+    "run",
+]

@@ -1,0 +1,258 @@
+"""Typed experiment configuration, validated once at the edge.
+
+Hydra (or a plain mapping) gives nested dicts; :func:`from_mapping` turns them into an
+:class:`ExperimentConfig` of frozen dataclasses, reporting every problem at once. The
+core never sees a ``DictConfig``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fedpriv.data.datasets import DATASETS, DatasetSpec
+from fedpriv.data.partition import PARTITIONS, PartitionSpec
+from fedpriv.errors import ConfigError
+from fedpriv.models import MODELS, ModelSpec
+from fedpriv.registry import Registry, Spec, build
+
+#: Python package holding the Hydra config tree (the repo's ``conf/``).
+CONFIG_MODULE = "fedpriv.conf"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Spec):
+    """Local training on each client, per round."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.local_epochs < 1:
+            out.append(("local_epochs", "must be >= 1"))
+        if self.batch_size < 1:
+            out.append(("batch_size", "must be >= 1"))
+        if not self.lr > 0:
+            out.append(("lr", "must be > 0, e.g. 0.05"))
+        if not 0.0 <= self.momentum < 1.0:
+            out.append(("momentum", "must be in [0, 1)"))
+        if self.weight_decay < 0:
+            out.append(("weight_decay", "must be >= 0"))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig(Spec):
+    """Where the run executes. ``simulation``: Flower's Ray-backed simulation engine."""
+
+    name: str = "simulation"  # type: ignore[assignment]
+    #: CPUs Ray may use; None: all cores of this machine.
+    num_cpus: int | None = None
+    #: CPUs reserved per ClientApp actor; actors = num_cpus / cpus_per_client.
+    cpus_per_client: float = 1.0
+    #: torch threads inside each client (1 avoids oversubscribing the cores).
+    torch_threads: int = 1
+    #: Seconds to wait for replies in one round before going on without the missing.
+    round_timeout_s: float = 600.0
+    #: Seconds to wait for the expected nodes to register before round 1.
+    node_wait_s: float = 120.0
+    #: Show Flower's and Ray's own logs.
+    verbose: bool = False
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.name != "simulation":
+            out.append(("name", "is not an engine; choose one of: simulation"))
+        if self.num_cpus is not None and self.num_cpus < 1:
+            out.append(("num_cpus", "must be >= 1 or null (all cores)"))
+        if not self.cpus_per_client > 0:
+            out.append(("cpus_per_client", "must be > 0"))
+        if self.torch_threads < 1:
+            out.append(("torch_threads", "must be >= 1"))
+        if not self.round_timeout_s > 0:
+            out.append(("round_timeout_s", "must be > 0"))
+        if not self.node_wait_s > 0:
+            out.append(("node_wait_s", "must be > 0"))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyConfig(Spec):
+    """Differential privacy. Only ``none`` exists yet (local and central DP: issue #3)."""
+
+    mode: str = "none"
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.mode != "none":
+            return [("mode", "is not available yet; choose one of: none")]
+        return []
+
+
+@dataclasses.dataclass(frozen=True)
+class CryptoConfig(Spec):
+    """Encrypted aggregation. Only ``none`` exists yet (CKKS: issue #4)."""
+
+    scheme: str = "none"
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.scheme != "none":
+            return [("scheme", "is not available yet; choose one of: none")]
+        return []
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: data × partition × model × strategy × privacy × crypto × engine."""
+
+    data: DatasetSpec
+    partition: PartitionSpec
+    model: ModelSpec
+    strategy: Spec
+    family: str = "horizontal"
+    train: TrainConfig = TrainConfig()
+    engine: EngineConfig = EngineConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    crypto: CryptoConfig = CryptoConfig()
+    num_clients: int = 10
+    rounds: int = 10
+    seed: int = 0
+    #: Results directory; None: ``outputs/<date>/<time>-<strategy>``.
+    output_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (what ``config.yaml`` holds); :func:`from_mapping` reads it back."""
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            out[field.name] = value.to_dict() if isinstance(value, Spec) else value
+        out["family"] = {"name": self.family}
+        return out
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        """A copy with some top-level fields changed (the original is never mutated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def strategy_registry(family: str) -> Registry[Any]:
+    """The strategies of one family (imported lazily: strategies depend on fedpriv)."""
+    from strategies import FAMILIES
+
+    return FAMILIES.get(family).strategies
+
+
+_GROUPS: dict[str, Registry[Any]] = {"data": DATASETS, "partition": PARTITIONS, "model": MODELS}
+_PLAIN: dict[str, type[Spec]] = {
+    "train": TrainConfig,
+    "engine": EngineConfig,
+    "privacy": PrivacyConfig,
+    "crypto": CryptoConfig,
+}
+_SCALARS = {"num_clients": int, "rounds": int, "seed": int, "output_dir": str | None}
+_IGNORED = {"experiment", "hydra"}  # Hydra bookkeeping, not experiment settings
+
+
+def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
+    """Validate a nested mapping into an :class:`ExperimentConfig`.
+
+    Every problem is collected and raised together as one :class:`ConfigError`.
+    """
+    from strategies import FAMILIES
+
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+
+    def attempt(key: str, make: Any) -> None:
+        try:
+            values[key] = make()
+        except ConfigError as error:
+            problems.extend(error.problems)
+
+    known = {*_GROUPS, *_PLAIN, *_SCALARS, "strategy", "family", *_IGNORED}
+    for key in mapping:
+        if key not in known:
+            problems.append(
+                f"unknown config key {key!r}; known keys: {', '.join(sorted(known - _IGNORED))}"
+            )
+
+    for key, registry in _GROUPS.items():
+        attempt(
+            key,
+            lambda key=key, registry=registry: registry.create(
+                _group(mapping, key, required=True), key
+            ),
+        )
+    for key, cls in _PLAIN.items():
+        attempt(key, lambda key=key, cls=cls: build(cls, _group(mapping, key), key))
+    for key, tp in _SCALARS.items():
+        if key in mapping:
+            attempt(key, lambda key=key, tp=tp: _scalar(mapping[key], tp, key))
+
+    family = _group(mapping, "family").get("name", "horizontal")
+    if family in FAMILIES:
+        values["family"] = family
+        attempt(
+            "strategy",
+            lambda: strategy_registry(family).create(
+                _group(mapping, "strategy", required=True), "strategy"
+            ),
+        )
+    else:
+        problems.append(FAMILIES.unknown(family, "family"))
+
+    num_clients = values.get("num_clients", ExperimentConfig.num_clients)
+    if isinstance(num_clients, int) and num_clients < 1:
+        problems.append(f"num_clients={num_clients} must be >= 1")
+    rounds = values.get("rounds", ExperimentConfig.rounds)
+    if isinstance(rounds, int) and rounds < 1:
+        problems.append(f"rounds={rounds} must be >= 1")
+    if "strategy" in values and isinstance(num_clients, int) and num_clients >= 1:
+        problems += [
+            f"strategy.{field}={getattr(values['strategy'], field)!r} {rule}"
+            for field, rule in values["strategy"].problems_for(num_clients)
+        ]
+    if problems:
+        raise ConfigError(problems)
+    return ExperimentConfig(**values)
+
+
+def _group(mapping: Mapping[str, Any], key: str, *, required: bool = False) -> dict[str, Any]:
+    value = mapping.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(f"config group {key!r} is missing; set {key}=<name>")
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}={value!r} must be a config group (a mapping), e.g. {key}=<name>")
+    return dict(value)
+
+
+def _scalar(value: Any, tp: Any, key: str) -> Any:
+    from fedpriv.registry import coerce
+
+    try:
+        return coerce(value, tp)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} has the wrong type; expected {tp}") from None
+
+
+def load_config(overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Compose ``conf/config.yaml`` with Hydra override strings and validate it.
+
+    ``load_config(overrides=["strategy=fedprox", "rounds=5"])`` gives the same config as
+    ``python -m experiments.run strategy=fedprox rounds=5``.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+            composed = compose(config_name="config", overrides=list(overrides))
+    except HydraException as error:
+        raise ConfigError(f"cannot compose the config: {error}") from error
+    return from_mapping(OmegaConf.to_container(composed, resolve=True))  # type: ignore[arg-type]

@@ -1,0 +1,33 @@
+"""fedpriv's exceptions: one hierarchy rooted in builtins, so callers may catch either."""
+
+from __future__ import annotations
+
+
+class FedprivError(Exception):
+    """Base class of every error fedpriv raises on purpose."""
+
+
+class ConfigError(FedprivError, ValueError):
+    """A configuration is invalid. Holds every problem found, one line each.
+
+    Each problem names the key, the value given and what is allowed, e.g.
+    ``partition.alpha=-1 must be > 0``.
+    """
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            message = f"{len(self.problems)} configuration problems:\n" + "\n".join(
+                f"  - {p}" for p in self.problems
+            )
+        super().__init__(message)
+
+
+class DataError(FedprivError, FileNotFoundError):
+    """A dataset could not be found or read; the message says where fedpriv looked."""
+
+
+class SimulationError(FedprivError, RuntimeError):
+    """The federated run did not complete."""

@@ -1,0 +1,153 @@
+"""Summaries across runs: a printed table, a tidy CSV (one row per run × round), plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from fedpriv.results import Result, write_atomic
+
+log = logging.getLogger("fedpriv")
+
+CSV_COLUMNS = (
+    "run", "family", "strategy", "dataset", "partition", "model", "num_clients", "seed",
+    "round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "elapsed",
+)  # fmt: skip
+
+
+def find_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Finished run directories (holding ``summary.json``) at or below each path."""
+    runs: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if not path.exists():
+            raise FileNotFoundError(f"no such run or sweep directory: {path}")
+        found = (
+            [path]
+            if (path / "summary.json").is_file()
+            else sorted(p.parent for p in path.rglob("summary.json"))
+        )
+        if not found:
+            log.warning("no finished runs (summary.json) under %s", path)
+        runs += [p for p in found if p not in runs]
+    return runs
+
+
+def _label(result: Result, results: Sequence[Result]) -> str:
+    """A short run name: the path below the runs' common parent."""
+    if len(results) == 1:
+        return result.run_dir.name
+    common = Path(os.path.commonpath([r.run_dir.resolve() for r in results]))
+    return str(result.run_dir.resolve().relative_to(common)) or result.run_dir.name
+
+
+def format_table(results: Sequence[Result], markdown: bool = False) -> str:
+    """One line per run: what ran and how it ended."""
+    header = [
+        "run",
+        "strategy",
+        "data",
+        "clients",
+        "rounds",
+        "accuracy",
+        "loss",
+        "MB up",
+        "MB down",
+        "s",
+    ]
+    rows = []
+    for result in results:
+        s = result.summary
+        acc, loss = s["final"]["accuracy"], s["final"]["loss"]
+        rows.append([
+            _label(result, results), s["strategy"], s["dataset"], str(s["num_clients"]),
+            str(s["rounds"]), "-" if acc is None else f"{acc:.4f}",
+            "-" if loss is None else f"{loss:.4f}", f"{s['bytes']['up'] / 1e6:.2f}",
+            f"{s['bytes']['down'] / 1e6:.2f}", f"{s['seconds']:.1f}",
+        ])  # fmt: skip
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def print_table(results: Sequence[Result]) -> None:
+    print(format_table(results))
+
+
+def tidy_rows(results: Sequence[Result]) -> list[dict[str, object]]:
+    rows = []
+    for result in results:
+        s = result.summary
+        for record in result.history:
+            rows.append({
+                "run": _label(result, results), "family": s["family"], "strategy": s["strategy"],
+                "dataset": s["dataset"], "partition": s.get("partition"), "model": s.get("model"),
+                "num_clients": s["num_clients"], "seed": s.get("seed"),
+                **{k: record.get(k) for k in CSV_COLUMNS[8:]},
+            })  # fmt: skip
+    return rows
+
+
+def write_csv(results: Sequence[Result], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(tidy_rows(results))
+    write_atomic(path, buffer.getvalue())
+
+
+def plot_accuracy(results: Sequence[Result], path: Path) -> None:
+    """Test accuracy against round, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for result in results:
+        rounds = [r["round"] for r in result.history if r.get("accuracy") is not None]
+        accs = [r["accuracy"] for r in result.history if r.get("accuracy") is not None]
+        ax.plot(rounds, accs, marker="o", markersize=3, label=_label(result, results))
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Test accuracy per round")
+    ax.grid(alpha=0.3)
+    if len(results) <= 12:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def report(
+    paths: Iterable[str | os.PathLike[str]],
+    out: str | os.PathLike[str] | None = None,
+    markdown: bool = False,
+) -> str:
+    """Table of every finished run under ``paths``; writes ``report.csv`` and ``accuracy.png``."""
+    paths = list(paths)
+    runs = find_runs(paths)
+    if not runs:
+        raise FileNotFoundError(f"no finished fedpriv runs under: {', '.join(map(str, paths))}")
+    results = [Result.load(p) for p in runs]
+    target = Path(out) if out else Path(paths[0]) if Path(paths[0]).is_dir() else Path(".")
+    write_csv(results, target / "report.csv")
+    plot_accuracy(results, target / "accuracy.png")
+    return (
+        format_table(results, markdown=markdown)
+        + f"\n\nwrote {target / 'report.csv'} and {target / 'accuracy.png'}"
+    )

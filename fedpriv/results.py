@@ -1,0 +1,112 @@
+"""The results directory (a public contract, documented in docs/results.md) and ``Result``.
+
+Layout of one run directory::
+
+    config.yaml     the resolved experiment config
+    clients.json    per-client sample counts and label histograms
+    metrics.jsonl   one JSON object per completed round
+    summary.json    the run's outcome (written last, atomically)
+
+Every file is written whole (write to a temporary file, then rename), and each metrics
+line is appended with one write and flushed, so a killed run leaves readable files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_VERSION = 1
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunDirectory:
+    """Writer of one run's results directory."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.path / "metrics.jsonl"
+
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        write_atomic(self.path / "config.yaml", yaml.safe_dump(dict(config), sort_keys=False))
+
+    def write_json(self, name: str, payload: Any) -> None:
+        write_atomic(self.path / name, json.dumps(payload, indent=2, default=_jsonable) + "\n")
+
+    def start_metrics(self) -> None:
+        write_atomic(self.metrics_path, "")
+
+    def append_round(self, record: Mapping[str, Any]) -> None:
+        line = json.dumps(record, default=_jsonable) + "\n"
+        with self.metrics_path.open("a") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Rounds of a ``metrics.jsonl``; a torn last line (killed mid-write) is skipped."""
+    rounds = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rounds.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rounds
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What :func:`fedpriv.run` returns: the run directory and what it holds.
+
+    ``history`` has one dict per round (the lines of ``metrics.jsonl``); ``summary`` is
+    ``summary.json``; ``final`` is ``summary["final"]`` (``accuracy``, ``loss``).
+    """
+
+    run_dir: Path
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.summary["final"]
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike[str]) -> Result:
+        """Read a finished run directory back."""
+        path = Path(run_dir)
+        summary_path = path / "summary.json"
+        if not summary_path.is_file():
+            raise FileNotFoundError(f"{path} is not a finished fedpriv run: no summary.json")
+        return cls(path, read_metrics(path / "metrics.jsonl"), json.loads(summary_path.read_text()))

@@ -1,0 +1,67 @@
+"""Build the Flower ServerApp and ClientApp of an experiment.
+
+Both are built from the same strategy object, so a simulation and a deployment run the
+same code. The ServerApp hands its history back through ``on_done``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from fedpriv.runtime.context import RunContext
+from strategies.base import Handler, Strategy
+
+log = logging.getLogger("fedpriv")
+
+
+class _ThreadLimited:
+    """A handler that first caps torch's threads in this process (once per process)."""
+
+    def __init__(self, handler: Handler, threads: int) -> None:
+        self.handler = handler
+        self.threads = threads
+
+    def __call__(self, msg: Message, context: Context) -> Message:
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        return self.handler(msg, context)
+
+
+def build_client_app(strategy: Strategy) -> ClientApp:
+    """A ClientApp routing each message type to the strategy's node-side handler."""
+    app = ClientApp()
+    threads = strategy.config.engine.torch_threads
+    for message_type, handler in strategy.client_handlers().items():
+        category, _, action = message_type.partition(".")
+        if category not in ("train", "evaluate", "query"):
+            raise ValueError(
+                f"handler for {message_type!r}: Flower message types are "
+                "train[.<name>], evaluate[.<name>] or query[.<name>]"
+            )
+        register = getattr(app, category)
+        register(action or "default")(_ThreadLimited(handler, threads))
+    return app
+
+
+def build_server_app(
+    strategy: Strategy,
+    make_context: Callable[[], RunContext],
+    on_done: Callable[[list[dict[str, Any]], RunContext], None],
+) -> ServerApp:
+    """A ServerApp that runs the strategy's loop on the grid it is given."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        ctx = make_context()
+        history = strategy.run(grid, ctx)
+        on_done(history, ctx)
+
+    return app

@@ -1,0 +1,134 @@
+"""RunContext: the machinery every strategy family shares on the server side.
+
+Waiting for nodes, the round clock, bytes accounting, rejecting bad replies, evaluation
+of a global model on the held-out test split, and the results directory. Families call
+it; none re-implements it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, Message
+from flwr.serverapp import Grid
+
+from fedpriv.config import ExperimentConfig
+from fedpriv.errors import SimulationError
+from fedpriv.results import RunDirectory
+from fedpriv.runtime.records import payload_nbytes
+
+log = logging.getLogger("fedpriv")
+
+
+@dataclasses.dataclass
+class RoundReport:
+    """What a family's round produced; the context adds bytes, seconds and rejections."""
+
+    server_round: int
+    accuracy: float | None = None
+    loss: float | None = None
+    clients: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Set to end the run after this round; the reason goes into the summary.
+    stop_reason: str | None = None
+
+
+class RunContext:
+    """Shared server-side services for one run (one per ServerApp execution)."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        out: RunDirectory,
+        evaluate: Callable[[ArrayRecord], dict[str, float]],
+        initial_arrays: Callable[[], ArrayRecord],
+    ) -> None:
+        self.config = config
+        self.out = out
+        self._evaluate = evaluate
+        self._initial_arrays = initial_arrays
+        self.history: list[dict[str, Any]] = []
+        self.stop_reason: str | None = None
+        self.started = time.perf_counter()
+        self._round_started = self.started
+        self._bytes_up = self._bytes_down = 0
+        self._rejected: list[dict[str, Any]] = []
+
+    # -- nodes and messages -------------------------------------------------
+    def wait_for_nodes(self, grid: Grid) -> list[int]:
+        """Block until all ``num_clients`` nodes registered; error after ``engine.node_wait_s``."""
+        expected = self.config.num_clients
+        deadline = time.monotonic() + self.config.engine.node_wait_s
+        while len(nodes := list(grid.get_node_ids())) < expected:
+            if time.monotonic() > deadline:
+                raise SimulationError(
+                    f"only {len(nodes)} of num_clients={expected} nodes registered within "
+                    f"engine.node_wait_s={self.config.engine.node_wait_s}"
+                )
+            time.sleep(0.2)
+        return nodes
+
+    def send_and_receive(self, grid: Grid, messages: Iterable[Message]) -> list[Message]:
+        """Send, wait up to ``engine.round_timeout_s``, and count payload bytes both ways."""
+        messages = list(messages)
+        self._bytes_down += sum(payload_nbytes(m.content) for m in messages)
+        replies = list(grid.send_and_receive(messages, timeout=self.config.engine.round_timeout_s))
+        self._bytes_up += sum(payload_nbytes(r.content) for r in replies if r.has_content())
+        if len(replies) < len(messages):
+            log.warning("round timed out: %d of %d replies", len(replies), len(messages))
+        return replies
+
+    def reject(self, reply: Message, reason: str) -> None:
+        """Log and record a reply that will not be used; the round goes on."""
+        node = reply.metadata.src_node_id
+        log.warning("rejected reply from node %s: %s", node, reason)
+        self._rejected.append({"node_id": node, "reason": reason})
+
+    # -- models ---------------------------------------------------------------
+    def initial_arrays(self) -> ArrayRecord:
+        """The seeded initial global model."""
+        return self._initial_arrays()
+
+    def evaluate(self, arrays: ArrayRecord) -> dict[str, float]:
+        """Accuracy and loss of a global model on the held-out test split."""
+        return self._evaluate(arrays)
+
+    # -- the round clock -------------------------------------------------------
+    def start_round(self, server_round: int) -> None:
+        self._round_started = time.perf_counter()
+        self._bytes_up = self._bytes_down = 0
+        self._rejected = []
+
+    def end_round(self, report: RoundReport) -> dict[str, Any]:
+        """Record a finished round: append it to ``metrics.jsonl`` and the history."""
+        record = {
+            "round": report.server_round,
+            "accuracy": report.accuracy,
+            "loss": report.loss,
+            "bytes_up": self._bytes_up,
+            "bytes_down": self._bytes_down,
+            "seconds": time.perf_counter() - self._round_started,
+            "elapsed": time.perf_counter() - self.started,
+            "clients": report.clients,
+            "rejected": self._rejected,
+            **report.extra,
+        }
+        self.history.append(record)
+        self.out.append_round(record)
+        if report.stop_reason:
+            self.stop_reason = report.stop_reason
+        acc = "n/a" if report.accuracy is None else f"{report.accuracy:.4f}"
+        log.info(
+            "round %d/%d  accuracy %s  clients %d  rejected %d  %.2fs",
+            report.server_round,
+            self.config.rounds,
+            acc,
+            len(report.clients),
+            len(self._rejected),
+            record["seconds"],
+        )
+        return record

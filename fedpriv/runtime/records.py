@@ -1,0 +1,67 @@
+"""Flower record helpers: payload sizes and checks of client replies.
+
+A reply that fails a check is rejected with a reason; the round goes on without it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, RecordDict
+
+#: Bytes counted per metric or config value (they travel as 8-byte scalars).
+SCALAR_BYTES = 8
+
+
+def payload_nbytes(content: RecordDict) -> int:
+    """Bytes of a message's payload: array data plus 8 per metric/config value.
+
+    This is the content that crosses the network, without protobuf framing (a few
+    bytes per entry), so it is comparable across engines and codecs.
+    """
+    total = 0
+    for record in content.values():
+        if isinstance(record, ArrayRecord):
+            total += sum(len(array.data) for array in record.values())
+        else:
+            total += sum(
+                len(v)
+                if isinstance(v, bytes | str)
+                else SCALAR_BYTES * (len(v) if isinstance(v, list) else 1)
+                for v in record.values()
+            )
+    return total
+
+
+def check_update(
+    reply: Message, expected: ArrayRecord, weight_key: str = "num-examples"
+) -> str | None:
+    """Why ``reply`` cannot be aggregated with the global ``expected`` arrays, or None.
+
+    Checks: no error, exactly one ArrayRecord with the global model's names, shapes and
+    dtypes, all values finite, and a positive example count in the one MetricRecord.
+    """
+    if reply.has_error():
+        return f"client error: {reply.error.reason}"
+    content = reply.content
+    if len(content.array_records) != 1:
+        return f"expected one ArrayRecord, got {len(content.array_records)}"
+    if len(content.metric_records) != 1:
+        return f"expected one MetricRecord, got {len(content.metric_records)}"
+    arrays = next(iter(content.array_records.values()))
+    if set(arrays) != set(expected):
+        missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+        return f"array names differ from the global model (missing {missing}, unexpected {extra})"
+    for name, array in arrays.items():
+        want = expected[name]
+        if tuple(array.shape) != tuple(want.shape) or array.dtype != want.dtype:
+            return (
+                f"array {name!r} is {array.dtype}{list(array.shape)}, "
+                f"expected {want.dtype}{list(want.shape)}"
+            )
+        if not np.isfinite(array.numpy()).all():
+            return f"array {name!r} holds NaN or Inf"
+    metrics = next(iter(content.metric_records.values()))
+    weight = metrics.get(weight_key)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+        return f"metric {weight_key!r}={weight!r} must be a positive number"
+    return None

@@ -1,0 +1,81 @@
+"""Flower's simulation engine (Ray): every call into Flower's launch API lives here."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+from fedpriv.config import EngineConfig
+
+#: Set before Flower starts: no runtime `uv sync`, and quiet Ray accelerator warnings.
+ENVIRONMENT = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def backend_config(engine: EngineConfig) -> dict[str, object]:
+    """Ray settings: the real core count, and ``cpus_per_client`` per ClientApp actor
+    (Ray then sets one OpenMP/torch thread per actor when it is 1)."""
+    num_cpus = engine.num_cpus or os.cpu_count() or 1
+    return {
+        "client_resources": {"num_cpus": engine.cpus_per_client, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": num_cpus,
+            "num_gpus": 0,
+            "include_dashboard": False,
+            "logging_level": "INFO" if engine.verbose else "ERROR",
+            "log_to_driver": engine.verbose,
+        },
+    }
+
+
+class _DropDeprecation(logging.Filter):
+    """Hide Flower's notice that ``run_simulation`` is deprecated: fedpriv keeps that call
+    here, in one place, and tracks Flower's launch API (docs/design/engines.md)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "DEPRECATED FEATURE" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_flower(verbose: bool) -> Iterator[None]:
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    drop = _DropDeprecation()
+    logger.addFilter(drop)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    if not verbose:
+        logger.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        if not verbose:
+            warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+            logger.removeFilter(drop)
+
+
+def simulate(
+    server_app: ServerApp, client_app: ClientApp, num_nodes: int, engine: EngineConfig
+) -> None:
+    """Run the apps on Flower's simulation engine; Ray starts and stops inside."""
+    from flwr.simulation import run_simulation
+
+    for key, value in ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    with _quiet_flower(engine.verbose):
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=num_nodes,
+            backend_config=backend_config(engine),  # type: ignore[arg-type]
+        )

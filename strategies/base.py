@@ -1,0 +1,74 @@
+"""The one interface every strategy family implements: horizontal, vertical, swarm.
+
+The families speak different protocols (one exchange per round; many per-batch
+exchanges per round; peer merges through a relay), so the interface sits one level
+above Flower's configure/aggregate hooks:
+
+* :meth:`Strategy.client_handlers` -- what each node runs, keyed by Flower message type
+  (``"train"``, ``"query.embed"``, ``"train.merge"``...). fedpriv registers them on one
+  Flower ``ClientApp``.
+* :meth:`Strategy.round` -- one round of the coordinator, on Flower's ``Grid``.
+* :meth:`Strategy.start` -- optional set-up before round 1 (default: nothing).
+* :meth:`Strategy.run` -- the template method that owns the loop: wait for the nodes,
+  ``start``, then ``round`` and ``RunContext.end_round`` for each round until done or a
+  round asks to stop. Families do not copy this loop.
+
+Shared machinery (node waiting, bytes, the round clock, rejecting bad replies,
+evaluation, results) lives in :class:`~fedpriv.runtime.context.RunContext`.
+Privacy and encryption wrap strategies or attach as Flower mods; they are not branches
+inside a family.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from flwr.app import Context, Message
+from flwr.serverapp import Grid
+
+from fedpriv.config import ExperimentConfig
+from fedpriv.registry import Registry
+from fedpriv.runtime.context import RoundReport, RunContext
+
+#: A node-side message handler, as Flower's ClientApp calls it.
+Handler = Callable[[Message, Context], Message]
+
+__all__ = ["Handler", "RoundReport", "RunContext", "Strategy"]
+
+
+class Strategy(ABC):
+    """A strategy family bound to one experiment config."""
+
+    #: The family's name (``family=<name>`` in config).
+    family: ClassVar[str]
+    #: The family's strategies by name (``strategy=<name>``).
+    strategies: ClassVar[Registry[Any]]
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def client_handlers(self) -> Mapping[str, Handler]:
+        """Node-side handlers by Flower message type. They must be picklable (Ray ships
+        them to actors) and keep per-node state in ``context.state`` only."""
+
+    def start(self, grid: Grid, ctx: RunContext) -> None:  # noqa: B027 - optional hook
+        """Prepare the first round (e.g. the initial global model). Default: nothing."""
+
+    @abstractmethod
+    def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
+        """Run one round on the grid and report what it produced."""
+
+    def run(self, grid: Grid, ctx: RunContext) -> list[dict[str, Any]]:
+        """The coordinator's loop (template method); returns the per-round history."""
+        ctx.wait_for_nodes(grid)
+        self.start(grid, ctx)
+        for server_round in range(1, self.config.rounds + 1):
+            ctx.start_round(server_round)
+            report = self.round(server_round, grid, ctx)
+            ctx.end_round(report)
+            if report.stop_reason:
+                break
+        return ctx.history
