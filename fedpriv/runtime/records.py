@@ -13,7 +13,8 @@ SCALAR_BYTES = 8
 
 
 def payload_nbytes(content: RecordDict) -> int:
-    """Bytes of a message's payload: array data plus 8 per metric/config value.
+    """Bytes of a message's payload: arrays as Flower serializes them (``.npy`` bytes,
+    header included), plus 8 per metric/config scalar and the length of strings/bytes.
 
     This is the content that crosses the network, without protobuf framing (a few
     bytes per entry), so it is comparable across engines and codecs.

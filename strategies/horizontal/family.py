@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedpriv.config import ExperimentConfig
@@ -92,12 +92,26 @@ class Horizontal(Strategy):
         if accepted:
             arrays, _ = self.flower.aggregate_train(server_round, accepted)
             if arrays is not None:
-                self.arrays = arrays
+                self.arrays = cast_like(arrays, self.arrays)
         return RoundReport(
             server_round=server_round,
             **ctx.evaluate(self.arrays),
             clients=[client_entry(reply) for reply in accepted],
         )
+
+
+def cast_like(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
+    """``arrays`` in the dtypes of ``reference``. Flower's FedOpt family computes in
+    float64; the global model keeps its own dtypes so clients' replies match it and
+    messages do not double in size."""
+    return ArrayRecord(
+        {
+            name: array
+            if array.dtype == reference[name].dtype
+            else Array(array.numpy().astype(reference[name].numpy().dtype))
+            for name, array in arrays.items()
+        }
+    )
 
 
 def client_entry(reply: Message) -> dict[str, object]:

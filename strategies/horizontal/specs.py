@@ -108,7 +108,7 @@ class _FedOpt(HorizontalSpec):
     """Adaptive server optimizers on the pseudo-gradient (Reddi et al. 2021)."""
 
     linear: ClassVar[bool] = False
-    eta: float = 0.01
+    eta: float = 0.1
     tau: float = 1e-3
 
     def problems(self) -> list[tuple[str, str]]:
@@ -143,6 +143,7 @@ class FedAdam(_FedOptWithBetas):
 @dataclasses.dataclass(frozen=True)
 class FedYogi(_FedOptWithBetas):
     flower_class: ClassVar[type] = flwr_strategies.FedYogi
+    eta: float = 0.01
 
 
 @HORIZONTAL_STRATEGIES.register("fedadagrad")

@@ -1,0 +1,23 @@
+"""Shared fixtures: small experiment configs that write into pytest's tmp_path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+
+from fedpriv import ExperimentConfig, load_config
+
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+
+@pytest.fixture
+def make_config(tmp_path) -> Callable[..., ExperimentConfig]:
+    """``make_config("strategy=krum", ...)``: the default config plus overrides, small and fast."""
+
+    def make(*overrides: str) -> ExperimentConfig:
+        base = ["num_clients=4", "rounds=2", "model=logreg", f"output_dir={tmp_path / 'run'}"]
+        return load_config(overrides=[*base, *overrides])
+
+    return make

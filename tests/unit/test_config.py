@@ -1,0 +1,143 @@
+"""Config validation: bad values fail early with the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedpriv import ConfigError, ExperimentConfig, from_mapping, load_config, run
+from fedpriv.config import strategy_registry
+
+CONF = Path(__file__).parents[2] / "conf"
+
+
+def problems_of(*overrides: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides=list(overrides))
+    return str(caught.value)
+
+
+def test_defaults_compose_to_typed_config():
+    cfg = load_config()
+    assert isinstance(cfg, ExperimentConfig)
+    assert (cfg.data.name, cfg.partition.name, cfg.model.name, cfg.strategy.name) == (
+        "digits",
+        "iid",
+        "mlp",
+        "fedavg",
+    )
+    assert cfg.family == "horizontal" and cfg.num_clients == 10 and cfg.rounds == 10
+
+
+def test_overrides_reach_typed_fields():
+    cfg = load_config(
+        overrides=["strategy=fedprox", "strategy.proximal_mu=0.5", "partition=dirichlet",
+                   "partition.alpha=0.3", "num_clients=20", "rounds=15", "train.lr=0.1"]
+    )  # fmt: skip
+    assert cfg.strategy.proximal_mu == 0.5
+    assert cfg.partition.alpha == 0.3
+    assert (cfg.num_clients, cfg.rounds, cfg.train.lr) == (20, 15, 0.1)
+
+
+def test_to_dict_round_trips():
+    cfg = load_config(overrides=["strategy=multikrum", "model=cnn", "partition=shards"])
+    assert from_mapping(cfg.to_dict()) == cfg
+
+
+def test_unknown_group_option_lists_the_available_ones():
+    message = problems_of("strategy=nope")
+    assert "strategy/nope" in message and "fedavg" in message and "krum" in message
+
+
+def test_unknown_names_list_the_choices():
+    mapping = load_config().to_dict()
+    for group, registry_name in (
+        ("strategy", "strategy"),
+        ("data", "dataset"),
+        ("partition", "partitioner"),
+    ):
+        bad = {**mapping, group: {"name": "bogus"}}
+        with pytest.raises(ConfigError) as caught:
+            from_mapping(bad)
+        message = str(caught.value)
+        assert f"unknown {registry_name} {group}.name='bogus'" in message
+        assert "choose one of:" in message
+
+
+def test_negative_learning_rate_names_key_value_and_rule():
+    message = problems_of("train.lr=-0.1")
+    assert "train.lr=-0.1 must be > 0" in message
+
+
+def test_alpha_must_be_positive():
+    assert "partition.alpha=0.0 must be > 0" in problems_of(
+        "partition=dirichlet", "partition.alpha=0"
+    )
+    assert "partition.alpha=-1.0" in problems_of("partition=dirichlet", "partition.alpha=-1")
+
+
+def test_every_problem_is_reported_together():
+    message = problems_of("train.lr=-1", "rounds=0", "num_clients=0", "train.batch_size=0")
+    assert "4 configuration problems" in message
+    for part in ("train.lr=-1", "rounds=0", "num_clients=0", "train.batch_size=0"):
+        assert part in message
+
+
+def test_parameter_of_another_choice_is_refused():
+    message = problems_of("+partition.alpha=0.3")  # iid has no alpha
+    assert "partition.alpha is not a parameter of partitioner 'iid'" in message
+
+
+def test_wrong_type_is_refused():
+    assert "train.lr='fast' has the wrong type" in problems_of("train.lr=fast")
+
+
+def test_unknown_top_level_key_is_refused():
+    assert "unknown config key 'nmu_clients'" in problems_of("+nmu_clients=3")
+
+
+def test_krum_needs_enough_clients():
+    message = problems_of("strategy=krum", "strategy.num_malicious_nodes=2", "num_clients=4")
+    assert "strategy.num_malicious_nodes=2" in message and "Krum needs" in message
+
+
+def test_privacy_and_crypto_modes_not_yet_available_are_refused():
+    assert "privacy.mode='dp_sgd' is not available yet" in problems_of("privacy.mode=dp_sgd")
+    assert "crypto.scheme='ckks' is not available yet" in problems_of("crypto.scheme=ckks")
+
+
+def test_more_clients_than_samples_fails_before_the_engine_starts(tmp_path):
+    cfg = load_config(overrides=["data=wine", "num_clients=500", f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"num_clients=500 exceeds the 142 training samples"):
+        run(cfg)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_cnn_on_tabular_data_fails_before_the_engine_starts(tmp_path):
+    cfg = load_config(overrides=["data=wine", "model=cnn", f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="model=cnn needs image inputs"):
+        run(cfg)
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    sorted(
+        (path.parent.name, path.stem)
+        for path in CONF.glob("*/*.yaml")
+        if path.parent.name not in ("experiment",)
+    ),
+)
+def test_every_config_option_composes(group, option, tmp_path):
+    overrides = [f"{group}={option}"]
+    if (group, option) in (("data", "csv"), ("data", "npz")):
+        overrides.append(f"data.path={tmp_path / 'file'}")
+    cfg = load_config(overrides=overrides)
+    if group == "strategy":
+        assert cfg.strategy.name == option
+        assert option in strategy_registry("horizontal")
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_composes(preset):
+    assert isinstance(load_config(overrides=[f"+experiment={preset}"]), ExperimentConfig)
