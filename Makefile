@@ -20,7 +20,7 @@ demo: $(STAMP)
 	rm -rf outputs/demo
 	$(BIN)/python -m experiments.run +experiment=demo hydra.run.dir=outputs/demo/federated
 	$(BIN)/python -m benchmarks.centralized --out outputs/demo/centralized.json
-	$(BIN)/fedpriv report outputs/demo --out outputs/demo
+	$(BIN)/fedpriv report outputs/demo --out outputs/demo --reference centralized=outputs/demo/centralized.json
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest

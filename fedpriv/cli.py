@@ -31,12 +31,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("paths", nargs="+", help="run or sweep directories")
         parser.add_argument("--out", help="where report.csv and plots go (default: the first path)")
         parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+        parser.add_argument(
+            "--reference",
+            action="append",
+            default=[],
+            metavar="LABEL=FILE.json",
+            help="a reference accuracy to show (a JSON file with an 'accuracy' field)",
+        )
         args = parser.parse_args(rest)
         from fedpriv.report import report
 
         try:
-            print(report(args.paths, args.out, markdown=args.markdown))
-        except FileNotFoundError as error:
+            references = dict(_reference(spec) for spec in args.reference)
+            print(report(args.paths, args.out, markdown=args.markdown, references=references))
+        except (FileNotFoundError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         return 0
@@ -45,6 +53,23 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     return 2
+
+
+def _reference(spec: str) -> tuple[str, float]:
+    """``LABEL=FILE.json`` -> (label, the file's ``accuracy``)."""
+    import json
+    from pathlib import Path
+
+    label, sep, file = spec.partition("=")
+    if not sep or not label:
+        raise ValueError(f"--reference {spec!r} must be LABEL=FILE.json")
+    path = Path(file)
+    if not path.is_file():
+        raise FileNotFoundError(f"--reference {spec!r}: no file {path}")
+    try:
+        return label, float(json.loads(path.read_text())["accuracy"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"--reference {spec!r}: {path} has no numeric 'accuracy'") from error
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import csv
 import io
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from fedpriv.results import Result, write_atomic
@@ -107,8 +107,11 @@ def write_csv(results: Sequence[Result], path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def plot_accuracy(results: Sequence[Result], path: Path) -> None:
-    """Test accuracy against round, one line per run."""
+def plot_accuracy(
+    results: Sequence[Result], path: Path, references: Mapping[str, float] | None = None
+) -> None:
+    """Test accuracy against round, one line per run; ``references`` (label -> accuracy,
+    e.g. the centralized model) are drawn as dashed horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,6 +122,17 @@ def plot_accuracy(results: Sequence[Result], path: Path) -> None:
         rounds = [r["round"] for r in result.history if r.get("accuracy") is not None]
         accs = [r["accuracy"] for r in result.history if r.get("accuracy") is not None]
         ax.plot(rounds, accs, marker="o", markersize=3, label=_label(result, results))
+    for label, accuracy in (references or {}).items():
+        ax.axhline(accuracy, linestyle="--", color="grey", linewidth=1)
+        ax.annotate(
+            f"{label} {accuracy:.3f}",
+            (0.01, accuracy),
+            xycoords=("axes fraction", "data"),
+            textcoords="offset points",
+            xytext=(0, 3),
+            fontsize="small",
+            color="grey",
+        )
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.set_title("Test accuracy per round")
@@ -137,8 +151,13 @@ def report(
     paths: Iterable[str | os.PathLike[str]],
     out: str | os.PathLike[str] | None = None,
     markdown: bool = False,
+    references: Mapping[str, float] | None = None,
 ) -> str:
-    """Table of every finished run under ``paths``; writes ``report.csv`` and ``accuracy.png``."""
+    """Table of every finished run under ``paths``; writes ``report.csv`` and ``accuracy.png``.
+
+    ``references`` maps a label to a reference accuracy (e.g. centralized training),
+    printed under the table and drawn on the plot.
+    """
     paths = list(paths)
     runs = find_runs(paths)
     if not runs:
@@ -146,8 +165,8 @@ def report(
     results = [Result.load(p) for p in runs]
     target = Path(out) if out else Path(paths[0]) if Path(paths[0]).is_dir() else Path(".")
     write_csv(results, target / "report.csv")
-    plot_accuracy(results, target / "accuracy.png")
-    return (
-        format_table(results, markdown=markdown)
-        + f"\n\nwrote {target / 'report.csv'} and {target / 'accuracy.png'}"
-    )
+    plot_accuracy(results, target / "accuracy.png", references)
+    lines = [format_table(results, markdown=markdown), ""]
+    lines += [f"reference: {label} accuracy {acc:.4f}" for label, acc in (references or {}).items()]
+    lines.append(f"wrote {target / 'report.csv'} and {target / 'accuracy.png'}")
+    return "\n".join(lines)

@@ -56,6 +56,26 @@ def test_report_finds_runs_and_writes_csv_and_plot(tmp_path):
     assert (tmp_path / "sweep" / "accuracy.png").stat().st_size > 1000
 
 
+def test_cli_report_with_a_reference_line(tmp_path, capsys):
+    fake_run(tmp_path / "r")
+    (tmp_path / "central.json").write_text('{"accuracy": 0.97}')
+    assert (
+        cli(
+            [
+                "report",
+                str(tmp_path / "r"),
+                "--reference",
+                f"centralized={tmp_path / 'central.json'}",
+            ]
+        )
+        == 0
+    )
+    assert "reference: centralized accuracy 0.9700" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text("{}")
+    assert cli(["report", str(tmp_path / "r"), "--reference", f"x={tmp_path / 'bad.json'}"]) == 2
+    assert "has no numeric 'accuracy'" in capsys.readouterr().err
+
+
 def test_markdown_table(tmp_path):
     result = Result.load(fake_run(tmp_path / "r"))
     table = format_table([result], markdown=True)
