@@ -10,6 +10,7 @@ job under ``multirun/`` for sweeps); ``fedpriv report <dir>`` summarizes them.
 from __future__ import annotations
 
 import sys
+from typing import Any, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -24,8 +25,7 @@ from fedpriv.report import print_table
 @hydra.main(version_base=None, config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Validate, run, print the outcome; returns final accuracy (for Hydra sweepers)."""
-    mapping = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(mapping, dict)
+    mapping = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     if mapping.get("output_dir") is None:
         mapping["output_dir"] = HydraConfig.get().runtime.output_dir
     try:

@@ -46,11 +46,18 @@ class TrainConfig(Spec):
         return out
 
 
-@dataclasses.dataclass(frozen=True)
-class EngineConfig(Spec):
-    """Where the run executes. ``simulation``: Flower's Ray-backed simulation engine."""
+class EngineSpec(Spec):
+    """Where a run executes (``engine=<name>``)."""
 
-    name: str = "simulation"  # type: ignore[assignment]
+
+ENGINES: Registry[EngineSpec] = Registry("engine")
+
+
+@ENGINES.register("simulation")
+@dataclasses.dataclass(frozen=True)
+class SimulationEngine(EngineSpec):
+    """Flower's Ray-backed simulation engine on this machine."""
+
     #: CPUs Ray may use; None: all cores of this machine.
     num_cpus: int | None = None
     #: CPUs reserved per ClientApp actor; actors = num_cpus / cpus_per_client.
@@ -66,8 +73,6 @@ class EngineConfig(Spec):
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
-        if self.name != "simulation":
-            out.append(("name", "is not an engine; choose one of: simulation"))
         if self.num_cpus is not None and self.num_cpus < 1:
             out.append(("num_cpus", "must be >= 1 or null (all cores)"))
         if not self.cpus_per_client > 0:
@@ -115,7 +120,7 @@ class ExperimentConfig:
     strategy: Spec
     family: str = "horizontal"
     train: TrainConfig = TrainConfig()
-    engine: EngineConfig = EngineConfig()
+    engine: SimulationEngine = SimulationEngine()
     privacy: PrivacyConfig = PrivacyConfig()
     crypto: CryptoConfig = CryptoConfig()
     num_clients: int = 10
@@ -145,10 +150,14 @@ def strategy_registry(family: str) -> Registry[Any]:
     return FAMILIES.get(family).strategies
 
 
-_GROUPS: dict[str, Registry[Any]] = {"data": DATASETS, "partition": PARTITIONS, "model": MODELS}
+_GROUPS: dict[str, Registry[Any]] = {
+    "data": DATASETS,
+    "partition": PARTITIONS,
+    "model": MODELS,
+    "engine": ENGINES,
+}
 _PLAIN: dict[str, type[Spec]] = {
     "train": TrainConfig,
-    "engine": EngineConfig,
     "privacy": PrivacyConfig,
     "crypto": CryptoConfig,
 }

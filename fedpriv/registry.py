@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from fedpriv.errors import ConfigError
 
 T = TypeVar("T")
+S = TypeVar("S", bound="Spec")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Registry(Generic[T]):
         def add(cls: type[T]) -> type[T]:
             if name in self._specs:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            cls.name = name
+            cls.name = name  # type: ignore[attr-defined]
             self._specs[name] = cls
             return cls
 
@@ -92,10 +93,11 @@ class Registry(Generic[T]):
         name = params.pop("name", None)
         if name not in self._specs:
             raise ConfigError(self.unknown(name, key))
-        return build(self._specs[name], params, key, owner=f"{self.kind} {name!r}")
+        spec: Any = build(self._specs[name], params, key, owner=f"{self.kind} {name!r}")  # type: ignore[type-var]
+        return spec
 
 
-def build(cls: type[T], params: Mapping[str, Any], key: str, owner: str | None = None) -> T:
+def build(cls: type[S], params: Mapping[str, Any], key: str, owner: str | None = None) -> S:
     """Make spec ``cls`` from ``params``: unknown keys, types and ranges all checked.
 
     Raises :class:`ConfigError` with every problem, each naming ``key.field=value``.

@@ -5,7 +5,7 @@ from strategies.base import Handler, RoundReport, RunContext, Strategy
 from strategies.horizontal import Horizontal
 
 #: Families by name (``family=<name>``); vertical and swarm register here too.
-FAMILIES: Registry[type[Strategy]] = Registry("family")
+FAMILIES: Registry[Strategy] = Registry("family")
 FAMILIES.register("horizontal")(Horizontal)
 
 __all__ = ["FAMILIES", "Handler", "RoundReport", "RunContext", "Strategy"]

@@ -31,6 +31,6 @@ def node_counter(context: Context, name: str) -> int:
     if record is None:
         record = ConfigRecord()
         context.state[STATE_KEY] = record
-    value = int(record.get(name, 0)) + 1
+    value = int(record.get(name, 0)) + 1  # type: ignore[arg-type]
     record[name] = value
     return value

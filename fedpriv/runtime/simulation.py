@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
-from fedpriv.config import EngineConfig
+from fedpriv.config import SimulationEngine
 
 #: Set before Flower starts: no runtime `uv sync`, and quiet Ray accelerator warnings.
 ENVIRONMENT = {
@@ -21,7 +21,7 @@ ENVIRONMENT = {
 }
 
 
-def backend_config(engine: EngineConfig) -> dict[str, object]:
+def backend_config(engine: SimulationEngine) -> dict[str, object]:
     """Ray settings: the real core count, and ``cpus_per_client`` per ClientApp actor
     (Ray then sets one OpenMP/torch thread per actor when it is 1)."""
     num_cpus = engine.num_cpus or os.cpu_count() or 1
@@ -39,7 +39,7 @@ def backend_config(engine: EngineConfig) -> dict[str, object]:
 
 class _DropDeprecation(logging.Filter):
     """Hide Flower's notice that ``run_simulation`` is deprecated: fedpriv keeps that call
-    here, in one place, and tracks Flower's launch API (docs/design/engines.md)."""
+    here, in one place, and tracks Flower's launch API (docs/design/decisions.md)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "DEPRECATED FEATURE" not in record.getMessage()
@@ -65,7 +65,7 @@ def _quiet_flower(verbose: bool) -> Iterator[None]:
 
 
 def simulate(
-    server_app: ServerApp, client_app: ClientApp, num_nodes: int, engine: EngineConfig
+    server_app: ServerApp, client_app: ClientApp, num_nodes: int, engine: SimulationEngine
 ) -> None:
     """Run the apps on Flower's simulation engine; Ray starts and stops inside."""
     from flwr.simulation import run_simulation

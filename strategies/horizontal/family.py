@@ -9,6 +9,7 @@ held-out test split.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -19,7 +20,7 @@ from fedpriv.runtime.node import node_counter, partition_id
 from fedpriv.runtime.records import check_update
 from fedpriv.training import seed_for, train_local
 from strategies.base import Handler, RoundReport, RunContext, Strategy
-from strategies.horizontal.specs import HORIZONTAL_STRATEGIES
+from strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 
@@ -36,16 +37,16 @@ class HorizontalClient:
         pid = partition_id(context)
         x, y = data.client(pid)
         model = cfg.model.build(data.dataset.input_shape, data.dataset.num_classes)
-        model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict())
-        settings = msg.content[CONFIG]
-        server_round = int(settings["server-round"])
+        model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
+        settings = msg.content.config_records[CONFIG]
+        server_round = int(settings["server-round"])  # type: ignore[arg-type]
         stats = train_local(
             model,
             x,
             y,
             cfg.train,
             seed=seed_for(cfg.seed, server_round, pid),
-            proximal_mu=float(settings.get("proximal-mu", 0.0)),
+            proximal_mu=float(settings.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
         )
         rounds_trained = node_counter(context, "rounds_trained")
         metrics = MetricRecord(
@@ -71,7 +72,8 @@ class Horizontal(Strategy):
 
     def __init__(self, config: ExperimentConfig) -> None:
         super().__init__(config)
-        self.flower = config.strategy.build(config.num_clients)
+        self.spec = cast(HorizontalSpec, config.strategy)
+        self.flower = self.spec.build(config.num_clients)
         self.arrays = ArrayRecord()
 
     def client_handlers(self) -> Mapping[str, Handler]:
@@ -93,9 +95,11 @@ class Horizontal(Strategy):
             arrays, _ = self.flower.aggregate_train(server_round, accepted)
             if arrays is not None:
                 self.arrays = cast_like(arrays, self.arrays)
+        evaluation = ctx.evaluate(self.arrays)
         return RoundReport(
             server_round=server_round,
-            **ctx.evaluate(self.arrays),
+            accuracy=evaluation["accuracy"],
+            loss=evaluation["loss"],
             clients=[client_entry(reply) for reply in accepted],
         )
 

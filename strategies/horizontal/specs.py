@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from flwr.serverapp import strategy as flwr_strategies
@@ -22,7 +23,7 @@ __all__ = ["HORIZONTAL_STRATEGIES", "HorizontalSpec"]
 class HorizontalSpec(Spec):
     """Common parameters: the fraction of clients sampled for training each round."""
 
-    flower_class: ClassVar[type[flwr_strategies.Strategy]] = flwr_strategies.FedAvg
+    flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = flwr_strategies.FedAvg
     #: True when the aggregate is a linear function of the updates (sums suffice):
     #: those are the strategies that can aggregate ciphertexts.
     linear: ClassVar[bool] = True
@@ -75,7 +76,7 @@ class FedAvg(HorizontalSpec):
 class FedProx(HorizontalSpec):
     """FedAvg whose clients add (mu/2)·||w - w_global||² to their loss (Li et al. 2020)."""
 
-    flower_class: ClassVar[type] = flwr_strategies.FedProx
+    flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = flwr_strategies.FedProx
     proximal_mu: float = 0.01
 
     def problems(self) -> list[tuple[str, str]]:
@@ -90,7 +91,7 @@ class FedProx(HorizontalSpec):
 class FedAvgM(HorizontalSpec):
     """FedAvg with server momentum on the averaged update (Hsu et al. 2019)."""
 
-    flower_class: ClassVar[type] = flwr_strategies.FedAvgM
+    flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = flwr_strategies.FedAvgM
     server_learning_rate: float = 1.0
     server_momentum: float = 0.9
 
@@ -136,20 +137,20 @@ class _FedOptWithBetas(_FedOpt):
 @HORIZONTAL_STRATEGIES.register("fedadam")
 @dataclasses.dataclass(frozen=True)
 class FedAdam(_FedOptWithBetas):
-    flower_class: ClassVar[type] = flwr_strategies.FedAdam
+    flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = flwr_strategies.FedAdam
 
 
 @HORIZONTAL_STRATEGIES.register("fedyogi")
 @dataclasses.dataclass(frozen=True)
 class FedYogi(_FedOptWithBetas):
-    flower_class: ClassVar[type] = flwr_strategies.FedYogi
+    flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = flwr_strategies.FedYogi
     eta: float = 0.01
 
 
 @HORIZONTAL_STRATEGIES.register("fedadagrad")
 @dataclasses.dataclass(frozen=True)
 class FedAdagrad(_FedOpt):
-    flower_class: ClassVar[type] = flwr_strategies.FedAdagrad
+    flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = flwr_strategies.FedAdagrad
 
 
 @HORIZONTAL_STRATEGIES.register("fedmedian")
@@ -157,7 +158,7 @@ class FedAdagrad(_FedOpt):
 class FedMedian(HorizontalSpec):
     """Coordinate-wise median of client models (Yin et al. 2018)."""
 
-    flower_class: ClassVar[type] = flwr_strategies.FedMedian
+    flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = flwr_strategies.FedMedian
     linear: ClassVar[bool] = False
 
 
@@ -166,7 +167,7 @@ class FedMedian(HorizontalSpec):
 class FedTrimmedAvg(HorizontalSpec):
     """Coordinate-wise mean after cutting the ``beta`` fraction at each end (Yin et al. 2018)."""
 
-    flower_class: ClassVar[type] = flwr_strategies.FedTrimmedAvg
+    flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = flwr_strategies.FedTrimmedAvg
     linear: ClassVar[bool] = False
     beta: float = 0.2
 
@@ -182,7 +183,7 @@ class FedTrimmedAvg(HorizontalSpec):
 class Krum(HorizontalSpec):
     """The client model closest to its n - f - 2 neighbours (Blanchard et al. 2017)."""
 
-    flower_class: ClassVar[type] = flwr_strategies.Krum
+    flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = flwr_strategies.Krum
     linear: ClassVar[bool] = False
     num_malicious_nodes: int = 0
 
@@ -210,7 +211,7 @@ class Krum(HorizontalSpec):
 class MultiKrum(Krum):
     """Average of the ``num_nodes_to_select`` best Krum-scored models (El Mhamdi et al. 2018)."""
 
-    flower_class: ClassVar[type] = flwr_strategies.MultiKrum
+    flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = flwr_strategies.MultiKrum
     num_nodes_to_select: int = 2
 
     def problems(self) -> list[tuple[str, str]]:

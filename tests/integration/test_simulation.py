@@ -115,3 +115,9 @@ def test_console_script_runs_and_reports_bad_config(tmp_path):
         [fedpriv, "run", "train.lr=-1"], capture_output=True, text=True, timeout=120
     )
     assert bad.returncode == 2 and "train.lr=-1.0 must be > 0" in bad.stderr
+
+
+def test_demo_preset_smoke_runs_reduced(make_config):
+    result = run(make_config("+experiment=demo", "rounds=1", "num_clients=3"))
+    config = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert result.summary["rounds"] == 1 and config["train"]["momentum"] == 0.9
