@@ -35,6 +35,7 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
         config = from_mapping(config)
     _setup_logging()
     data = federate(config.data, config.partition, config.num_clients, config.seed)
+    config.privacy.check_clients([len(p) for p in data.parts])
     initial = initial_arrays(config, data)
     out = RunDirectory(config.output_dir or default_output_dir(config))
     out.write_config(config.to_dict())
@@ -77,7 +78,9 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
     if "history" not in finished:
         raise SimulationError("the simulation ended before the ServerApp finished its rounds")
     history: list[dict[str, Any]] = finished["history"]
-    summary = summarize(config, history, time.perf_counter() - started, finished["ctx"].stop_reason)
+    ctx: RunContext = finished["ctx"]
+    summary = summarize(config, history, time.perf_counter() - started, ctx.stop_reason)
+    summary["privacy"] = ctx.ledger.summary()
     out.write_json("summary.json", summary)
     return Result(out.path, history, summary)
 
@@ -89,6 +92,7 @@ def initial_arrays(config: ExperimentConfig, data: FederatedData) -> ArrayRecord
         model = config.model.build(data.dataset.input_shape, data.dataset.num_classes)
     except ValueError as error:
         raise ConfigError(str(error)) from error
+    model = config.privacy.prepare_model(model)
     return ArrayRecord(model.state_dict())
 
 
@@ -96,7 +100,9 @@ def evaluate_arrays(
     config: ExperimentConfig, data: FederatedData, arrays: ArrayRecord
 ) -> dict[str, float]:
     """Accuracy and loss of a global model on the held-out test split."""
-    model = config.model.build(data.dataset.input_shape, data.dataset.num_classes)
+    model = config.privacy.prepare_model(
+        config.model.build(data.dataset.input_shape, data.dataset.num_classes)
+    )
     model.load_state_dict(arrays.to_torch_state_dict())
     return evaluate(model, data.dataset.x_test, data.dataset.y_test)
 

@@ -15,6 +15,7 @@ from fedpriv.data.datasets import DATASETS, DatasetSpec
 from fedpriv.data.partition import PARTITIONS, PartitionSpec
 from fedpriv.errors import ConfigError
 from fedpriv.models import MODELS, ModelSpec
+from fedpriv.privacy import PRIVACY, NoPrivacy, PrivacySpec
 from fedpriv.registry import Registry, Spec, build
 
 #: Python package holding the Hydra config tree (the repo's ``conf/``).
@@ -87,18 +88,6 @@ class SimulationEngine(EngineSpec):
 
 
 @dataclasses.dataclass(frozen=True)
-class PrivacyConfig(Spec):
-    """Differential privacy. Only ``none`` exists yet (local and central DP: issue #3)."""
-
-    mode: str = "none"
-
-    def problems(self) -> list[tuple[str, str]]:
-        if self.mode != "none":
-            return [("mode", "is not available yet; choose one of: none")]
-        return []
-
-
-@dataclasses.dataclass(frozen=True)
 class CryptoConfig(Spec):
     """Encrypted aggregation. Only ``none`` exists yet (CKKS: issue #4)."""
 
@@ -121,7 +110,7 @@ class ExperimentConfig:
     family: str = "horizontal"
     train: TrainConfig = TrainConfig()
     engine: SimulationEngine = SimulationEngine()
-    privacy: PrivacyConfig = PrivacyConfig()
+    privacy: PrivacySpec = dataclasses.field(default_factory=NoPrivacy)
     crypto: CryptoConfig = CryptoConfig()
     num_clients: int = 10
     rounds: int = 10
@@ -155,10 +144,10 @@ _GROUPS: dict[str, Registry[Any]] = {
     "partition": PARTITIONS,
     "model": MODELS,
     "engine": ENGINES,
+    "privacy": PRIVACY,
 }
 _PLAIN: dict[str, type[Spec]] = {
     "train": TrainConfig,
-    "privacy": PrivacyConfig,
     "crypto": CryptoConfig,
 }
 _SCALARS = {"num_clients": int, "rounds": int, "seed": int, "output_dir": str | None}
@@ -224,9 +213,22 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
             f"strategy.{field}={getattr(values['strategy'], field)!r} {rule}"
             for field, rule in values["strategy"].problems_for(num_clients)
         ]
+        if "privacy" in values:
+            problems += [
+                f"privacy.{field}={_get_path(values['privacy'], field)!r} {rule}"
+                for field, rule in values["privacy"].problems_for(
+                    num_clients=num_clients, strategy=values["strategy"]
+                )
+            ]
     if problems:
         raise ConfigError(problems)
     return ExperimentConfig(**values)
+
+
+def _get_path(spec: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        spec = getattr(spec, part)
+    return spec
 
 
 def _group(mapping: Mapping[str, Any], key: str, *, required: bool = False) -> dict[str, Any]:

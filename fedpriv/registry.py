@@ -113,8 +113,19 @@ def build(cls: type[S], params: Mapping[str, Any], key: str, owner: str | None =
                 f"{key}.{param} is not a parameter of {owner}; its parameters are: {allowed}"
             )
             continue
+        tp = _field_type(cls, param)
+        if isinstance(tp, type) and issubclass(tp, Spec):
+            # A nested group, e.g. privacy.local.noise_multiplier.
+            if not isinstance(value, Mapping):
+                problems.append(f"{key}.{param}={value!r} must be a mapping of {tp.__name__} keys")
+                continue
+            try:
+                values[param] = build(tp, value, f"{key}.{param}")
+            except ConfigError as error:
+                problems.extend(error.problems)
+            continue
         try:
-            values[param] = coerce(value, _field_type(cls, param))
+            values[param] = coerce(value, tp)
         except (TypeError, ValueError):
             problems.append(
                 f"{key}.{param}={value!r} has the wrong type; expected "

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedpriv.config import TrainConfig
+if TYPE_CHECKING:
+    from fedpriv.config import TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,8 +10,9 @@ above Flower's configure/aggregate hooks:
 * :meth:`Strategy.round` -- one round of the coordinator, on Flower's ``Grid``.
 * :meth:`Strategy.start` -- optional set-up before round 1 (default: nothing).
 * :meth:`Strategy.run` -- the template method that owns the loop: wait for the nodes,
-  ``start``, then ``round`` and ``RunContext.end_round`` for each round until done or a
-  round asks to stop. Families do not copy this loop.
+  ``start``, then ``round`` and ``RunContext.end_round`` for each round until done or
+  the run must stop (a round's ``stop_reason``, or the privacy ledger's).
+  Families do not copy this loop.
 
 Shared machinery (node waiting, bytes, the round clock, rejecting bad replies,
 evaluation, results) lives in :class:`~fedpriv.runtime.context.RunContext`.
@@ -69,6 +70,6 @@ class Strategy(ABC):
             ctx.start_round(server_round)
             report = self.round(server_round, grid, ctx)
             ctx.end_round(report)
-            if report.stop_reason:
+            if ctx.stop_reason:
                 break
         return ctx.history

@@ -36,8 +36,9 @@ class _ThreadLimited:
 
 def build_client_app(strategy: Strategy) -> ClientApp:
     """A ClientApp routing each message type to the strategy's node-side handler."""
-    app = ClientApp()
-    threads = strategy.config.engine.torch_threads
+    config = strategy.config
+    app = ClientApp(mods=config.privacy.client_mods(config))
+    threads = config.engine.torch_threads
     for message_type, handler in strategy.client_handlers().items():
         category, _, action = message_type.partition(".")
         if category not in ("train", "evaluate", "query"):

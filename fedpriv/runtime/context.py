@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 
 from fedpriv.config import ExperimentConfig
 from fedpriv.errors import SimulationError
+from fedpriv.privacy.ledger import ServerLedger
 from fedpriv.results import RunDirectory
 from fedpriv.runtime.records import payload_nbytes
 
@@ -53,10 +54,12 @@ class RunContext:
         self._initial_arrays = initial_arrays
         self.history: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
+        self.ledger = ServerLedger(config)
         self.started = time.perf_counter()
         self._round_started = self.started
         self._bytes_up = self._bytes_down = 0
         self._rejected: list[dict[str, Any]] = []
+        self._declined: list[dict[str, Any]] = []
 
     # -- nodes and messages -------------------------------------------------
     def wait_for_nodes(self, grid: Grid) -> list[int]:
@@ -88,6 +91,15 @@ class RunContext:
         log.warning("rejected reply from node %s: %s", node, reason)
         self._rejected.append({"node_id": node, "reason": reason})
 
+    def decline(self, reply: Message, reason: str) -> None:
+        """Record a client that chose not to train (e.g. its privacy budget is spent)."""
+        metrics = reply.content.metric_records["metrics"]
+        partition = int(metrics["partition-id"])  # type: ignore[arg-type]
+        log.info("partition %d declined to train: %s", partition, reason)
+        self.ledger.declined(partition)
+        self.ledger.client_reported(partition, metrics)
+        self._declined.append({"partition-id": partition, "reason": reason})
+
     # -- models ---------------------------------------------------------------
     def initial_arrays(self) -> ArrayRecord:
         """The seeded initial global model."""
@@ -102,9 +114,13 @@ class RunContext:
         self._round_started = time.perf_counter()
         self._bytes_up = self._bytes_down = 0
         self._rejected = []
+        self._declined = []
 
     def end_round(self, report: RoundReport) -> dict[str, Any]:
         """Record a finished round: append it to ``metrics.jsonl`` and the history."""
+        for client in report.clients:
+            if "partition-id" in client:
+                self.ledger.client_reported(int(client["partition-id"]), client)
         record = {
             "round": report.server_round,
             "accuracy": report.accuracy,
@@ -115,20 +131,30 @@ class RunContext:
             "elapsed": time.perf_counter() - self.started,
             "clients": report.clients,
             "rejected": self._rejected,
+            "declined": self._declined,
+            **self.ledger.round_record(),
             **report.extra,
         }
         self.history.append(record)
         self.out.append_round(record)
-        if report.stop_reason:
-            self.stop_reason = report.stop_reason
+        self.stop_reason = report.stop_reason or self.ledger.stop_reason()
+        if self.stop_reason:
+            log.warning("stopping after round %d: %s", report.server_round, self.stop_reason)
         acc = "n/a" if report.accuracy is None else f"{report.accuracy:.4f}"
+        privacy = record.get("privacy", {})
+        spent = (f"  ε {privacy['epsilon_max']:.3f}" if "epsilon_max" in privacy else "") + (
+            f"  user-level ε {privacy['user_level_epsilon']:.3f}"
+            if "user_level_epsilon" in privacy
+            else ""
+        )
         log.info(
-            "round %d/%d  accuracy %s  clients %d  rejected %d  %.2fs",
+            "round %d/%d  accuracy %s  clients %d  rejected %d%s  %.2fs",
             report.server_round,
             self.config.rounds,
             acc,
             len(report.clients),
             len(self._rejected),
+            spent,
             record["seconds"],
         )
         return record

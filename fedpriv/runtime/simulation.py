@@ -51,7 +51,6 @@ def _quiet_flower(verbose: bool) -> Iterator[None]:
     level = logger.level
     drop = _DropDeprecation()
     logger.addFilter(drop)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     if not verbose:
         logger.setLevel(logging.WARNING)
     with warnings.catch_warnings():
@@ -68,6 +67,7 @@ def simulate(
     server_app: ServerApp, client_app: ClientApp, num_nodes: int, engine: SimulationEngine
 ) -> None:
     """Run the apps on Flower's simulation engine; Ray starts and stops inside."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # chatty at Flower's import
     from flwr.simulation import run_simulation
 
     for key, value in ENVIRONMENT.items():

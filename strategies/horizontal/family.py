@@ -16,9 +16,11 @@ from flwr.serverapp import Grid
 
 from fedpriv.config import ExperimentConfig
 from fedpriv.data.federated import federate
+from fedpriv.privacy.accounting import planned_steps
+from fedpriv.privacy.ledger import declined_reason
 from fedpriv.runtime.node import node_counter, partition_id
 from fedpriv.runtime.records import check_update
-from fedpriv.training import seed_for, train_local
+from fedpriv.training import seed_for
 from strategies.base import Handler, RoundReport, RunContext, Strategy
 from strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec
 
@@ -36,17 +38,20 @@ class HorizontalClient:
         data = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
         pid = partition_id(context)
         x, y = data.client(pid)
-        model = cfg.model.build(data.dataset.input_shape, data.dataset.num_classes)
+        model = cfg.privacy.prepare_model(
+            cfg.model.build(data.dataset.input_shape, data.dataset.num_classes)
+        )
         model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
         settings = msg.content.config_records[CONFIG]
         server_round = int(settings["server-round"])  # type: ignore[arg-type]
-        stats = train_local(
+        stats, privacy_metrics = cfg.privacy.train(
             model,
             x,
             y,
             cfg.train,
             seed=seed_for(cfg.seed, server_round, pid),
             proximal_mu=float(settings.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
+            planned_steps=planned_steps(cfg, len(y)),
         )
         rounds_trained = node_counter(context, "rounds_trained")
         metrics = MetricRecord(
@@ -58,6 +63,7 @@ class HorizontalClient:
                 "train-seconds": stats.seconds,
                 "steps": stats.steps,
                 "rounds-trained": rounds_trained,
+                **privacy_metrics,
             }
         )
         reply = RecordDict({ARRAYS: ArrayRecord(model.state_dict()), METRICS: metrics})
@@ -73,7 +79,11 @@ class Horizontal(Strategy):
     def __init__(self, config: ExperimentConfig) -> None:
         super().__init__(config)
         self.spec = cast(HorizontalSpec, config.strategy)
-        self.flower = self.spec.build(config.num_clients)
+        self.weight_key = config.privacy.weight_key()
+        self.flower = config.privacy.wrap_strategy(
+            self.spec.build(config.num_clients, weighted_by_key=self.weight_key),
+            self.spec.sampled(config.num_clients),
+        )
         self.arrays = ArrayRecord()
 
     def client_handlers(self) -> Mapping[str, Handler]:
@@ -86,7 +96,10 @@ class Horizontal(Strategy):
         messages = self.flower.configure_train(server_round, self.arrays, ConfigRecord(), grid)
         accepted = []
         for reply in ctx.send_and_receive(grid, messages):
-            reason = check_update(reply, self.arrays)
+            if (declined := declined_reason(reply)) is not None:
+                ctx.decline(reply, declined)
+                continue
+            reason = check_update(reply, self.arrays, self.weight_key)
             if reason is None:
                 accepted.append(reply)
             else:
@@ -95,6 +108,7 @@ class Horizontal(Strategy):
             arrays, _ = self.flower.aggregate_train(server_round, accepted)
             if arrays is not None:
                 self.arrays = cast_like(arrays, self.arrays)
+                ctx.ledger.released()
         evaluation = ctx.evaluate(self.arrays)
         return RoundReport(
             server_round=server_round,

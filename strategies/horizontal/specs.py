@@ -51,13 +51,20 @@ class HorizontalSpec(Spec):
             if f.name != "fraction_train"
         }
 
-    def build(self, num_clients: int) -> flwr_strategies.Strategy:
-        """A fresh Flower strategy; federated evaluation is off (the server evaluates)."""
+    def build(
+        self, num_clients: int, weighted_by_key: str = "num-examples"
+    ) -> flwr_strategies.Strategy:
+        """A fresh Flower strategy; federated evaluation is off (the server evaluates).
+
+        ``weighted_by_key`` names the reply metric that weights the mean (central DP
+        weights uniformly).
+        """
         return self.flower_class(
             fraction_train=self.fraction_train,
             min_train_nodes=self.sampled(num_clients),
             min_available_nodes=num_clients,
             min_evaluate_nodes=0,
+            weighted_by_key=weighted_by_key,
             **self.flower_kwargs(),
         )
 
@@ -237,13 +244,16 @@ class _Elementwise(HorizontalSpec):
     linear: ClassVar[bool] = False
     rule: ClassVar[Any] = None
 
-    def build(self, num_clients: int) -> flwr_strategies.Strategy:
+    def build(
+        self, num_clients: int, weighted_by_key: str = "num-examples"
+    ) -> flwr_strategies.Strategy:
         return ElementwiseMerge(
             type(self).rule,
             fraction_train=self.fraction_train,
             min_train_nodes=self.sampled(num_clients),
             min_available_nodes=num_clients,
             min_evaluate_nodes=0,
+            weighted_by_key=weighted_by_key,
         )
 
 

@@ -102,8 +102,7 @@ def test_krum_needs_enough_clients():
     assert "strategy.num_malicious_nodes=2" in message and "Krum needs" in message
 
 
-def test_privacy_and_crypto_modes_not_yet_available_are_refused():
-    assert "privacy.mode='dp_sgd' is not available yet" in problems_of("privacy.mode=dp_sgd")
+def test_crypto_schemes_not_yet_available_are_refused():
     assert "crypto.scheme='ckks' is not available yet" in problems_of("crypto.scheme=ckks")
 
 

@@ -1,0 +1,78 @@
+"""Opacus accountants, and their history kept in a node's ``context.state``.
+
+An accountant's state is its history of ``(noise_multiplier, sample_rate, steps)``;
+storing that list is enough to compose ε across every round a client took part in.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from flwr.app import ConfigRecord, Context
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+ACCOUNTANTS = ("prv", "rdp", "gdp")
+STATE_KEY = "fedpriv.dp"
+
+History = list[tuple[float, float, int]]
+
+
+def sample_rate(num_examples: int, batch_size: int) -> float:
+    """Poisson sampling rate of one step, as Opacus sets it: 1 / batches per epoch."""
+    return 1.0 / math.ceil(num_examples / batch_size)
+
+
+def epsilon(history: Sequence[tuple[float, float, int]], delta: float, accountant: str) -> float:
+    """ε spent after ``history`` at ``delta``, by the named Opacus accountant (0 if empty)."""
+    if not history:
+        return 0.0
+    acct = create_accountant(accountant)
+    acct.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    return float(acct.get_epsilon(delta=delta))
+
+
+@functools.lru_cache(maxsize=256)
+def calibrated_noise(
+    target_epsilon: float, delta: float, rate: float, steps: int, accountant: str
+) -> float:
+    """σ that spends exactly ``target_epsilon`` over ``steps`` steps (Opacus' binary search).
+
+    Memoized: a pure function of its arguments, asked for again by every round.
+    """
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=rate,
+            steps=steps,
+            accountant=accountant,
+        )
+    )
+
+
+def planned_steps(config: Any, num_examples: int) -> int:
+    """Noisy steps a client takes over the whole planned training (every round)."""
+    per_epoch = math.ceil(num_examples / config.train.batch_size)
+    return int(config.rounds * config.train.local_epochs * per_epoch)
+
+
+def load_history(context: Context) -> History:
+    record = context.state.config_records.get(STATE_KEY)
+    if record is None:
+        return []
+    sigmas, rates, steps = record["noise_multipliers"], record["sample_rates"], record["steps"]
+    return list(zip(sigmas, rates, steps, strict=True))  # type: ignore[arg-type]
+
+
+def save_history(context: Context, history: History) -> None:
+    context.state[STATE_KEY] = ConfigRecord(
+        {
+            "noise_multipliers": [float(s) for s, _, _ in history],
+            "sample_rates": [float(q) for _, q, _ in history],
+            "steps": [int(n) for _, _, n in history],
+        }
+    )
