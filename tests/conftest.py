@@ -6,10 +6,15 @@ import os
 from collections.abc import Callable
 
 import pytest
+from hypothesis import settings
 
 from fedpriv import ExperimentConfig, load_config
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+# The same examples on every run: a red CI means a change broke something.
+settings.register_profile("fedpriv", derandomize=True, deadline=None)
+settings.load_profile("fedpriv")
 
 
 @pytest.fixture

@@ -102,6 +102,12 @@ class DpSgd(PrivacySpec):
 
     def check_clients(self, sizes: list[int], key: str = "privacy") -> None:
         """δ must be below 1/n for every client (else ε means little); raise ConfigError."""
+        if self.accountant == "gdp":
+            log.warning(
+                "%s.accountant=gdp is Opacus' experimental Gaussian accountant and can "
+                "underestimate ε; prefer prv (default) or rdp",
+                key,
+            )
         smallest = min(sizes)
         if self.delta is not None and self.delta >= 1.0 / smallest:
             raise ConfigError(
