@@ -37,6 +37,9 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
     data = federate(config.data, config.partition, config.num_clients, config.seed)
     config.privacy.check_clients([len(p) for p in data.parts])
     initial = initial_arrays(config, data)
+    from strategies import FAMILIES
+
+    strategy = FAMILIES.get(config.family)(config)
     out = RunDirectory(config.output_dir or default_output_dir(config))
     out.write_config(config.to_dict())
     out.write_json(
@@ -49,10 +52,6 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
         },
     )
     out.start_metrics()
-
-    from strategies import FAMILIES
-
-    strategy = FAMILIES.get(config.family)(config)
     finished: dict[str, Any] = {}
     server_app = build_server_app(
         strategy,

@@ -69,6 +69,9 @@ class Central(PrivacySpec):
     #: Adaptive clipping: the quantile of update norms to clip at, and its learning rate.
     target_clipped_quantile: float = 0.5
     clip_norm_lr: float = 0.2
+    #: Adaptive clipping: noise std on the clipped-count estimate; None: clients/20
+    #: (Flower's default). Must exceed noise_multiplier / 2.
+    clipped_count_stddev: float | None = None
 
     def central_dp(self) -> Central:
         return self
@@ -89,6 +92,8 @@ class Central(PrivacySpec):
             out.append(("target_clipped_quantile", "must be in (0, 1)"))
         if not self.clip_norm_lr > 0:
             out.append(("clip_norm_lr", "must be > 0"))
+        if self.clipped_count_stddev is not None and not self.clipped_count_stddev > 0:
+            out.append(("clipped_count_stddev", "must be > 0 or null"))
         return out
 
     def problems_for(self, *, num_clients: int, strategy: Spec) -> list[tuple[str, str]]:
@@ -103,6 +108,18 @@ class Central(PrivacySpec):
             )
         if self.delta is not None and self.delta >= 1 / num_clients:
             out.append(("delta", f"must be < 1/num_clients = {1 / num_clients:.3g}"))
+        if self.clipping == "adaptive":
+            sampled = strategy.sampled(num_clients)  # type: ignore[attr-defined]
+            stddev = self.clipped_count_stddev or sampled / 20
+            if self.noise_multiplier >= 2 * stddev:
+                out.append(
+                    (
+                        "noise_multiplier",
+                        f"is too large for adaptive clipping with clipped_count_stddev={stddev:g} "
+                        f"({sampled} clients per round): it must be < 2 × clipped_count_stddev; "
+                        "raise privacy.clipped_count_stddev or lower noise_multiplier",
+                    )
+                )
         return out
 
     def delta_for(self, num_clients: int) -> float:
@@ -135,6 +152,7 @@ class Central(PrivacySpec):
             initial_clipping_norm=self.clipping_norm,
             target_clipped_quantile=self.target_clipped_quantile,
             clip_norm_lr=self.clip_norm_lr,
+            clipped_count_stddev=self.clipped_count_stddev,
         )
 
     def epsilon(self, releases: int, num_clients: int) -> float:

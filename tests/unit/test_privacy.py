@@ -176,6 +176,14 @@ def test_central_dp_refuses_strategies_without_a_uniform_mean():
         load_config(overrides=["privacy=central", "privacy.delta=0.5"])
 
 
+def test_adaptive_clipping_noise_is_checked_against_the_count_noise():
+    with pytest.raises(ConfigError, match="too large for adaptive clipping"):
+        load_config(overrides=["privacy=central", "privacy.clipping=adaptive", "num_clients=4"])
+    cfg = load_config(overrides=["privacy=central", "privacy.clipping=adaptive",
+                                 "privacy.clipped_count_stddev=1.0", "num_clients=4"])  # fmt: skip
+    assert cfg.privacy.clipped_count_stddev == 1.0
+
+
 def test_combined_mode_reports_nested_keys():
     with pytest.raises(ConfigError, match=r"privacy.local.max_grad_norm=-1.0 must be > 0"):
         load_config(overrides=["privacy=dp_sgd+central", "privacy.local.max_grad_norm=-1"])

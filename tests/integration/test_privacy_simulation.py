@@ -1,0 +1,73 @@
+"""Differential privacy in real Flower simulations: the ledger, budgets, central DP."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from opacus.accountants import PRVAccountant, RDPAccountant
+
+from fedpriv import run
+from fedpriv.data import federate
+
+pytestmark = pytest.mark.simulation
+
+
+def stepped_epsilon(accountant, sigma: float, rate: float, steps: int, delta: float) -> float:
+    acct = accountant()
+    for _ in range(steps):
+        acct.step(noise_multiplier=sigma, sample_rate=rate)
+    return float(acct.get_epsilon(delta=delta))
+
+
+def test_ledger_composes_per_client_and_budget_ends_the_run_cleanly(make_config):
+    base = make_config("privacy=dp_sgd", "privacy.noise_multiplier=2.0",
+                       "privacy.target_epsilon=null", "num_clients=3", "rounds=4")  # fmt: skip
+    sizes = [len(p) for p in federate(base.data, base.partition, 3, base.seed).parts]
+    n, batches = min(sizes), math.ceil(min(sizes) / base.train.batch_size)
+    after = [stepped_epsilon(PRVAccountant, 2.0, 1 / batches, r * batches, 1 / (10 * n))
+             for r in (1, 2, 3)]  # fmt: skip
+    budget = (after[1] + after[2]) / 2  # two rounds fit, the third would not
+    result = run(
+        base.replace(privacy=base.privacy.__class__(noise_multiplier=2.0, budget_epsilon=budget))
+    )
+    history = result.history
+    assert [len(r["clients"]) for r in history] == [3, 3, 0]  # round 3 would pass 1.5
+    for number, record in enumerate(history[:2], start=1):
+        for client in record["clients"]:
+            sigma, rate, steps = (
+                client["dp-noise-multiplier"],
+                client["dp-sample-rate"],
+                client["dp-steps"],
+            )
+            expected = stepped_epsilon(PRVAccountant, sigma, rate, number * steps, client["delta"])
+            assert client["epsilon"] == pytest.approx(expected, rel=1e-6)
+            assert (
+                record["privacy"]["epsilon_per_client"][str(client["partition-id"])]
+                == client["epsilon"]
+            )
+    assert len(history[2]["declined"]) == 3
+    assert all(f"budget_epsilon={budget}" in d["reason"] for d in history[2]["declined"])
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 3 and "privacy budget exhausted" in summary["stop_reason"]
+    privacy = summary["privacy"]
+    assert privacy["mode"] == "dp_sgd" and privacy["exhausted_clients"] == [0, 1, 2]
+    assert privacy["epsilon_max"] == max(c["epsilon"] for c in history[1]["clients"]) <= budget
+
+
+def test_local_and_central_dp_together(make_config):
+    result = run(make_config("privacy=dp_sgd+central", "rounds=2"))
+    privacy = result.summary["privacy"]
+    expected = stepped_epsilon(RDPAccountant, 0.8, 1.0, 2, privacy["user_level_delta"])
+    assert privacy["user_level_epsilon"] == pytest.approx(expected, rel=1e-9)
+    assert privacy["central_releases"] == 2 and privacy["epsilon_max"] > 0
+    assert [r["privacy"]["central_releases"] for r in result.history] == [1, 2]
+    assert all(c["dp-weight"] == 1 for c in result.history[0]["clients"])
+
+
+def test_central_dp_with_client_side_adaptive_clipping(make_config):
+    result = run(make_config("privacy=central", "privacy.side=client", "privacy.clipping=adaptive",
+                             "privacy.clipped_count_stddev=1.0"))  # fmt: skip
+    assert result.summary["rounds"] == 2 and result.summary["rejected_replies"] == 0
+    assert result.summary["privacy"]["user_level_epsilon"] > 0
