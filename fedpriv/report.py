@@ -15,7 +15,7 @@ log = logging.getLogger("fedpriv")
 
 CSV_COLUMNS = (
     "run", "family", "strategy", "dataset", "partition", "model", "num_clients", "seed",
-    "round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "elapsed",
+    "round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "elapsed", "epsilon",
 )  # fmt: skip
 
 
@@ -47,18 +47,8 @@ def _label(result: Result, results: Sequence[Result]) -> str:
 
 def format_table(results: Sequence[Result], markdown: bool = False) -> str:
     """One line per run: what ran and how it ended."""
-    header = [
-        "run",
-        "strategy",
-        "data",
-        "clients",
-        "rounds",
-        "accuracy",
-        "loss",
-        "MB up",
-        "MB down",
-        "s",
-    ]
+    header = ["run", "strategy", "data", "clients", "rounds", "accuracy", "loss", "ε", "MB up",
+              "MB down", "s"]  # fmt: skip
     rows = []
     for result in results:
         s = result.summary
@@ -66,7 +56,9 @@ def format_table(results: Sequence[Result], markdown: bool = False) -> str:
         rows.append([
             _label(result, results), s["strategy"], s["dataset"], str(s["num_clients"]),
             str(s["rounds"]), "-" if acc is None else f"{acc:.4f}",
-            "-" if loss is None else f"{loss:.4f}", f"{s['bytes']['up'] / 1e6:.2f}",
+            "-" if loss is None else f"{loss:.4f}",
+            "-" if (eps := final_epsilon(result)) is None else f"{eps:.3g}",
+            f"{s['bytes']['up'] / 1e6:.2f}",
             f"{s['bytes']['down'] / 1e6:.2f}", f"{s['seconds']:.1f}",
         ])  # fmt: skip
     if markdown:
@@ -94,9 +86,73 @@ def tidy_rows(results: Sequence[Result]) -> list[dict[str, object]]:
                 "run": _label(result, results), "family": s["family"], "strategy": s["strategy"],
                 "dataset": s["dataset"], "partition": s.get("partition"), "model": s.get("model"),
                 "num_clients": s["num_clients"], "seed": s.get("seed"),
-                **{k: record.get(k) for k in CSV_COLUMNS[8:]},
+                **{k: record.get(k) for k in CSV_COLUMNS[8:-1]},
+                "epsilon": round_epsilon(record),
             })  # fmt: skip
     return rows
+
+
+def round_epsilon(record: Mapping[str, object]) -> float | None:
+    """ε spent by the end of a round: the largest client ε (DP-SGD), else user-level ε."""
+    privacy = record.get("privacy")
+    if not isinstance(privacy, Mapping):
+        return None
+    value = privacy.get("epsilon_max", privacy.get("user_level_epsilon"))
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def final_epsilon(result: Result) -> float | None:
+    """The run's ε: the largest client ε (DP-SGD), else the user-level ε (central DP)."""
+    privacy = result.summary.get("privacy")
+    if not privacy:
+        return None
+    value = privacy.get("epsilon_max")
+    return float(value if value is not None else privacy["user_level_epsilon"])
+
+
+def plot_privacy_utility(results: Sequence[Result], path: Path) -> bool:
+    """Final accuracy against ε spent, one point per run (seeds of one setting share a
+    marker), non-private runs as a dashed line. False when no run used DP."""
+    private = [r for r in results if final_epsilon(r) is not None]
+    if not private:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups: dict[str, list[Result]] = {}
+    for result in private:
+        s = result.summary
+        groups.setdefault(f"{s['dataset']} {s['strategy']} {s['privacy']['mode']}", []).append(
+            result
+        )
+    for label, members in sorted(groups.items()):
+        points = sorted((final_epsilon(r), r.final["accuracy"]) for r in members)
+        ax.plot(*zip(*points, strict=True), marker="o", linestyle=":", label=label)
+    for result in results:
+        if final_epsilon(result) is None and result.final["accuracy"] is not None:
+            ax.axhline(result.final["accuracy"], linestyle="--", color="grey", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("ε spent (largest client ε, or user-level ε)")
+    ax.set_ylabel("final test accuracy")
+    ax.set_title("Privacy–utility (dashed: non-private runs)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _save(fig: object, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)  # type: ignore[attr-defined]
+    plt.close(fig)  # type: ignore[arg-type]
+    os.replace(tmp, path)
 
 
 def write_csv(results: Sequence[Result], path: Path) -> None:
@@ -140,11 +196,7 @@ def plot_accuracy(
     if len(results) <= 12:
         ax.legend(fontsize="small")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(fig, path)
 
 
 def report(
@@ -166,7 +218,10 @@ def report(
     target = Path(out) if out else Path(paths[0]) if Path(paths[0]).is_dir() else Path(".")
     write_csv(results, target / "report.csv")
     plot_accuracy(results, target / "accuracy.png", references)
+    written = [target / "report.csv", target / "accuracy.png"]
+    if plot_privacy_utility(results, target / "privacy_utility.png"):
+        written.append(target / "privacy_utility.png")
     lines = [format_table(results, markdown=markdown), ""]
     lines += [f"reference: {label} accuracy {acc:.4f}" for label, acc in (references or {}).items()]
-    lines.append(f"wrote {target / 'report.csv'} and {target / 'accuracy.png'}")
+    lines.append("wrote " + ", ".join(str(p) for p in written))
     return "\n".join(lines)

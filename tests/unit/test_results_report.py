@@ -76,6 +76,24 @@ def test_cli_report_with_a_reference_line(tmp_path, capsys):
     assert "has no numeric 'accuracy'" in capsys.readouterr().err
 
 
+def test_privacy_utility_plot_and_epsilon_column(tmp_path):
+    for seed, (eps, acc) in enumerate([(1.0, 0.6), (3.0, 0.75), (8.0, 0.85)]):
+        path = fake_run(tmp_path / "sweep" / str(seed), accuracies=(acc,))
+        summary = json.loads((path / "summary.json").read_text())
+        summary["privacy"] = {"mode": "dp_sgd", "epsilon_max": eps, "user_level_epsilon": None}
+        (path / "summary.json").write_text(json.dumps(summary))
+        metrics = json.loads((path / "metrics.jsonl").read_text())
+        metrics["privacy"] = {"epsilon_max": eps}
+        (path / "metrics.jsonl").write_text(json.dumps(metrics) + "\n")
+    fake_run(tmp_path / "sweep" / "plain", accuracies=(0.9,))
+    text = report([tmp_path / "sweep"])
+    assert "privacy_utility.png" in text and (tmp_path / "sweep" / "privacy_utility.png").exists()
+    with (tmp_path / "sweep" / "report.csv").open() as handle:
+        eps = sorted(r["epsilon"] for r in csv.DictReader(handle))
+    assert eps == ["", "1.0", "3.0", "8.0"]
+    assert "| 8 |" in format_table([Result.load(tmp_path / "sweep" / "2")], markdown=True)
+
+
 def test_markdown_table(tmp_path):
     result = Result.load(fake_run(tmp_path / "r"))
     table = format_table([result], markdown=True)
