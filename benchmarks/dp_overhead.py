@@ -16,6 +16,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,11 +25,11 @@ from fedpriv.config import TrainConfig
 from fedpriv.data import DATASETS, Dataset
 from fedpriv.errors import DataError
 from fedpriv.models import MODELS
-from fedpriv.privacy import PRIVACY, grad_sample_mode, train_dp_sgd
+from fedpriv.privacy import DpSgd, grad_sample_mode, train_dp_sgd
 from fedpriv.results import write_atomic
 from fedpriv.training import train_local
 
-MODELS_TIMED = {
+MODELS_TIMED: dict[str, dict[str, Any]] = {
     "logreg": {"name": "logreg"},
     "mlp": {"name": "mlp", "hidden": [128]},
     "cnn": {"name": "cnn"},
@@ -57,7 +58,7 @@ def epoch_seconds(model_params: dict, data: Dataset, batch: int, mode: str | Non
     if mode is None:
         train_local(model, data.x_train, data.y_train, train, seed=0)
     else:
-        dp = PRIVACY.create({"name": "dp_sgd", "noise_multiplier": 1.0, "grad_sample_mode": mode})
+        dp = DpSgd(noise_multiplier=1.0, grad_sample_mode=mode)
         train_dp_sgd(model, data.x_train, data.y_train, train, dp, seed=0, planned_steps=1)
     return time.perf_counter() - start
 

@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from fedpriv.results import Result, write_atomic
 
@@ -97,8 +98,8 @@ def round_epsilon(record: Mapping[str, object]) -> float | None:
     privacy = record.get("privacy")
     if not isinstance(privacy, Mapping):
         return None
-    value = privacy.get("epsilon_max", privacy.get("user_level_epsilon"))
-    return None if value is None else float(value)  # type: ignore[arg-type]
+    value: Any = privacy.get("epsilon_max", privacy.get("user_level_epsilon"))
+    return None if value is None else float(value)
 
 
 def final_epsilon(result: Result) -> float | None:

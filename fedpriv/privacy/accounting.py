@@ -64,8 +64,10 @@ def load_history(context: Context) -> History:
     record = context.state.config_records.get(STATE_KEY)
     if record is None:
         return []
-    sigmas, rates, steps = record["noise_multipliers"], record["sample_rates"], record["steps"]
-    return list(zip(sigmas, rates, steps, strict=True))  # type: ignore[arg-type]
+    sigmas: Any = record["noise_multipliers"]
+    rates: Any = record["sample_rates"]
+    steps: Any = record["steps"]
+    return [(float(s), float(q), int(n)) for s, q, n in zip(sigmas, rates, steps, strict=True)]
 
 
 def save_history(context: Context, history: History) -> None:

@@ -180,7 +180,7 @@ class BatchedTensors(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return self.x[index], self.y[index]
 
 
-def whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def whole_batch(batch: Any) -> Any:
     """Collate for :class:`BatchedTensors`: the batch is already stacked."""
     return batch
 
