@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn import datasets as skdatasets
@@ -91,10 +92,15 @@ def _split(
     )
 
 
-@DATASETS.register("digits")
 @dataclasses.dataclass(frozen=True)
-class Digits(DatasetSpec):
-    """sklearn's 8×8 handwritten digits (1,797 images, 10 classes), scaled to [0, 1]."""
+class _Bundled(DatasetSpec):
+    """A dataset shipped with scikit-learn, split by ``test_fraction``."""
+
+    loader: ClassVar[Callable[[], Any]]
+    #: Divide raw features by this (digits' pixels are 0..16).
+    scale: ClassVar[float] = 1.0
+    standardize: ClassVar[bool] = True
+    input_shape: ClassVar[tuple[int, ...]]
 
     test_fraction: float = 0.2
 
@@ -102,61 +108,45 @@ class Digits(DatasetSpec):
         return _fraction_problems(self.test_fraction)
 
     def load(self, seed: int) -> Dataset:
-        bunch = skdatasets.load_digits()
+        bunch = type(self).loader()
         return _split(
-            "digits",
-            bunch.data / 16.0,
+            self.name,
+            bunch.data / self.scale,
             bunch.target,
             test_fraction=self.test_fraction,
             seed=seed,
-            input_shape=(1, 8, 8),
+            input_shape=self.input_shape,
+            standardize=self.standardize,
         )
+
+
+@DATASETS.register("digits")
+@dataclasses.dataclass(frozen=True)
+class Digits(_Bundled):
+    """sklearn's 8×8 handwritten digits (1,797 images, 10 classes), scaled to [0, 1]."""
+
+    loader = staticmethod(skdatasets.load_digits)
+    scale = 16.0
+    standardize = False
+    input_shape = (1, 8, 8)
 
 
 @DATASETS.register("breast_cancer")
 @dataclasses.dataclass(frozen=True)
-class BreastCancer(DatasetSpec):
+class BreastCancer(_Bundled):
     """sklearn's Wisconsin breast cancer set (569 × 30 features, 2 classes), standardized."""
 
-    test_fraction: float = 0.2
-
-    def problems(self) -> list[tuple[str, str]]:
-        return _fraction_problems(self.test_fraction)
-
-    def load(self, seed: int) -> Dataset:
-        bunch = skdatasets.load_breast_cancer()
-        return _split(
-            "breast_cancer",
-            bunch.data,
-            bunch.target,
-            test_fraction=self.test_fraction,
-            seed=seed,
-            input_shape=(30,),
-            standardize=True,
-        )
+    loader = staticmethod(skdatasets.load_breast_cancer)
+    input_shape = (30,)
 
 
 @DATASETS.register("wine")
 @dataclasses.dataclass(frozen=True)
-class Wine(DatasetSpec):
+class Wine(_Bundled):
     """sklearn's wine recognition set (178 × 13 features, 3 classes), standardized."""
 
-    test_fraction: float = 0.2
-
-    def problems(self) -> list[tuple[str, str]]:
-        return _fraction_problems(self.test_fraction)
-
-    def load(self, seed: int) -> Dataset:
-        bunch = skdatasets.load_wine()
-        return _split(
-            "wine",
-            bunch.data,
-            bunch.target,
-            test_fraction=self.test_fraction,
-            seed=seed,
-            input_shape=(13,),
-            standardize=True,
-        )
+    loader = staticmethod(skdatasets.load_wine)
+    input_shape = (13,)
 
 
 @DATASETS.register("synthetic")

@@ -241,20 +241,12 @@ class MultiKrum(Krum):
 
 @dataclasses.dataclass(frozen=True)
 class _Elementwise(HorizontalSpec):
+    flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = ElementwiseMerge
     linear: ClassVar[bool] = False
     rule: ClassVar[Any] = None
 
-    def build(
-        self, num_clients: int, weighted_by_key: str = "num-examples"
-    ) -> flwr_strategies.Strategy:
-        return ElementwiseMerge(
-            type(self).rule,
-            fraction_train=self.fraction_train,
-            min_train_nodes=self.sampled(num_clients),
-            min_available_nodes=num_clients,
-            min_evaluate_nodes=0,
-            weighted_by_key=weighted_by_key,
-        )
+    def flower_kwargs(self) -> dict[str, Any]:
+        return {"merge": type(self).rule}
 
 
 @HORIZONTAL_STRATEGIES.register("max")
