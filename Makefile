@@ -34,7 +34,10 @@ format: $(STAMP)
 bench: $(STAMP)
 	-command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ] && \
 	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || echo "Fashion-MNIST not installed; benchmarks use digits")
-	$(BIN)/python -m benchmarks.simulation
+	mkdir -p outputs/bench
+	$(BIN)/python -m benchmarks.simulation --out outputs/bench/simulation.json
+	$(BIN)/python -m benchmarks.dp_overhead --out outputs/bench/dp_overhead.json
+	$(BIN)/python -m benchmarks.dp_utility --out outputs/bench
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache .hypothesis

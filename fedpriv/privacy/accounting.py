@@ -26,6 +26,16 @@ def sample_rate(num_examples: int, batch_size: int) -> float:
     return 1.0 / math.ceil(num_examples / batch_size)
 
 
+def compose(history: History, entry: tuple[float, float, int]) -> History:
+    """``history`` followed by ``entry``, merged into the last entry when σ and q match
+    (as Opacus' accountants do step by step): the same ε, and the accountant's cost
+    stays flat however many rounds a client trains."""
+    if history and history[-1][:2] == entry[:2]:
+        sigma, rate, steps = history[-1]
+        return [*history[:-1], (sigma, rate, steps + entry[2])]
+    return [*history, entry]
+
+
 def epsilon(history: Sequence[tuple[float, float, int]], delta: float, accountant: str) -> float:
     """ε spent after ``history`` at ``delta``, by the named Opacus accountant (0 if empty)."""
     if not history:

@@ -17,6 +17,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedpriv.data.federated import federate
 from fedpriv.privacy.accounting import (
+    compose,
     epsilon,
     load_history,
     planned_steps,
@@ -51,7 +52,7 @@ class PrivacyLedgerMod:
             rate = sample_rate(n, cfg.train.batch_size)
             steps = cfg.train.local_epochs * math.ceil(n / cfg.train.batch_size)
             sigma = dp.noise_for(n, cfg.train.batch_size, planned_steps(cfg, n))
-            projected = epsilon([*history, (sigma, rate, steps)], delta, dp.accountant)
+            projected = epsilon(compose(history, (sigma, rate, steps)), delta, dp.accountant)
             if projected > dp.budget_epsilon:
                 reason = (
                     f"privacy budget: the next round would spend ε={projected:.3f} > "
@@ -81,7 +82,7 @@ class PrivacyLedgerMod:
             int(metrics["dp-steps"]),  # type: ignore[arg-type]
         )
         if ran[2] > 0:
-            history.append(ran)
+            history = compose(history, ran)
             save_history(context, history)
         metrics["epsilon"] = epsilon(history, delta, dp.accountant)
         metrics["delta"] = delta

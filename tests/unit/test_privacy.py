@@ -117,6 +117,20 @@ def test_ledger_composes_across_rounds_in_context_state():
     assert float(fresh.content["metrics"]["epsilon"]) < eps2  # state is per node
 
 
+def test_history_merges_identical_steps_and_keeps_epsilon():
+    from fedpriv.privacy.accounting import compose
+
+    history = compose(compose([], (1.0, 0.1, 5)), (1.0, 0.1, 7))
+    assert history == [(1.0, 0.1, 12)]
+    history = compose(history, (2.0, 0.1, 3))
+    assert history == [(1.0, 0.1, 12), (2.0, 0.1, 3)]
+    unmerged = [(1.0, 0.1, 5), (1.0, 0.1, 7), (2.0, 0.1, 3)]
+    for accountant in ("rdp", "prv"):
+        assert epsilon(history, 1e-5, accountant) == pytest.approx(
+            epsilon(unmerged, 1e-5, accountant), rel=1e-3
+        )
+
+
 def test_budget_declines_before_training_and_says_why():
     cfg = load_config(overrides=["privacy=dp_sgd", "privacy.noise_multiplier=1.0",
                                  "privacy.target_epsilon=null", "num_clients=3"])  # fmt: skip
