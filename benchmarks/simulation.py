@@ -13,7 +13,9 @@ the example-weighted mean of their models and evaluates it on the test split:
 
 Two numbers per implementation: seconds from the start of the run call to the end of
 round 1 (engine start-up included), and the steady-state seconds per round (median of
-rounds 2..R, each from the end of the previous round to the end of this one).
+rounds 2..R, each from the end of the previous round to the end of this one). With
+``--repeat K`` each number is the median of K runs, and every other repeat runs fedpriv
+before Flower so that neither always starts right after the other's Ray shut down.
 
 The ratio fedpriv/flower is what fedpriv adds on top of Flower (reply checks, bytes
 accounting, the results directory, per-round records); the target is <= 1.10 in steady
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import itertools
 import json
 import logging
@@ -39,7 +42,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import flwr
 import torch
@@ -118,7 +121,7 @@ def run_floor(cfg: ExperimentConfig) -> Timing:
     started = time.perf_counter()
     data = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
     shape, classes = data.dataset.input_shape, data.dataset.num_classes
-    global_state = initial_arrays(cfg, data).to_torch_state_dict()
+    global_state: dict[str, torch.Tensor] = dict(initial_arrays(cfg, data).to_torch_state_dict())
     ends: list[float] = []
     metrics: dict[str, float] = {}
     try:
@@ -159,19 +162,27 @@ def weighted_mean(
 
 
 # -- (b) bare Flower: a plain Message-API app -----------------------------------------------
-def flower_client_app(cfg: ExperimentConfig) -> ClientApp:
-    """A ClientApp whose train handler does what fedpriv's horizontal client does."""
-    app = ClientApp()
+class BareClient:
+    """A plain Flower train handler doing what fedpriv's horizontal client does.
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
+    A module-level class, as in any Flower project: Flower's Ray backend pickles the
+    ClientApp with every message, and cloudpickle names an importable class by reference
+    but copies a closure (or anything in ``__main__``) by value, which costs ~3 ms per
+    message in the driver and would make bare Flower look slower than it is.
+    """
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+
+    def train(self, msg: Message, context: Context) -> Message:
+        cfg = self.cfg
         torch.set_num_threads(cfg.engine.torch_threads)
         data = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
         pid = int(context.node_config["partition-id"])
         x, y = data.client(pid)
         model = cfg.model.build(data.dataset.input_shape, data.dataset.num_classes)
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        server_round = int(msg.content["config"]["server-round"])
+        model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+        server_round = int(cast(int, msg.content.config_records["config"]["server-round"]))
         stats = train_local(model, x, y, cfg.train, seed=seed_for(cfg.seed, server_round, pid))
         metrics = MetricRecord(
             {
@@ -183,6 +194,11 @@ def flower_client_app(cfg: ExperimentConfig) -> ClientApp:
         reply = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
         return Message(content=reply, reply_to=msg)
 
+
+def flower_client_app(cfg: ExperimentConfig) -> ClientApp:
+    """A ClientApp with one train handler, :class:`BareClient`."""
+    app = ClientApp()
+    app.train()(BareClient(cfg).train)
     return app
 
 
@@ -203,7 +219,7 @@ def run_flower(cfg: ExperimentConfig) -> Timing:
         metrics = evaluate(model, data.dataset.x_test, data.dataset.y_test)
         accuracy.append(metrics["accuracy"])
         ends.append(time.perf_counter() - started)
-        return MetricRecord(metrics)
+        return MetricRecord(dict(metrics))
 
     server = ServerApp()
 
@@ -277,8 +293,10 @@ class RoundClock(logging.Handler):
         self.ends: dict[int, float] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        if isinstance(record.msg, str) and record.msg.startswith("round ") and record.args:
-            self.ends[int(record.args[0])] = time.perf_counter() - self.started()  # type: ignore[index]
+        args = record.args
+        if isinstance(record.msg, str) and record.msg.startswith("round ") and args:
+            server_round = cast(tuple[int, ...], args)[0]
+            self.ends[int(server_round)] = time.perf_counter() - self.started()
 
 
 def run_fedpriv(cfg: ExperimentConfig) -> Timing:
@@ -417,11 +435,14 @@ def main() -> None:
         },
         "results": {},
     }
+    run_floor(experiment(args.clients[0], 1))  # warm-up: first-time imports, untimed
     for num_clients in args.clients:
         cfg = experiment(num_clients, args.rounds)
         runs: dict[str, list[Timing]] = {name: [] for name in IMPLEMENTATIONS}
-        for _ in range(args.repeat):
-            for name in IMPLEMENTATIONS:
+        for rep in range(args.repeat):
+            # Odd repeats run fedpriv before Flower, so neither always follows the other.
+            order = IMPLEMENTATIONS if rep % 2 == 0 else ("floor", "fedpriv", "flower")
+            for name in order:
                 print(f"N={num_clients}: {name} ...", end=" ", flush=True)
                 timing = RUNNERS[name](cfg)
                 runs[name].append(timing)
@@ -435,4 +456,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as the importable module benchmarks.simulation, not as __main__, so that the
+    # ClientApp Ray pickles per message refers to BareClient by name (see BareClient).
+    importlib.import_module("benchmarks.simulation").main()
