@@ -5,8 +5,11 @@ A reply that fails a check is rejected with a reason; the round goes on without 
 
 from __future__ import annotations
 
+import functools
+import io
+
 import numpy as np
-from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Message, RecordDict
 
 #: Bytes counted per metric or config value (they travel as 8-byte scalars).
 SCALAR_BYTES = 8
@@ -31,6 +34,30 @@ def payload_nbytes(content: RecordDict) -> int:
                 for v in record.values()
             )
     return total
+
+
+@functools.lru_cache(maxsize=1024)
+def npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    """The ``.npy`` header numpy writes for an array of ``dtype`` and ``shape``."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(shape, dtype=dtype), allow_pickle=False)
+    return buffer.getvalue()[: -np.dtype(dtype).itemsize * int(np.prod(shape))]
+
+
+def payload_values(array: Array, dtype: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The values of a serialized array, viewed without parsing its header, if its bytes
+    are exactly a ``dtype``/``shape`` ``.npy`` payload; else None.
+
+    Parsing a ``.npy`` header costs ~0.5 ms (``ast.literal_eval``); with 100 clients and
+    several arrays each, comparing bytes against the known header is what keeps reply
+    checks cheap.
+    """
+    header = npy_header(dtype, shape)
+    size = np.dtype(dtype).itemsize * int(np.prod(shape))
+    data = array.data
+    if len(data) != len(header) + size or not data.startswith(header):
+        return None
+    return np.frombuffer(data, dtype=dtype, offset=len(header))
 
 
 def check_update(
@@ -59,7 +86,10 @@ def check_update(
                 f"array {name!r} is {array.dtype}{list(array.shape)}, "
                 f"expected {want.dtype}{list(want.shape)}"
             )
-        if not np.isfinite(array.numpy()).all():
+        values = payload_values(array, want.dtype, tuple(want.shape))
+        if values is None or array.stype != want.stype:
+            return f"array {name!r}: its bytes are not a {want.dtype}{list(want.shape)} array"
+        if not np.isfinite(values).all():
             return f"array {name!r} holds NaN or Inf"
     metrics = next(iter(content.metric_records.values()))
     weight = metrics.get(weight_key)

@@ -154,6 +154,18 @@ def test_bad_replies_are_rejected_with_a_reason(make_reply, reason):
     assert found is not None and reason in found
 
 
+def test_arrays_whose_bytes_disagree_with_their_metadata_are_rejected():
+    forged = reply(good())
+    real = forged.content["arrays"]["w"]
+    # Keep the declared dtype and shape, but ship float64 bytes of another shape.
+    other = Array(np.ones((2, 3), np.float64))
+    forged.content["arrays"]["w"] = Array(
+        dtype=real.dtype, shape=real.shape, stype=real.stype, data=other.data
+    )
+    found = check_update(forged, GLOBAL)
+    assert found is not None and "bytes are not a float32[3, 4] array" in found
+
+
 def test_error_replies_are_rejected():
     request = Message(RecordDict(), dst_node_id=1, message_type="train")
     failed = Message(Error(code=0, reason="out of memory"), reply_to=request)
