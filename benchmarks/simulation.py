@@ -28,7 +28,6 @@ seconds depend on the machine and its load; the ratios, taken in one run, are th
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib
 import itertools
@@ -39,8 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -58,7 +56,7 @@ from fedpriv.api import initial_arrays
 from fedpriv.config import ExperimentConfig
 from fedpriv.data import federate
 from fedpriv.results import write_atomic
-from fedpriv.runtime.simulation import ENVIRONMENT, backend_config
+from fedpriv.runtime.simulation import ENVIRONMENT, backend_config, quiet_flower
 from fedpriv.training import evaluate, seed_for, train_local
 
 IMPLEMENTATIONS = ("floor", "flower", "fedpriv")
@@ -252,31 +250,6 @@ def run_flower(cfg: ExperimentConfig) -> Timing:
     if len(ends) != cfg.rounds:
         raise RuntimeError(f"bare Flower finished {len(ends)} of {cfg.rounds} rounds")
     return Timing("flower", ends, accuracy[-1])
-
-
-class _DropNotices(logging.Filter):
-    """Drop run_simulation's deprecation notice and FedAvg's "evaluation skipped" note."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return "DEPRECATED FEATURE" not in message and "will be skipped" not in message
-
-
-@contextlib.contextmanager
-def quiet_flower() -> Iterator[None]:
-    """Flower's logger at WARNING and Python warnings off, as fedpriv runs it by default."""
-    logger = logging.getLogger("flwr")
-    level = logger.level
-    drop = _DropNotices()
-    logger.addFilter(drop)
-    logger.setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            yield
-        finally:
-            logger.setLevel(level)
-            logger.removeFilter(drop)
 
 
 # -- (c) fedpriv ----------------------------------------------------------------------------

@@ -37,19 +37,22 @@ def backend_config(engine: SimulationEngine) -> dict[str, object]:
     }
 
 
-class _DropDeprecation(logging.Filter):
-    """Hide Flower's notice that ``run_simulation`` is deprecated: fedpriv keeps that call
-    here, in one place, and tracks Flower's launch API (docs/design/decisions.md)."""
+class _DropNotices(logging.Filter):
+    """Hide Flower's notice that ``run_simulation`` is deprecated (fedpriv keeps that call
+    here, in one place, and tracks Flower's launch API: docs/design/decisions.md) and
+    FedAvg's note that federated evaluation is skipped (the server evaluates)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "DEPRECATED FEATURE" not in record.getMessage()
+        message = record.getMessage()
+        return "DEPRECATED FEATURE" not in message and "will be skipped" not in message
 
 
 @contextlib.contextmanager
-def _quiet_flower(verbose: bool) -> Iterator[None]:
+def quiet_flower(verbose: bool = False) -> Iterator[None]:
+    """Flower's logger at WARNING and Python warnings off, unless ``verbose``."""
     logger = logging.getLogger("flwr")
     level = logger.level
-    drop = _DropDeprecation()
+    drop = _DropNotices()
     logger.addFilter(drop)
     if not verbose:
         logger.setLevel(logging.WARNING)
@@ -72,7 +75,7 @@ def simulate(
 
     for key, value in ENVIRONMENT.items():
         os.environ.setdefault(key, value)
-    with _quiet_flower(engine.verbose):
+    with quiet_flower(engine.verbose):
         run_simulation(
             server_app=server_app,
             client_app=client_app,
