@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from flwr.app import ConfigRecord, Context
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 
 ACCOUNTANTS = ("prv", "rdp", "gdp")
 STATE_KEY = "fedpriv.dp"
@@ -40,6 +38,8 @@ def epsilon(history: Sequence[tuple[float, float, int]], delta: float, accountan
     """ε spent after ``history`` at ``delta``, by the named Opacus accountant (0 if empty)."""
     if not history:
         return 0.0
+    from opacus.accountants import create_accountant  # Opacus loads only where DP runs
+
     acct = create_accountant(accountant)
     acct.history = [(float(s), float(q), int(n)) for s, q, n in history]
     return float(acct.get_epsilon(delta=delta))
@@ -53,6 +53,8 @@ def calibrated_noise(
 
     Memoized: a pure function of its arguments, asked for again by every round.
     """
+    from opacus.accountants.utils import get_noise_multiplier
+
     return float(
         get_noise_multiplier(
             target_epsilon=target_epsilon,
