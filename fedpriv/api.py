@@ -13,6 +13,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedpriv.config import ExperimentConfig, from_mapping
+from fedpriv.crypto.records import Layout
 from fedpriv.data.federated import FederatedData, federate
 from fedpriv.errors import ConfigError, SimulationError
 from fedpriv.results import SCHEMA_VERSION, Result, RunDirectory
@@ -37,6 +38,12 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
     data = federate(config.data, config.partition, config.num_clients, config.seed)
     config.privacy.check_clients([len(p) for p in data.parts])
     initial = initial_arrays(config, data)
+    # Keys are made here, on the clients' side of the simulation: the secret context
+    # goes into the ClientApp's mods only; the ServerApp gets the public context.
+    keys = config.crypto.make_keys()
+    crypto_mods = config.crypto.client_mods(
+        config, keys.secret if keys else None, Layout.of(initial)
+    )
     from strategies import FAMILIES
 
     strategy = FAMILIES.get(config.family)(config)
@@ -60,6 +67,7 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
             out,
             evaluate=lambda arrays: evaluate_arrays(config, data, arrays),
             initial_arrays=lambda: initial,
+            server_key=keys.public if keys else None,
         ),
         on_done=lambda history, ctx: finished.update(history=history, ctx=ctx),
     )
@@ -73,13 +81,15 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
         config.rounds,
         out.path,
     )
-    simulate(server_app, build_client_app(strategy), config.num_clients, config.engine)
+    client_app = build_client_app(strategy, crypto_mods)
+    simulate(server_app, client_app, config.num_clients, config.engine)
     if "history" not in finished:
         raise SimulationError("the simulation ended before the ServerApp finished its rounds")
     history: list[dict[str, Any]] = finished["history"]
     ctx: RunContext = finished["ctx"]
     summary = summarize(config, history, time.perf_counter() - started, ctx.stop_reason)
     summary["privacy"] = ctx.ledger.summary()
+    summary["crypto"] = config.crypto.summary(history)
     out.write_json("summary.json", summary)
     return Result(out.path, history, summary)
 

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fedpriv.crypto import CRYPTO, CryptoSpec, NoCrypto
 from fedpriv.data.datasets import DATASETS, DatasetSpec
 from fedpriv.data.partition import PARTITIONS, PartitionSpec
 from fedpriv.errors import ConfigError
@@ -88,18 +89,6 @@ class SimulationEngine(EngineSpec):
 
 
 @dataclasses.dataclass(frozen=True)
-class CryptoConfig(Spec):
-    """Encrypted aggregation. Only ``none`` exists yet (CKKS: issue #4)."""
-
-    scheme: str = "none"
-
-    def problems(self) -> list[tuple[str, str]]:
-        if self.scheme != "none":
-            return [("scheme", "is not available yet; choose one of: none")]
-        return []
-
-
-@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment: data × partition × model × strategy × privacy × crypto × engine."""
 
@@ -111,7 +100,7 @@ class ExperimentConfig:
     train: TrainConfig = TrainConfig()
     engine: SimulationEngine = SimulationEngine()
     privacy: PrivacySpec = dataclasses.field(default_factory=NoPrivacy)
-    crypto: CryptoConfig = CryptoConfig()
+    crypto: CryptoSpec = dataclasses.field(default_factory=NoCrypto)
     num_clients: int = 10
     rounds: int = 10
     seed: int = 0
@@ -145,10 +134,10 @@ _GROUPS: dict[str, Registry[Any]] = {
     "model": MODELS,
     "engine": ENGINES,
     "privacy": PRIVACY,
+    "crypto": CRYPTO,
 }
 _PLAIN: dict[str, type[Spec]] = {
     "train": TrainConfig,
-    "crypto": CryptoConfig,
 }
 _SCALARS = {"num_clients": int, "rounds": int, "seed": int, "output_dir": str | None}
 _IGNORED = {"experiment", "hydra"}  # Hydra bookkeeping, not experiment settings
@@ -218,6 +207,13 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
                 f"privacy.{field}={_get_path(values['privacy'], field)!r} {rule}"
                 for field, rule in values["privacy"].problems_for(
                     num_clients=num_clients, strategy=values["strategy"]
+                )
+            ]
+        if "privacy" in values and "crypto" in values:
+            problems += [
+                f"crypto.{field}={getattr(values['crypto'], field)!r} {rule}"
+                for field, rule in values["crypto"].problems_for(
+                    strategy=values["strategy"], privacy=values["privacy"]
                 )
             ]
     if problems:

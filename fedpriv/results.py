@@ -26,13 +26,17 @@ import yaml
 SCHEMA_VERSION = 1
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old or the new file, never half."""
+def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``content`` so readers see the old or the new file, never half.
+
+    ``mode``: the file's permissions (0o600 for secrets: the file never exists with wider ones).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as handle:
+            handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

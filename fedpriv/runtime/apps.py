@@ -7,7 +7,7 @@ same code. The ServerApp hands its history back through ``on_done``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -34,10 +34,16 @@ class _ThreadLimited:
         return self.handler(msg, context)
 
 
-def build_client_app(strategy: Strategy) -> ClientApp:
-    """A ClientApp routing each message type to the strategy's node-side handler."""
+def build_client_app(
+    strategy: Strategy, crypto_mods: Sequence[Callable[..., Any]] = ()
+) -> ClientApp:
+    """A ClientApp routing each message type to the strategy's node-side handler.
+
+    ``crypto_mods`` (from ``config.crypto.client_mods``, holding the clients' keys) run
+    outermost: they decrypt before anything else sees a message and encrypt last.
+    """
     config = strategy.config
-    app = ClientApp(mods=config.privacy.client_mods(config))
+    app = ClientApp(mods=[*crypto_mods, *config.privacy.client_mods(config)])
     threads = config.engine.torch_threads
     for message_type, handler in strategy.client_handlers().items():
         category, _, action = message_type.partition(".")

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedpriv.config import ExperimentConfig
@@ -47,8 +47,11 @@ class RunContext:
         out: RunDirectory,
         evaluate: Callable[[ArrayRecord], dict[str, float]],
         initial_arrays: Callable[[], ArrayRecord],
+        server_key: bytes | None = None,
     ) -> None:
         self.config = config
+        #: The server's crypto context (parameters only: it cannot decrypt), if any.
+        self.server_key = server_key
         self.out = out
         self._evaluate = evaluate
         self._initial_arrays = initial_arrays
@@ -105,9 +108,27 @@ class RunContext:
         """The seeded initial global model."""
         return self._initial_arrays()
 
-    def evaluate(self, arrays: ArrayRecord) -> dict[str, float]:
-        """Accuracy and loss of a global model on the held-out test split."""
-        return self._evaluate(arrays)
+    def evaluate(self, arrays: ArrayRecord, grid: Grid) -> dict[str, float | None]:
+        """Accuracy and loss of a global model on the held-out test split.
+
+        The server evaluates when it can read the model; under encryption it asks a
+        key holder (the node with the lowest ID), which decrypts and evaluates.
+        """
+        if self.config.crypto.server_reads_model:
+            return dict(self._evaluate(arrays))
+        node = min(grid.get_node_ids())
+        message = Message(
+            content=RecordDict({"arrays": arrays}),
+            dst_node_id=node,
+            message_type=MessageType.EVALUATE,
+        )
+        replies = self.send_and_receive(grid, [message])
+        if not replies or replies[0].has_error():
+            reason = replies[0].error.reason if replies else "no reply"
+            log.warning("evaluation by key holder node %s failed: %s", node, reason)
+            return {"accuracy": None, "loss": None}
+        metrics = replies[0].content.metric_records["metrics"]
+        return {"accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}  # type: ignore[arg-type]
 
     # -- the round clock -------------------------------------------------------
     def start_round(self, server_round: int) -> None:

@@ -91,8 +91,27 @@ def check_update(
             return f"array {name!r}: its bytes are not a {want.dtype}{list(want.shape)} array"
         if not np.isfinite(values).all():
             return f"array {name!r} holds NaN or Inf"
-    metrics = next(iter(content.metric_records.values()))
+    return weight_problem(reply, weight_key)
+
+
+def weight_problem(reply: Message, weight_key: str) -> str | None:
+    """Why the reply's one MetricRecord lacks a usable aggregation weight, or None."""
+    metrics = next(iter(reply.content.metric_records.values()))
     weight = metrics.get(weight_key)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
         return f"metric {weight_key!r}={weight!r} must be a positive number"
     return None
+
+
+def cast_like(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
+    """``arrays`` in the dtypes of ``reference``. Flower's FedOpt family computes in
+    float64; the global model keeps its own dtypes so clients' replies match it and
+    messages do not double in size."""
+    return ArrayRecord(
+        {
+            name: array
+            if array.dtype == reference[name].dtype
+            else Array(array.numpy().astype(reference[name].numpy().dtype))
+            for name, array in arrays.items()
+        }
+    )

@@ -1,9 +1,10 @@
 """The horizontal family: clients hold different samples of the same features.
 
 Each round, the wrapped Flower strategy picks clients (``configure_train``), they train
-locally from the global model, replies are checked, and the Flower strategy aggregates
-them (``aggregate_train``). The server then evaluates the new global model on the
-held-out test split.
+locally from the global model, and the crypto scheme's aggregator checks and combines
+the replies: in plaintext the Flower strategy's ``aggregate_train``, under CKKS a sum of
+ciphertexts. The new global model is then evaluated on the held-out test split (by the
+server, or by a key holder when the server cannot read it).
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import cast
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from torch import nn
 
 from fedpriv.config import ExperimentConfig
-from fedpriv.data.federated import federate
+from fedpriv.crypto import Aggregator
+from fedpriv.crypto.records import Layout
+from fedpriv.data.federated import FederatedData, federate
 from fedpriv.privacy.accounting import planned_steps
 from fedpriv.privacy.ledger import declined_reason
 from fedpriv.runtime.node import node_counter, partition_id
-from fedpriv.runtime.records import check_update
-from fedpriv.training import seed_for
+from fedpriv.training import evaluate, seed_for
 from strategies.base import Handler, RoundReport, RunContext, Strategy
 from strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec
 
@@ -33,15 +36,31 @@ class HorizontalClient:
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
 
-    def train(self, msg: Message, context: Context) -> Message:
+    def model(self, msg: Message) -> tuple[FederatedData, nn.Module]:
+        """This run's data, and the model in ``msg`` (built as the privacy mode trains it)."""
         cfg = self.config
         data = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
-        pid = partition_id(context)
-        x, y = data.client(pid)
         model = cfg.privacy.prepare_model(
             cfg.model.build(data.dataset.input_shape, data.dataset.num_classes)
         )
         model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
+        return data, model
+
+    def evaluate(self, msg: Message, context: Context) -> Message:
+        """Accuracy and loss of the received model on the held-out test split. The
+        server asks a key holder when it cannot read the model itself (CKKS)."""
+        data, model = self.model(msg)
+        metrics = evaluate(model, data.dataset.x_test, data.dataset.y_test)
+        content = RecordDict(
+            {METRICS: MetricRecord({**metrics, "num-examples": len(data.dataset.y_test)})}
+        )
+        return Message(content=content, reply_to=msg)
+
+    def train(self, msg: Message, context: Context) -> Message:
+        cfg = self.config
+        data, model = self.model(msg)
+        pid = partition_id(context)
+        x, y = data.client(pid)
         settings = msg.content.config_records[CONFIG]
         server_round = int(settings["server-round"])  # type: ignore[arg-type]
         stats, privacy_metrics = cfg.privacy.train(
@@ -85,51 +104,56 @@ class Horizontal(Strategy):
             self.spec.sampled(config.num_clients),
         )
         self.arrays = ArrayRecord()
+        self.aggregator: Aggregator | None = None
 
     def client_handlers(self) -> Mapping[str, Handler]:
-        return {"train": HorizontalClient(self.config).train}
+        client = HorizontalClient(self.config)
+        return {"train": client.train, "evaluate": client.evaluate}
 
     def start(self, grid: Grid, ctx: RunContext) -> None:
         self.arrays = ctx.initial_arrays()
+        self.aggregator = self.config.crypto.aggregator(
+            self.flower,
+            weight_key=self.weight_key,
+            strategy=self.spec,
+            layout=Layout.of(self.arrays),
+            public=ctx.server_key,
+        )
 
     def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
-        messages = self.flower.configure_train(server_round, self.arrays, ConfigRecord(), grid)
+        assert self.aggregator is not None, "start() runs before the first round"
+        messages = list(
+            self.flower.configure_train(server_round, self.arrays, ConfigRecord(), grid)
+        )
         accepted = []
         for reply in ctx.send_and_receive(grid, messages):
             if (declined := declined_reason(reply)) is not None:
                 ctx.decline(reply, declined)
                 continue
-            reason = check_update(reply, self.arrays, self.weight_key)
+            reason = self.aggregator.check(reply, self.arrays)
             if reason is None:
                 accepted.append(reply)
             else:
                 ctx.reject(reply, reason)
+        extra = {}
         if accepted:
-            arrays, _ = self.flower.aggregate_train(server_round, accepted)
-            if arrays is not None:
-                self.arrays = cast_like(arrays, self.arrays)
+            result = self.aggregator.aggregate(server_round, accepted, self.arrays, len(messages))
+            for reply, reason in result.rejected:
+                ctx.reject(reply, reason)
+            rejected = {id(reply) for reply, _ in result.rejected}
+            accepted = [reply for reply in accepted if id(reply) not in rejected]
+            if result.arrays is not None:
+                self.arrays = result.arrays
                 ctx.ledger.released()
-        evaluation = ctx.evaluate(self.arrays)
+            extra = result.record
+        evaluation = ctx.evaluate(self.arrays, grid)
         return RoundReport(
             server_round=server_round,
             accuracy=evaluation["accuracy"],
             loss=evaluation["loss"],
             clients=[client_entry(reply) for reply in accepted],
+            extra=extra,
         )
-
-
-def cast_like(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
-    """``arrays`` in the dtypes of ``reference``. Flower's FedOpt family computes in
-    float64; the global model keeps its own dtypes so clients' replies match it and
-    messages do not double in size."""
-    return ArrayRecord(
-        {
-            name: array
-            if array.dtype == reference[name].dtype
-            else Array(array.numpy().astype(reference[name].numpy().dtype))
-            for name, array in arrays.items()
-        }
-    )
 
 
 def client_entry(reply: Message) -> dict[str, object]:

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import numpy as np
 from flwr.serverapp import strategy as flwr_strategies
 
 from fedpriv.registry import Registry, Spec
@@ -38,6 +39,20 @@ class HorizontalSpec(Spec):
     def problems_for(self, num_clients: int) -> list[tuple[str, str]]:
         """Problems that depend on the number of clients (checked with the whole config)."""
         return []
+
+    def state_parts(self) -> int:
+        """Model-sized parts of the server's state (encrypted aggregation carries them all)."""
+        return 1
+
+    def contribution(self, state: list[np.ndarray], local: np.ndarray) -> list[np.ndarray]:
+        """One client's share of the next server state: the example-weighted mean of all
+        shares is that state. Only linear strategies have one; under CKKS the key
+        holders run it, since the server cannot compute on what it cannot read.
+
+        ``state``: the current state's parts (model first), ``local``: the client's
+        trained model, all flat. FedAvg and FedProx: the next model is the mean model.
+        """
+        return [local]
 
     def sampled(self, num_clients: int) -> int:
         """Clients trained per round."""
@@ -109,6 +124,20 @@ class FedAvgM(HorizontalSpec):
         if not 0.0 <= self.server_momentum < 1.0:
             out.append(("server_momentum", "must be in [0, 1)"))
         return out
+
+    def state_parts(self) -> int:
+        return 2 if self.server_momentum > 0 else 1
+
+    def contribution(self, state: list[np.ndarray], local: np.ndarray) -> list[np.ndarray]:
+        """Flower's FedAvgM rule, share by share: the pseudo-gradient ``w - w_k`` (plus
+        ``momentum × m``) averages to Flower's momentum vector, and ``w - lr × step``
+        to its next model; the momentum starts at zero, as Flower's first round does."""
+        weights = state[0]
+        step = weights - local
+        if self.server_momentum > 0:
+            step = self.server_momentum * state[1] + step
+            return [weights - self.server_learning_rate * step, step]
+        return [weights - self.server_learning_rate * step]
 
 
 @dataclasses.dataclass(frozen=True)

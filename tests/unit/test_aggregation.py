@@ -187,7 +187,7 @@ def test_good_reply_passes_and_payload_is_counted():
 @pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad"])
 def test_fedopt_aggregates_keep_the_global_models_dtypes(name):
     """Flower's FedOpt computes in float64; the global model must stay float32."""
-    from strategies.horizontal.family import cast_like
+    from fedpriv.runtime.records import cast_like
 
     flower = HORIZONTAL_STRATEGIES.create({"name": name}).build(2)
     start = ArrayRecord({k: Array(np.zeros(s, np.float32)) for k, s in SHAPES.items()})

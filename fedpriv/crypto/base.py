@@ -1,0 +1,111 @@
+"""Encryption choices (``crypto=<name>``): what the server may read.
+
+A crypto spec contributes, without branches inside strategies:
+
+* client mods that decrypt what a node receives and encrypt what it sends,
+* the server's :class:`Aggregator` (plaintext: the Flower strategy's own aggregate;
+  CKKS: a sum of ciphertexts),
+* whether the server can read the global model (if not, a key holder evaluates it),
+* the keys, made where the clients are and never handed to the ServerApp.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+from flwr.app import ArrayRecord, Message
+from flwr.serverapp.strategy import Strategy as FlowerStrategy
+
+from fedpriv.crypto.ckks import KeyPair
+from fedpriv.crypto.records import Layout
+from fedpriv.registry import Registry, Spec
+from fedpriv.runtime.records import cast_like, check_update
+
+
+@dataclasses.dataclass
+class Aggregate:
+    """What one round's aggregation produced."""
+
+    #: The new global state, or None (nothing usable: keep the old one).
+    arrays: ArrayRecord | None
+    #: Replies found unusable while aggregating, with the reason.
+    rejected: list[tuple[Message, str]] = dataclasses.field(default_factory=list)
+    #: Extra entries for the round record (e.g. ``crypto`` costs).
+    record: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Aggregator(Protocol):
+    """The server's side of one crypto scheme: check replies, combine them."""
+
+    def check(self, reply: Message, current: ArrayRecord) -> str | None:
+        """Why ``reply`` cannot be aggregated with the global state ``current``, or None."""
+
+    def aggregate(
+        self, server_round: int, replies: list[Message], current: ArrayRecord, sent: int
+    ) -> Aggregate:
+        """Combine checked replies; ``sent``: how many nodes received ``current``."""
+
+
+class PlainAggregator:
+    """Plaintext updates, aggregated by the Flower strategy itself."""
+
+    def __init__(self, flower: FlowerStrategy, weight_key: str) -> None:
+        self.flower = flower
+        self.weight_key = weight_key
+
+    def check(self, reply: Message, current: ArrayRecord) -> str | None:
+        return check_update(reply, current, self.weight_key)
+
+    def aggregate(
+        self, server_round: int, replies: list[Message], current: ArrayRecord, sent: int
+    ) -> Aggregate:
+        arrays, _ = self.flower.aggregate_train(server_round, replies)
+        return Aggregate(None if arrays is None else cast_like(arrays, current))
+
+
+class CryptoSpec(Spec):
+    """Base of the encryption options; the defaults are 'plaintext'."""
+
+    #: False when the server holds only ciphertexts of the global model.
+    server_reads_model: ClassVar[bool] = True
+
+    def problems_for(self, *, strategy: Spec, privacy: Any) -> list[tuple[str, str]]:
+        """Problems that depend on the rest of the experiment."""
+        return []
+
+    def make_keys(self) -> KeyPair | None:
+        """Fresh keys for a run (None: nothing to keep secret)."""
+        return None
+
+    def client_mods(
+        self, config: Any, secret: bytes | None, layout: Layout
+    ) -> list[Callable[..., Any]]:
+        """Flower mods for every ClientApp handler (``secret``: the clients' context)."""
+        return []
+
+    def aggregator(
+        self,
+        flower: FlowerStrategy,
+        *,
+        weight_key: str,
+        strategy: Any,
+        layout: Layout,
+        public: bytes | None,
+    ) -> Aggregator:
+        """The server's aggregator (``public``: the server's context, if any)."""
+        return PlainAggregator(flower, weight_key)
+
+    def summary(self, history: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """``summary.json``'s ``crypto`` entry (None: no encryption)."""
+        return None
+
+
+CRYPTO: Registry[CryptoSpec] = Registry("crypto scheme")
+
+
+@CRYPTO.register("none")
+@dataclasses.dataclass(frozen=True)
+class NoCrypto(CryptoSpec):
+    """No encryption: the server reads every update and the global model."""

@@ -1,0 +1,271 @@
+"""CKKS parameters, keys and ciphertext operations (TenSEAL).
+
+Who holds what: every client holds one shared *secret* context (parameters and the
+secret key); the server holds a *public* context made of the parameters alone — no
+secret key, no public, relinearization or Galois keys. Aggregation is addition, which
+needs none of them. Clients encrypt with the secret key (SEAL's symmetric encryption):
+every encryptor here is also a decryptor, and symmetric encryption is twice as fast as
+public-key encryption with half the noise. The server thus cannot decrypt, and cannot
+forge a ciphertext either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fedpriv.crypto.parallel import map_spans
+
+#: Largest total coefficient-modulus bits that keep 128-bit security, by polynomial
+#: modulus degree (HomomorphicEncryption.org standard, ternary secrets; SEAL enforces it).
+MAX_MODULUS_BITS_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
+#: log2 of the decryption error of a fresh ciphertext, in units of the scale (measured:
+#: ~2^9 for symmetric encryption; 2^12 leaves room for sums over clients).
+NOISE_BITS = 12
+#: Finest scale allowed: 2^(NOISE_BITS - 32) ≈ 1e-6 absolute error before averaging.
+MIN_SCALE_BITS = 32
+#: Coarsest integer room allowed: pre-weighted sums n_k·x up to 2^20 ≈ 1e6.
+MIN_INTEGER_BITS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named, 128-bit-secure parameter set."""
+
+    poly_modulus_degree: int
+    coeff_mod_bit_sizes: tuple[int, ...]
+    scale_bits: int
+    why: str
+
+
+PRESETS = {
+    "ckks-128": Preset(
+        4096,
+        (60, 49),
+        36,
+        "one 60-bit data prime (no rescale level: aggregation only adds), 2048 slots; "
+        "the 49-bit prime is SEAL's key-switching prime and never reaches a ciphertext",
+    ),
+    "ckks-128-n8192": Preset(
+        8192,
+        (60, 40, 40, 60),
+        40,
+        "the common setting with two rescale levels; 3x the bytes of ckks-128 for nothing "
+        "aggregation uses, kept for comparison",
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CkksParams:
+    """Resolved CKKS parameters (a preset with any explicit overrides applied)."""
+
+    poly_modulus_degree: int
+    coeff_mod_bit_sizes: tuple[int, ...]
+    scale_bits: int
+
+    @property
+    def slots(self) -> int:
+        """Real values per ciphertext."""
+        return self.poly_modulus_degree // 2
+
+    @property
+    def data_bits(self) -> int:
+        """Bits of the modulus a fresh ciphertext lives under (all primes but SEAL's last,
+        special one)."""
+        return sum(self.coeff_mod_bit_sizes[:-1])
+
+    @property
+    def max_abs_value(self) -> float:
+        """The largest magnitude a ciphertext slot holds without wrapping around."""
+        return 2.0 ** (self.data_bits - self.scale_bits - 1)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Why these parameters are not 128-bit secure or cannot hold the precision."""
+        n, bits = self.poly_modulus_degree, self.coeff_mod_bit_sizes
+        if n not in MAX_MODULUS_BITS_128:
+            return [("poly_modulus_degree", f"must be one of {sorted(MAX_MODULUS_BITS_128)}")]
+        out = []
+        if len(bits) < 2:
+            out.append(
+                ("coeff_mod_bit_sizes", "needs >= 2 primes: TenSEAL reserves the last for SEAL")
+            )
+        if any(not 20 <= b <= 60 for b in bits):
+            out.append(("coeff_mod_bit_sizes", "each prime must have 20 to 60 bits"))
+        if sum(bits) > MAX_MODULUS_BITS_128[n]:
+            out.append(
+                (
+                    "coeff_mod_bit_sizes",
+                    f"sum to {sum(bits)} bits, which is not 128-bit secure: "
+                    f"poly_modulus_degree={n} allows at most {MAX_MODULUS_BITS_128[n]} "
+                    "(HomomorphicEncryption.org standard); raise poly_modulus_degree or "
+                    "use fewer or smaller primes",
+                )
+            )
+        if self.scale_bits < MIN_SCALE_BITS:
+            out.append(
+                (
+                    "scale_bits",
+                    f"must be >= {MIN_SCALE_BITS}: decryption error is about "
+                    f"2^({NOISE_BITS} - scale_bits) = {2.0 ** (NOISE_BITS - self.scale_bits):.1e}"
+                    ", above the 1e-6 aggregation needs",
+                )
+            )
+        integer_bits = self.data_bits - self.scale_bits - 1
+        if len(bits) >= 2 and integer_bits < MIN_INTEGER_BITS:
+            out.append(
+                (
+                    "scale_bits",
+                    f"leaves {integer_bits} bits for the integer part of a slot (data primes "
+                    f"{list(bits[:-1])} minus the scale); pre-weighted sums need >= "
+                    f"{MIN_INTEGER_BITS}: lower scale_bits or use a larger first prime",
+                )
+            )
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyPair:
+    """The two serialized TenSEAL contexts of one key set."""
+
+    #: For clients: the parameters and the secret key.
+    secret: bytes
+    #: For the server: the parameters alone.
+    public: bytes
+
+
+def make_keys(params: CkksParams) -> KeyPair:
+    """A fresh secret key and the two contexts that go with it."""
+    import tenseal as ts
+
+    context = ts.context(
+        ts.SCHEME_TYPE.CKKS,
+        params.poly_modulus_degree,
+        coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+        encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC,
+        n_threads=1,
+    )
+    context.global_scale = 2.0**params.scale_bits
+    keep = {"save_galois_keys": False, "save_relin_keys": False}
+    return KeyPair(
+        secret=context.serialize(save_secret_key=True, **keep),
+        public=context.serialize(save_secret_key=False, **keep),
+    )
+
+
+def load_context(data: bytes, scale_bits: int) -> Any:
+    """The TenSEAL context serialized in ``data`` (cached per process: a forked worker
+    must not reuse its parent's, whose thread pool did not survive the fork)."""
+    return _load_context(os.getpid(), data, scale_bits)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_context(pid: int, data: bytes, scale_bits: int) -> Any:
+    import tenseal as ts
+
+    context = ts.context_from(data, n_threads=1)
+    context.global_scale = 2.0**scale_bits
+    return context
+
+
+def encrypt(secret: bytes, params: CkksParams, values: np.ndarray, workers: int = 1) -> list[bytes]:
+    """``values`` (1-D) as serialized ciphertexts of ``params.slots`` values each."""
+    slots = params.slots
+    count = math.ceil(len(values) / slots)
+
+    def work(start: int, stop: int) -> list[bytes]:
+        import tenseal as ts
+
+        context = load_context(secret, params.scale_bits)
+        return [
+            ts.ckks_vector(context, values[i * slots : (i + 1) * slots]).serialize()
+            for i in range(start, stop)
+        ]
+
+    return map_spans(work, count, workers)
+
+
+def decrypt(
+    secret: bytes, params: CkksParams, chunks: Sequence[bytes], workers: int = 1
+) -> np.ndarray:
+    """The values of serialized ciphertexts, concatenated (float64)."""
+
+    def work(start: int, stop: int) -> list[np.ndarray]:
+        import tenseal as ts
+
+        context = load_context(secret, params.scale_bits)
+        return [
+            np.asarray(ts.ckks_vector_from(context, chunks[i]).decrypt())
+            for i in range(start, stop)
+        ]
+
+    parts = map_spans(work, len(chunks), workers)
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def add(
+    public: bytes,
+    params: CkksParams,
+    contributions: Sequence[Sequence[bytes]],
+    sizes: Sequence[int],
+    workers: int = 1,
+) -> tuple[list[bytes], dict[int, str]]:
+    """Chunk-wise sums of several parties' ciphertexts, using the public context only.
+
+    ``contributions[k][i]`` is party ``k``'s ``i``-th ciphertext, which must hold
+    ``sizes[i]`` values. A party with a ciphertext that does not load under these
+    parameters, has the wrong size or scale, is left out of the sum; the second result
+    maps its index to the reason.
+    """
+    bad: dict[int, str] = {}
+    while True:
+        sums, found = _add_once(public, params, contributions, sizes, workers, set(bad))
+        if not found:
+            return sums, bad
+        bad.update(found)
+        if len(bad) == len(contributions):
+            return [], bad
+
+
+def _add_once(
+    public: bytes,
+    params: CkksParams,
+    contributions: Sequence[Sequence[bytes]],
+    sizes: Sequence[int],
+    workers: int,
+    skip: set[int],
+) -> tuple[list[bytes], dict[int, str]]:
+    """One pass of :func:`add`; a party found bad makes the caller pass again without it
+    (its earlier chunks are already in the sums)."""
+    parties = [k for k in range(len(contributions)) if k not in skip]
+
+    def work(start: int, stop: int) -> list[tuple[bytes | None, dict[int, str]]]:
+        import tenseal as ts
+
+        context = load_context(public, params.scale_bits)
+        out: list[tuple[bytes | None, dict[int, str]]] = []
+        for i in range(start, stop):
+            total, found = None, {}
+            for k in parties:
+                try:
+                    vector = ts.ckks_vector_from(context, contributions[k][i])
+                    if vector.size() != sizes[i]:
+                        raise ValueError(f"holds {vector.size()} values, expected {sizes[i]}")
+                    total = vector if total is None else total.add_(vector)
+                except Exception as error:  # TenSEAL raises bare ValueError/TypeError/RuntimeError
+                    found[k] = f"ciphertext {i} rejected: {error}"
+                    break
+            out.append((None if found or total is None else total.serialize(), found))
+        return out
+
+    results = map_spans(work, len(sizes), workers)
+    found = {k: reason for _, bad in results for k, reason in bad.items()}
+    if found:
+        return [], found
+    return [chunk for chunk, _ in results if chunk is not None], {}

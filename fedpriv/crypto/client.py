@@ -1,0 +1,99 @@
+"""The key holders' side of CKKS aggregation: a Flower client mod.
+
+On the way in it decrypts the global state and hands the node's handler a plaintext
+model, as if there were no encryption. On the way out it turns the trained model into
+this client's contribution to the next state (the strategy's own rule), pre-weights it
+by the client's example count and encrypts it, so the server only adds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from flwr.app import Context, Message
+
+from fedpriv.crypto import ckks
+from fedpriv.crypto.records import Layout, chunks_of, is_encrypted, to_record, weight_of
+
+ARRAYS, METRICS = "arrays", "metrics"
+
+
+class CkksClientMod:
+    """Flower client mod: decrypt what arrives, encrypt what leaves."""
+
+    def __init__(
+        self,
+        params: ckks.CkksParams,
+        secret: bytes,
+        *,
+        strategy: Any,
+        layout: Layout,
+        weight_key: str,
+        num_clients: int,
+        workers: int,
+        verify: bool,
+    ) -> None:
+        self.params = params
+        self.secret = secret
+        self.strategy = strategy
+        self.layout = layout
+        self.weight_key = weight_key
+        self.num_clients = num_clients
+        self.workers = workers
+        self.verify = verify
+
+    def __call__(
+        self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        arrays = msg.content.array_records.get(ARRAYS)
+        if arrays is None:
+            return call_next(msg, context)
+        started = time.perf_counter()
+        state = self.decrypt_state(arrays)
+        decrypt_seconds = time.perf_counter() - started
+        msg.content[ARRAYS] = self.layout.unflatten(state[0])
+        reply = call_next(msg, context)
+        if reply.has_error() or ARRAYS not in reply.content.array_records:
+            return reply  # an error, a decline, or an evaluation: nothing to encrypt
+        metrics = reply.content.metric_records[METRICS]
+        weight = float(metrics[self.weight_key])  # type: ignore[arg-type]
+        local = self.layout.flatten(reply.content.array_records[ARRAYS])
+        values = weight * np.concatenate(self.strategy.contribution(state, local))
+        self.check_range(values)
+        started = time.perf_counter()
+        chunks = ckks.encrypt(self.secret, self.params, values, self.workers)
+        metrics["ckks-encrypt-seconds"] = time.perf_counter() - started
+        metrics["ckks-decrypt-seconds"] = decrypt_seconds
+        if self.verify:
+            decrypted = ckks.decrypt(self.secret, self.params, chunks, self.workers)
+            metrics["ckks-error"] = float(np.abs(decrypted - values).max()) / weight
+        sizes = self.layout.chunk_sizes(len(state), self.params.slots)
+        reply.content[ARRAYS] = to_record(chunks, sizes)
+        return reply
+
+    def decrypt_state(self, arrays: Any) -> list[np.ndarray]:
+        """The global state's parts (model first). Round 1's state is a plaintext model
+        (a seeded initialization reveals nothing); other parts then start at zero."""
+        parts = self.strategy.state_parts()
+        if not is_encrypted(arrays):
+            model = self.layout.flatten(arrays)
+            return [model] + [np.zeros_like(model) for _ in range(parts - 1)]
+        total = ckks.decrypt(self.secret, self.params, chunks_of(arrays), self.workers)
+        vector = total / weight_of(arrays)
+        return list(vector.reshape(parts, self.layout.size))
+
+    def check_range(self, values: np.ndarray) -> None:
+        """Refuse an update whose sum over all clients could wrap around the modulus."""
+        largest = float(np.abs(values).max(initial=0.0))
+        limit = self.params.max_abs_value / self.num_clients
+        if not largest < limit:
+            raise ValueError(
+                f"CKKS: this client's pre-weighted update reaches |n_k·x| = {largest:.3g}; the "
+                f"sum over {self.num_clients} clients must stay below "
+                f"2^{self.params.data_bits - self.params.scale_bits - 1}, so each must stay "
+                f"below {limit:.3g}. Lower crypto.scale_bits (coarser precision) or use a "
+                "larger first prime in crypto.coeff_mod_bit_sizes"
+            )

@@ -1,0 +1,101 @@
+"""How encrypted state travels in Flower records.
+
+A model (or a server state of several model-sized parts, e.g. FedAvgM's weights and
+momentum) is flattened in the model's array order, concatenated, and cut into
+ciphertexts of one CKKS vector each. Each ciphertext is one Flower ``Array`` of stype
+:data:`CKKS_STYPE` named ``ckks/<index>``, shape ``(values,)``. The global state also
+carries :data:`WEIGHT`, the plaintext sum of the example counts its ciphertexts are
+weighted by: ciphertexts hold ``Σ n_k·x_k`` and key holders divide by it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+CKKS_STYPE = "tenseal.ckks"
+WEIGHT = "ckks-weight"
+
+
+def chunk_name(index: int) -> str:
+    return f"ckks/{index:06d}"
+
+
+def is_encrypted(arrays: ArrayRecord) -> bool:
+    """True for a record of ciphertexts (an encrypted state or update)."""
+    return any(array.stype == CKKS_STYPE for array in arrays.values())
+
+
+def to_record(chunks: list[bytes], sizes: list[int], weight: float | None = None) -> ArrayRecord:
+    """Ciphertexts (and the state's total weight) as an ArrayRecord."""
+    record = ArrayRecord(
+        {
+            chunk_name(i): Array(dtype="ckks", shape=(size,), stype=CKKS_STYPE, data=chunk)
+            for i, (chunk, size) in enumerate(zip(chunks, sizes, strict=True))
+        }
+    )
+    if weight is not None:
+        record[WEIGHT] = Array(np.array([weight], dtype=np.float64))
+    return record
+
+
+def chunks_of(arrays: ArrayRecord) -> list[bytes]:
+    """The ciphertexts of a record, in index order."""
+    return [arrays[name].data for name in sorted(arrays) if name != WEIGHT]
+
+
+def weight_of(arrays: ArrayRecord) -> float:
+    return float(arrays[WEIGHT].numpy()[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Names, shapes and dtypes of a model's arrays: how to flatten and rebuild it."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, arrays: ArrayRecord) -> Layout:
+        return cls(
+            tuple(arrays),
+            tuple(tuple(a.shape) for a in arrays.values()),
+            tuple(a.dtype for a in arrays.values()),
+        )
+
+    @property
+    def size(self) -> int:
+        """Values in one model."""
+        return sum(math.prod(shape) for shape in self.shapes)
+
+    @property
+    def float32_bytes(self) -> int:
+        """Bytes of one model as float32: the plaintext a ciphertext stands in for."""
+        return 4 * self.size
+
+    def flatten(self, arrays: ArrayRecord) -> np.ndarray:
+        """The model's values in layout order, as one float64 vector."""
+        return np.concatenate(
+            [arrays[name].numpy().astype(np.float64).ravel() for name in self.names]
+        )
+
+    def unflatten(self, vector: np.ndarray) -> ArrayRecord:
+        """A model record from ``vector`` (integer arrays rounded back)."""
+        out, offset = {}, 0
+        for name, shape, dtype in zip(self.names, self.shapes, self.dtypes, strict=True):
+            size = math.prod(shape)
+            values = vector[offset : offset + size].reshape(shape)
+            if np.issubdtype(np.dtype(dtype), np.integer):
+                values = np.rint(values)
+            out[name] = Array(np.ascontiguousarray(values.astype(dtype)))
+            offset += size
+        return ArrayRecord(out)
+
+    def chunk_sizes(self, parts: int, slots: int) -> list[int]:
+        """Values per ciphertext for a state of ``parts`` models."""
+        total = parts * self.size
+        return [min(slots, total - start) for start in range(0, total, slots)]

@@ -1,0 +1,143 @@
+"""``crypto=ckks``: the server aggregates CKKS ciphertexts it cannot read."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from flwr.serverapp.strategy import Strategy as FlowerStrategy
+
+from fedpriv.crypto import ckks
+from fedpriv.crypto.base import CRYPTO, Aggregator, CryptoSpec
+from fedpriv.crypto.client import CkksClientMod
+from fedpriv.crypto.parallel import default_workers
+from fedpriv.crypto.records import Layout
+from fedpriv.crypto.server import CkksAggregator
+from fedpriv.registry import Spec
+
+SECURITY_BITS = 128
+
+
+@CRYPTO.register("ckks")
+@dataclasses.dataclass(frozen=True)
+class Ckks(CryptoSpec):
+    """Clients send CKKS ciphertexts of their pre-weighted updates; the server adds them.
+
+    Parameters come from ``preset``; any of ``poly_modulus_degree``,
+    ``coeff_mod_bit_sizes`` and ``scale_bits`` set explicitly overrides it. Settings
+    that are not 128-bit secure, or cannot hold 1e-6 precision, are refused.
+    """
+
+    server_reads_model: ClassVar[bool] = False
+
+    preset: str = "ckks-128"
+    poly_modulus_degree: int | None = None
+    coeff_mod_bit_sizes: tuple[int, ...] | None = None
+    scale_bits: int | None = None
+    #: Debug: each client decrypts its own ciphertexts and reports the error (per value).
+    verify: bool = False
+    #: Processes encrypting (a client) or summing (the server); null: the cores there
+    #: (in simulation, a client gets ``engine.cpus_per_client``).
+    workers: int | None = None
+
+    @property
+    def params(self) -> ckks.CkksParams:
+        preset = ckks.PRESETS[self.preset]
+        return ckks.CkksParams(
+            self.poly_modulus_degree or preset.poly_modulus_degree,
+            tuple(self.coeff_mod_bit_sizes or preset.coeff_mod_bit_sizes),
+            self.scale_bits or preset.scale_bits,
+        )
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.preset not in ckks.PRESETS:
+            return [("preset", f"is not a preset; choose one of: {', '.join(ckks.PRESETS)}")]
+        out = self.params.problems()
+        if self.workers is not None and self.workers < 1:
+            out.append(("workers", "must be >= 1 or null (the cores available)"))
+        return out
+
+    def problems_for(self, *, strategy: Spec, privacy: Any) -> list[tuple[str, str]]:
+        out = []
+        if not getattr(strategy, "linear", False):
+            out.append(
+                (
+                    "name",
+                    f"cannot aggregate strategy={strategy.name}: it needs the plaintext updates "
+                    "(a median, a distance, a square root), and the server holds only "
+                    "ciphertexts it can add; with crypto=ckks use strategy=fedavg, fedprox "
+                    "or fedavgm",
+                )
+            )
+        if privacy.central_dp() is not None:
+            out.append(
+                (
+                    "name",
+                    f"cannot be combined with privacy={privacy.name}: central DP adds noise "
+                    "to the aggregate on the server, which cannot read it under CKKS; use "
+                    "privacy=dp_sgd (local DP-SGD on each client) with crypto=ckks",
+                )
+            )
+        return out
+
+    def make_keys(self) -> ckks.KeyPair:
+        return ckks.make_keys(self.params)
+
+    def client_mods(
+        self, config: Any, secret: bytes | None, layout: Layout
+    ) -> list[Callable[..., Any]]:
+        if secret is None:
+            raise ValueError("crypto=ckks: the clients need the secret context")
+        workers = self.workers or max(1, int(config.engine.cpus_per_client))
+        return [
+            CkksClientMod(
+                self.params,
+                secret,
+                strategy=config.strategy,
+                layout=layout,
+                weight_key=config.privacy.weight_key(),
+                num_clients=config.num_clients,
+                workers=workers,
+                verify=self.verify,
+            )
+        ]
+
+    def aggregator(
+        self,
+        flower: FlowerStrategy,
+        *,
+        weight_key: str,
+        strategy: Any,
+        layout: Layout,
+        public: bytes | None,
+    ) -> Aggregator:
+        if public is None:
+            raise ValueError("crypto=ckks: the server needs the public context")
+        return CkksAggregator(
+            self.params,
+            public,
+            layout=layout,
+            parts=strategy.state_parts(),
+            weight_key=weight_key,
+            workers=self.workers or default_workers(),
+        )
+
+    def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        costs = [r["crypto"] for r in history if "crypto" in r]
+        ciphertext = sum(c["ciphertext_bytes_up"] for c in costs)
+        plaintext = sum(c["plaintext_bytes_up"] for c in costs)
+        errors = [c["max_abs_error"] for c in costs if c["max_abs_error"] is not None]
+        params = self.params
+        return {
+            "scheme": self.name,
+            "preset": self.preset,
+            "poly_modulus_degree": params.poly_modulus_degree,
+            "coeff_mod_bit_sizes": list(params.coeff_mod_bit_sizes),
+            "scale_bits": params.scale_bits,
+            "security_bits": SECURITY_BITS,
+            "encryption": "symmetric (clients' shared secret key); server holds parameters only",
+            "expansion": ciphertext / plaintext if plaintext else None,
+            "max_abs_error": max(errors) if errors else None,
+            "aggregate_seconds": sum(c["aggregate_seconds"] for c in costs),
+        }
