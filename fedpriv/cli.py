@@ -8,7 +8,9 @@ import sys
 from fedpriv import __version__
 
 USAGE = """fedpriv run [HYDRA OVERRIDES...]      run an experiment (e.g. strategy=fedavg data=wine)
-fedpriv report DIR... [--out DIR]     table, report.csv and plots of finished runs"""
+fedpriv report DIR... [--out DIR]     table, report.csv and plots of finished runs
+fedpriv keys init --out DIR [--preset ckks-128]
+                                      CKKS key files for a fleet (client.ctx, server.ctx)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,11 +50,40 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         return 0
+    if command == "keys":
+        return _keys(rest)
     print(
-        f"error: unknown command {command!r}; choose one of: run, report\n\n{USAGE}",
+        f"error: unknown command {command!r}; choose one of: run, report, keys\n\n{USAGE}",
         file=sys.stderr,
     )
     return 2
+
+
+def _keys(argv: list[str]) -> int:
+    """``fedpriv keys init``: write a fresh CKKS key set (see docs/crypto.md)."""
+    from fedpriv.crypto import PRESETS, write_keys
+    from fedpriv.crypto.ckks import CkksParams
+
+    parser = argparse.ArgumentParser(prog="fedpriv keys")
+    parser.add_argument("action", choices=["init"])
+    parser.add_argument("--out", required=True, help="directory for the key files")
+    parser.add_argument("--preset", default="ckks-128", choices=sorted(PRESETS))
+    parser.add_argument("--force", action="store_true", help="replace an existing key set")
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    params = CkksParams(preset.poly_modulus_degree, preset.coeff_mod_bit_sizes, preset.scale_bits)
+    try:
+        write_keys(args.out, params, force=args.force)
+    except FileExistsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {args.out}/client.ctx (secret: copy to every client, mode 0600), "
+        f"{args.out}/server.ctx (public: the server's), {args.out}/params.json "
+        f"[{args.preset}: N={params.poly_modulus_degree}, "
+        f"primes {list(params.coeff_mod_bit_sizes)}, scale 2^{params.scale_bits}]"
+    )
+    return 0
 
 
 def _reference(spec: str) -> tuple[str, float]:

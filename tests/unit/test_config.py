@@ -102,8 +102,10 @@ def test_krum_needs_enough_clients():
     assert "strategy.num_malicious_nodes=2" in message and "Krum needs" in message
 
 
-def test_crypto_schemes_not_yet_available_are_refused():
-    assert "crypto.scheme='ckks' is not available yet" in problems_of("crypto.scheme=ckks")
+def test_unknown_crypto_schemes_are_refused_with_the_choices():
+    assert "unknown crypto scheme crypto.name='paillier'; choose one of: ckks, none" in (
+        problems_of("crypto.name=paillier")
+    )
 
 
 def test_more_clients_than_samples_fails_before_the_engine_starts(tmp_path):
