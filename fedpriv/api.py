@@ -13,6 +13,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedpriv.config import ExperimentConfig, from_mapping
+from fedpriv.crypto import parallel
 from fedpriv.crypto.records import Layout
 from fedpriv.data.federated import FederatedData, federate
 from fedpriv.errors import ConfigError, SimulationError
@@ -82,7 +83,10 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
         out.path,
     )
     client_app = build_client_app(strategy, crypto_mods)
-    simulate(server_app, client_app, config.num_clients, config.engine)
+    try:
+        simulate(server_app, client_app, config.num_clients, config.engine)
+    finally:
+        parallel.shutdown()  # crypto worker processes this run started here
     if "history" not in finished:
         raise SimulationError("the simulation ended before the ServerApp finished its rounds")
     history: list[dict[str, Any]] = finished["history"]

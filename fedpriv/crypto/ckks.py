@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fedpriv.crypto.parallel import map_spans
+from fedpriv.crypto.parallel import map_spans, map_spans_forked
 
 #: Largest total coefficient-modulus bits that keep 128-bit security, by polynomial
 #: modulus degree (HomomorphicEncryption.org standard, ternary secrets; SEAL enforces it).
@@ -177,36 +177,39 @@ def _load_context(pid: int, data: bytes, scale_bits: int) -> Any:
 def encrypt(secret: bytes, params: CkksParams, values: np.ndarray, workers: int = 1) -> list[bytes]:
     """``values`` (1-D) as serialized ciphertexts of ``params.slots`` values each."""
     slots = params.slots
-    count = math.ceil(len(values) / slots)
+    return map_spans(
+        _encrypt,
+        math.ceil(len(values) / slots),
+        workers,
+        lambda start, stop: (secret, params, values[start * slots : stop * slots]),
+    )
 
-    def work(start: int, stop: int) -> list[bytes]:
-        import tenseal as ts
 
-        context = load_context(secret, params.scale_bits)
-        return [
-            ts.ckks_vector(context, values[i * slots : (i + 1) * slots]).serialize()
-            for i in range(start, stop)
-        ]
+def _encrypt(secret: bytes, params: CkksParams, values: np.ndarray) -> list[bytes]:
+    import tenseal as ts
 
-    return map_spans(work, count, workers)
+    context = load_context(secret, params.scale_bits)
+    return [
+        ts.ckks_vector(context, values[i : i + params.slots]).serialize()
+        for i in range(0, len(values), params.slots)
+    ]
 
 
 def decrypt(
     secret: bytes, params: CkksParams, chunks: Sequence[bytes], workers: int = 1
 ) -> np.ndarray:
     """The values of serialized ciphertexts, concatenated (float64)."""
-
-    def work(start: int, stop: int) -> list[np.ndarray]:
-        import tenseal as ts
-
-        context = load_context(secret, params.scale_bits)
-        return [
-            np.asarray(ts.ckks_vector_from(context, chunks[i]).decrypt())
-            for i in range(start, stop)
-        ]
-
-    parts = map_spans(work, len(chunks), workers)
+    parts = map_spans(
+        _decrypt, len(chunks), workers, lambda start, stop: (secret, params, chunks[start:stop])
+    )
     return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _decrypt(secret: bytes, params: CkksParams, chunks: Sequence[bytes]) -> list[np.ndarray]:
+    import tenseal as ts
+
+    context = load_context(secret, params.scale_bits)
+    return [np.asarray(ts.ckks_vector_from(context, chunk).decrypt()) for chunk in chunks]
 
 
 def add(
@@ -220,52 +223,46 @@ def add(
 
     ``contributions[k][i]`` is party ``k``'s ``i``-th ciphertext, which must hold
     ``sizes[i]`` values. A party with a ciphertext that does not load under these
-    parameters, has the wrong size or scale, is left out of the sum; the second result
-    maps its index to the reason.
+    parameters, or has the wrong size or scale, is left out of the sum; the second
+    result maps its index to the reason.
     """
     bad: dict[int, str] = {}
-    while True:
-        sums, found = _add_once(public, params, contributions, sizes, workers, set(bad))
+    while len(bad) < len(contributions):
+        parties = [k for k in range(len(contributions)) if k not in bad]
+
+        def work(start: int, stop: int, parties: list[int] = parties) -> list[Any]:
+            chunks = [(k, contributions[k][start:stop]) for k in parties]
+            return _add(public, params, chunks, sizes[start:stop], start)
+
+        results = map_spans_forked(work, len(sizes), workers)
+        found = {k: reason for _, problems in results for k, reason in problems.items()}
         if not found:
-            return sums, bad
-        bad.update(found)
-        if len(bad) == len(contributions):
-            return [], bad
+            return [total for total, _ in results if total is not None], bad
+        bad.update(found)  # their earlier ciphertexts are in the sums: add again without them
+    return [], bad
 
 
-def _add_once(
+def _add(
     public: bytes,
     params: CkksParams,
-    contributions: Sequence[Sequence[bytes]],
+    contributions: list[tuple[int, Sequence[bytes]]],
     sizes: Sequence[int],
-    workers: int,
-    skip: set[int],
-) -> tuple[list[bytes], dict[int, str]]:
-    """One pass of :func:`add`; a party found bad makes the caller pass again without it
-    (its earlier chunks are already in the sums)."""
-    parties = [k for k in range(len(contributions)) if k not in skip]
+    first: int,
+) -> list[tuple[bytes | None, dict[int, str]]]:
+    import tenseal as ts
 
-    def work(start: int, stop: int) -> list[tuple[bytes | None, dict[int, str]]]:
-        import tenseal as ts
-
-        context = load_context(public, params.scale_bits)
-        out: list[tuple[bytes | None, dict[int, str]]] = []
-        for i in range(start, stop):
-            total, found = None, {}
-            for k in parties:
-                try:
-                    vector = ts.ckks_vector_from(context, contributions[k][i])
-                    if vector.size() != sizes[i]:
-                        raise ValueError(f"holds {vector.size()} values, expected {sizes[i]}")
-                    total = vector if total is None else total.add_(vector)
-                except Exception as error:  # TenSEAL raises bare ValueError/TypeError/RuntimeError
-                    found[k] = f"ciphertext {i} rejected: {error}"
-                    break
-            out.append((None if found or total is None else total.serialize(), found))
-        return out
-
-    results = map_spans(work, len(sizes), workers)
-    found = {k: reason for _, bad in results for k, reason in bad.items()}
-    if found:
-        return [], found
-    return [chunk for chunk, _ in results if chunk is not None], {}
+    context = load_context(public, params.scale_bits)
+    out: list[tuple[bytes | None, dict[int, str]]] = []
+    for i, size in enumerate(sizes):
+        total, found = None, {}
+        for k, chunks in contributions:
+            try:
+                vector = ts.ckks_vector_from(context, chunks[i])
+                if vector.size() != size:
+                    raise ValueError(f"holds {vector.size()} values, expected {size}")
+                total = vector if total is None else total.add_(vector)
+            except Exception as error:  # TenSEAL raises bare ValueError/TypeError/RuntimeError
+                found[k] = f"ciphertext {first + i} rejected: {error}"
+                break
+        out.append((None if found or total is None else total.serialize(), found))
+    return out

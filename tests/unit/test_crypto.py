@@ -15,7 +15,7 @@ from fedpriv import ConfigError, load_config
 from fedpriv.cli import main as cli_main
 from fedpriv.crypto import PRESETS, CkksParams, ckks, make_keys, read_keys, write_keys
 from fedpriv.crypto.client import CkksClientMod
-from fedpriv.crypto.parallel import map_spans
+from fedpriv.crypto.parallel import map_spans, map_spans_forked
 from fedpriv.crypto.records import Layout, is_encrypted, to_record
 from strategies.horizontal import HORIZONTAL_STRATEGIES
 
@@ -71,14 +71,36 @@ def test_process_pool_gives_the_same_aggregate():
     assert np.abs(encrypted_fedavg(models, counts, workers=2) - plain).max() < 1e-6
 
 
-def test_map_spans_keeps_order_and_uses_forked_workers():
-    def work(start: int, stop: int) -> list[tuple[int, int]]:
-        return [(i, os.getpid()) for i in range(start, stop)]
+def numbered_pids(start: int, stop: int) -> list[tuple[int, int]]:
+    return [(i, os.getpid()) for i in range(start, stop)]
 
-    results = map_spans(work, 40, workers=2, min_per_worker=4)
+
+def test_map_spans_keeps_order_and_reuses_its_worker_processes():
+    def spans(start: int, stop: int) -> tuple[int, int]:
+        return start, stop
+
+    results = map_spans(numbered_pids, 40, 2, spans, min_per_worker=4)
     assert [i for i, _ in results] == list(range(40))
-    assert len({pid for _, pid in results}) == 2 and os.getpid() not in {p for _, p in results}
-    assert {pid for _, pid in map_spans(work, 5, workers=2)} == {os.getpid()}  # too small
+    workers = {pid for _, pid in results}
+    assert len(workers) == 2 and os.getpid() not in workers
+    again = map_spans(numbered_pids, 40, 2, spans, min_per_worker=4)
+    assert {pid for _, pid in again} == workers  # the same pool, not a new fork per call
+    assert {pid for _, pid in map_spans(numbered_pids, 5, 2, spans)} == {os.getpid()}
+
+
+def test_map_spans_forked_sees_the_callers_data_and_stops_its_workers():
+    data = list(range(100, 140))  # read by the forked workers, never pickled to them
+
+    def work(start: int, stop: int) -> list[tuple[int, int]]:
+        return [(data[i], os.getpid()) for i in range(start, stop)]
+
+    results = map_spans_forked(work, 40, 2, min_per_worker=4)
+    assert [v for v, _ in results] == data
+    workers = {pid for _, pid in results}
+    assert len(workers) == 2 and os.getpid() not in workers
+    for pid in workers:  # stopped and reaped by the time the call returns
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 def test_server_context_holds_no_key_and_cannot_decrypt_or_encrypt():
