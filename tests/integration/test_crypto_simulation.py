@@ -88,17 +88,11 @@ def test_dp_sgd_and_ckks_together(make_config):
     assert all("epsilon" in c and "ckks-error" in c for c in result.history[-1]["clients"])
 
 
-def test_tampered_ciphertexts_are_rejected_and_the_round_goes_on(make_config):
-    import ray.cloudpickle
+def test_tampered_ciphertexts_are_rejected_and_the_round_goes_on(make_config, register_for_test):
     import tampering_crypto
 
-    ray.cloudpickle.register_pickle_by_value(tampering_crypto)  # Ray workers cannot import tests/
-    CRYPTO.register("tampering_ckks")(tampering_crypto.TamperingCkks)
-    try:
-        result = run(make_config("crypto=ckks", "crypto.name=tampering_ckks"))
-    finally:
-        CRYPTO._specs.pop("tampering_ckks")
-        ray.cloudpickle.unregister_pickle_by_value(tampering_crypto)
+    register_for_test(CRYPTO, "tampering_ckks", tampering_crypto.TamperingCkks)
+    result = run(make_config("crypto=ckks", "crypto.name=tampering_ckks"))
     assert result.summary["rounds"] == 2 and result.summary["rejected_replies"] == 4
     for record in result.history:
         reasons = sorted(r["reason"] for r in record["rejected"])

@@ -68,17 +68,11 @@ def test_python_api_learns_and_same_seed_gives_same_result(make_config, tmp_path
     )
 
 
-def test_bad_client_replies_are_rejected_and_the_round_goes_on(make_config):
+def test_bad_client_replies_are_rejected_and_the_round_goes_on(make_config, register_for_test):
     import faulty_family
-    import ray.cloudpickle
 
-    ray.cloudpickle.register_pickle_by_value(faulty_family)  # Ray workers cannot import tests/
-    FAMILIES.register("faulty_horizontal")(faulty_family.FaultyHorizontal)
-    try:
-        result = run(make_config("family.name=faulty_horizontal"))
-    finally:
-        FAMILIES._specs.pop("faulty_horizontal")
-        ray.cloudpickle.unregister_pickle_by_value(faulty_family)
+    register_for_test(FAMILIES, "faulty_horizontal", faulty_family.FaultyHorizontal)
+    result = run(make_config("family.name=faulty_horizontal"))
     assert result.summary["rounds"] == 2 and result.summary["rejected_replies"] == 4
     for record in result.history:
         reasons = sorted(r["reason"] for r in record["rejected"])
