@@ -48,8 +48,8 @@ def _label(result: Result, results: Sequence[Result]) -> str:
 
 def format_table(results: Sequence[Result], markdown: bool = False) -> str:
     """One line per run: what ran and how it ended."""
-    header = ["run", "strategy", "data", "clients", "rounds", "accuracy", "loss", "ε", "MB up",
-              "MB down", "s"]  # fmt: skip
+    header = ["run", "strategy", "data", "clients", "rounds", "accuracy", "loss", "ε", "HE",
+              "MB up", "MB down", "s"]  # fmt: skip
     rows = []
     for result in results:
         s = result.summary
@@ -59,6 +59,7 @@ def format_table(results: Sequence[Result], markdown: bool = False) -> str:
             str(s["rounds"]), "-" if acc is None else f"{acc:.4f}",
             "-" if loss is None else f"{loss:.4f}",
             "-" if (eps := final_epsilon(result)) is None else f"{eps:.3g}",
+            encryption(s),
             f"{s['bytes']['up'] / 1e6:.2f}",
             f"{s['bytes']['down'] / 1e6:.2f}", f"{s['seconds']:.1f}",
         ])  # fmt: skip
@@ -72,6 +73,15 @@ def format_table(results: Sequence[Result], markdown: bool = False) -> str:
         for row in [header, *rows]
     ]
     return "\n".join(lines)
+
+
+def encryption(summary: dict[str, Any]) -> str:
+    """The run's encryption and what it cost in bytes, e.g. ``ckks 8.5×``; ``-`` if none."""
+    crypto = summary.get("crypto")
+    if not crypto:
+        return "-"
+    expansion = crypto.get("expansion")
+    return crypto["scheme"] + ("" if expansion is None else f" {expansion:.1f}×")
 
 
 def print_table(results: Sequence[Result]) -> None:

@@ -98,6 +98,16 @@ def test_markdown_table(tmp_path):
     result = Result.load(fake_run(tmp_path / "r"))
     table = format_table([result], markdown=True)
     assert table.splitlines()[0].startswith("| run | strategy")
+    header, _, row = ([c.strip() for c in line.split("|")] for line in table.splitlines())
+    assert row[header.index("HE")] == "-"  # no encryption
+
+
+def test_table_shows_encryption_and_its_expansion(tmp_path):
+    path = fake_run(tmp_path / "r")
+    summary = json.loads((path / "summary.json").read_text())
+    summary["crypto"] = {"scheme": "ckks", "expansion": 8.54}
+    (path / "summary.json").write_text(json.dumps(summary))
+    assert "ckks 8.5×" in format_table([Result.load(path)])
 
 
 def test_cli_report_errors_clearly_on_missing_dirs(tmp_path, capsys):
