@@ -13,7 +13,7 @@ from test_aggregation import SHAPES, client_models, reply, task_identity  # noqa
 
 from fedpriv import ConfigError, load_config
 from fedpriv.cli import main as cli_main
-from fedpriv.crypto import PRESETS, CkksParams, ckks, make_keys, read_keys, write_keys
+from fedpriv.crypto import PRESETS, CkksParams, ckks, make_keys, parallel, read_keys, write_keys
 from fedpriv.crypto.client import CkksClientMod
 from fedpriv.crypto.parallel import map_spans, map_spans_forked
 from fedpriv.crypto.records import Layout, is_encrypted, to_record
@@ -81,10 +81,13 @@ def test_map_spans_keeps_order_and_reuses_its_worker_processes():
 
     results = map_spans(numbered_pids, 40, 2, spans, min_per_worker=4)
     assert [i for i, _ in results] == list(range(40))
-    workers = {pid for _, pid in results}
-    assert len(workers) == 2 and os.getpid() not in workers
+    executor = parallel.pool(2)
+    pool_pids = set(executor._processes)  # which worker takes which span is the pool's choice
+    assert len(pool_pids) == 2 and os.getpid() not in pool_pids
+    assert {pid for _, pid in results} <= pool_pids
     again = map_spans(numbered_pids, 40, 2, spans, min_per_worker=4)
-    assert {pid for _, pid in again} == workers  # the same pool, not a new fork per call
+    assert parallel.pool(2) is executor  # the same pool, not a new fork per call
+    assert {pid for _, pid in again} <= pool_pids == set(executor._processes)
     assert {pid for _, pid in map_spans(numbered_pids, 5, 2, spans)} == {os.getpid()}
 
 
@@ -96,8 +99,8 @@ def test_map_spans_forked_sees_the_callers_data_and_stops_its_workers():
 
     results = map_spans_forked(work, 40, 2, min_per_worker=4)
     assert [v for v, _ in results] == data
-    workers = {pid for _, pid in results}
-    assert len(workers) == 2 and os.getpid() not in workers
+    workers = {pid for _, pid in results}  # the pool may hand both spans to one worker
+    assert 1 <= len(workers) <= 2 and os.getpid() not in workers
     for pid in workers:  # stopped and reaped by the time the call returns
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
