@@ -52,12 +52,12 @@ from flwr.simulation import run_simulation
 
 import fedpriv
 from fedpriv import load_config
-from fedpriv.api import initial_arrays
 from fedpriv.config import ExperimentConfig
 from fedpriv.data import federate
 from fedpriv.results import write_atomic
 from fedpriv.runtime.simulation import ENVIRONMENT, backend_config, quiet_flower
 from fedpriv.training import evaluate, seed_for, train_local
+from strategies.horizontal.family import initial_arrays
 
 IMPLEMENTATIONS = ("floor", "flower", "fedpriv")
 TARGET_FEDPRIV_OVER_FLOWER = 1.10

@@ -9,19 +9,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from flwr.app import ArrayRecord
-
 from fedpriv.config import ExperimentConfig, from_mapping
 from fedpriv.crypto import parallel
-from fedpriv.crypto.records import Layout
-from fedpriv.data.federated import FederatedData, federate
-from fedpriv.errors import ConfigError, SimulationError
+from fedpriv.errors import SimulationError
 from fedpriv.results import SCHEMA_VERSION, Result, RunDirectory
 from fedpriv.runtime.apps import build_client_app, build_server_app
 from fedpriv.runtime.context import RunContext
 from fedpriv.runtime.simulation import simulate
-from fedpriv.training import evaluate
 
 log = logging.getLogger("fedpriv")
 
@@ -36,29 +30,13 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
     if not isinstance(config, ExperimentConfig):
         config = from_mapping(config)
     _setup_logging()
-    data = federate(config.data, config.partition, config.num_clients, config.seed)
-    config.privacy.check_clients([len(p) for p in data.parts])
-    initial = initial_arrays(config, data)
-    # Keys are made here, on the clients' side of the simulation: the secret context
-    # goes into the ClientApp's mods only; the ServerApp gets the public context.
-    keys = config.crypto.make_keys()
-    crypto_mods = config.crypto.client_mods(
-        config, keys.secret if keys else None, Layout.of(initial)
-    )
     from strategies import FAMILIES
 
     strategy = FAMILIES.get(config.family)(config)
+    setup = strategy.prepare()
     out = RunDirectory(config.output_dir or default_output_dir(config))
     out.write_config(config.to_dict())
-    out.write_json(
-        "clients.json",
-        {
-            "num_clients": config.num_clients,
-            "num_examples": [len(p) for p in data.parts],
-            "label_histograms": data.label_histograms(),
-            "test_examples": len(data.dataset.y_test),
-        },
-    )
+    out.write_json("clients.json", setup.clients)
     out.start_metrics()
     finished: dict[str, Any] = {}
     server_app = build_server_app(
@@ -66,11 +44,12 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
         make_context=lambda: RunContext(
             config,
             out,
-            evaluate=lambda arrays: evaluate_arrays(config, data, arrays),
-            initial_arrays=lambda: initial,
-            server_key=keys.public if keys else None,
+            evaluate=setup.evaluate,
+            initial_arrays=setup.initial_arrays,
+            server_key=setup.server_key,
         ),
         on_done=lambda history, ctx: finished.update(history=history, ctx=ctx),
+        on_error=lambda error: finished.update(error=error),
     )
     started = time.perf_counter()
     log.info(
@@ -82,11 +61,13 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
         config.rounds,
         out.path,
     )
-    client_app = build_client_app(strategy, crypto_mods)
+    client_app = build_client_app(strategy, setup.client_mods)
     try:
         simulate(server_app, client_app, config.num_clients, config.engine)
     finally:
         parallel.shutdown()  # crypto worker processes this run started here
+    if "error" in finished:
+        raise finished["error"]
     if "history" not in finished:
         raise SimulationError("the simulation ended before the ServerApp finished its rounds")
     history: list[dict[str, Any]] = finished["history"]
@@ -96,28 +77,6 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
     summary["crypto"] = config.crypto.summary(history)
     out.write_json("summary.json", summary)
     return Result(out.path, history, summary)
-
-
-def initial_arrays(config: ExperimentConfig, data: FederatedData) -> ArrayRecord:
-    """The seeded initial global model; a model that does not fit the data is a ConfigError."""
-    torch.manual_seed(config.seed)
-    try:
-        model = config.model.build(data.dataset.input_shape, data.dataset.num_classes)
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
-    model = config.privacy.prepare_model(model)
-    return ArrayRecord(model.state_dict())
-
-
-def evaluate_arrays(
-    config: ExperimentConfig, data: FederatedData, arrays: ArrayRecord
-) -> dict[str, float]:
-    """Accuracy and loss of a global model on the held-out test split."""
-    model = config.privacy.prepare_model(
-        config.model.build(data.dataset.input_shape, data.dataset.num_classes)
-    )
-    model.load_state_dict(arrays.to_torch_state_dict())
-    return evaluate(model, data.dataset.x_test, data.dataset.y_test)
 
 
 def summarize(

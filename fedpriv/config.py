@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedpriv.crypto import CRYPTO, CryptoSpec, NoCrypto
 from fedpriv.data.datasets import DATASETS, DatasetSpec
@@ -18,6 +18,9 @@ from fedpriv.errors import ConfigError
 from fedpriv.models import MODELS, ModelSpec
 from fedpriv.privacy import PRIVACY, NoPrivacy, PrivacySpec
 from fedpriv.registry import Registry, Spec, build
+
+if TYPE_CHECKING:
+    from strategies.vertical.settings import VerticalSettings
 
 #: Python package holding the Hydra config tree (the repo's ``conf/``).
 CONFIG_MODULE = "fedpriv.conf"
@@ -106,12 +109,16 @@ class ExperimentConfig:
     seed: int = 0
     #: Results directory; None: ``outputs/<date>/<time>-<strategy>``.
     output_dir: str | None = None
+    #: ``family=vertical``'s settings (``vertical.*``); None for other families.
+    vertical: VerticalSettings | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what ``config.yaml`` holds); :func:`from_mapping` reads it back."""
         out: dict[str, Any] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if field.name == "vertical" and value is None:
+                continue
             out[field.name] = value.to_dict() if isinstance(value, Spec) else value
         out["family"] = {"name": self.family}
         return out
@@ -159,7 +166,7 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
         except ConfigError as error:
             problems.extend(error.problems)
 
-    known = {*_GROUPS, *_PLAIN, *_SCALARS, "strategy", "family", *_IGNORED}
+    known = {*_GROUPS, *_PLAIN, *_SCALARS, "strategy", "family", "vertical", *_IGNORED}
     for key in mapping:
         if key not in known:
             problems.append(
@@ -188,6 +195,14 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
                 _group(mapping, "strategy", required=True), "strategy"
             ),
         )
+        settings = FAMILIES.get(family).settings
+        if settings is not None:
+            attempt(family, lambda: build(settings, _group(mapping, family), family))
+            if "num_clients" not in mapping and family in values:
+                values["num_clients"] = values[family].parties
+        for other in FAMILIES:
+            if other != family and mapping.get(other) is not None:
+                problems.append(f"{other}.* settings apply to family={other}, not family={family}")
     else:
         problems.append(FAMILIES.unknown(family, "family"))
 
@@ -202,29 +217,13 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
             f"strategy.{field}={getattr(values['strategy'], field)!r} {rule}"
             for field, rule in values["strategy"].problems_for(num_clients)
         ]
-        if "privacy" in values:
-            problems += [
-                f"privacy.{field}={_get_path(values['privacy'], field)!r} {rule}"
-                for field, rule in values["privacy"].problems_for(
-                    num_clients=num_clients, strategy=values["strategy"]
-                )
-            ]
-        if "privacy" in values and "crypto" in values:
-            problems += [
-                f"crypto.{field}={getattr(values['crypto'], field)!r} {rule}"
-                for field, rule in values["crypto"].problems_for(
-                    strategy=values["strategy"], privacy=values["privacy"]
-                )
-            ]
     if problems:
         raise ConfigError(problems)
-    return ExperimentConfig(**values)
-
-
-def _get_path(spec: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        spec = getattr(spec, part)
-    return spec
+    config = ExperimentConfig(**values)
+    problems = FAMILIES.get(family).config_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
 
 
 def _group(mapping: Mapping[str, Any], key: str, *, required: bool = False) -> dict[str, Any]:

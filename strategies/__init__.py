@@ -3,9 +3,11 @@
 from fedpriv.registry import Registry
 from strategies.base import Handler, RoundReport, RunContext, Strategy
 from strategies.horizontal import Horizontal
+from strategies.vertical import Vertical
 
-#: Families by name (``family=<name>``); vertical and swarm register here too.
+#: Families by name (``family=<name>``); swarm registers here too.
 FAMILIES: Registry[Strategy] = Registry("family")
 FAMILIES.register("horizontal")(Horizontal)
+FAMILIES.register("vertical")(Vertical)
 
 __all__ = ["FAMILIES", "Handler", "RoundReport", "RunContext", "Strategy"]

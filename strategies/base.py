@@ -4,6 +4,8 @@ The families speak different protocols (one exchange per round; many per-batch
 exchanges per round; peer merges through a relay), so the interface sits one level
 above Flower's configure/aggregate hooks:
 
+* :meth:`Strategy.prepare` -- checks and keys before the engine starts (a bad setting
+  fails in a second, not after Ray has started), and what the ClientApp's mods hold.
 * :meth:`Strategy.client_handlers` -- what each node runs, keyed by Flower message type
   (``"train"``, ``"query.embed"``, ``"train.merge"``...). fedpriv registers them on one
   Flower ``ClientApp``.
@@ -22,21 +24,38 @@ inside a family.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from flwr.app import Context, Message
+from flwr.app import ArrayRecord, Context, Message
 from flwr.serverapp import Grid
 
 from fedpriv.config import ExperimentConfig
-from fedpriv.registry import Registry
+from fedpriv.registry import Registry, Spec
 from fedpriv.runtime.context import RoundReport, RunContext
 
 #: A node-side message handler, as Flower's ClientApp calls it.
 Handler = Callable[[Message, Context], Message]
 
-__all__ = ["Handler", "RoundReport", "RunContext", "Strategy"]
+__all__ = ["Handler", "RoundReport", "RunContext", "Setup", "Strategy"]
+
+
+@dataclasses.dataclass
+class Setup:
+    """What a family prepares before the engine starts."""
+
+    #: ``clients.json``: what each client or party holds (sizes, never data).
+    clients: dict[str, Any]
+    #: Outermost ClientApp mods (encryption), holding the node-side keys.
+    client_mods: list[Callable[..., Any]] = dataclasses.field(default_factory=list)
+    #: The server's crypto context (it cannot decrypt), if any.
+    server_key: bytes | None = None
+    #: The server's evaluation of a global model it can read, if there is one.
+    evaluate: Callable[[ArrayRecord], dict[str, float]] | None = None
+    #: The seeded initial global model, if there is one.
+    initial_arrays: Callable[[], ArrayRecord] | None = None
 
 
 class Strategy(ABC):
@@ -46,9 +65,21 @@ class Strategy(ABC):
     family: ClassVar[str]
     #: The family's strategies by name (``strategy=<name>``).
     strategies: ClassVar[Registry[Any]]
+    #: The family's own settings spec, read from the config key named like the family
+    #: (e.g. ``vertical.*``); None: it has none.
+    settings: ClassVar[type[Spec] | None] = None
 
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
+
+    @classmethod
+    def config_problems(cls, config: ExperimentConfig) -> list[str]:
+        """Problems of the whole config for this family (checked before anything runs)."""
+        return []
+
+    @abstractmethod
+    def prepare(self) -> Setup:
+        """Load and check data and models, make keys: all before the engine starts."""
 
     @abstractmethod
     def client_handlers(self) -> Mapping[str, Handler]:

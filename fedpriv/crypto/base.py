@@ -6,7 +6,9 @@ A crypto spec contributes, without branches inside strategies:
 * the server's :class:`Aggregator` (plaintext: the Flower strategy's own aggregate;
   CKKS: a sum of ciphertexts),
 * whether the server can read the global model (if not, a key holder evaluates it),
-* the keys, made where the clients are and never handed to the ServerApp.
+* the keys, made where the clients are and never handed to the ServerApp,
+* for vertical learning: a mod that encrypts embeddings at the parties and decrypts
+  their sum at the label owner, and the coordinator's adder.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any, ClassVar, Protocol
 from flwr.app import ArrayRecord, Message
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
-from fedpriv.crypto.ckks import KeyPair
+from fedpriv.crypto.ckks import KeyPair, SplitKeys
+from fedpriv.crypto.embeddings import CkksEmbeddingSum
 from fedpriv.crypto.records import Layout
 from fedpriv.registry import Registry, Spec
 from fedpriv.runtime.records import cast_like, check_update
@@ -99,6 +102,31 @@ class CryptoSpec(Spec):
 
     def summary(self, history: list[dict[str, Any]]) -> dict[str, Any] | None:
         """``summary.json``'s ``crypto`` entry (None: no encryption)."""
+        return None
+
+    # -- vertical learning -------------------------------------------------------
+    #: True when the coordinator can add the parties' embeddings without reading them.
+    sums_embeddings: ClassVar[bool] = False
+
+    def split_keys(self) -> SplitKeys | None:
+        """Fresh keys for vertical learning (None: nothing to keep secret)."""
+        return None
+
+    def embedding_mods(
+        self,
+        keys: SplitKeys | None,
+        *,
+        label_owner: int,
+        width: int,
+        encrypt: dict[str, str],
+        decrypt: dict[str, str],
+    ) -> list[Callable[..., Any]]:
+        """Mods encrypting the records named in ``encrypt`` (message type -> record) in
+        replies, and decrypting those in ``decrypt`` at the label owner."""
+        return []
+
+    def embedding_sum(self, evaluate: bytes | None, width: int) -> CkksEmbeddingSum | None:
+        """The coordinator's adder of encrypted embeddings (None: it reads them)."""
         return None
 
 

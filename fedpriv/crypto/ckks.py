@@ -159,6 +159,38 @@ def make_keys(params: CkksParams) -> KeyPair:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class SplitKeys:
+    """Three serialized contexts for vertical learning, where encryptors must not decrypt."""
+
+    #: For the label owner: the parameters and the secret key.
+    secret: bytes
+    #: For the other parties: the parameters and the public key (encrypt only).
+    encrypt: bytes
+    #: For the coordinator: the parameters alone (add only).
+    evaluate: bytes
+
+
+def make_split_keys(params: CkksParams) -> SplitKeys:
+    """A fresh key pair for public-key encryption (SEAL's asymmetric mode)."""
+    import tenseal as ts
+
+    context = ts.context(
+        ts.SCHEME_TYPE.CKKS,
+        params.poly_modulus_degree,
+        coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+        encryption_type=ts.ENCRYPTION_TYPE.ASYMMETRIC,
+        n_threads=1,
+    )
+    context.global_scale = 2.0**params.scale_bits
+    keep = {"save_galois_keys": False, "save_relin_keys": False}
+    return SplitKeys(
+        secret=context.serialize(save_secret_key=True, save_public_key=False, **keep),
+        encrypt=context.serialize(save_secret_key=False, save_public_key=True, **keep),
+        evaluate=context.serialize(save_secret_key=False, save_public_key=False, **keep),
+    )
+
+
 def load_context(data: bytes, scale_bits: int) -> Any:
     """The TenSEAL context serialized in ``data`` (cached per process: a forked worker
     must not reuse its parent's, whose thread pool did not survive the fork)."""
@@ -175,7 +207,8 @@ def _load_context(pid: int, data: bytes, scale_bits: int) -> Any:
 
 
 def encrypt(secret: bytes, params: CkksParams, values: np.ndarray, workers: int = 1) -> list[bytes]:
-    """``values`` (1-D) as serialized ciphertexts of ``params.slots`` values each."""
+    """``values`` (1-D) as serialized ciphertexts of ``params.slots`` values each
+    (``secret``: a context with the secret key, or with the public key alone)."""
     slots = params.slots
     return map_spans(
         _encrypt,

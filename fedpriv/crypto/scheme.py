@@ -11,6 +11,7 @@ from flwr.serverapp.strategy import Strategy as FlowerStrategy
 from fedpriv.crypto import ckks
 from fedpriv.crypto.base import CRYPTO, Aggregator, CryptoSpec
 from fedpriv.crypto.client import CkksClientMod
+from fedpriv.crypto.embeddings import CkksEmbeddingMod, CkksEmbeddingSum
 from fedpriv.crypto.parallel import default_workers
 from fedpriv.crypto.records import Layout
 from fedpriv.crypto.server import CkksAggregator
@@ -122,6 +123,37 @@ class Ckks(CryptoSpec):
             weight_key=weight_key,
             workers=self.workers or default_workers(),
         )
+
+    sums_embeddings: ClassVar[bool] = True
+
+    def split_keys(self) -> ckks.SplitKeys:
+        return ckks.make_split_keys(self.params)
+
+    def embedding_mods(
+        self,
+        keys: ckks.SplitKeys | None,
+        *,
+        label_owner: int,
+        width: int,
+        encrypt: dict[str, str],
+        decrypt: dict[str, str],
+    ) -> list[Callable[..., Any]]:
+        if keys is None:
+            raise ValueError("crypto=ckks: the parties need their keys")
+        mod = CkksEmbeddingMod(
+            self.params,
+            keys,
+            label_owner=label_owner,
+            width=width,
+            encrypt=encrypt,
+            decrypt=decrypt,
+        )
+        return [mod]
+
+    def embedding_sum(self, evaluate: bytes | None, width: int) -> CkksEmbeddingSum:
+        if evaluate is None:
+            raise ValueError("crypto=ckks: the coordinator needs the evaluation context")
+        return CkksEmbeddingSum(self.params, evaluate, width)
 
     def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         costs = [r["crypto"] for r in history if "crypto" in r]

@@ -15,6 +15,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from fedpriv.errors import FedprivError
 from fedpriv.runtime.context import RunContext
 from strategies.base import Handler, Strategy
 
@@ -61,14 +62,21 @@ def build_server_app(
     strategy: Strategy,
     make_context: Callable[[], RunContext],
     on_done: Callable[[list[dict[str, Any]], RunContext], None],
+    on_error: Callable[[FedprivError], None],
 ) -> ServerApp:
-    """A ServerApp that runs the strategy's loop on the grid it is given."""
+    """A ServerApp that runs the strategy's loop on the grid it is given; a fedpriv error
+    (e.g. entity alignment failed) goes to ``on_error`` for the caller to raise."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         ctx = make_context()
-        history = strategy.run(grid, ctx)
+        try:
+            history = strategy.run(grid, ctx)
+        except FedprivError as error:
+            log.error("the run stopped: %s", error)
+            on_error(error)
+            return
         on_done(history, ctx)
 
     return app

@@ -45,8 +45,8 @@ class RunContext:
         self,
         config: ExperimentConfig,
         out: RunDirectory,
-        evaluate: Callable[[ArrayRecord], dict[str, float]],
-        initial_arrays: Callable[[], ArrayRecord],
+        evaluate: Callable[[ArrayRecord], dict[str, float]] | None = None,
+        initial_arrays: Callable[[], ArrayRecord] | None = None,
         server_key: bytes | None = None,
     ) -> None:
         self.config = config
@@ -106,6 +106,8 @@ class RunContext:
     # -- models ---------------------------------------------------------------
     def initial_arrays(self) -> ArrayRecord:
         """The seeded initial global model."""
+        if self._initial_arrays is None:
+            raise RuntimeError(f"family={self.config.family} has no global model")
         return self._initial_arrays()
 
     def evaluate(self, arrays: ArrayRecord, grid: Grid) -> dict[str, float | None]:
@@ -115,6 +117,8 @@ class RunContext:
         key holder (the node with the lowest ID), which decrypts and evaluates.
         """
         if self.config.crypto.server_reads_model:
+            if self._evaluate is None:
+                raise RuntimeError(f"family={self.config.family} has no global model")
             return dict(self._evaluate(arrays))
         node = min(grid.get_node_ids())
         message = Message(

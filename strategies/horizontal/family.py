@@ -10,8 +10,9 @@ server, or by a key holder when the server cannot read it).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import cast
+from typing import Any, cast
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from torch import nn
@@ -20,11 +21,12 @@ from fedpriv.config import ExperimentConfig
 from fedpriv.crypto import Aggregator
 from fedpriv.crypto.records import Layout
 from fedpriv.data.federated import FederatedData, federate
+from fedpriv.errors import ConfigError
 from fedpriv.privacy.accounting import planned_steps
 from fedpriv.privacy.ledger import declined_reason
 from fedpriv.runtime.node import node_counter, partition_id
 from fedpriv.training import evaluate, seed_for
-from strategies.base import Handler, RoundReport, RunContext, Strategy
+from strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
 from strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
@@ -106,6 +108,47 @@ class Horizontal(Strategy):
         self.arrays = ArrayRecord()
         self.aggregator: Aggregator | None = None
 
+    @classmethod
+    def config_problems(cls, config: ExperimentConfig) -> list[str]:
+        """Whether the privacy and crypto settings fit this strategy and client count."""
+        privacy = [
+            f"privacy.{field}={_get_path(config.privacy, field)!r} {rule}"
+            for field, rule in config.privacy.problems_for(
+                num_clients=config.num_clients, strategy=config.strategy
+            )
+        ]
+        crypto = [
+            f"crypto.{field}={getattr(config.crypto, field)!r} {rule}"
+            for field, rule in config.crypto.problems_for(
+                strategy=config.strategy, privacy=config.privacy
+            )
+        ]
+        return privacy + crypto
+
+    def prepare(self) -> Setup:
+        """Partition the data, build the initial model, make the keys."""
+        config = self.config
+        data = federate(config.data, config.partition, config.num_clients, config.seed)
+        config.privacy.check_clients([len(p) for p in data.parts])
+        initial = initial_arrays(config, data)
+        # Keys are made here, on the clients' side of the simulation: the secret context
+        # goes into the ClientApp's mods only; the ServerApp gets the public context.
+        keys = config.crypto.make_keys()
+        mods = config.crypto.client_mods(config, keys.secret if keys else None, Layout.of(initial))
+        clients = {
+            "num_clients": config.num_clients,
+            "num_examples": [len(p) for p in data.parts],
+            "label_histograms": data.label_histograms(),
+            "test_examples": len(data.dataset.y_test),
+        }
+        return Setup(
+            clients=clients,
+            client_mods=mods,
+            server_key=keys.public if keys else None,
+            evaluate=lambda arrays: evaluate_arrays(config, data, arrays),
+            initial_arrays=lambda: initial,
+        )
+
     def client_handlers(self) -> Mapping[str, Handler]:
         client = HorizontalClient(self.config)
         return {"train": client.train, "evaluate": client.evaluate}
@@ -154,6 +197,34 @@ class Horizontal(Strategy):
             clients=[client_entry(reply) for reply in accepted],
             extra=extra,
         )
+
+
+def initial_arrays(config: ExperimentConfig, data: FederatedData) -> ArrayRecord:
+    """The seeded initial global model; a model that does not fit the data is a ConfigError."""
+    torch.manual_seed(config.seed)
+    try:
+        model = config.model.build(data.dataset.input_shape, data.dataset.num_classes)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    model = config.privacy.prepare_model(model)
+    return ArrayRecord(model.state_dict())
+
+
+def evaluate_arrays(
+    config: ExperimentConfig, data: FederatedData, arrays: ArrayRecord
+) -> dict[str, float]:
+    """Accuracy and loss of a global model on the held-out test split."""
+    model = config.privacy.prepare_model(
+        config.model.build(data.dataset.input_shape, data.dataset.num_classes)
+    )
+    model.load_state_dict(arrays.to_torch_state_dict())
+    return evaluate(model, data.dataset.x_test, data.dataset.y_test)
+
+
+def _get_path(spec: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        spec = getattr(spec, part)
+    return spec
 
 
 def client_entry(reply: Message) -> dict[str, object]:

@@ -133,10 +133,13 @@ def test_every_config_option_composes(group, option, tmp_path):
     overrides = [f"{group}={option}"]
     if (group, option) in (("data", "csv"), ("data", "npz")):
         overrides.append(f"data.path={tmp_path / 'file'}")
+    family = "vertical" if option == "splitnn" else "horizontal"
+    if (group, option) == ("strategy", "splitnn"):
+        overrides.append("family=vertical")
     cfg = load_config(overrides=overrides)
     if group == "strategy":
         assert cfg.strategy.name == option
-        assert option in strategy_registry("horizontal")
+        assert option in strategy_registry(family)
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))

@@ -1,0 +1,423 @@
+"""The vertical family: parties hold different features of the same entities.
+
+The coordinator (the ServerApp) holds no data and no model. It aligns the parties'
+entities (private set intersection, or plain IDs), then runs one epoch per round:
+for each mini-batch, every party embeds its features (``train.step``), the coordinator
+relays the embeddings -- or, under CKKS, their encrypted sum -- to the label owner,
+which runs the top model and the loss (``train.top``) and returns gradients that the
+next ``train.step`` delivers. After each epoch the test entities are embedded and
+scored the same way. A party that fails or goes silent stops the run with the reason;
+a malformed embedding is rejected and its batch skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedpriv.config import ExperimentConfig
+from fedpriv.crypto import psi
+from fedpriv.crypto.embeddings import CkksEmbeddingSum
+from fedpriv.data.vertical import LABEL_OWNER, vertical_tables
+from fedpriv.errors import ConfigError, SimulationError
+from fedpriv.runtime.records import payload_nbytes
+from strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
+from strategies.vertical.model import build_bottom, build_top, epoch_batches
+from strategies.vertical.party import (
+    BATCH,
+    EMBEDDING,
+    GRADIENTS,
+    POINTS,
+    SUM,
+    VerticalParty,
+    embedding_of,
+    metric,
+    one_array,
+    values,
+)
+from strategies.vertical.settings import VERTICAL_STRATEGIES, VerticalSettings
+
+#: Message types whose replies carry an embedding, and those delivering merged ones.
+EMBEDS = {"train.step": EMBEDDING, "evaluate.embed": EMBEDDING}
+MERGED = {"train.top": SUM, "evaluate.top": SUM}
+
+
+class PartyFailure(Exception):
+    """A party did not answer, or answered with an error: the protocol cannot go on."""
+
+
+class PlainRelay:
+    """Plaintext embeddings: checked, then forwarded one per party to the label owner."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.seconds = 0.0
+
+    def check(self, record: ArrayRecord, rows: int) -> str | None:
+        if len(record) != 1:
+            return f"expected one array, got {len(record)}"
+        array = next(iter(record.values()))
+        if tuple(array.shape) != (rows, self.width) or array.dtype != "float32":
+            return (
+                f"embedding has shape {tuple(array.shape)} {array.dtype}; expected "
+                f"({rows}, {self.width}) float32"
+            )
+        if not np.isfinite(array.numpy()).all():
+            return "embedding has NaN or infinite values"
+        return None
+
+    def combine(
+        self, records: Mapping[int, ArrayRecord], rows: int
+    ) -> tuple[dict[str, ArrayRecord], dict[int, str]]:
+        return {embedding_of(p): record for p, record in records.items()}, {}
+
+
+class SumRelay:
+    """Encrypted embeddings: the coordinator adds them; the label owner gets the sum."""
+
+    def __init__(self, adder: CkksEmbeddingSum) -> None:
+        self.adder = adder
+        self.check = adder.check
+
+    @property
+    def seconds(self) -> float:
+        return self.adder.seconds
+
+    def combine(
+        self, records: Mapping[int, ArrayRecord], rows: int
+    ) -> tuple[dict[str, ArrayRecord], dict[int, str]]:
+        total, bad = self.adder.combine(records, rows)
+        return ({} if total is None else {SUM: total}), bad
+
+
+@dataclasses.dataclass
+class Traffic:
+    """Payload bytes to and from each party (by party index)."""
+
+    down: dict[int, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
+    up: dict[int, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
+
+
+class Vertical(Strategy):
+    """Split learning over privately aligned entities (``family=vertical``)."""
+
+    family = "vertical"
+    strategies = VERTICAL_STRATEGIES
+    settings = VerticalSettings
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        super().__init__(config)
+        if config.vertical is None:
+            raise ConfigError("family=vertical needs the vertical.* settings")
+        self.vertical: VerticalSettings = config.vertical
+        self.nodes: dict[int, int] = {}  # party -> node ID
+        self.train_count = self.test_count = 0
+        self.alignment: dict[str, Any] = {}
+        self.relay: PlainRelay | SumRelay = PlainRelay(self.vertical.embedding_dim)
+        self.traffic = Traffic()
+
+    @classmethod
+    def config_problems(cls, config: ExperimentConfig) -> list[str]:
+        s = config.vertical
+        assert s is not None
+        out = []
+        if config.num_clients != s.parties:
+            out.append(
+                f"num_clients={config.num_clients} must equal vertical.parties={s.parties} "
+                "(one node per party)"
+            )
+        if config.privacy.name != "none":
+            out.append(
+                f"privacy={config.privacy.name} is not available with family=vertical: DP-SGD "
+                "accounting assumes one model per client; protect embeddings and gradients "
+                "with vertical.embedding_noise / vertical.gradient_noise (no ε is claimed)"
+            )
+        if config.crypto.name != "none" and s.merge not in ("sum", "mean"):
+            out.append(
+                f"crypto={config.crypto.name} needs vertical.merge=sum or mean (the coordinator "
+                f"can only add ciphertexts); got vertical.merge={s.merge}"
+            )
+        return out
+
+    # -- before the engine starts --------------------------------------------------------
+    def prepare(self) -> Setup:
+        """Check the split and the models on the data; make the keys."""
+        cfg, s = self.config, self.vertical
+        dataset, tables = vertical_tables(
+            cfg.data, s.parties, s.split, s.columns, s.overlap, cfg.seed
+        )
+        for table in tables:
+            try:
+                build_bottom(cfg, table.party, table.input_shape)
+            except ValueError as error:
+                raise ConfigError(f"party {table.party}'s bottom model: {error}") from error
+        build_top(cfg, dataset.num_classes)
+        keys = cfg.crypto.split_keys()
+        mods = cfg.crypto.embedding_mods(
+            keys, label_owner=LABEL_OWNER, width=s.embedding_dim, encrypt=EMBEDS, decrypt=MERGED
+        )
+        clients = {
+            "num_clients": s.parties,
+            "label_owner": LABEL_OWNER,
+            "features": [list(t.input_shape) for t in tables],
+            "entities": [len(t.ids) for t in tables],
+            "test_examples": len(dataset.y_test),
+        }
+        return Setup(clients=clients, client_mods=mods, server_key=keys.evaluate if keys else None)
+
+    def client_handlers(self) -> Mapping[str, Handler]:
+        return VerticalParty(self.config).handlers()  # type: ignore[return-value]
+
+    # -- messages ------------------------------------------------------------------------
+    def exchange(
+        self, grid: Grid, ctx: RunContext, message_type: str, contents: Mapping[int, RecordDict]
+    ) -> dict[int, Message]:
+        """Send one message per party; every party must answer without error."""
+        messages = {
+            party: Message(
+                content=content, dst_node_id=self.nodes[party], message_type=message_type
+            )
+            for party, content in contents.items()
+        }
+        for party, message in messages.items():
+            self.traffic.down[party] += payload_nbytes(message.content)
+        by_node = {r.metadata.src_node_id: r for r in ctx.send_and_receive(grid, messages.values())}
+        replies = {}
+        for party, message in messages.items():
+            reply = by_node.get(message.metadata.dst_node_id)
+            if reply is None:
+                raise PartyFailure(
+                    f"party {party} (node {self.nodes[party]}) did not answer {message_type} "
+                    f"within engine.round_timeout_s={self.config.engine.round_timeout_s}"
+                )
+            if reply.has_error():
+                raise PartyFailure(f"party {party} failed {message_type}: {reply.error.reason}")
+            self.traffic.up[party] += payload_nbytes(reply.content)
+            replies[party] = reply
+        return replies
+
+    # -- alignment -----------------------------------------------------------------------
+    def start(self, grid: Grid, ctx: RunContext) -> None:
+        started = time.perf_counter()
+        nodes = sorted(grid.get_node_ids())
+        try:
+            if self.vertical.psi:
+                members = self.psi(grid, ctx, nodes)
+            else:
+                members = self.plain_ids(grid, ctx, nodes)
+            replies = self.exchange(
+                grid,
+                ctx,
+                "query.align",
+                {p: RecordDict({"members": one_array(m)}) for p, m in members.items()},
+            )
+        except PartyFailure as failure:
+            raise SimulationError(f"entity alignment failed: {failure}") from None
+        counts = {(int(metric(r, "train")), int(metric(r, "test"))) for r in replies.values()}
+        if len(counts) != 1:
+            raise SimulationError(f"parties disagree on the aligned entities: {sorted(counts)}")
+        self.train_count, self.test_count = counts.pop()
+        if self.train_count == 0 or self.test_count == 0:
+            raise SimulationError(
+                f"the parties share {self.train_count} training and {self.test_count} test "
+                "entities; nothing to train or evaluate on (raise vertical.overlap)"
+            )
+        self.alignment = {
+            "method": "psi-ed25519" if self.vertical.psi else "plain-ids",
+            "train_entities": self.train_count,
+            "test_entities": self.test_count,
+            "seconds": time.perf_counter() - started,
+            "bytes": sum(self.traffic.up.values()) + sum(self.traffic.down.values()),
+        }
+        ctx.out.write_json("alignment.json", self.alignment)
+        self.traffic = Traffic()
+        adder = self.config.crypto.embedding_sum(ctx.server_key, self.vertical.embedding_dim)
+        if adder is not None:
+            self.relay = SumRelay(adder)
+
+    def identify(self, replies: list[Message]) -> dict[int, Message]:
+        """Replies by the party index each node reports (its ``partition-id``)."""
+        by_party = {int(metric(r, "party")): r for r in replies}
+        if sorted(by_party) != list(range(self.vertical.parties)):
+            raise SimulationError(
+                f"nodes report parties {sorted(by_party)}; expected 0..{self.vertical.parties - 1}"
+            )
+        self.nodes = {p: r.metadata.src_node_id for p, r in by_party.items()}
+        return by_party
+
+    def first_contact(
+        self, grid: Grid, ctx: RunContext, nodes: list[int], message_type: str, content: RecordDict
+    ) -> dict[int, Message]:
+        messages = [
+            Message(content=content, dst_node_id=node, message_type=message_type) for node in nodes
+        ]
+        replies = ctx.send_and_receive(grid, messages)
+        failed = [r for r in replies if r.has_error()]
+        if len(replies) < len(nodes) or failed:
+            reason = failed[0].error.reason if failed else "no reply"
+            raise PartyFailure(
+                f"{len(nodes) - len(replies) + len(failed)} node(s) failed {message_type}: {reason}"
+            )
+        by_party = self.identify(replies)
+        for party, reply in by_party.items():
+            self.traffic.down[party] += payload_nbytes(content)
+            self.traffic.up[party] += payload_nbytes(reply.content)
+        return by_party
+
+    def plain_ids(self, grid: Grid, ctx: RunContext, nodes: list[int]) -> dict[int, np.ndarray]:
+        """Without PSI: every party sends its IDs and the coordinator intersects them."""
+        replies = self.first_contact(grid, ctx, nodes, "query.ids", RecordDict())
+        sets = [list(replies[p].content["ids"]["ids"]) for p in range(self.vertical.parties)]  # type: ignore[arg-type]
+        return dict(enumerate(psi.align(sets)))
+
+    def psi(self, grid: Grid, ctx: RunContext, nodes: list[int]) -> dict[int, np.ndarray]:
+        """Ring ECDH-PSI: each party masks its IDs, every other party re-masks them in
+        turn, and the coordinator intersects the fully masked sets."""
+        m = self.vertical.parties
+        mask = RecordDict({"config": ConfigRecord({"step": "mask"})})
+        replies = self.first_contact(grid, ctx, nodes, "query.psi", mask)
+        points = {p: values(replies[p].content.array_records[POINTS]) for p in range(m)}
+        for hop in range(1, m):
+            contents = {
+                (owner + hop) % m: RecordDict(
+                    {"config": ConfigRecord({"step": "remask"}), POINTS: one_array(points[owner])}
+                )
+                for owner in range(m)
+            }
+            answers = self.exchange(grid, ctx, "query.psi", contents)
+            points = {
+                owner: values(answers[(owner + hop) % m].content.array_records[POINTS])
+                for owner in range(m)
+            }
+        return dict(enumerate(psi.align([psi.as_elements(points[p]) for p in range(m)])))
+
+    # -- one epoch -------------------------------------------------------------------------
+    def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
+        s = self.vertical
+        self.traffic = Traffic()
+        batches = epoch_batches(
+            self.train_count, self.config.train.batch_size, self.config.seed, server_round
+        )
+        totals = {"loss-sum": 0.0, "correct": 0.0, "count": 0.0}
+        skipped, noise = 0, []
+        pending: dict[int, RecordDict] = {}
+        try:
+            for index, batch in enumerate([*batches, None]):
+                step = (server_round - 1) * len(batches) + index
+                contents = {}
+                for party in range(s.parties):
+                    content = RecordDict({"config": ConfigRecord({"step": step})})
+                    if party in pending:
+                        content[GRADIENTS] = pending[party][GRADIENTS]
+                    if batch is not None:
+                        content[BATCH] = one_array(batch.astype(np.int64))
+                    contents[party] = content
+                replies = self.exchange(grid, ctx, "train.step", contents)
+                pending = {}
+                if batch is None:
+                    break
+                noise += [metric(r, "noise-ratio") for r in replies.values()]
+                merged = self.merge(ctx, replies, len(batch), f"batch {index}")
+                if merged is None:
+                    skipped += 1
+                    continue
+                top = RecordDict(
+                    {
+                        "config": ConfigRecord({"step": step}),
+                        BATCH: one_array(batch.astype(np.int64)),
+                        **merged,
+                    }
+                )
+                reply = self.exchange(grid, ctx, "train.top", {LABEL_OWNER: top})[LABEL_OWNER]
+                for key in totals:
+                    totals[key] += metric(reply, key)
+                gradients = reply.content.array_records[GRADIENTS]
+                for party in range(s.parties):
+                    gradient = (
+                        gradients["sum"] if "sum" in gradients else gradients[f"party-{party}"]
+                    )
+                    pending[party] = RecordDict(
+                        {
+                            GRADIENTS: ArrayRecord(
+                                {"gradient": gradient, "batch": Array(batch.astype(np.int64))}
+                            )
+                        }
+                    )
+            evaluation = self.evaluate(grid, ctx)
+        except PartyFailure as failure:
+            return RoundReport(server_round, clients=self.party_entries(), stop_reason=str(failure))
+        count = max(totals["count"], 1)
+        extra: dict[str, Any] = {
+            "vertical": {
+                "train_loss": totals["loss-sum"] / count,
+                "train_accuracy": totals["correct"] / count,
+                "batches": len(batches),
+                "skipped_batches": skipped,
+                "merge": s.merge,
+                "embedding_noise": s.embedding_noise,
+                "gradient_noise": s.gradient_noise,
+                "embedding_noise_ratio": float(np.mean(noise)) if noise else 0.0,
+            }
+        }
+        if server_round == 1:
+            extra["alignment"] = self.alignment
+        if isinstance(self.relay, SumRelay):
+            extra["crypto"] = {"aggregate_seconds": self.relay.seconds}
+            self.relay.adder.seconds = 0.0
+        return RoundReport(
+            server_round,
+            accuracy=evaluation["accuracy"],
+            loss=evaluation["loss"],
+            clients=self.party_entries(),
+            extra=extra,
+        )
+
+    def merge(
+        self, ctx: RunContext, replies: Mapping[int, Message], rows: int, what: str
+    ) -> dict[str, ArrayRecord] | None:
+        """Checked embeddings combined for the label owner; None if any was rejected."""
+        records: dict[int, ArrayRecord] = {}
+        for party, reply in replies.items():
+            record = reply.content.array_records.get(EMBEDDING)
+            reason = (
+                "no embedding in the reply" if record is None else self.relay.check(record, rows)
+            )
+            if record is None or reason is not None:
+                ctx.reject(reply, f"party {party}, {what}: {reason}")
+                return None
+            records[party] = record
+        combined, bad = self.relay.combine(records, rows)
+        for party, reason in bad.items():
+            ctx.reject(replies[party], f"party {party}, {what}: {reason}")
+        return None if bad else combined
+
+    def evaluate(self, grid: Grid, ctx: RunContext) -> dict[str, float | None]:
+        """Embed the test entities at every party; the label owner scores them."""
+        replies = self.exchange(
+            grid, ctx, "evaluate.embed", {p: RecordDict() for p in range(self.vertical.parties)}
+        )
+        merged = self.merge(ctx, replies, self.test_count, "evaluation")
+        if merged is None:
+            return {"accuracy": None, "loss": None}
+        top = {LABEL_OWNER: RecordDict(dict(merged))}
+        reply = self.exchange(grid, ctx, "evaluate.top", top)[LABEL_OWNER]
+        return {"accuracy": metric(reply, "accuracy"), "loss": metric(reply, "loss")}
+
+    def party_entries(self) -> list[dict[str, Any]]:
+        """Each party's line in the round record: its node and bytes this epoch."""
+        return [
+            {
+                "party": p,
+                "node_id": self.nodes.get(p),
+                "bytes_down": self.traffic.down[p],
+                "bytes_up": self.traffic.up[p],
+            }
+            for p in range(self.vertical.parties)
+        ]

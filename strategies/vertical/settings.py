@@ -1,0 +1,77 @@
+"""``vertical.*``: how features and entities are split, aligned, merged and protected."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fedpriv.data.vertical import SPLITS
+from fedpriv.registry import Registry, Spec
+
+#: How the label owner combines the parties' embeddings (the V-environment merge rules).
+MERGES = ("concat", "sum", "mean", "max", "absmax")
+
+
+@dataclasses.dataclass(frozen=True)
+class VerticalSettings(Spec):
+    """The vertical setting of one experiment (``family=vertical``); party 0 holds the labels."""
+
+    #: Parties, one node each (``num_clients`` follows this).
+    parties: int = 2
+    #: ``columns`` (contiguous groups, or ``columns`` below), ``random``, ``halves``
+    #: (2 parties, left/right of each image) or ``quadrants`` (4 parties).
+    split: str = "columns"
+    #: With ``split=columns``: an explicit list of flat feature indices per party.
+    columns: tuple[tuple[int, ...], ...] | None = None
+    #: Fraction of training entities every party holds (the rest miss one party at least).
+    overlap: float = 1.0
+    #: Align entities by private set intersection; false: parties send plain IDs.
+    psi: bool = True
+    merge: str = "concat"
+    #: Width of each party's embedding (output of its bottom model, ``model=``).
+    embedding_dim: int = 16
+    #: Hidden widths of the label owner's top model (an MLP on the merged embedding).
+    top_hidden: tuple[int, ...] = (64,)
+    #: Std. dev. of Gaussian noise each party adds to its embeddings.
+    embedding_noise: float = 0.0
+    #: Std. dev. of Gaussian noise the label owner adds to the gradients it returns.
+    gradient_noise: float = 0.0
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.parties < 2:
+            out.append(("parties", "must be >= 2 (one label owner and at least one more)"))
+        if self.split not in SPLITS:
+            out.append(("split", f"must be one of: {', '.join(SPLITS)}"))
+        elif SPLITS[self.split] not in (None, self.parties):
+            out.append(("split", f"needs vertical.parties={SPLITS[self.split]}"))
+        if self.columns is not None and self.split != "columns":
+            out.append(("columns", "applies to split=columns only"))
+        if not 0.0 < self.overlap <= 1.0:
+            out.append(("overlap", "must be in (0, 1]"))
+        if self.merge not in MERGES:
+            out.append(("merge", f"must be one of: {', '.join(MERGES)}"))
+        if self.embedding_dim < 1:
+            out.append(("embedding_dim", "must be >= 1"))
+        if any(width < 1 for width in self.top_hidden):
+            out.append(("top_hidden", "widths must all be >= 1, e.g. [64] or []"))
+        if self.embedding_noise < 0:
+            out.append(("embedding_noise", "must be >= 0"))
+        if self.gradient_noise < 0:
+            out.append(("gradient_noise", "must be >= 0"))
+        return out
+
+
+class VerticalSpec(Spec):
+    """A vertical strategy (``strategy=<name>`` with ``family=vertical``)."""
+
+    def problems_for(self, num_clients: int) -> list[tuple[str, str]]:
+        return []
+
+
+VERTICAL_STRATEGIES: Registry[VerticalSpec] = Registry("vertical strategy")
+
+
+@VERTICAL_STRATEGIES.register("splitnn")
+@dataclasses.dataclass(frozen=True)
+class SplitNN(VerticalSpec):
+    """Split learning: bottom models at the parties, top model and loss at the label owner."""
