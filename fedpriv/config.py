@@ -195,14 +195,16 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
                 _group(mapping, "strategy", required=True), "strategy"
             ),
         )
-        settings = FAMILIES.get(family).settings
-        if settings is not None:
-            attempt(family, lambda: build(settings, _group(mapping, family), family))
-            if "num_clients" not in mapping and family in values:
-                values["num_clients"] = values[family].parties
+        chosen = FAMILIES.get(family)
+        if chosen.settings is not None:
+            key, settings = chosen.settings_key, chosen.settings
+            attempt(key, lambda: build(settings, _group(mapping, key), key))
+            if "num_clients" not in mapping and key in values:
+                values["num_clients"] = values[key].parties
         for other in FAMILIES:
-            if other != family and mapping.get(other) is not None:
-                problems.append(f"{other}.* settings apply to family={other}, not family={family}")
+            key = FAMILIES.get(other).settings_key
+            if key and key != chosen.settings_key and mapping.get(key) is not None:
+                problems.append(f"{key}.* settings apply to family={other}, not family={family}")
     else:
         problems.append(FAMILIES.unknown(family, "family"))
 

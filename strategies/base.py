@@ -65,9 +65,9 @@ class Strategy(ABC):
     family: ClassVar[str]
     #: The family's strategies by name (``strategy=<name>``).
     strategies: ClassVar[Registry[Any]]
-    #: The family's own settings spec, read from the config key named like the family
-    #: (e.g. ``vertical.*``); None: it has none.
+    #: The family's own settings spec and its config key (e.g. ``vertical.*``), if any.
     settings: ClassVar[type[Spec] | None] = None
+    settings_key: ClassVar[str] = ""
 
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config

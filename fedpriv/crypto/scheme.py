@@ -18,6 +18,7 @@ from fedpriv.crypto.server import CkksAggregator
 from fedpriv.registry import Spec
 
 SECURITY_BITS = 128
+SYMMETRIC = "symmetric (clients' shared secret key); server holds parameters only"
 
 
 @CRYPTO.register("ckks")
@@ -168,7 +169,7 @@ class Ckks(CryptoSpec):
             "coeff_mod_bit_sizes": list(params.coeff_mod_bit_sizes),
             "scale_bits": params.scale_bits,
             "security_bits": SECURITY_BITS,
-            "encryption": "symmetric (clients' shared secret key); server holds parameters only",
+            "encryption": costs[0].get("encryption", SYMMETRIC) if costs else SYMMETRIC,
             "expansion": ciphertext / plaintext if plaintext else None,
             "max_abs_error": max(errors) if errors else None,
             "aggregate_seconds": sum(c["aggregate_seconds"] for c in costs),

@@ -78,11 +78,15 @@ class RunContext:
             time.sleep(0.2)
         return nodes
 
-    def send_and_receive(self, grid: Grid, messages: Iterable[Message]) -> list[Message]:
-        """Send, wait up to ``engine.round_timeout_s``, and count payload bytes both ways."""
+    def send_and_receive(
+        self, grid: Grid, messages: Iterable[Message], timeout: float | None = None
+    ) -> list[Message]:
+        """Send, wait up to ``timeout`` (default ``engine.round_timeout_s``), and count
+        payload bytes both ways."""
         messages = list(messages)
         self._bytes_down += sum(payload_nbytes(m.content) for m in messages)
-        replies = list(grid.send_and_receive(messages, timeout=self.config.engine.round_timeout_s))
+        timeout = self.config.engine.round_timeout_s if timeout is None else timeout
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
         self._bytes_up += sum(payload_nbytes(r.content) for r in replies if r.has_content())
         if len(replies) < len(messages):
             log.warning("round timed out: %d of %d replies", len(replies), len(messages))

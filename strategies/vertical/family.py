@@ -58,7 +58,6 @@ class PlainRelay:
 
     def __init__(self, width: int) -> None:
         self.width = width
-        self.seconds = 0.0
 
     def check(self, record: ArrayRecord, rows: int) -> str | None:
         if len(record) != 1:
@@ -85,16 +84,30 @@ class SumRelay:
     def __init__(self, adder: CkksEmbeddingSum) -> None:
         self.adder = adder
         self.check = adder.check
-
-    @property
-    def seconds(self) -> float:
-        return self.adder.seconds
+        self.ciphertext_bytes = self.plaintext_bytes = 0
 
     def combine(
         self, records: Mapping[int, ArrayRecord], rows: int
     ) -> tuple[dict[str, ArrayRecord], dict[int, str]]:
+        for record in records.values():
+            self.ciphertext_bytes += sum(len(a.data) for a in record.values())
+            self.plaintext_bytes += 4 * rows * self.adder.width  # float32 embeddings
         total, bad = self.adder.combine(records, rows)
         return ({} if total is None else {SUM: total}), bad
+
+    def costs(self) -> dict[str, Any]:
+        """This epoch's encryption costs (``crypto`` in the round record), then reset."""
+        out = {
+            "encryption": "public-key (parties encrypt, only the label owner decrypts); "
+            "coordinator holds parameters only",
+            "ciphertext_bytes_up": self.ciphertext_bytes,
+            "plaintext_bytes_up": self.plaintext_bytes,
+            "aggregate_seconds": self.adder.seconds,
+            "max_abs_error": None,
+        }
+        self.ciphertext_bytes = self.plaintext_bytes = 0
+        self.adder.seconds = 0.0
+        return out
 
 
 @dataclasses.dataclass
@@ -111,6 +124,7 @@ class Vertical(Strategy):
     family = "vertical"
     strategies = VERTICAL_STRATEGIES
     settings = VerticalSettings
+    settings_key = "vertical"
 
     def __init__(self, config: ExperimentConfig) -> None:
         super().__init__(config)
@@ -120,6 +134,7 @@ class Vertical(Strategy):
         self.nodes: dict[int, int] = {}  # party -> node ID
         self.train_count = self.test_count = 0
         self.alignment: dict[str, Any] = {}
+        self.psi_seconds: list[float] = []
         self.relay: PlainRelay | SumRelay = PlainRelay(self.vertical.embedding_dim)
         self.traffic = Traffic()
 
@@ -233,7 +248,8 @@ class Vertical(Strategy):
             "method": "psi-ed25519" if self.vertical.psi else "plain-ids",
             "train_entities": self.train_count,
             "test_entities": self.test_count,
-            "seconds": time.perf_counter() - started,
+            "seconds": time.perf_counter() - started,  # includes starting the ClientApps
+            "party_mask_seconds": self.psi_seconds,
             "bytes": sum(self.traffic.up.values()) + sum(self.traffic.down.values()),
         }
         ctx.out.write_json("alignment.json", self.alignment)
@@ -258,7 +274,10 @@ class Vertical(Strategy):
         messages = [
             Message(content=content, dst_node_id=node, message_type=message_type) for node in nodes
         ]
-        replies = ctx.send_and_receive(grid, messages)
+        engine = self.config.engine  # the first message also starts each node's ClientApp
+        replies = ctx.send_and_receive(
+            grid, messages, max(engine.round_timeout_s, engine.node_wait_s)
+        )
         failed = [r for r in replies if r.has_error()]
         if len(replies) < len(nodes) or failed:
             reason = failed[0].error.reason if failed else "no reply"
@@ -284,6 +303,7 @@ class Vertical(Strategy):
         mask = RecordDict({"config": ConfigRecord({"step": "mask"})})
         replies = self.first_contact(grid, ctx, nodes, "query.psi", mask)
         points = {p: values(replies[p].content.array_records[POINTS]) for p in range(m)}
+        work = {p: metric(replies[p], "seconds") for p in range(m)}
         for hop in range(1, m):
             contents = {
                 (owner + hop) % m: RecordDict(
@@ -292,10 +312,13 @@ class Vertical(Strategy):
                 for owner in range(m)
             }
             answers = self.exchange(grid, ctx, "query.psi", contents)
+            for party, answer in answers.items():
+                work[party] += metric(answer, "seconds")
             points = {
                 owner: values(answers[(owner + hop) % m].content.array_records[POINTS])
                 for owner in range(m)
             }
+        self.psi_seconds = [work[p] for p in range(m)]
         return dict(enumerate(psi.align([psi.as_elements(points[p]) for p in range(m)])))
 
     # -- one epoch -------------------------------------------------------------------------
@@ -369,8 +392,7 @@ class Vertical(Strategy):
         if server_round == 1:
             extra["alignment"] = self.alignment
         if isinstance(self.relay, SumRelay):
-            extra["crypto"] = {"aggregate_seconds": self.relay.seconds}
-            self.relay.adder.seconds = 0.0
+            extra["crypto"] = self.relay.costs()
         return RoundReport(
             server_round,
             accuracy=evaluation["accuracy"],

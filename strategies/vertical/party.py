@@ -17,6 +17,7 @@ State lives in ``context.state`` only: weights and momentum, the PSI key, the al
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -120,6 +121,7 @@ class VerticalParty:
         party's masked IDs under this party's key too."""
         party, table, _ = self.table(context)
         step = str(msg.content.config_records["config"]["step"])
+        started = time.perf_counter()
         if step == "mask":
             key = psi.new_key()
             context.state[KEY] = ConfigRecord({"key": key})
@@ -127,7 +129,8 @@ class VerticalParty:
         else:
             key = bytes(context.state.config_records[KEY]["key"])  # type: ignore[arg-type]
             points = psi.remask(values(msg.content.array_records[POINTS]), key)
-        content = RecordDict({POINTS: one_array(points), "metrics": MetricRecord({"party": party})})
+        metrics = MetricRecord({"party": party, "seconds": time.perf_counter() - started})
+        content = RecordDict({POINTS: one_array(points), "metrics": metrics})
         return Message(content=content, reply_to=msg)
 
     def align(self, msg: Message, context: Context) -> Message:
