@@ -148,7 +148,29 @@ def train_centrally(
 ) -> list[dict[str, float]]:
     """The same split model trained in one process on the joined features, with the
     same initialization, batches and optimizer: the yardstick for a vertical run.
-    Returns test accuracy and loss after each epoch."""
+    Returns test accuracy and loss after each epoch.
+
+    Runs with the clients' ``engine.torch_threads``: convolutions sum in a different
+    order on other thread counts, and SGD amplifies such last-bit differences into
+    visibly different models within an epoch or two.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.engine.torch_threads)
+    try:
+        return _train_centrally(config, train_parts, y_train, test_parts, y_test, classes, epochs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_centrally(
+    config: ExperimentConfig,
+    train_parts: Sequence[np.ndarray],
+    y_train: np.ndarray,
+    test_parts: Sequence[np.ndarray],
+    y_test: np.ndarray,
+    classes: int,
+    epochs: int,
+) -> list[dict[str, float]]:
     shapes = [tuple(p.shape[1:]) for p in train_parts]
     model = SplitModel(config, shapes, classes)
     opt = optimizer(model, config.train)
