@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.dp_overhead --out outputs/bench/dp_overhead.json
 	$(BIN)/python -m benchmarks.dp_utility --out outputs/bench
 	$(BIN)/python -m benchmarks.he_aggregation --out outputs/bench/he_aggregation.json
+	$(BIN)/python -m benchmarks.vertical --out outputs/bench/vertical.json
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache .hypothesis

@@ -329,7 +329,7 @@ class Vertical(Strategy):
             self.train_count, self.config.train.batch_size, self.config.seed, server_round
         )
         totals = {"loss-sum": 0.0, "correct": 0.0, "count": 0.0}
-        skipped, noise = 0, []
+        skipped, noise, gradient_noise = 0, [], []
         pending: dict[int, RecordDict] = {}
         try:
             for index, batch in enumerate([*batches, None]):
@@ -361,6 +361,7 @@ class Vertical(Strategy):
                 reply = self.exchange(grid, ctx, "train.top", {LABEL_OWNER: top})[LABEL_OWNER]
                 for key in totals:
                     totals[key] += metric(reply, key)
+                gradient_noise.append(metric(reply, "noise-ratio"))
                 gradients = reply.content.array_records[GRADIENTS]
                 for party in range(s.parties):
                     gradient = (
@@ -387,6 +388,7 @@ class Vertical(Strategy):
                 "embedding_noise": s.embedding_noise,
                 "gradient_noise": s.gradient_noise,
                 "embedding_noise_ratio": float(np.mean(noise)) if noise else 0.0,
+                "gradient_noise_ratio": float(np.mean(gradient_noise)) if gradient_noise else 0.0,
             }
         }
         if server_round == 1:

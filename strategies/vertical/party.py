@@ -246,15 +246,18 @@ class VerticalParty:
         sigma = self.settings.gradient_noise
         step = int(msg.content.config_records["config"]["step"])  # type: ignore[arg-type]
         generator = torch.Generator().manual_seed(seed_for(self.config.seed, TOP_NOISE, step))
-        gradients = {}
+        gradients, ratios = {}, []
         for name, leaf in zip(self.leaf_names(records), leaves, strict=True):
             grad = leaf.grad
             assert grad is not None
             if sigma > 0:
-                grad = grad + torch.randn(grad.shape, generator=generator) * sigma
+                noise = torch.randn(grad.shape, generator=generator) * sigma
+                ratios.append(float(noise.norm() / grad.norm().clamp_min(1e-12)))
+                grad = grad + noise
             gradients[name] = Array(grad.numpy().astype(np.float32))
         metrics = MetricRecord(
             {
+                "noise-ratio": float(np.mean(ratios)) if ratios else 0.0,
                 "loss-sum": float(loss) * len(labels),
                 "correct": int((logits.argmax(1) == labels).sum()),
                 "count": len(labels),

@@ -100,11 +100,11 @@ def test_breast_cancer_three_parties_aligned_by_psi_match_central_training(verti
 
 def test_digits_split_in_halves_with_absmax_matches_central_training(vertical):
     config = vertical("data=digits", "vertical.split=halves", "vertical.merge=absmax",
-                      "vertical.psi=false", "train.batch_size=64", "rounds=3")  # fmt: skip
+                      "vertical.psi=false", "train.batch_size=64", "rounds=2")  # fmt: skip
     result = run(config)
     _, expected = central(config)
     assert abs(result.final["accuracy"] - expected[-1]["accuracy"]) <= 0.015
-    assert result.final["accuracy"] > 0.7  # ten classes
+    assert result.final["accuracy"] > 0.6  # ten classes, two epochs
 
 
 def test_ckks_sum_matches_plaintext_and_the_label_owner_sees_only_sums(vertical, messages):
@@ -133,7 +133,7 @@ def test_mean_merge_with_noise_on_embeddings_and_gradients(vertical):
     assert result.final["accuracy"] > 0.85
     record = result.history[-1]["vertical"]
     assert record["embedding_noise"] == 0.05 and record["gradient_noise"] == 0.001
-    assert 0 < record["embedding_noise_ratio"] < 1
+    assert 0 < record["embedding_noise_ratio"] < 1 and record["gradient_noise_ratio"] > 0
 
 
 def faulty(config, family):
