@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,11 +39,14 @@ def train_local(
     *,
     seed: int,
     proximal_mu: float = 0.0,
+    after_step: Callable[[], None] | None = None,
 ) -> TrainStats:
     """SGD on ``(x, y)`` for ``config.local_epochs`` epochs, shuffled by ``seed``.
 
     With ``proximal_mu > 0`` the loss gains (mu/2)·||w - w_start||², FedProx's proximal
     term anchoring the model to the weights it started from (the global model).
+    ``after_step`` runs after every optimizer step: a data-independent update such as
+    DiNNO's consensus pull.
     """
     start = time.perf_counter()
     features, labels = torch.from_numpy(x), torch.from_numpy(y)
@@ -71,6 +75,8 @@ def train_local(
                 objective = loss + 0.5 * proximal_mu * drift
             objective.backward()
             optimizer.step()
+            if after_step is not None:
+                after_step()
             loss_sum += loss.item() * len(targets)
             correct += int((logits.argmax(dim=1) == targets).sum())
             seen += len(targets)

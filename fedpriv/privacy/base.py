@@ -76,15 +76,27 @@ class PrivacySpec(Spec):
         seed: int,
         proximal_mu: float = 0.0,
         planned_steps: int,
+        after_step: Callable[[], None] | None = None,
     ) -> tuple[TrainStats, dict[str, float | int]]:
         """Local training: DP-SGD when local DP is on, else plain SGD. Returns the
-        statistics and extra reply metrics (what the privacy ledger needs)."""
+        statistics and extra reply metrics (what the privacy ledger needs).
+        ``after_step``: a data-independent update after each step (costs no privacy)."""
         local = self.local_dp()
         if local is not None:
             return local.train(
-                model, x, y, train, seed=seed, proximal_mu=proximal_mu, planned_steps=planned_steps
+                model,
+                x,
+                y,
+                train,
+                seed=seed,
+                proximal_mu=proximal_mu,
+                planned_steps=planned_steps,
+                after_step=after_step,
             )
-        return train_local(model, x, y, train, seed=seed, proximal_mu=proximal_mu), {}
+        stats = train_local(
+            model, x, y, train, seed=seed, proximal_mu=proximal_mu, after_step=after_step
+        )
+        return stats, {}
 
     def wrap_strategy(self, strategy: FlowerStrategy, num_sampled: int) -> FlowerStrategy:
         """The server strategy, wrapped for central DP where chosen."""

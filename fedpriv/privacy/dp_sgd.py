@@ -140,6 +140,7 @@ class DpSgd(PrivacySpec):
         seed: int,
         proximal_mu: float = 0.0,
         planned_steps: int,
+        after_step: Callable[[], None] | None = None,
     ) -> tuple[TrainStats, dict[str, float | int]]:
         return train_dp_sgd(
             model,
@@ -150,6 +151,7 @@ class DpSgd(PrivacySpec):
             seed=seed,
             proximal_mu=proximal_mu,
             planned_steps=planned_steps,
+            after_step=after_step,
         )
 
 
@@ -230,6 +232,7 @@ def train_dp_sgd(
     seed: int,
     planned_steps: int,
     proximal_mu: float = 0.0,
+    after_step: Callable[[], None] | None = None,
 ) -> tuple[TrainStats, dict[str, float | int]]:
     """DP-SGD on ``(x, y)`` for ``train.local_epochs`` epochs of Poisson-sampled batches.
 
@@ -295,6 +298,8 @@ def train_dp_sgd(
                     with torch.no_grad():
                         for p, a in zip(model.parameters(), anchor, strict=True):
                             p.sub_(train.lr * proximal_mu * (p - a))
+                if after_step is not None:
+                    after_step()
                 if len(targets):
                     loss_sum += float(loss.item()) * len(targets)
                     correct += int((logits.argmax(dim=1) == targets).sum())
