@@ -36,28 +36,32 @@ def _edges(
     if name == "full":
         return set(itertools.combinations(range(peers), 2))
     if name == "ring":
-        return {tuple(sorted((i, (i + 1) % peers))) for i in range(peers)} - {(0, 0)}  # type: ignore[misc]
+        return {_edge(i, (i + 1) % peers) for i in range(peers) if peers > 1}
     if name == "random_regular":
         return _random_regular(peers, degree, rng)
     # small_world (Watts-Strogatz): a ring lattice of degree k, each edge rewired with p.
-    edges = set()
+    edges: set[tuple[int, int]] = set()
     for i in range(peers):
         for step in range(1, degree // 2 + 1):
             j = (i + step) % peers
             if rng.random() < rewire:
-                choices = [c for c in range(peers) if c != i and tuple(sorted((i, c))) not in edges]
+                choices = [c for c in range(peers) if c != i and _edge(i, c) not in edges]
                 j = int(rng.choice(choices)) if choices else j
-            edges.add(tuple(sorted((i, j))))
-    return edges  # type: ignore[return-value]
+            edges.add(_edge(i, j))
+    return edges
+
+
+def _edge(a: int, b: int) -> tuple[int, int]:
+    return (a, b) if a < b else (b, a)
 
 
 def _random_regular(peers: int, degree: int, rng: np.random.Generator) -> set[tuple[int, int]]:
     """Pairing model: match ``degree`` stubs per node, retry on loops or doubled edges."""
     for _ in range(ATTEMPTS):
         stubs = rng.permutation(np.repeat(np.arange(peers), degree))
-        pairs = {tuple(sorted((int(a), int(b)))) for a, b in stubs.reshape(-1, 2)}
+        pairs = {_edge(int(a), int(b)) for a, b in stubs.reshape(-1, 2)}
         if len(pairs) == peers * degree // 2 and all(a != b for a, b in pairs):
-            return pairs  # type: ignore[return-value]
+            return pairs
     return set()
 
 
