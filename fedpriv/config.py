@@ -20,6 +20,7 @@ from fedpriv.privacy import PRIVACY, NoPrivacy, PrivacySpec
 from fedpriv.registry import Registry, Spec, build
 
 if TYPE_CHECKING:
+    from strategies.swarm.settings import SwarmSettings
     from strategies.vertical.settings import VerticalSettings
 
 #: Python package holding the Hydra config tree (the repo's ``conf/``).
@@ -111,13 +112,15 @@ class ExperimentConfig:
     output_dir: str | None = None
     #: ``family=vertical``'s settings (``vertical.*``); None for other families.
     vertical: VerticalSettings | None = None
+    #: ``family=swarm``'s settings (``swarm.*``); None for other families.
+    swarm: SwarmSettings | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what ``config.yaml`` holds); :func:`from_mapping` reads it back."""
         out: dict[str, Any] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name == "vertical" and value is None:
+            if field.name in ("vertical", "swarm") and value is None:
                 continue
             out[field.name] = value.to_dict() if isinstance(value, Spec) else value
         out["family"] = {"name": self.family}
@@ -166,7 +169,7 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
         except ConfigError as error:
             problems.extend(error.problems)
 
-    known = {*_GROUPS, *_PLAIN, *_SCALARS, "strategy", "family", "vertical", *_IGNORED}
+    known = {*_GROUPS, *_PLAIN, *_SCALARS, "strategy", "family", "vertical", "swarm", *_IGNORED}
     for key in mapping:
         if key not in known:
             problems.append(
@@ -199,8 +202,9 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
         if chosen.settings is not None:
             key, settings = chosen.settings_key, chosen.settings
             attempt(key, lambda: build(settings, _group(mapping, key), key))
-            if "num_clients" not in mapping and key in values:
-                values["num_clients"] = values[key].parties
+            parties = getattr(values.get(key), "parties", None)
+            if "num_clients" not in mapping and parties is not None:
+                values["num_clients"] = parties
         for other in FAMILIES:
             key = FAMILIES.get(other).settings_key
             if key and key != chosen.settings_key and mapping.get(key) is not None:

@@ -15,6 +15,11 @@ ATTEMPTS = 200
 
 def graph(name: str, peers: int, degree: int, rewire: float, seed: int) -> list[set[int]]:
     """Neighbour sets of ``peers`` nodes; a disconnected graph is a ConfigError."""
+    if name == "random_regular" and (degree >= peers or peers * degree % 2):
+        raise ConfigError(
+            f"swarm.topology=random_regular needs swarm.degree < peers and peers × degree "
+            f"even; got {peers} peers, swarm.degree={degree}"
+        )
     rng = np.random.default_rng([seed, 17])
     for _ in range(ATTEMPTS if name in ("random_regular", "small_world") else 1):
         edges = _edges(name, peers, degree, rewire, rng)

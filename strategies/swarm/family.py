@@ -1,0 +1,331 @@
+"""The swarm family: peers train and merge with each other; the ServerApp only relays.
+
+Each sync (round) the relay sends every peer one ``train.swarm`` message carrying the
+sealed payloads addressed to it and the list of peers it must seal its new model for:
+its neighbours in this sync's graph (``gossip``, ``dinno``; they merge next sync) or
+the elected leader (``leader``, which then merges in a ``train.lead`` message and
+seals the result for every peer, delivered at the next sync -- also to peers that
+missed this one). The relay never holds a key: it forwards ciphertexts, counts bytes
+and tracks who is live. A peer that fails or is late is left out of the sync; the run
+stops, with the reason, when fewer than ``swarm.min_peers`` answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedpriv.config import ExperimentConfig
+from fedpriv.crypto import peers
+from fedpriv.crypto.records import Layout
+from fedpriv.data.federated import federate
+from fedpriv.errors import ConfigError, SimulationError
+from fedpriv.runtime.records import payload_nbytes
+from strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
+from strategies.horizontal.family import initial_arrays
+from strategies.swarm import topology
+from strategies.swarm.peer import CONFIG, INBOX, KEYS, METRICS, OUTBOX, SwarmPeer, elect, entry
+from strategies.swarm.settings import SWARM_STRATEGIES, SwarmSettings
+
+log = logging.getLogger("fedpriv")
+
+
+def metric(message: Message, key: str) -> float:
+    return float(message.content.metric_records[METRICS][key])  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass
+class Traffic:
+    """Payload bytes to and from each peer in one sync."""
+
+    down: dict[int, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
+    up: dict[int, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
+
+
+class SwarmFamily(Strategy):
+    """Decentralized learning with the server as relay (``family=swarm``)."""
+
+    family = "swarm"
+    strategies = SWARM_STRATEGIES
+    settings = SwarmSettings
+    settings_key = "swarm"
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        super().__init__(config)
+        if config.swarm is None:
+            raise ConfigError("family=swarm needs the swarm.* settings")
+        self.swarm: SwarmSettings = config.swarm
+        self.nodes: dict[int, int] = {}
+        self.public: dict[int, bytes] = {}
+        self.sizes: dict[int, int] = {}
+        self.mailbox: dict[int, dict[str, Array]] = defaultdict(dict)
+        self.mixing: list[dict[int, float]] = []
+        self.live: list[int] = []
+        self.payload_bytes = 0
+        self.traffic = Traffic()
+        self.layout: Layout | None = None
+        self.initial: np.ndarray | None = None
+
+    @classmethod
+    def config_problems(cls, config: ExperimentConfig) -> list[str]:
+        s = config.swarm
+        assert s is not None
+        out = []
+        if config.num_clients < 2:
+            out.append(f"num_clients={config.num_clients}: a swarm needs at least 2 peers")
+        if s.min_peers is not None and s.min_peers > config.num_clients:
+            out.append(f"swarm.min_peers={s.min_peers} exceeds num_clients={config.num_clients}")
+        if config.crypto.name != "none":
+            out.append(
+                f"crypto={config.crypto.name} is not available with family=swarm: every peer "
+                "would hold the key, so a leader could read what it merges; peer payloads are "
+                "already end-to-end encrypted (X25519 + ChaCha20-Poly1305)"
+            )
+        if config.privacy.central_dp() is not None:
+            out.append(
+                f"privacy={config.privacy.name}: central DP needs a server that aggregates; "
+                "use privacy=dp_sgd (each peer's training is DP)"
+            )
+        if not out and config.num_clients >= 2:
+            try:
+                topology.graph(s.topology, config.num_clients, s.degree, s.rewire, config.seed)
+            except ConfigError as error:
+                out += error.problems
+        return out
+
+    def prepare(self) -> Setup:
+        config = self.config
+        data = federate(config.data, config.partition, config.num_clients, config.seed)
+        config.privacy.check_clients([len(p) for p in data.parts])
+        initial = initial_arrays(config, data)
+        self.layout = Layout.of(initial)
+        self.initial = self.layout.flatten(initial)
+        clients = {
+            "num_clients": config.num_clients,
+            "num_examples": [len(p) for p in data.parts],
+            "label_histograms": data.label_histograms(),
+            "test_examples": len(data.dataset.y_test),
+        }
+        return Setup(clients=clients)
+
+    def client_handlers(self) -> Mapping[str, Handler]:
+        assert self.layout is not None and self.initial is not None, "prepare() comes first"
+        return SwarmPeer(self.config, self.layout, self.initial).handlers()  # type: ignore[return-value]
+
+    # -- messages ---------------------------------------------------------------------------
+    def exchange(
+        self,
+        grid: Grid,
+        ctx: RunContext,
+        message_type: str,
+        contents: Mapping[int, RecordDict],
+        timeout: float | None = None,
+    ) -> dict[int, Message]:
+        """Send one message per peer; return the replies that came back without error."""
+        messages = {
+            p: Message(content=c, dst_node_id=self.nodes[p], message_type=message_type)
+            for p, c in contents.items()
+        }
+        for p, message in messages.items():
+            self.traffic.down[p] += payload_nbytes(message.content)
+        party_of = {node: p for p, node in self.nodes.items()}
+        replies = {}
+        for reply in ctx.send_and_receive(grid, messages.values(), timeout):
+            party = party_of[reply.metadata.src_node_id]
+            if reply.has_error():
+                log.warning("peer %d failed %s: %s", party, message_type, reply.error.reason)
+                continue
+            self.traffic.up[party] += payload_nbytes(reply.content)
+            replies[party] = reply
+        for party in sorted(set(messages) - set(replies)):
+            log.warning("peer %d: no usable answer to %s this sync", party, message_type)
+        return replies
+
+    # -- set-up ------------------------------------------------------------------------------
+    def start(self, grid: Grid, ctx: RunContext) -> None:
+        nodes = sorted(grid.get_node_ids())
+        engine = self.config.engine  # the first message also starts each node's ClientApp
+        messages = [
+            Message(content=RecordDict(), dst_node_id=node, message_type="query.keys")
+            for node in nodes
+        ]
+        replies = ctx.send_and_receive(
+            grid, messages, max(engine.round_timeout_s, engine.node_wait_s)
+        )
+        good = [r for r in replies if not r.has_error()]
+        if len(good) < len(nodes):
+            raise SimulationError(f"only {len(good)} of {len(nodes)} peers published their keys")
+        for reply in good:
+            party = int(metric(reply, "party"))
+            self.nodes[party] = reply.metadata.src_node_id
+            self.public[party] = bytes(reply.content.config_records[KEYS]["public"])  # type: ignore[arg-type]
+            self.sizes[party] = int(metric(reply, "num-examples"))
+        if sorted(self.nodes) != list(range(self.config.num_clients)):
+            raise SimulationError(f"peers report partitions {sorted(self.nodes)}")
+        self.live = sorted(self.nodes)
+        self.payload_bytes = (
+            4 * len(self.initial if self.initial is not None else []) + peers.OVERHEAD
+        )
+
+    def graph(self, sync: int) -> list[set[int]]:
+        s, n = self.swarm, self.config.num_clients
+        seed = self.config.seed * 1_000_003 + sync if s.redraw else self.config.seed
+        return topology.graph(s.topology, n, s.degree, s.rewire, seed)
+
+    def keys_for(self, parties: set[int]) -> ConfigRecord:
+        return ConfigRecord({str(p): self.public[p] for p in sorted(parties)})
+
+    # -- one sync -----------------------------------------------------------------------------
+    def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
+        s = self.swarm
+        self.traffic = Traffic()
+        everyone = set(self.nodes)
+        graph = self.graph(server_round)
+        leader = (
+            elect(self.live, server_round, s.election, self.config.seed)
+            if s.mode == "leader"
+            else -1
+        )
+        contents = {}
+        for party in sorted(everyone):
+            inbox = self.mailbox.pop(party, {})
+            senders = {int(name.split("-")[1]) for name in inbox}
+            recipients = {leader} if s.mode == "leader" else graph[party]
+            config = ConfigRecord(
+                {
+                    "round": server_round,
+                    "leader": leader,
+                    "live": list(self.live),
+                    "to": sorted(recipients - {party}),
+                }
+            )
+            content = RecordDict(
+                {
+                    CONFIG: config,
+                    INBOX: ArrayRecord(inbox),
+                    KEYS: self.keys_for(senders | recipients | {party}),
+                }
+            )
+            if s.mode == "gossip" and senders:
+                content["weights"] = self.weights(party, senders)
+            contents[party] = content
+        replies = self.exchange(grid, ctx, "train.swarm", contents)
+        if s.mode == "leader":  # a peer that missed this sync gets the last merge next time
+            for party in everyone - set(replies):
+                if party not in self.mailbox:
+                    self.mailbox[party] = dict(contents[party].array_records[INBOX].items())
+        for party, reply in list(replies.items()):
+            reason = self.check_outbox(reply, set(contents[party][CONFIG]["to"]))  # type: ignore[arg-type]
+            if reason:
+                ctx.reject(reply, f"peer {party}: {reason}")
+                del replies[party]
+        self.mixing = (
+            topology.size_weights(graph, [self.sizes[p] for p in range(len(graph))])
+            if s.mixing == "data_size"
+            else topology.metropolis_weights(graph)
+        )
+        extra: dict[str, Any] = {}
+        merged = None
+        if s.mode == "leader":
+            merged = (
+                self.lead(grid, ctx, server_round, leader, replies) if leader in replies else None
+            )
+            if leader not in replies:
+                log.warning(
+                    "sync %d: leader %d did not answer; no merge this sync", server_round, leader
+                )
+        else:
+            for sender, reply in replies.items():
+                for name, array in reply.content.array_records[OUTBOX].items():
+                    self.mailbox[int(name[3:])][entry(sender, f"r{server_round}")] = array
+        self.live = sorted(replies) or self.live
+        needed = s.required_peers(self.config.num_clients)
+        stop = None
+        if len(replies) < needed:
+            stop = f"sync {server_round}: {len(replies)} peers answered, swarm.min_peers={needed}"
+        accuracies = [metric(r, "test-accuracy") for r in replies.values()]
+        losses = [metric(r, "test-loss") for r in replies.values()]
+        extra["swarm"] = {
+            "mode": s.mode,
+            "live": sorted(replies),
+            "leader": leader if s.mode == "leader" else None,
+            "accuracy_mean": float(np.mean(accuracies)) if accuracies else None,
+            "accuracy_min": min(accuracies, default=None),
+            "accuracy_max": max(accuracies, default=None),
+            "merged_accuracy": merged["accuracy"] if merged else None,
+        }
+        accuracy = merged["accuracy"] if merged else extra["swarm"]["accuracy_mean"]
+        loss = merged["loss"] if merged else (float(np.mean(losses)) if losses else None)
+        clients = [
+            {
+                "party": p,
+                "node_id": self.nodes[p],
+                "bytes_up": self.traffic.up[p],
+                "bytes_down": self.traffic.down[p],
+                **{k: v for k, v in replies[p].content.metric_records[METRICS].items()},
+            }
+            if p in replies
+            else {
+                "party": p,
+                "node_id": self.nodes[p],
+                "bytes_up": 0,
+                "bytes_down": self.traffic.down[p],
+            }
+            for p in sorted(everyone)
+        ]
+        return RoundReport(
+            server_round, accuracy, loss, clients=clients, extra=extra, stop_reason=stop
+        )
+
+    def weights(self, party: int, senders: set[int]) -> ConfigRecord:
+        """Gossip weights for the payloads a peer receives; absent senders' share goes to self."""
+        row = self.mixing[party]
+        weights = {j: row.get(j, 0.0) for j in senders}
+        weights[party] = 1.0 - sum(weights.values())
+        return ConfigRecord({str(j): w for j, w in weights.items()})
+
+    def check_outbox(self, reply: Message, recipients: set[int]) -> str | None:
+        """Why a peer's sealed payloads are malformed (None: they are not)."""
+        outbox = reply.content.array_records.get(OUTBOX)
+        if outbox is None:
+            return "no outbox"
+        names = {f"to-{r}" for r in recipients}
+        if set(outbox) != names:
+            return f"seals for {sorted(outbox)}, expected {sorted(names)}"
+        for name, array in outbox.items():
+            shape = tuple(array.shape)
+            if array.dtype != "uint8" or shape != (self.payload_bytes,):
+                return f"{name} is {array.dtype} {shape}, expected uint8 ({self.payload_bytes},)"
+        return None
+
+    def lead(
+        self, grid: Grid, ctx: RunContext, sync: int, leader: int, replies: Mapping[int, Message]
+    ) -> dict[str, float] | None:
+        """Hand the leader every sealed model; keep its sealed merge for every peer."""
+        inbox = {
+            entry(p, f"r{sync}"): reply.content.array_records[OUTBOX][f"to-{leader}"]
+            for p, reply in replies.items()
+            if p != leader
+        }
+        recipients = sorted(set(self.nodes) - {leader})
+        content = RecordDict(
+            {
+                CONFIG: ConfigRecord({"round": sync, "to": recipients}),
+                INBOX: ArrayRecord(inbox),
+                KEYS: self.keys_for(set(self.nodes)),
+                "sizes": ConfigRecord({str(p): self.sizes[p] for p in replies}),
+            }
+        )
+        answer = self.exchange(grid, ctx, "train.lead", {leader: content}).get(leader)
+        if answer is None:
+            return None
+        for name, array in answer.content.array_records[OUTBOX].items():
+            self.mailbox[int(name[3:])] = {entry(leader, f"merged{sync:06d}"): array}
+        return {"accuracy": metric(answer, "accuracy"), "loss": metric(answer, "loss")}

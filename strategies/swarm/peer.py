@@ -1,0 +1,282 @@
+"""Node side of a swarm: every peer trains, merges with others, and seals what it sends.
+
+Messages (the relay's side is :mod:`strategies.swarm.family`):
+
+* ``query.keys`` -- make an X25519 key pair (the private half stays in
+  ``context.state``) and publish the public half and the example count.
+* ``train.swarm`` -- open the sealed models addressed to this peer (neighbours' models
+  in ``gossip``/``dinno``, the last merged model in ``leader`` mode), merge, train
+  locally, evaluate, and seal the new model for each recipient the relay names.
+* ``train.lead`` -- the elected leader opens every peer's model, merges them (Flower's
+  aggregate functions), evaluates the merge and seals it for every peer.
+
+Models travel as sealed float32 vectors (ChaCha20-Poly1305, a key per pair of peers);
+the relay sees ciphertexts, sizes and who talks to whom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.server.strategy.aggregate import aggregate, aggregate_median, aggregate_trimmed_avg
+
+from fedpriv.config import ExperimentConfig
+from fedpriv.crypto import peers
+from fedpriv.crypto.records import Layout
+from fedpriv.data.federated import federate
+from fedpriv.privacy.accounting import planned_steps
+from fedpriv.runtime.node import partition_id
+from fedpriv.training import evaluate, seed_for
+from strategies.swarm.settings import SwarmSettings
+
+KEY, MODEL, DUAL = "swarm.key", "swarm.model", "swarm.dual"
+INBOX, OUTBOX, KEYS, CONFIG, METRICS = "inbox", "outbox", "keys", "config", "metrics"
+
+
+def elect(live: Sequence[int], sync: int, election: str, seed: int) -> int:
+    """The leader of a sync among the live peers; every peer can recompute it."""
+    ordered = sorted(live)
+    if election == "rotating":
+        return ordered[(sync - 1) % len(ordered)]
+    digest = hashlib.sha256(f"{seed}:{sync}:{','.join(map(str, ordered))}".encode()).digest()
+    return ordered[int.from_bytes(digest[:8], "big") % len(ordered)]
+
+
+def entry(sender: int, label: str) -> str:
+    """Inbox name of a payload: who sealed it and under which label."""
+    return f"from-{sender}-{label}"
+
+
+def parse_entry(name: str) -> tuple[int, str]:
+    _, sender, label = name.split("-", 2)
+    return int(sender), label
+
+
+@dataclasses.dataclass
+class Sealed:
+    """What a peer holds while handling one message."""
+
+    party: int
+    private: bytes
+    keys: dict[int, bytes]
+
+
+class SwarmPeer:
+    """The handlers every swarm node registers (picklable: config and layout only)."""
+
+    def __init__(self, config: ExperimentConfig, layout: Layout, initial: np.ndarray) -> None:
+        assert config.swarm is not None
+        self.config = config
+        self.settings: SwarmSettings = config.swarm
+        self.layout = layout
+        self.initial = initial
+
+    # -- state ---------------------------------------------------------------------
+    def data(self, context: Context) -> tuple[int, np.ndarray, np.ndarray]:
+        cfg = self.config
+        party = partition_id(context)
+        x, y = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed).client(party)
+        return party, x, y
+
+    def model_vector(self, context: Context) -> np.ndarray:
+        record = context.state.array_records.get(MODEL)
+        return (
+            self.initial.copy() if record is None else record["values"].numpy().astype(np.float64)
+        )
+
+    def keep(self, context: Context, vector: np.ndarray) -> None:
+        context.state[MODEL] = ArrayRecord({"values": Array(vector.astype(np.float32))})
+
+    def sealing(self, msg: Message, context: Context, party: int) -> Sealed:
+        private = bytes(context.state.config_records[KEY]["private"])  # type: ignore[arg-type]
+        record = msg.content.config_records.get(KEYS, ConfigRecord())
+        return Sealed(party, private, {int(k): bytes(v) for k, v in record.items()})  # type: ignore[arg-type]
+
+    def open_inbox(self, msg: Message, seal: Sealed) -> dict[int, np.ndarray]:
+        """Every payload addressed to this peer, opened (a forgery raises)."""
+        out = {}
+        for name, array in msg.content.array_records.get(INBOX, ArrayRecord()).items():
+            sender, label = parse_entry(name)
+            plain = peers.open_sealed(
+                array.numpy().tobytes(), seal.private, seal.keys[sender], sender, seal.party, label
+            )
+            vector = np.frombuffer(plain, np.float32).astype(np.float64)
+            if vector.shape != self.initial.shape or not np.isfinite(vector).all():
+                raise ValueError(
+                    f"model from peer {sender} has the wrong size or non-finite values"
+                )
+            out[sender] = vector
+        return out
+
+    def seal_for(
+        self, vector: np.ndarray, seal: Sealed, recipients: Sequence[int], label: str
+    ) -> ArrayRecord:
+        payload = vector.astype(np.float32).tobytes()
+        return ArrayRecord(
+            {
+                f"to-{r}": Array(
+                    np.frombuffer(
+                        peers.seal(payload, seal.private, seal.keys[r], seal.party, r, label),
+                        np.uint8,
+                    ).copy()
+                )
+                for r in recipients
+            }
+        )
+
+    def module(self, vector: np.ndarray) -> torch.nn.Module:
+        cfg = self.config
+        data = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
+        model = cfg.privacy.prepare_model(
+            cfg.model.build(data.dataset.input_shape, data.dataset.num_classes)
+        )
+        model.load_state_dict(self.layout.unflatten(vector).to_torch_state_dict())
+        return model
+
+    def score(self, vector: np.ndarray) -> dict[str, float]:
+        cfg = self.config
+        data = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
+        return evaluate(self.module(vector), data.dataset.x_test, data.dataset.y_test)
+
+    # -- handlers -----------------------------------------------------------------------
+    def keys(self, msg: Message, context: Context) -> Message:
+        party, _, y = self.data(context)
+        private = peers.new_private_key()
+        context.state[KEY] = ConfigRecord({"private": private})
+        content = RecordDict(
+            {
+                KEYS: ConfigRecord({"public": peers.public_key(private)}),
+                METRICS: MetricRecord({"party": party, "num-examples": len(y)}),
+            }
+        )
+        return Message(content=content, reply_to=msg)
+
+    def sync(self, msg: Message, context: Context) -> Message:
+        """One sync of this peer: merge what arrived, train, evaluate, seal."""
+        s, cfg = self.settings, self.config
+        party, x, y = self.data(context)
+        seal = self.sealing(msg, context, party)
+        settings = msg.content.config_records[CONFIG]
+        sync = int(settings["round"])  # type: ignore[arg-type]
+        received = self.open_inbox(msg, seal)
+        vector = self.model_vector(context)
+        if s.mode == "leader":
+            leader = int(settings["leader"])  # type: ignore[arg-type]
+            live = [int(p) for p in settings["live"]]  # type: ignore[union-attr]
+            expected = elect(live, sync, s.election, cfg.seed)
+            if leader != expected:
+                raise ValueError(
+                    f"sync {sync}: relay names leader {leader}, election gives {expected}"
+                )
+            if received:  # the latest merge (a peer that missed syncs catches up here)
+                vector = next(iter(received.values()))
+        elif s.mode == "gossip" and received:
+            weights = {int(k): float(v) for k, v in msg.content.config_records["weights"].items()}  # type: ignore[arg-type]
+            if set(weights) != {party, *received} or abs(sum(weights.values()) - 1) > 1e-6:
+                raise ValueError(
+                    f"mixing weights {weights} do not cover self and senders or sum to 1"
+                )
+            vector = weights[party] * vector + sum(weights[j] * received[j] for j in received)
+        model = self.module(vector)
+        train, after_step = cfg.train, None
+        if s.mode == "dinno":
+            train = dataclasses.replace(cfg.train, local_epochs=s.primal_epochs_at(sync))
+            after_step = self.dinno_pull(context, model, vector, received)
+        stats, privacy_metrics = cfg.privacy.train(
+            model,
+            x,
+            y,
+            train,
+            seed=seed_for(cfg.seed, sync, party),
+            planned_steps=planned_steps(cfg, len(y)),
+            after_step=after_step,
+        )
+        vector = self.layout.flatten(ArrayRecord(model.state_dict()))
+        self.keep(context, vector)
+        recipients = [int(r) for r in settings["to"]]  # type: ignore[union-attr]
+        outbox = self.seal_for(vector, seal, recipients, f"r{sync}")
+        metrics = MetricRecord(
+            {
+                "party": party,
+                "partition-id": party,
+                "num-examples": len(y),
+                "train-loss": stats.loss,
+                "steps": stats.steps,
+                **{f"test-{k}": v for k, v in self.score(vector).items()},
+                **privacy_metrics,
+            }
+        )
+        return Message(content=RecordDict({OUTBOX: outbox, METRICS: metrics}), reply_to=msg)
+
+    def dinno_pull(
+        self,
+        context: Context,
+        model: torch.nn.Module,
+        start: np.ndarray,
+        received: dict[int, np.ndarray],
+    ):
+        """DiNNO: update the dual with the disagreement with neighbours, then return the
+        primal step's data-independent part: p ← p − lr·(λ + 2ρ·Σ_j (p − (θ_i+θ_j)/2))."""
+        s = self.settings
+        record = context.state.array_records.get(DUAL)
+        dual = (
+            np.zeros_like(start) if record is None else record["values"].numpy().astype(np.float64)
+        )
+        if not received:
+            return None
+        dual = dual + s.rho * sum(start - theta for theta in received.values())
+        context.state[DUAL] = ArrayRecord({"values": Array(dual.astype(np.float32))})
+        anchor = np.mean([(start + theta) / 2 for theta in received.values()], axis=0)
+        lr, weight = self.config.train.lr, 2 * s.rho * len(received)
+        targets = self.layout.unflatten(anchor).to_torch_state_dict()
+        duals = self.layout.unflatten(dual).to_torch_state_dict()
+        pairs = [(p, targets[n].float(), duals[n].float()) for n, p in model.named_parameters()]
+
+        def pull() -> None:
+            with torch.no_grad():
+                for param, target, lam in pairs:
+                    param.sub_(lr * (lam + weight * (param - target)))
+
+        return pull
+
+    def lead(self, msg: Message, context: Context) -> Message:
+        """The leader's merge: open every peer's model, merge, evaluate, seal for all."""
+        s = self.settings
+        party, _, _ = self.data(context)
+        seal = self.sealing(msg, context, party)
+        settings = msg.content.config_records[CONFIG]
+        sync = int(settings["round"])  # type: ignore[arg-type]
+        received = self.open_inbox(msg, seal)
+        received[party] = self.model_vector(context)  # the leader's own, trained this sync
+        sizes = {int(k): int(v) for k, v in msg.content.config_records["sizes"].items()}  # type: ignore[arg-type]
+        merged = merge_models(
+            [received[p] for p in sorted(received)], [sizes[p] for p in sorted(received)], s
+        )
+        self.keep(context, merged)
+        recipients = [int(r) for r in settings["to"]]  # type: ignore[union-attr]
+        outbox = self.seal_for(merged, seal, recipients, f"merged{sync:06d}")
+        scores = self.score(merged)
+        metrics = MetricRecord({"party": party, "merged-from": len(received), **scores})
+        return Message(content=RecordDict({OUTBOX: outbox, METRICS: metrics}), reply_to=msg)
+
+    def handlers(self) -> dict[str, object]:
+        return {"query.keys": self.keys, "train.swarm": self.sync, "train.lead": self.lead}
+
+
+def merge_models(
+    vectors: list[np.ndarray], sizes: list[int], settings: SwarmSettings
+) -> np.ndarray:
+    """The leader's merge rule, by Flower's aggregate functions."""
+    results = [([v], n) for v, n in zip(vectors, sizes, strict=True)]
+    if settings.merge == "mean":
+        return aggregate([([v], 1) for v in vectors])[0]
+    if settings.merge == "weighted_mean":
+        return aggregate(results)[0]
+    if settings.merge == "coordinate_median":
+        return aggregate_median(results)[0]
+    return aggregate_trimmed_avg(results, settings.trim)[0]
