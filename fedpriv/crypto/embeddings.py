@@ -24,15 +24,16 @@ def chunk_sizes(count: int, slots: int) -> list[int]:
 
 
 class CkksEmbeddingMod:
-    """Flower client mod: encrypt named records in replies; at the label owner, decrypt
-    named records in incoming messages (shape ``(-1, width)``)."""
+    """Flower client mod: encrypt named records in replies; at the label owner (any node
+    when ``label_owner`` is None), decrypt named records in incoming messages (shape
+    ``(-1, width)``)."""
 
     def __init__(
         self,
         params: ckks.CkksParams,
         keys: ckks.SplitKeys,
         *,
-        label_owner: int,
+        label_owner: int | None,
         width: int,
         encrypt: Mapping[str, str],
         decrypt: Mapping[str, str],
@@ -51,7 +52,7 @@ class CkksEmbeddingMod:
         name = self.decrypt.get(message_type)
         if name is not None and name in msg.content.array_records:
             party = int(context.node_config.get("partition-id", -1))
-            if party != self.label_owner:
+            if self.label_owner is not None and party != self.label_owner:
                 raise PermissionError(f"party {party} holds no secret key; only the label owner")
             values = ckks.decrypt(
                 self.keys.secret, self.params, chunks_of(msg.content.array_records[name])

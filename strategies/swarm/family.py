@@ -23,8 +23,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedpriv.config import ExperimentConfig
-from fedpriv.crypto import peers
+from fedpriv.crypto import ckks, peers
+from fedpriv.crypto.embeddings import CkksEmbeddingMod, CkksEmbeddingSum
 from fedpriv.crypto.records import Layout
+from fedpriv.crypto.scheme import Ckks
 from fedpriv.data.federated import federate
 from fedpriv.errors import ConfigError, SimulationError
 from fedpriv.runtime.records import payload_nbytes
@@ -35,6 +37,8 @@ from strategies.swarm.peer import CONFIG, INBOX, KEYS, METRICS, OUTBOX, SwarmPee
 from strategies.swarm.settings import SWARM_STRATEGIES, SwarmSettings
 
 log = logging.getLogger("fedpriv")
+#: CKKS parameters of the consensus measurement (128-bit, ~1e-9 error on a sum).
+CONSENSUS_PARAMS = Ckks().params
 
 
 def metric(message: Message, key: str) -> float:
@@ -71,6 +75,7 @@ class SwarmFamily(Strategy):
         self.payload_bytes = 0
         self.traffic = Traffic()
         self.layout: Layout | None = None
+        self.adder: CkksEmbeddingSum | None = None
         self.initial: np.ndarray | None = None
 
     @classmethod
@@ -101,6 +106,8 @@ class SwarmFamily(Strategy):
         return out
 
     def prepare(self) -> Setup:
+        """Partition the data and build the initial model; for the consensus metric, a
+        CKKS key shared by the peers (the relay gets the parameters only)."""
         config = self.config
         data = federate(config.data, config.partition, config.num_clients, config.seed)
         config.privacy.check_clients([len(p) for p in data.parts])
@@ -113,7 +120,18 @@ class SwarmFamily(Strategy):
             "label_histograms": data.label_histograms(),
             "test_examples": len(data.dataset.y_test),
         }
-        return Setup(clients=clients)
+        if not self.swarm.consensus:
+            return Setup(clients=clients)
+        keys = ckks.make_keys(CONSENSUS_PARAMS)
+        mod = CkksEmbeddingMod(
+            CONSENSUS_PARAMS,
+            ckks.SplitKeys(secret=keys.secret, encrypt=keys.secret, evaluate=keys.public),
+            label_owner=None,
+            width=len(self.initial),
+            encrypt={"query.consensus": "model"},
+            decrypt={"query.distance": "model-sum"},
+        )
+        return Setup(clients=clients, client_mods=[mod], server_key=keys.public)
 
     def client_handlers(self) -> Mapping[str, Handler]:
         assert self.layout is not None and self.initial is not None, "prepare() comes first"
@@ -170,6 +188,9 @@ class SwarmFamily(Strategy):
         if sorted(self.nodes) != list(range(self.config.num_clients)):
             raise SimulationError(f"peers report partitions {sorted(self.nodes)}")
         self.live = sorted(self.nodes)
+        if self.swarm.consensus:
+            assert ctx.server_key is not None and self.initial is not None
+            self.adder = CkksEmbeddingSum(CONSENSUS_PARAMS, ctx.server_key, len(self.initial))
         self.payload_bytes = (
             4 * len(self.initial if self.initial is not None else []) + peers.OVERHEAD
         )
@@ -232,6 +253,7 @@ class SwarmFamily(Strategy):
             else topology.metropolis_weights(graph)
         )
         extra: dict[str, Any] = {}
+        distance = self.consensus(grid, ctx, sorted(replies)) if self.adder else None
         merged = None
         if s.mode == "leader":
             merged = (
@@ -260,6 +282,7 @@ class SwarmFamily(Strategy):
             "accuracy_min": min(accuracies, default=None),
             "accuracy_max": max(accuracies, default=None),
             "merged_accuracy": merged["accuracy"] if merged else None,
+            "consensus_distance": distance,
         }
         accuracy = merged["accuracy"] if merged else extra["swarm"]["accuracy_mean"]
         loss = merged["loss"] if merged else (float(np.mean(losses)) if losses else None)
@@ -283,6 +306,36 @@ class SwarmFamily(Strategy):
         return RoundReport(
             server_round, accuracy, loss, clients=clients, extra=extra, stop_reason=stop
         )
+
+    def consensus(self, grid: Grid, ctx: RunContext, live: list[int]) -> float | None:
+        """Mean distance of the live peers' models from their average, by a CKKS secure
+        sum: the relay adds ciphertexts it cannot read; each peer decrypts the sum."""
+        assert self.adder is not None
+        if len(live) < 2:
+            return None
+        replies = self.exchange(grid, ctx, "query.consensus", {p: RecordDict() for p in live})
+        records = {}
+        for party, reply in replies.items():
+            record = reply.content.array_records.get("model")
+            reason = "no model" if record is None else self.adder.check(record, 1)
+            if record is None or reason:
+                ctx.reject(reply, f"peer {party}, consensus: {reason}")
+                continue
+            records[party] = record
+        total, bad = self.adder.combine(records, 1) if records else (None, {})
+        for party, reason in bad.items():
+            ctx.reject(replies[party], f"peer {party}, consensus: {reason}")
+        if total is None:
+            return None
+        count = ConfigRecord({"count": len(records)})
+        answers = self.exchange(
+            grid,
+            ctx,
+            "query.distance",
+            {p: RecordDict({"model-sum": total, CONFIG: count}) for p in records},
+        )
+        distances = [metric(r, "consensus-distance") for r in answers.values()]
+        return float(np.mean(distances)) if distances else None
 
     def weights(self, party: int, senders: set[int]) -> ConfigRecord:
         """Gossip weights for the payloads a peer receives; absent senders' share goes to self."""

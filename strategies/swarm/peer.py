@@ -264,8 +264,35 @@ class SwarmPeer:
         metrics = MetricRecord({"party": party, "merged-from": len(received), **scores})
         return Message(content=RecordDict({OUTBOX: outbox, METRICS: metrics}), reply_to=msg)
 
+    def consensus(self, msg: Message, context: Context) -> Message:
+        """This peer's model, for the secure sum (a mod encrypts it on the way out)."""
+        party = partition_id(context)
+        vector = self.model_vector(context).astype(np.float32).reshape(1, -1)
+        content = RecordDict(
+            {
+                "model": ArrayRecord({"values": Array(vector)}),
+                METRICS: MetricRecord({"party": party}),
+            }
+        )
+        return Message(content=content, reply_to=msg)
+
+    def distance(self, msg: Message, context: Context) -> Message:
+        """Distance of this peer's model from the average (the sum arrives decrypted)."""
+        party = partition_id(context)
+        count = int(msg.content.config_records[CONFIG]["count"])  # type: ignore[arg-type]
+        total = msg.content.array_records["model-sum"]["values"].numpy().astype(np.float64).ravel()
+        gap = float(np.linalg.norm(self.model_vector(context) - total / count))
+        metrics = MetricRecord({"party": party, "consensus-distance": gap})
+        return Message(content=RecordDict({METRICS: metrics}), reply_to=msg)
+
     def handlers(self) -> dict[str, object]:
-        return {"query.keys": self.keys, "train.swarm": self.sync, "train.lead": self.lead}
+        return {
+            "query.keys": self.keys,
+            "train.swarm": self.sync,
+            "train.lead": self.lead,
+            "query.consensus": self.consensus,
+            "query.distance": self.distance,
+        }
 
 
 def merge_models(

@@ -36,6 +36,9 @@ class SwarmSettings(Spec):
     election: str = "rotating"
     #: Peers that must answer for a sync to count; fewer stops the run. Null: all.
     min_peers: int | None = None
+    #: Measure the consensus distance each sync (a CKKS secure sum of the peers' models:
+    #: each peer learns the average model, the relay nothing; two extra exchanges).
+    consensus: bool = True
     #: DiNNO: penalty ρ of the consensus constraint.
     rho: float = 0.1
     #: DiNNO: local epochs of primal steps in sync 1, added per sync, and the cap.

@@ -133,9 +133,9 @@ def test_every_config_option_composes(group, option, tmp_path):
     overrides = [f"{group}={option}"]
     if (group, option) in (("data", "csv"), ("data", "npz")):
         overrides.append(f"data.path={tmp_path / 'file'}")
-    family = "vertical" if option == "splitnn" else "horizontal"
-    if (group, option) == ("strategy", "splitnn"):
-        overrides.append("family=vertical")
+    family = {"splitnn": "vertical", "swarm": "swarm"}.get(option, "horizontal")
+    if group == "strategy" and family != "horizontal":
+        overrides.append(f"family={family}")
     cfg = load_config(overrides=overrides)
     if group == "strategy":
         assert cfg.strategy.name == option
