@@ -48,6 +48,7 @@ def measure(name: str, overrides: list[str], common: list[str], out: Path) -> di
                 )
                 if "bytes_up" in peers[0]
                 else (record["bytes_up"] + record["bytes_down"]) / len(peers),
+                "consensus_bytes_per_peer": swarm.get("consensus_bytes", 0) / len(peers),
                 "seconds": record["seconds"],
             }
         )
@@ -77,11 +78,16 @@ def main() -> None:
             else:
                 cells.append(f"{row['accuracy']:>7.3f} ({row['consensus_distance']:>6.3f})")
         print(f"{i + 1:>5} " + " ".join(cells))
-    print("\nbytes per peer per round (mean), and against FedAvg's per client")
+    print("\nbytes per peer per round (mean) for learning, against FedAvg's per client,")
+    print("and for measuring the consensus distance (CKKS secure sum)")
     base = statistics.mean(row["bytes_per_peer"] for row in runs[0]["rounds"])
     for r in runs:
-        value = statistics.mean(row["bytes_per_peer"] for row in r["rounds"])
-        print(f"{r['name']:>8} {value / 1e3:>10.1f} kB  {value / base:>6.2f}×")
+        measuring = statistics.mean(row["consensus_bytes_per_peer"] for row in r["rounds"])
+        learning = statistics.mean(row["bytes_per_peer"] for row in r["rounds"]) - measuring
+        print(
+            f"{r['name']:>8} {learning / 1e3:>10.1f} kB  {learning / base:>6.2f}×"
+            f"  + {measuring / 1e3:>8.1f} kB measuring"
+        )
     if args.out:
         write_atomic(args.out, json.dumps(runs, indent=2))
 

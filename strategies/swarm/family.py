@@ -253,7 +253,9 @@ class SwarmFamily(Strategy):
             else topology.metropolis_weights(graph)
         )
         extra: dict[str, Any] = {}
+        before = sum(self.traffic.up.values()) + sum(self.traffic.down.values())
         distance = self.consensus(grid, ctx, sorted(replies)) if self.adder else None
+        measured = sum(self.traffic.up.values()) + sum(self.traffic.down.values()) - before
         merged = None
         if s.mode == "leader":
             merged = (
@@ -283,6 +285,7 @@ class SwarmFamily(Strategy):
             "accuracy_max": max(accuracies, default=None),
             "merged_accuracy": merged["accuracy"] if merged else None,
             "consensus_distance": distance,
+            "consensus_bytes": measured,  # the measurement's own traffic, all peers
         }
         accuracy = merged["accuracy"] if merged else extra["swarm"]["accuracy_mean"]
         loss = merged["loss"] if merged else (float(np.mean(losses)) if losses else None)
