@@ -140,22 +140,32 @@ class KeyPair:
     public: bytes
 
 
-def make_keys(params: CkksParams) -> KeyPair:
-    """A fresh secret key and the two contexts that go with it."""
+def _new_context(params: CkksParams, public_key: bool) -> Any:
+    """A fresh TenSEAL context with a new secret key (and a public key if asked)."""
     import tenseal as ts
 
+    mode = ts.ENCRYPTION_TYPE.ASYMMETRIC if public_key else ts.ENCRYPTION_TYPE.SYMMETRIC
     context = ts.context(
         ts.SCHEME_TYPE.CKKS,
         params.poly_modulus_degree,
         coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
-        encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC,
+        encryption_type=mode,
         n_threads=1,
     )
     context.global_scale = 2.0**params.scale_bits
-    keep = {"save_galois_keys": False, "save_relin_keys": False}
+    return context
+
+
+#: Addition needs neither rotations nor relinearization: their keys are never saved.
+NO_EVALUATION_KEYS = {"save_galois_keys": False, "save_relin_keys": False}
+
+
+def make_keys(params: CkksParams) -> KeyPair:
+    """A fresh secret key and the two contexts that go with it."""
+    context = _new_context(params, public_key=False)
     return KeyPair(
-        secret=context.serialize(save_secret_key=True, **keep),
-        public=context.serialize(save_secret_key=False, **keep),
+        secret=context.serialize(save_secret_key=True, **NO_EVALUATION_KEYS),
+        public=context.serialize(save_secret_key=False, **NO_EVALUATION_KEYS),
     )
 
 
@@ -173,17 +183,8 @@ class SplitKeys:
 
 def make_split_keys(params: CkksParams) -> SplitKeys:
     """A fresh key pair for public-key encryption (SEAL's asymmetric mode)."""
-    import tenseal as ts
-
-    context = ts.context(
-        ts.SCHEME_TYPE.CKKS,
-        params.poly_modulus_degree,
-        coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
-        encryption_type=ts.ENCRYPTION_TYPE.ASYMMETRIC,
-        n_threads=1,
-    )
-    context.global_scale = 2.0**params.scale_bits
-    keep = {"save_galois_keys": False, "save_relin_keys": False}
+    context = _new_context(params, public_key=True)
+    keep = NO_EVALUATION_KEYS
     return SplitKeys(
         secret=context.serialize(save_secret_key=True, save_public_key=False, **keep),
         encrypt=context.serialize(save_secret_key=False, save_public_key=True, **keep),

@@ -5,14 +5,33 @@ A reply that fails a check is rejected with a reason; the round goes on without 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
+from collections import defaultdict
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 
 #: Bytes counted per metric or config value (they travel as 8-byte scalars).
 SCALAR_BYTES = 8
+
+
+def metric(message: Message, key: str) -> float:
+    """One value of a message's ``metrics`` record."""
+    return float(message.content.metric_records["metrics"][key])  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass
+class Traffic:
+    """Payload bytes to and from each party (by party index) over some exchanges."""
+
+    down: dict[int, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
+    up: dict[int, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def total(self) -> int:
+        return sum(self.up.values()) + sum(self.down.values())
 
 
 def payload_nbytes(content: RecordDict) -> int:

@@ -12,7 +12,6 @@ stops, with the reason, when fewer than ``swarm.min_peers`` answer.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Mapping
@@ -29,7 +28,7 @@ from fedpriv.crypto.records import Layout
 from fedpriv.crypto.scheme import Ckks
 from fedpriv.data.federated import federate
 from fedpriv.errors import ConfigError, SimulationError
-from fedpriv.runtime.records import payload_nbytes
+from fedpriv.runtime.records import Traffic, metric, payload_nbytes
 from strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
 from strategies.horizontal.family import initial_arrays
 from strategies.swarm import topology
@@ -39,18 +38,6 @@ from strategies.swarm.settings import SWARM_STRATEGIES, SwarmSettings
 log = logging.getLogger("fedpriv")
 #: CKKS parameters of the consensus measurement (128-bit, ~1e-9 error on a sum).
 CONSENSUS_PARAMS = Ckks().params
-
-
-def metric(message: Message, key: str) -> float:
-    return float(message.content.metric_records[METRICS][key])  # type: ignore[arg-type]
-
-
-@dataclasses.dataclass
-class Traffic:
-    """Payload bytes to and from each peer in one sync."""
-
-    down: dict[int, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
-    up: dict[int, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
 
 
 class SwarmFamily(Strategy):
@@ -253,9 +240,9 @@ class SwarmFamily(Strategy):
             else topology.metropolis_weights(graph)
         )
         extra: dict[str, Any] = {}
-        before = sum(self.traffic.up.values()) + sum(self.traffic.down.values())
+        before = self.traffic.total
         distance = self.consensus(grid, ctx, sorted(replies)) if self.adder else None
-        measured = sum(self.traffic.up.values()) + sum(self.traffic.down.values()) - before
+        measured = self.traffic.total - before
         merged = None
         if s.mode == "leader":
             merged = (

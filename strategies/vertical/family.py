@@ -12,9 +12,7 @@ a malformed embedding is rejected and its batch skipped.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +25,7 @@ from fedpriv.crypto import psi
 from fedpriv.crypto.embeddings import CkksEmbeddingSum
 from fedpriv.data.vertical import LABEL_OWNER, vertical_tables
 from fedpriv.errors import ConfigError, SimulationError
-from fedpriv.runtime.records import payload_nbytes
+from fedpriv.runtime.records import Traffic, metric, payload_nbytes
 from strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
 from strategies.vertical.model import build_bottom, build_top, epoch_batches
 from strategies.vertical.party import (
@@ -38,7 +36,6 @@ from strategies.vertical.party import (
     SUM,
     VerticalParty,
     embedding_of,
-    metric,
     one_array,
     values,
 )
@@ -108,14 +105,6 @@ class SumRelay:
         self.ciphertext_bytes = self.plaintext_bytes = 0
         self.adder.seconds = 0.0
         return out
-
-
-@dataclasses.dataclass
-class Traffic:
-    """Payload bytes to and from each party (by party index)."""
-
-    down: dict[int, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
-    up: dict[int, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
 
 
 class Vertical(Strategy):
@@ -250,7 +239,7 @@ class Vertical(Strategy):
             "test_entities": self.test_count,
             "seconds": time.perf_counter() - started,  # includes starting the ClientApps
             "party_mask_seconds": self.psi_seconds,
-            "bytes": sum(self.traffic.up.values()) + sum(self.traffic.down.values()),
+            "bytes": self.traffic.total,
         }
         ctx.out.write_json("alignment.json", self.alignment)
         self.traffic = Traffic()

@@ -6,8 +6,9 @@ one process (:func:`train_centrally`, the baseline every vertical run is compare
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -137,6 +138,17 @@ class _Joined(nn.Module):
         return self.model(parts)
 
 
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` for the block, then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_centrally(
     config: ExperimentConfig,
     train_parts: Sequence[np.ndarray],
@@ -154,37 +166,21 @@ def train_centrally(
     order on other thread counts, and SGD amplifies such last-bit differences into
     visibly different models within an epoch or two.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.engine.torch_threads)
-    try:
-        return _train_centrally(config, train_parts, y_train, test_parts, y_test, classes, epochs)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_centrally(
-    config: ExperimentConfig,
-    train_parts: Sequence[np.ndarray],
-    y_train: np.ndarray,
-    test_parts: Sequence[np.ndarray],
-    y_test: np.ndarray,
-    classes: int,
-    epochs: int,
-) -> list[dict[str, float]]:
-    shapes = [tuple(p.shape[1:]) for p in train_parts]
-    model = SplitModel(config, shapes, classes)
-    opt = optimizer(model, config.train)
-    tensors = [torch.from_numpy(p) for p in train_parts]
-    labels = torch.from_numpy(y_train)
-    joined_test = np.concatenate([p.reshape(len(p), -1) for p in test_parts], axis=1)
-    history = []
-    for epoch in range(1, epochs + 1):
-        model.train()
-        for batch in epoch_batches(len(labels), config.train.batch_size, config.seed, epoch):
-            index = torch.from_numpy(batch)
-            opt.zero_grad(set_to_none=True)
-            logits = model([t[index] for t in tensors])
-            nn.functional.cross_entropy(logits, labels[index]).backward()
-            opt.step()
-        history.append(evaluate(_Joined(model, shapes), joined_test, y_test))
-    return history
+    with torch_threads(config.engine.torch_threads):
+        shapes = [tuple(p.shape[1:]) for p in train_parts]
+        model = SplitModel(config, shapes, classes)
+        opt = optimizer(model, config.train)
+        tensors = [torch.from_numpy(p) for p in train_parts]
+        labels = torch.from_numpy(y_train)
+        joined_test = np.concatenate([p.reshape(len(p), -1) for p in test_parts], axis=1)
+        history = []
+        for epoch in range(1, epochs + 1):
+            model.train()
+            for batch in epoch_batches(len(labels), config.train.batch_size, config.seed, epoch):
+                index = torch.from_numpy(batch)
+                opt.zero_grad(set_to_none=True)
+                logits = model([t[index] for t in tensors])
+                nn.functional.cross_entropy(logits, labels[index]).backward()
+                opt.step()
+            history.append(evaluate(_Joined(model, shapes), joined_test, y_test))
+        return history

@@ -66,11 +66,6 @@ def values(array_record: ArrayRecord) -> np.ndarray:
     return next(iter(array_record.values())).numpy()
 
 
-def metric(message: Message, key: str) -> float:
-    """One value of a message's ``metrics`` record."""
-    return float(message.content.metric_records["metrics"][key])  # type: ignore[arg-type]
-
-
 def one_array(values: np.ndarray, name: str = "values") -> ArrayRecord:
     return ArrayRecord({name: Array(np.ascontiguousarray(values))})
 
