@@ -155,3 +155,16 @@ def test_swarm_settings_follow_the_family():
     assert config.swarm.mode == "leader" and config.strategy.name == "swarm"
     assert config.num_clients == 6 and config.to_dict()["swarm"]["mode"] == "leader"
     assert "swarm" not in load_config([]).to_dict()
+
+
+def test_redraw_gives_each_sync_its_own_graph_and_fixed_keeps_one():
+    from strategies.swarm import SwarmFamily
+
+    fixed = SwarmFamily(load_config(["family=swarm", "swarm.topology=random_regular"]))
+    assert fixed.graph(1) == fixed.graph(2)
+    redrawn = SwarmFamily(
+        load_config(["family=swarm", "swarm.topology=random_regular", "swarm.redraw=true"])
+    )
+    graphs = [redrawn.graph(sync) for sync in (1, 2, 3)]
+    assert graphs[0] != graphs[1] or graphs[1] != graphs[2]
+    assert all(connected(g) for g in graphs) and graphs[0] == redrawn.graph(1)
