@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -24,6 +25,13 @@ class TrainStats:
     loss: float
     accuracy: float
     seconds: float
+
+
+def secret_seed() -> int:
+    """A seed nobody else can compute (OS randomness), for noise that protects data:
+    noise drawn from the run's seed could be regenerated and subtracted by anyone
+    holding the config."""
+    return int.from_bytes(os.urandom(8), "big") >> 1
 
 
 def seed_for(*parts: int) -> int:

@@ -28,7 +28,7 @@ from fedpriv.errors import ConfigError
 from fedpriv.privacy.accounting import ACCOUNTANTS, calibrated_noise, sample_rate
 from fedpriv.privacy.base import PRIVACY, PrivacySpec
 from fedpriv.registry import Spec
-from fedpriv.training import TrainStats
+from fedpriv.training import TrainStats, secret_seed
 
 log = logging.getLogger("fedpriv")
 
@@ -267,7 +267,8 @@ def train_dp_sgd(
         max_grad_norm=dp.max_grad_norm,
         poisson_sampling=True,
         grad_sample_mode=mode,
-        noise_generator=torch.Generator().manual_seed(seed ^ 0x5EED),
+        # Not from the run's seed: whoever holds the config could redraw and remove it.
+        noise_generator=torch.Generator().manual_seed(secret_seed()),
     )
     if mode == "ghost":
         private, optimizer, criterion, loader = made

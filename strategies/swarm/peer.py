@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from fedpriv.runtime.node import partition_id
 from fedpriv.training import evaluate, seed_for
 from strategies.swarm.settings import SwarmSettings
 
-KEY, MODEL, DUAL = "swarm.key", "swarm.model", "swarm.dual"
+KEY, MODEL, DUAL, MERGED = "swarm.key", "swarm.model", "swarm.dual", "swarm.merged"
 INBOX, OUTBOX, KEYS, CONFIG, METRICS = "inbox", "outbox", "keys", "config", "metrics"
 
 
@@ -97,11 +97,17 @@ class SwarmPeer:
         record = msg.content.config_records.get(KEYS, ConfigRecord())
         return Sealed(party, private, {int(k): bytes(v) for k, v in record.items()})  # type: ignore[arg-type]
 
-    def open_inbox(self, msg: Message, seal: Sealed) -> dict[int, np.ndarray]:
-        """Every payload addressed to this peer, opened (a forgery raises)."""
+    def open_inbox(
+        self, msg: Message, seal: Sealed, accept: Callable[[str], bool]
+    ) -> dict[int, np.ndarray]:
+        """Every payload addressed to this peer, opened. The label (bound into the AEAD)
+        must be one ``accept`` expects for this sync, so a relay cannot replay an old
+        payload under its old label; a forgery raises."""
         out = {}
         for name, array in msg.content.array_records.get(INBOX, ArrayRecord()).items():
             sender, label = parse_entry(name)
+            if not accept(label):
+                raise ValueError(f"payload from peer {sender} labelled {label!r} is not for now")
             plain = peers.open_sealed(
                 array.numpy().tobytes(), seal.private, seal.keys[sender], sender, seal.party, label
             )
@@ -163,7 +169,12 @@ class SwarmPeer:
         seal = self.sealing(msg, context, party)
         settings = msg.content.config_records[CONFIG]
         sync = int(settings["round"])  # type: ignore[arg-type]
-        received = self.open_inbox(msg, seal)
+        if s.mode == "leader":  # a merge newer than the last one adopted, from a past sync
+            last = int(context.state.config_records.get(MERGED, ConfigRecord({"sync": 0}))["sync"])  # type: ignore[arg-type]
+            accept = lambda label: label.startswith("merged") and last < int(label[6:]) < sync  # noqa: E731
+        else:  # gossip, dinno: what neighbours sealed in the previous sync
+            accept = lambda label: label == f"r{sync - 1}"  # noqa: E731
+        received = self.open_inbox(msg, seal, accept)
         vector = self.model_vector(context)
         if s.mode == "leader":
             leader = int(settings["leader"])  # type: ignore[arg-type]
@@ -174,6 +185,10 @@ class SwarmPeer:
                     f"sync {sync}: relay names leader {leader}, election gives {expected}"
                 )
             if received:  # the latest merge (a peer that missed syncs catches up here)
+                if len(received) != 1:
+                    raise ValueError(f"expected one merged model, got {len(received)}")
+                (name,) = msg.content.array_records[INBOX]
+                context.state[MERGED] = ConfigRecord({"sync": int(parse_entry(name)[1][6:])})
                 vector = next(iter(received.values()))
         elif s.mode == "gossip" and received:
             weights = {int(k): float(v) for k, v in msg.content.config_records["weights"].items()}  # type: ignore[arg-type]
@@ -251,7 +266,7 @@ class SwarmPeer:
         seal = self.sealing(msg, context, party)
         settings = msg.content.config_records[CONFIG]
         sync = int(settings["round"])  # type: ignore[arg-type]
-        received = self.open_inbox(msg, seal)
+        received = self.open_inbox(msg, seal, lambda label: label == f"r{sync}")
         received[party] = self.model_vector(context)  # the leader's own, trained this sync
         sizes = {int(k): int(v) for k, v in msg.content.config_records["sizes"].items()}  # type: ignore[arg-type]
         merged = merge_models(

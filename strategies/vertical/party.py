@@ -30,7 +30,7 @@ from fedpriv.crypto import psi
 from fedpriv.data.vertical import LABEL_OWNER, PartyTable, vertical_tables
 from fedpriv.errors import ConfigError
 from fedpriv.runtime.node import partition_id
-from fedpriv.training import seed_for
+from fedpriv.training import secret_seed
 from strategies.vertical.model import (
     build_bottom,
     build_top,
@@ -168,7 +168,6 @@ class VerticalParty:
     def step(self, msg: Message, context: Context) -> Message:
         party, x, model, opt = self.bottom(context)
         rows = self.rows(context, "train")
-        settings = msg.content.config_records["config"]
         records = msg.content.array_records
         if GRADIENTS in records:
             done = rows[records[GRADIENTS]["batch"].numpy()]
@@ -181,7 +180,7 @@ class VerticalParty:
         content = RecordDict({"metrics": MetricRecord({"party": party})})
         if BATCH in records:
             batch = rows[values(records[BATCH])]
-            seed = seed_for(self.config.seed, party, int(settings["step"]))  # type: ignore[arg-type]
+            seed = secret_seed()  # the label owner holds the config: it must not redraw this
             embedding, ratio = self.embed_rows(model, x[batch], seed)
             content[EMBEDDING] = one_array(embedding.astype(np.float32))
             content.metric_records["metrics"]["noise-ratio"] = ratio
@@ -239,8 +238,7 @@ class VerticalParty:
         opt.step()
         context.state[TOP] = save(model, opt)
         sigma = self.settings.gradient_noise
-        step = int(msg.content.config_records["config"]["step"])  # type: ignore[arg-type]
-        generator = torch.Generator().manual_seed(seed_for(self.config.seed, TOP_NOISE, step))
+        generator = torch.Generator().manual_seed(secret_seed())  # parties must not redraw it
         gradients, ratios = {}, []
         for name, leaf in zip(self.leaf_names(records), leaves, strict=True):
             grad = leaf.grad
@@ -287,7 +285,3 @@ class VerticalParty:
             "evaluate.embed": self.embed,
             "evaluate.top": self.evaluate_top,
         }
-
-
-#: Seed stream of the label owner's gradient noise.
-TOP_NOISE = 2_000
