@@ -124,7 +124,7 @@ def run_floor(cfg: ExperimentConfig) -> Timing:
     metrics: dict[str, float] = {}
     try:
         for server_round in range(1, cfg.rounds + 1):
-            torch.set_num_threads(cfg.engine.torch_threads)
+            torch.set_num_threads(cfg.engine.torch_threads or 1)
             states, weights = [], []
             for pid in range(cfg.num_clients):
                 x, y = data.client(pid)
@@ -174,7 +174,7 @@ class BareClient:
 
     def train(self, msg: Message, context: Context) -> Message:
         cfg = self.cfg
-        torch.set_num_threads(cfg.engine.torch_threads)
+        torch.set_num_threads(cfg.engine.torch_threads or 1)
         data = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
         pid = int(context.node_config["partition-id"])
         x, y = data.client(pid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -9,13 +10,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedpriv.config import ExperimentConfig, from_mapping
+from fedpriv.config import DeploymentEngine, ExperimentConfig, from_mapping
 from fedpriv.crypto import parallel
 from fedpriv.errors import SimulationError
 from fedpriv.results import SCHEMA_VERSION, Result, RunDirectory
 from fedpriv.runtime.apps import build_client_app, build_server_app
 from fedpriv.runtime.context import RunContext
 from fedpriv.runtime.simulation import simulate
+from strategies.base import Setup, Strategy
 
 log = logging.getLogger("fedpriv")
 
@@ -25,11 +27,67 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
 
     Everything that can be checked before the engine starts is checked first (config
     values, the dataset, the partition, the model on the data's shape), so a bad
-    setting fails in a second, not after Ray has started.
+    setting fails in a second, not after Ray has started. ``engine=deployment``
+    submits the run to a SuperLink and waits for it (docs/deployment.md).
     """
     if not isinstance(config, ExperimentConfig):
         config = from_mapping(config)
     _setup_logging()
+    if isinstance(config.engine, DeploymentEngine):
+        from fedpriv.deployment.submit import submit
+
+        return submit(config)
+    started = time.perf_counter()
+    opened = open_run(config)
+    finished: dict[str, Any] = {}
+    server_app = build_server_app(
+        opened.strategy,
+        make_context=opened.context,
+        on_done=lambda history, ctx: finished.update(history=history, ctx=ctx),
+        on_error=lambda error: finished.update(error=error),
+    )
+    client_app = build_client_app(opened.strategy, opened.setup.client_mods)
+    try:
+        simulate(server_app, client_app, config.num_clients, config.engine)
+    finally:
+        parallel.shutdown()  # crypto worker processes this run started here
+    if "error" in finished:
+        raise finished["error"]
+    if "history" not in finished:
+        raise SimulationError("the simulation ended before the ServerApp finished its rounds")
+    return opened.finish(finished["history"], finished["ctx"], time.perf_counter() - started)
+
+
+@dataclasses.dataclass
+class OpenRun:
+    """A prepared run: its strategy, what it prepared, and its results directory. The
+    ServerApp of either engine makes its :class:`RunContext` and finishes through it."""
+
+    config: ExperimentConfig
+    strategy: Strategy
+    setup: Setup
+    out: RunDirectory
+
+    def context(self) -> RunContext:
+        return RunContext(
+            self.config,
+            self.out,
+            evaluate=self.setup.evaluate,
+            initial_arrays=self.setup.initial_arrays,
+            server_key=self.setup.server_key,
+        )
+
+    def finish(self, history: list[dict[str, Any]], ctx: RunContext, seconds: float) -> Result:
+        """Write ``summary.json`` and return the finished run."""
+        summary = summarize(self.config, history, seconds, ctx.stop_reason)
+        summary["privacy"] = ctx.ledger.summary()
+        summary["crypto"] = self.config.crypto.summary(history)
+        self.out.write_json("summary.json", summary)
+        return Result(self.out.path, history, summary)
+
+
+def open_run(config: ExperimentConfig) -> OpenRun:
+    """Prepare the family (data, model, keys) and start the results directory."""
     from strategies import FAMILIES
 
     strategy = FAMILIES.get(config.family)(config)
@@ -38,20 +96,6 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
     out.write_config(config.to_dict())
     out.write_json("clients.json", setup.clients)
     out.start_metrics()
-    finished: dict[str, Any] = {}
-    server_app = build_server_app(
-        strategy,
-        make_context=lambda: RunContext(
-            config,
-            out,
-            evaluate=setup.evaluate,
-            initial_arrays=setup.initial_arrays,
-            server_key=setup.server_key,
-        ),
-        on_done=lambda history, ctx: finished.update(history=history, ctx=ctx),
-        on_error=lambda error: finished.update(error=error),
-    )
-    started = time.perf_counter()
     log.info(
         "fedpriv: %s/%s on %s, %d clients, %d rounds -> %s",
         config.family,
@@ -61,22 +105,7 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
         config.rounds,
         out.path,
     )
-    client_app = build_client_app(strategy, setup.client_mods)
-    try:
-        simulate(server_app, client_app, config.num_clients, config.engine)
-    finally:
-        parallel.shutdown()  # crypto worker processes this run started here
-    if "error" in finished:
-        raise finished["error"]
-    if "history" not in finished:
-        raise SimulationError("the simulation ended before the ServerApp finished its rounds")
-    history: list[dict[str, Any]] = finished["history"]
-    ctx: RunContext = finished["ctx"]
-    summary = summarize(config, history, time.perf_counter() - started, ctx.stop_reason)
-    summary["privacy"] = ctx.ledger.summary()
-    summary["crypto"] = config.crypto.summary(history)
-    out.write_json("summary.json", summary)
-    return Result(out.path, history, summary)
+    return OpenRun(config, strategy, setup, out)
 
 
 def summarize(

@@ -8,8 +8,9 @@ core never sees a ``DictConfig``.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fedpriv.crypto import CRYPTO, CryptoSpec, NoCrypto
 from fedpriv.data.datasets import DATASETS, DatasetSpec
@@ -52,8 +53,53 @@ class TrainConfig(Spec):
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class TelemetryConfig(Spec):
+    """What clients report about their devices, and where the server publishes it."""
+
+    #: Clients add CPU %, RSS, free memory, disk, GPU and temperature to each reply.
+    device: bool = True
+    #: Serve Prometheus text at http://<host>:<port>/metrics during a run; None: off.
+    prometheus_port: int | None = None
+    prometheus_host: str = "0.0.0.0"
+    #: Also write ``metrics.influx`` (InfluxDB line protocol) into the results directory.
+    influx: bool = False
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.prometheus_port is not None and not 0 <= self.prometheus_port <= 65535:
+            return [("prometheus_port", "must be in 0..65535 (0: a free port) or null (off)")]
+        return []
+
+
+@dataclasses.dataclass(frozen=True)
 class EngineSpec(Spec):
-    """Where a run executes (``engine=<name>``)."""
+    """Where a run executes (``engine=<name>``), and the timeouts every engine shares."""
+
+    #: True when keys come from files (``fedpriv keys init``), not made per run.
+    keys_provisioned: ClassVar[bool] = False
+
+    #: Seconds to wait for replies in one round before going on without the missing.
+    round_timeout_s: float = 600.0
+    #: Seconds to wait for the expected nodes to register before round 1.
+    node_wait_s: float = 120.0
+    #: Show Flower's own logs.
+    verbose: bool = False
+    #: torch threads inside each client; None: torch's default (all its cores).
+    torch_threads: int | None = 1
+
+    def client_cpus(self) -> int:
+        """Cores one client may use (crypto worker processes, torch threads)."""
+        return os.cpu_count() or 1
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if not self.round_timeout_s > 0:
+            out.append(("round_timeout_s", "must be > 0"))
+        if not self.node_wait_s > 0:
+            out.append(("node_wait_s", "must be > 0"))
+        if self.torch_threads is not None and self.torch_threads < 1:
+            out.append(("torch_threads", "must be >= 1 or null (torch's default)"))
+        return out
 
 
 ENGINES: Registry[EngineSpec] = Registry("engine")
@@ -68,27 +114,49 @@ class SimulationEngine(EngineSpec):
     num_cpus: int | None = None
     #: CPUs reserved per ClientApp actor; actors = num_cpus / cpus_per_client.
     cpus_per_client: float = 1.0
-    #: torch threads inside each client (1 avoids oversubscribing the cores).
-    torch_threads: int = 1
-    #: Seconds to wait for replies in one round before going on without the missing.
-    round_timeout_s: float = 600.0
-    #: Seconds to wait for the expected nodes to register before round 1.
-    node_wait_s: float = 120.0
-    #: Show Flower's and Ray's own logs.
-    verbose: bool = False
+
+    def client_cpus(self) -> int:
+        return max(1, int(self.cpus_per_client))
 
     def problems(self) -> list[tuple[str, str]]:
-        out = []
+        out = super().problems()
         if self.num_cpus is not None and self.num_cpus < 1:
             out.append(("num_cpus", "must be >= 1 or null (all cores)"))
         if not self.cpus_per_client > 0:
             out.append(("cpus_per_client", "must be > 0"))
-        if self.torch_threads < 1:
-            out.append(("torch_threads", "must be >= 1"))
-        if not self.round_timeout_s > 0:
-            out.append(("round_timeout_s", "must be > 0"))
-        if not self.node_wait_s > 0:
-            out.append(("node_wait_s", "must be > 0"))
+        return out
+
+
+@ENGINES.register("deployment")
+@dataclasses.dataclass(frozen=True)
+class DeploymentEngine(EngineSpec):
+    """A running SuperLink and SuperNodes on real devices (docs/deployment.md).
+
+    ``fedpriv run`` submits the run to the SuperLink at ``address`` and waits; the
+    ServerApp runs on the SuperLink's host and writes the results directory there.
+    """
+
+    keys_provisioned: ClassVar[bool] = True
+
+    #: The SuperLink, ``host:port`` (``fedpriv superlink`` listens on 9093).
+    address: str = "127.0.0.1:9093"
+    #: The fleet CA (``fedpriv keys init``) the SuperLink's certificate is checked with.
+    root_certificates: str | None = "keys/ca.crt"
+    #: No TLS: only for a SuperLink started with ``--insecure`` on a trusted network.
+    insecure: bool = False
+    torch_threads: int | None = None  # a device's own cores
+    round_timeout_s: float = 600.0
+    node_wait_s: float = 300.0
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        host, sep, port = self.address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            out.append(("address", "must be host:port, e.g. server.local:9093"))
+        if not self.insecure and not self.root_certificates:
+            out.append(
+                ("root_certificates", "must name the fleet CA (keys/ca.crt) unless insecure=true")
+            )
         return out
 
 
@@ -102,7 +170,8 @@ class ExperimentConfig:
     strategy: Spec
     family: str = "horizontal"
     train: TrainConfig = TrainConfig()
-    engine: SimulationEngine = SimulationEngine()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    engine: EngineSpec = SimulationEngine()
     privacy: PrivacySpec = dataclasses.field(default_factory=NoPrivacy)
     crypto: CryptoSpec = dataclasses.field(default_factory=NoCrypto)
     num_clients: int = 10
@@ -148,6 +217,7 @@ _GROUPS: dict[str, Registry[Any]] = {
 }
 _PLAIN: dict[str, type[Spec]] = {
     "train": TrainConfig,
+    "telemetry": TelemetryConfig,
 }
 _SCALARS = {"num_clients": int, "rounds": int, "seed": int, "output_dir": str | None}
 _IGNORED = {"experiment", "hydra"}  # Hydra bookkeeping, not experiment settings

@@ -95,12 +95,15 @@ class Strategy(ABC):
 
     def run(self, grid: Grid, ctx: RunContext) -> list[dict[str, Any]]:
         """The coordinator's loop (template method); returns the per-round history."""
-        ctx.wait_for_nodes(grid)
-        self.start(grid, ctx)
-        for server_round in range(1, self.config.rounds + 1):
-            ctx.start_round(server_round)
-            report = self.round(server_round, grid, ctx)
-            ctx.end_round(report)
-            if ctx.stop_reason:
-                break
+        try:
+            ctx.wait_for_nodes(grid)
+            self.start(grid, ctx)
+            for server_round in range(1, self.config.rounds + 1):
+                ctx.start_round(server_round)
+                report = self.round(server_round, grid, ctx)
+                ctx.end_round(report)
+                if ctx.stop_reason:
+                    break
+        finally:
+            ctx.close()
         return ctx.history

@@ -82,6 +82,11 @@ class CryptoSpec(Spec):
         """Fresh keys for a run (None: nothing to keep secret)."""
         return None
 
+    def load_keys(self, *, server: bool, directory: str | None = None) -> bytes | None:
+        """A provisioned key file (deployment): the server's context, or a client's
+        secret one from ``directory`` (default: the configured key directory)."""
+        return None
+
     def client_mods(
         self, config: Any, secret: bytes | None, layout: Layout
     ) -> list[Callable[..., Any]]:

@@ -51,3 +51,16 @@ def read_keys(directory: str | Path, *, secret: bool) -> bytes:
     if not path.is_file():
         raise FileNotFoundError(f"no key file {path}; make one with `fedpriv keys init`")
     return path.read_bytes()
+
+
+def read_params(directory: str | Path) -> CkksParams:
+    """The parameters a key directory was made with (its ``params.json``)."""
+    path = Path(directory) / PARAMS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}; make the key set with `fedpriv keys init`")
+    written = json.loads(path.read_text())
+    return CkksParams(
+        int(written["poly_modulus_degree"]),
+        tuple(int(bits) for bits in written["coeff_mod_bit_sizes"]),
+        int(written["scale_bits"]),
+    )

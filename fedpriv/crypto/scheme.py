@@ -12,9 +12,11 @@ from fedpriv.crypto import ckks
 from fedpriv.crypto.base import CRYPTO, Aggregator, CryptoSpec
 from fedpriv.crypto.client import CkksClientMod
 from fedpriv.crypto.embeddings import CkksEmbeddingMod, CkksEmbeddingSum
+from fedpriv.crypto.keys import read_keys, read_params
 from fedpriv.crypto.parallel import default_workers
 from fedpriv.crypto.records import Layout
 from fedpriv.crypto.server import CkksAggregator
+from fedpriv.errors import ConfigError
 from fedpriv.registry import Spec
 
 SECURITY_BITS = 128
@@ -40,8 +42,11 @@ class Ckks(CryptoSpec):
     #: Debug: each client decrypts its own ciphertexts and reports the error (per value).
     verify: bool = False
     #: Processes encrypting (a client) or summing (the server); null: the cores there
-    #: (in simulation, a client gets ``engine.cpus_per_client``).
+    #: (in simulation, a client gets ``engine.cpus_per_client``; a device, its cores).
     workers: int | None = None
+    #: engine=deployment: the key files from ``fedpriv keys init`` (the server reads
+    #: server.ctx; a device reads client.ctx from its node config's ``keys-dir``).
+    keys_dir: str | None = None
 
     @property
     def params(self) -> ckks.CkksParams:
@@ -86,12 +91,28 @@ class Ckks(CryptoSpec):
     def make_keys(self) -> ckks.KeyPair:
         return ckks.make_keys(self.params)
 
+    def load_keys(self, *, server: bool, directory: str | None = None) -> bytes:
+        directory = directory or self.keys_dir
+        if directory is None:
+            raise ConfigError(
+                "crypto=ckks with engine=deployment needs the key files of "
+                "`fedpriv keys init`: set crypto.keys_dir=<dir> on the server and start "
+                "each SuperNode with its keys directory"
+            )
+        written = read_params(directory)
+        if written != self.params:
+            raise ConfigError(
+                f"the keys in {directory} were made for {written}, but this run asks for "
+                f"{self.params}; use the same preset, or make new keys"
+            )
+        return read_keys(directory, secret=not server)
+
     def client_mods(
         self, config: Any, secret: bytes | None, layout: Layout
     ) -> list[Callable[..., Any]]:
         if secret is None:
             raise ValueError("crypto=ckks: the clients need the secret context")
-        workers = self.workers or max(1, int(config.engine.cpus_per_client))
+        workers = self.workers or config.engine.client_cpus()
         return [
             CkksClientMod(
                 self.params,

@@ -17,22 +17,35 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedpriv.errors import FedprivError
 from fedpriv.runtime.context import RunContext
+from fedpriv.telemetry import DeviceMonitor
 from strategies.base import Handler, Strategy
 
 log = logging.getLogger("fedpriv")
 
+#: The metric record every family's replies carry.
+METRICS = "metrics"
 
-class _ThreadLimited:
-    """A handler that first caps torch's threads in this process (once per process)."""
 
-    def __init__(self, handler: Handler, threads: int) -> None:
+class _NodeHandler:
+    """A handler as a node runs it: torch's threads capped first (None: torch's
+    default), and with ``telemetry.device`` the device measured while it works, the
+    measurements added to the reply's metrics."""
+
+    def __init__(self, handler: Handler, threads: int | None, telemetry: bool) -> None:
         self.handler = handler
         self.threads = threads
+        self.telemetry = telemetry
 
     def __call__(self, msg: Message, context: Context) -> Message:
-        if torch.get_num_threads() != self.threads:
+        if self.threads is not None and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-        return self.handler(msg, context)
+        if not self.telemetry:
+            return self.handler(msg, context)
+        with DeviceMonitor() as monitor:
+            reply = self.handler(msg, context)
+        if reply.has_content() and METRICS in reply.content.metric_records:
+            reply.content.metric_records[METRICS].update(monitor.metrics())
+        return reply
 
 
 def build_client_app(
@@ -45,7 +58,7 @@ def build_client_app(
     """
     config = strategy.config
     app = ClientApp(mods=[*crypto_mods, *config.privacy.client_mods(config)])
-    threads = config.engine.torch_threads
+    threads, telemetry = config.engine.torch_threads, config.telemetry.device
     for message_type, handler in strategy.client_handlers().items():
         category, _, action = message_type.partition(".")
         if category not in ("train", "evaluate", "query"):
@@ -54,7 +67,7 @@ def build_client_app(
                 "train[.<name>], evaluate[.<name>] or query[.<name>]"
             )
         register = getattr(app, category)
-        register(action or "default")(_ThreadLimited(handler, threads))
+        register(action or "default")(_NodeHandler(handler, threads, telemetry))
     return app
 
 

@@ -21,6 +21,7 @@ from fedpriv.errors import SimulationError
 from fedpriv.privacy.ledger import ServerLedger
 from fedpriv.results import RunDirectory
 from fedpriv.runtime.records import payload_nbytes
+from fedpriv.telemetry import RoundPublisher
 
 log = logging.getLogger("fedpriv")
 
@@ -63,6 +64,11 @@ class RunContext:
         self._bytes_up = self._bytes_down = 0
         self._rejected: list[dict[str, Any]] = []
         self._declined: list[dict[str, Any]] = []
+        self.publisher = RoundPublisher(config.telemetry, out.path)
+
+    def close(self) -> None:
+        """Stop what the run serves (the Prometheus endpoint)."""
+        self.publisher.close()
 
     # -- nodes and messages -------------------------------------------------
     def wait_for_nodes(self, grid: Grid) -> list[int]:
@@ -166,6 +172,7 @@ class RunContext:
         }
         self.history.append(record)
         self.out.append_round(record)
+        self.publisher.publish(record)
         self.stop_reason = report.stop_reason or self.ledger.stop_reason()
         if self.stop_reason:
             log.warning("stopping after round %d: %s", report.server_round, self.stop_reason)

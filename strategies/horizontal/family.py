@@ -131,10 +131,16 @@ class Horizontal(Strategy):
         data = federate(config.data, config.partition, config.num_clients, config.seed)
         config.privacy.check_clients([len(p) for p in data.parts])
         initial = initial_arrays(config, data)
-        # Keys are made here, on the clients' side of the simulation: the secret context
-        # goes into the ClientApp's mods only; the ServerApp gets the public context.
-        keys = config.crypto.make_keys()
-        mods = config.crypto.client_mods(config, keys.secret if keys else None, Layout.of(initial))
+        if config.engine.keys_provisioned:
+            # Deployment: key files from `fedpriv keys init`; the server reads only its own.
+            server_key = config.crypto.load_keys(server=True)
+            mods: list[Any] = []
+        else:
+            # Keys are made here, on the clients' side of the simulation: the secret goes
+            # into the ClientApp's mods only; the ServerApp gets the public context.
+            keys = config.crypto.make_keys()
+            server_key = keys.public if keys else None
+            mods = self.client_mods(keys.secret if keys else None, initial)
         clients = {
             "num_clients": config.num_clients,
             "num_examples": [len(p) for p in data.parts],
@@ -144,10 +150,18 @@ class Horizontal(Strategy):
         return Setup(
             clients=clients,
             client_mods=mods,
-            server_key=keys.public if keys else None,
+            server_key=server_key,
             evaluate=lambda arrays: evaluate_arrays(config, data, arrays),
             initial_arrays=lambda: initial,
         )
+
+    def client_mods(self, secret: bytes | None, initial: ArrayRecord | None = None) -> list[Any]:
+        """The crypto mods of a ClientApp holding ``secret`` (the clients' key)."""
+        config = self.config
+        if initial is None:
+            data = federate(config.data, config.partition, config.num_clients, config.seed)
+            initial = initial_arrays(config, data)
+        return config.crypto.client_mods(config, secret, Layout.of(initial))
 
     def client_handlers(self) -> Mapping[str, Handler]:
         client = HorizontalClient(self.config)

@@ -1,0 +1,185 @@
+"""Start and stop Flower's own processes: ``flower-superlink`` and ``flower-supernode``.
+
+Every process is started in its own session and stopped by PID (its whole process
+group: the SuperNode's ClientApp subprocesses go with it). Flower's SuperExec helpers
+watch their parent's PID and exit with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+from fedpriv.deployment.credentials import Credentials
+
+log = logging.getLogger("fedpriv")
+
+#: No runtime ``uv sync`` on any node: it would replace the pinned CPU torch.
+ENVIRONMENT = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+INSECURE_WARNING = (
+    "WARNING: --insecure: no TLS and no SuperNode authentication; anyone on the network "
+    "can read the traffic and join the federation. Use it only on a trusted test network."
+)
+
+
+def flower_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This environment, with this interpreter's scripts first on PATH (the SuperLink
+    starts ``flower-superexec`` by name) and runtime installs off."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+    env.update(ENVIRONMENT)
+    env.update(extra or {})
+    return env
+
+
+class FlowerProcess:
+    """One started process, its output in a log file (None: this terminal)."""
+
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        log_path: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log: IO[bytes] | None = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = log_path.open("ab")
+        self.popen = subprocess.Popen(
+            list(command),
+            stdout=self._log,
+            stderr=subprocess.STDOUT if self._log else None,
+            env=flower_environment(env),
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to the process group, SIGKILL after ``timeout``; idempotent."""
+        if self.alive():
+            _signal_group(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.pid, signal.SIGKILL)
+                self.popen.wait(timeout)
+        _signal_group(self.pid, signal.SIGKILL)  # stragglers left in the group
+        if self._log is not None:
+            self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL, as a device losing power would."""
+        _signal_group(self.pid, signal.SIGKILL)
+        self.popen.wait()
+
+    def tail(self, lines: int = 20) -> str:
+        if self.log_path is None:
+            return ""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def superlink_command(
+    creds: Credentials | None, *, host: str, port: int, database: str | None = None
+) -> list[str]:
+    """``flower-superlink`` with TLS and registered-node authentication (or, with no
+    credentials, insecure)."""
+    command = [flower_script("flower-superlink"), "--host", host, "--port", str(port)]
+    command += ["--disable-runtime-dependency-installation"]
+    if database:
+        command += ["--database", database]
+    if creds is None:
+        return [*command, "--insecure"]
+    return [
+        *command,
+        "--ssl-ca-certfile",
+        str(creds.ca_cert),
+        "--ssl-certfile",
+        str(creds.server_cert),
+        "--ssl-keyfile",
+        str(creds.server_key),
+        "--enable-supernode-auth",
+    ]
+
+
+def supernode_command(
+    creds: Credentials | None,
+    *,
+    superlink: str,
+    node_config: Mapping[str, str | int],
+    node_key: Path | None = None,
+    runtime_port: int | None = None,
+) -> list[str]:
+    """``flower-supernode`` verifying the SuperLink with the fleet CA and signing with
+    its own node key (or, with no credentials, insecure)."""
+    config = " ".join(
+        f"{key}={value}" if isinstance(value, int) else f'{key}="{value}"'
+        for key, value in node_config.items()
+    )
+    command = [flower_script("flower-supernode"), "--superlink", superlink, "--node-config", config]
+    if runtime_port is not None:
+        command += ["--port", str(runtime_port)]
+    if creds is None:
+        return [*command, "--insecure"]
+    if node_key is None:
+        raise ValueError("a SuperNode with TLS needs its node key (nodes/node-<k>.key)")
+    return [
+        *command,
+        "--root-certificates",
+        str(creds.ca_cert),
+        "--auth-supernode-private-key",
+        str(node_key),
+    ]
+
+
+def flower_script(name: str) -> str:
+    """A console script of this interpreter's environment (found without PATH)."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def wait_for_port(host: str, port: int, *, timeout: float, process: FlowerProcess) -> None:
+    """Block until ``host:port`` accepts connections; a clear error if the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise RuntimeError(
+                f"{process.name} exited with code {process.popen.returncode}:\n{process.tail()}"
+            )
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{process.name} did not listen on {host}:{port} within {timeout:.0f} s")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for tests and local fleets)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
