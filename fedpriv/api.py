@@ -32,7 +32,7 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
     """
     if not isinstance(config, ExperimentConfig):
         config = from_mapping(config)
-    _setup_logging()
+    setup_logging()
     if isinstance(config.engine, DeploymentEngine):
         from fedpriv.deployment.submit import submit
 
@@ -146,7 +146,7 @@ def default_output_dir(config: ExperimentConfig) -> Path:
     return Path("outputs") / now.strftime("%Y-%m-%d") / f"{now:%H-%M-%S-%f}-{config.strategy.name}"
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
     logger = logging.getLogger("fedpriv")
     if not logger.handlers:
         handler = logging.StreamHandler()

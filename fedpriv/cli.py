@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
+from pathlib import Path
 
 from fedpriv import __version__
 
 USAGE = """fedpriv run [HYDRA OVERRIDES...]      run an experiment (e.g. strategy=fedavg data=wine)
 fedpriv report DIR... [--out DIR]     table, report.csv and plots of finished runs
-fedpriv keys init --out DIR [--preset ckks-128]
-                                      CKKS key files for a fleet (client.ctx, server.ctx)"""
+fedpriv keys init --out DIR [--nodes N] [--host NAME]... [--preset ckks-128]
+                                      a fleet's keys: TLS CA and server certificate,
+                                      one SuperNode key per device, CKKS contexts
+fedpriv partition OUT [HYDRA OVERRIDES...]
+                                      each client's data as OUT/part-<k>.npz (for --data)
+fedpriv superlink KEYS [--host H] [--port 9093] [--database F] [--insecure]
+                                      run the SuperLink (TLS, registered nodes only)
+fedpriv supernode KEYS --superlink HOST:PORT --partition-id K --num-partitions N
+                  [--data FILE.npz] [--runtime-port 9094] [--insecure]
+                                      run a device's SuperNode and its warm executor"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,44 +62,103 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command == "keys":
         return _keys(rest)
+    if command == "partition":
+        return _partition(rest)
+    if command in ("superlink", "supernode"):
+        from fedpriv.deployment.commands import superlink, supernode
+
+        return (superlink if command == "superlink" else supernode)(rest)
     print(
-        f"error: unknown command {command!r}; choose one of: run, report, keys\n\n{USAGE}",
+        f"error: unknown command {command!r}; choose one of: run, report, keys, partition, "
+        f"superlink, supernode\n\n{USAGE}",
         file=sys.stderr,
     )
     return 2
 
 
 def _keys(argv: list[str]) -> int:
-    """``fedpriv keys init``: write a fresh CKKS key set (see docs/crypto.md)."""
+    """``fedpriv keys init``: a fresh key set for a fleet (docs/deployment.md)."""
     from fedpriv.crypto import PRESETS, write_keys
     from fedpriv.crypto.ckks import CkksParams
+    from fedpriv.crypto.keys import CLIENT_FILE
+    from fedpriv.deployment.credentials import CA_CERT, write_credentials
 
     parser = argparse.ArgumentParser(prog="fedpriv keys")
     parser.add_argument("action", choices=["init"])
     parser.add_argument("--out", required=True, help="directory for the key files")
+    parser.add_argument("--nodes", type=int, default=3, help="devices: one node key each")
+    parser.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a name or address devices reach the SuperLink by (repeatable); "
+        "localhost and 127.0.0.1 are always in the certificate",
+    )
     parser.add_argument("--preset", default="ckks-128", choices=sorted(PRESETS))
     parser.add_argument("--force", action="store_true", help="replace an existing key set")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    existing = [out / name for name in (CA_CERT, CLIENT_FILE) if (out / name).exists()]
+    if existing and not args.force:
+        print(
+            f"error: {existing[0]} exists; pass --force to replace the key set "
+            "(every device then needs its new files)",
+            file=sys.stderr,
+        )
+        return 2
     preset = PRESETS[args.preset]
     params = CkksParams(preset.poly_modulus_degree, preset.coeff_mod_bit_sizes, preset.scale_bits)
     try:
-        write_keys(args.out, params, force=args.force)
-    except FileExistsError as error:
+        write_credentials(out, nodes=args.nodes, hosts=args.host, force=True)
+    except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    write_keys(out, params, force=True)
     print(
-        f"wrote {args.out}/client.ctx (secret: copy to every client, mode 0600), "
-        f"{args.out}/server.ctx (public: the server's), {args.out}/params.json "
-        f"[{args.preset}: N={params.poly_modulus_degree}, "
-        f"primes {list(params.coeff_mod_bit_sizes)}, scale 2^{params.scale_bits}]"
+        f"wrote {out}/:\n"
+        f"  server only:  ca.key, server.key, server.pem, server.ctx (CKKS parameters)\n"
+        f"  every device: ca.crt, client.ctx (CKKS secret key, 0600)\n"
+        f"  device k:     nodes/node-<k>.key (0600), k = 0..{args.nodes - 1}; "
+        f"the SuperLink registers nodes/*.pub\n"
+        f"  TLS names:    {', '.join(['localhost', '127.0.0.1', *args.host])}\n"
+        f"  CKKS:         {args.preset}: N={params.poly_modulus_degree}, "
+        f"primes {list(params.coeff_mod_bit_sizes)}, scale 2^{params.scale_bits}"
     )
+    return 0
+
+
+def _partition(argv: list[str]) -> int:
+    """``fedpriv partition OUT [overrides]``: write what each device trains on."""
+    if not argv or argv[0].startswith("-") or "=" in argv[0]:
+        print("usage: fedpriv partition OUT [HYDRA OVERRIDES...]", file=sys.stderr)
+        return 2
+    import numpy as np
+
+    from fedpriv.config import load_config
+    from fedpriv.data.federated import federate
+    from fedpriv.errors import FedprivError
+    from fedpriv.results import write_atomic
+
+    out = Path(argv[0])
+    try:
+        config = load_config(argv[1:])
+        data = federate(config.data, config.partition, config.num_clients, config.seed)
+    except FedprivError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for k in range(config.num_clients):
+        x, y = data.client(k)
+        path = out / f"part-{k}.npz"
+        with io.BytesIO() as buffer:
+            np.savez_compressed(buffer, x=x, y=y)
+            write_atomic(path, buffer.getvalue(), mode=0o600)
+        print(f"{path}: {len(y)} examples")
     return 0
 
 
 def _reference(spec: str) -> tuple[str, float]:
     """``LABEL=FILE.json`` -> (label, the file's ``accuracy``)."""
     import json
-    from pathlib import Path
 
     label, sep, file = spec.partition("=")
     if not sep or not label:

@@ -296,10 +296,29 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
     if problems:
         raise ConfigError(problems)
     config = ExperimentConfig(**values)
-    problems = FAMILIES.get(family).config_problems(config)
+    problems = deployment_problems(config) + FAMILIES.get(family).config_problems(config)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def deployment_problems(config: ExperimentConfig) -> list[str]:
+    """What a fleet cannot run yet, said before anything is submitted."""
+    if not isinstance(config.engine, DeploymentEngine):
+        return []
+    out = []
+    if config.family != "horizontal":
+        out.append(
+            f"engine=deployment runs family=horizontal; family={config.family} needs keys "
+            "and roles provisioned per party, which fedpriv's fleet tooling does not make "
+            "yet: run it with engine=simulation"
+        )
+    if config.crypto.name != "none" and getattr(config.crypto, "keys_dir", None) is None:
+        out.append(
+            f"crypto={config.crypto.name} with engine=deployment reads the server's key "
+            "from files: set crypto.keys_dir=<the directory of `fedpriv keys init`>"
+        )
+    return out
 
 
 def _group(mapping: Mapping[str, Any], key: str, *, required: bool = False) -> dict[str, Any]:

@@ -46,10 +46,10 @@ server_app = ServerApp()
 
 @server_app.main()
 def _serve(grid: Grid, context: Context) -> None:
-    from fedpriv.api import _setup_logging, open_run
+    from fedpriv.api import open_run, setup_logging
     from fedpriv.results import write_atomic
 
-    _setup_logging()
+    setup_logging()
     started = time.perf_counter()
     config = config_from(context)
     opened = open_run(config)

@@ -5,13 +5,10 @@ benchmarks and trying a deployment out).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import tomli_w
@@ -209,17 +206,3 @@ class LocalFleet:
 
 def _local(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
-
-
-@contextlib.contextmanager
-def foreground(*processes: FlowerProcess | Supernode) -> Iterator[None]:
-    """Keep this command alive while its processes run; stop them all on exit."""
-    try:
-        yield
-        while all(p.alive() for p in processes):
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for process in processes:
-            process.stop()

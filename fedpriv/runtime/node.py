@@ -7,9 +7,15 @@ may start a fresh process per message, so node state lives only in Flower's
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
 from flwr.app import ConfigRecord, Context
 
-from fedpriv.errors import ConfigError
+from fedpriv.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from fedpriv.data.federated import FederatedData
 
 STATE_KEY = "fedpriv"
 
@@ -34,3 +40,40 @@ def node_counter(context: Context, name: str) -> int:
     value = int(record.get(name, 0)) + 1  # type: ignore[arg-type]
     record[name] = value
     return value
+
+
+def node_data(context: Context, data: FederatedData) -> tuple[np.ndarray, np.ndarray]:
+    """The node's training data: its own file (``data-path`` in the node config, an
+    ``.npz`` with ``x`` and ``y`` preprocessed as ``fedpriv partition`` writes them), or
+    its ``partition-id`` of the experiment's dataset."""
+    path = context.node_config.get("data-path")
+    if path is None:
+        expected = context.node_config.get("num-partitions")
+        parts = len(data.parts)
+        if expected is not None and int(expected) != parts:
+            raise ConfigError(
+                f"this node was started with num-partitions={expected}, but the experiment "
+                f"has num_clients={parts}; start the SuperNodes with --num-partitions {parts}"
+            )
+        return data.client(partition_id(context))
+    return load_node_file(str(path), data.dataset.input_shape, data.dataset.num_classes)
+
+
+def load_node_file(
+    path: str, input_shape: tuple[int, ...], num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read and check a device's ``.npz`` (arrays ``x``: float32 samples of
+    ``input_shape``, ``y``: int labels in ``[0, num_classes)``)."""
+    try:
+        with np.load(path) as arrays:
+            x, y = arrays["x"], arrays["y"]
+    except (OSError, KeyError, ValueError) as error:
+        raise DataError(f"data-path={path!r}: cannot read arrays x and y ({error})") from error
+    if x.shape[1:] != tuple(input_shape) or len(x) != len(y) or len(y) == 0:
+        raise DataError(
+            f"data-path={path!r}: x has shape {x.shape} and y {y.shape}; expected "
+            f"(n, {', '.join(map(str, input_shape))}) and (n,) with n >= 1"
+        )
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
+        raise DataError(f"data-path={path!r}: y must hold integer labels in [0, {num_classes})")
+    return x.astype(np.float32), y.astype(np.int64)

@@ -24,7 +24,7 @@ from fedpriv.data.federated import FederatedData, federate
 from fedpriv.errors import ConfigError
 from fedpriv.privacy.accounting import planned_steps
 from fedpriv.privacy.ledger import declined_reason
-from fedpriv.runtime.node import node_counter, partition_id
+from fedpriv.runtime.node import node_counter, node_data, partition_id
 from fedpriv.training import evaluate, seed_for
 from strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
 from strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec
@@ -62,7 +62,7 @@ class HorizontalClient:
         cfg = self.config
         data, model = self.model(msg)
         pid = partition_id(context)
-        x, y = data.client(pid)
+        x, y = node_data(context, data)
         settings = msg.content.config_records[CONFIG]
         server_round = int(settings["server-round"])  # type: ignore[arg-type]
         stats, privacy_metrics = cfg.privacy.train(

@@ -1,0 +1,117 @@
+"""deploy/ hangs together: compose services, scripts, systemd units and Dockerfiles.
+
+Static checks only (no Docker, no systemd): what they start exists, and they install
+what the Makefile installs (the CPU torch first, then the project under constraints.txt).
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[2]
+DEPLOY = ROOT / "deploy"
+SUBCOMMANDS = {"keys", "superlink", "supernode", "run"}
+SCRIPTS = [DEPLOY / "superlink.sh", DEPLOY / "supernode.sh"]
+UNITS = {"superlink": DEPLOY / "systemd" / "fedpriv-superlink.service",
+         "supernode": DEPLOY / "systemd" / "fedpriv-supernode.service"}  # fmt: skip
+DOCKERFILES = [DEPLOY / "docker" / "Dockerfile", DEPLOY / "docker" / "Dockerfile.jetson"]
+
+
+def _services() -> dict[str, dict]:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+
+
+def _fedpriv_invocations(service: dict) -> list[list[str]]:
+    """The argument lists each fedpriv call of a service gets: the image's entrypoint is
+    ``fedpriv``; a ``sh -c`` entrypoint runs a script that calls ``fedpriv ...``."""
+    command = service.get("command", [])
+    words = shlex.split(command) if isinstance(command, str) else list(command)
+    if "entrypoint" not in service:
+        return [words]
+    tokens = shlex.split(" ".join(words))
+    return [tokens[i + 1 :] for i, token in enumerate(tokens) if token == "fedpriv"]
+
+
+@pytest.mark.parametrize("name", sorted(_services()))
+def test_compose_service_builds_from_a_dockerfile_and_runs_a_fedpriv_subcommand(name):
+    service = _services()[name]
+    if "build" not in service:  # prometheus, grafana: upstream images
+        assert "image" in service and "monitoring" in service.get("profiles", [])
+        return
+    context = (DEPLOY / service["build"]["context"]).resolve()
+    assert context == ROOT
+    assert (context / service["build"]["dockerfile"]).is_file()
+    invocations = _fedpriv_invocations(service)
+    assert invocations, f"{name} calls no fedpriv subcommand"
+    for argv in invocations:
+        assert argv and argv[0] in SUBCOMMANDS, f"{name}: fedpriv {argv}"
+
+
+def test_compose_bind_mounts_exist():
+    for service in _services().values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), source
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_script_parses_and_is_executable(script):
+    subprocess.run(["bash", "-n", str(script)], check=True, capture_output=True)
+    assert os.access(script, os.X_OK)
+    assert "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in script.read_text()
+
+
+def _unit(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # systemd keys are case-sensitive
+    parser.read_string(path.read_text())
+    return parser
+
+
+@pytest.mark.parametrize("role", sorted(UNITS))
+def test_systemd_unit_has_the_expected_sections_and_settings(role):
+    unit = _unit(UNITS[role])
+    assert {"Unit", "Service", "Install"} <= set(unit.sections())
+    assert "network-online.target" in unit["Unit"]["After"]
+    service = unit["Service"]
+    assert service["User"] == "fedpriv"
+    assert re.search(rf"/opt/fedpriv/\.venv/bin/fedpriv {role}\b", service["ExecStart"])
+    expected = {"Restart": "on-failure", "KillMode": "control-group",
+                "NoNewPrivileges": "yes", "ProtectSystem": "strict",
+                "PrivateTmp": "yes", "ProtectHome": "yes"}  # fmt: skip
+    assert {key: service.get(key) for key in expected} == expected
+    assert "/var/lib/fedpriv" in service["ReadWritePaths"]
+
+
+def test_supernode_unit_reads_every_variable_from_the_env_example():
+    service = _unit(UNITS["supernode"])["Service"]
+    assert service["EnvironmentFile"] == "/etc/fedpriv/supernode.env"
+    example = (DEPLOY / "systemd" / "supernode.env.example").read_text()
+    defined = set(re.findall(r"^(FEDPRIV_\w+)=", example, flags=re.M))
+    used = set(re.findall(r"\$\$\{?(FEDPRIV_\w+)", service["ExecStart"]))
+    assert used == defined == {"FEDPRIV_KEYS", "FEDPRIV_SUPERLINK", "FEDPRIV_PARTITION_ID",
+                               "FEDPRIV_NUM_PARTITIONS", "FEDPRIV_DATA"}  # fmt: skip
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_installs_the_pinned_cpu_torch_first_then_the_project(dockerfile):
+    text = dockerfile.read_text()
+    (pin,) = re.findall(r"^torch==(\S+)", (ROOT / "constraints.txt").read_text(), re.M)
+    assert pin == "2.13.0"
+    assert f"ARG TORCH_VERSION={pin}" in text
+    torch_install = text.index('"torch==${TORCH_VERSION}"')
+    project_install = text.index("pip install -c constraints.txt .")
+    assert torch_install < project_install
+    assert 'ENTRYPOINT ["fedpriv"]' in text
+    for line in re.findall(r"^COPY (?!--from)(.+) \S+$", text, flags=re.M):
+        for source in line.split():
+            assert (ROOT / source).exists(), f"{dockerfile.name}: COPY {source}"

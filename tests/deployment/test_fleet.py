@@ -1,0 +1,102 @@
+"""A real fleet on 127.0.0.1: flower-superlink and three flower-supernode processes with
+TLS and registered node keys, driven by ``fedpriv run engine=deployment``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedpriv.crypto import PRESETS, write_keys
+from fedpriv.crypto.ckks import CkksParams
+from fedpriv.deployment import LocalFleet
+from fedpriv.results import Result, read_metrics
+
+pytestmark = pytest.mark.deployment
+
+#: Small and quick: logistic regression on digits, one torch thread per device.
+BASE = ["data=digits", "model=logreg", "num_clients=3", "engine.torch_threads=1",
+        "engine.node_wait_s=120"]  # fmt: skip
+
+
+def fedpriv_run(overrides: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "fedpriv"), "run", *overrides],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie not yet reaped by its parent counts as gone.
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+def test_two_rounds_of_dp_fedavg_under_ckks_on_a_tls_fleet(tmp_path: Path) -> None:
+    with LocalFleet(tmp_path, nodes=3) as fleet:
+        assert fleet.creds is not None
+        preset = PRESETS["ckks-128"]
+        write_keys(
+            fleet.creds.directory,
+            CkksParams(preset.poly_modulus_degree, preset.coeff_mod_bit_sizes, preset.scale_bits),
+        )
+        out = tmp_path / "run"
+        run = fedpriv_run(
+            [*BASE, *fleet.engine_overrides(), "strategy=fedavg", "privacy=dp_sgd",
+             "crypto=ckks", f"crypto.keys_dir={fleet.creds.directory}", "rounds=2",
+             f"hydra.run.dir={out}"]  # fmt: skip
+        )
+        output, _ = run.communicate(timeout=600)
+        assert run.returncode == 0, output
+        pids = fleet.pids()
+        superlink_log = (tmp_path / "logs" / "superlink.log").read_text()
+    assert all(gone(pid) for pid in pids), "a fleet process outlived the fleet"
+
+    result = Result.load(out)
+    assert result.summary["rounds"] == 2 and result.summary["stop_reason"] is None
+    assert result.summary["crypto"]["scheme"] == "ckks"
+    assert result.summary["privacy"]["epsilon_max"] > 0
+    for record in result.history:
+        assert sorted(c["partition-id"] for c in record["clients"]) == [0, 1, 2]
+        assert record["accuracy"] is not None  # evaluated by a key holder
+        for client in record["clients"]:
+            assert client["rss-mb"] > 0 and client["cpu-percent"] >= 0  # device telemetry
+            assert client["ckks-encrypt-seconds"] > 0
+    assert (out / "config.yaml").is_file() and (out / "clients.json").is_file()
+    # Every node joined over TLS with a registered key: the SuperLink ran with auth on.
+    assert "SuperNode authentication is disabled" not in superlink_log
+
+
+def test_a_supernode_killed_mid_run_leaves_the_run_to_finish_on_the_rest(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with LocalFleet(tmp_path, nodes=3) as fleet:
+        run = fedpriv_run(
+            [*BASE, *fleet.engine_overrides(), "strategy=fedavg", "rounds=3",
+             "engine.round_timeout_s=20", f"hydra.run.dir={out}"]  # fmt: skip
+        )
+        deadline = time.monotonic() + 300
+        while not read_metrics(out / "metrics.jsonl"):
+            assert run.poll() is None, run.communicate()[0]
+            assert time.monotonic() < deadline, "round 1 never finished"
+            time.sleep(0.5)
+        fleet.nodes[2].kill()
+        output, _ = run.communicate(timeout=600)
+        assert run.returncode == 0, output
+        pids = fleet.pids()
+    assert all(gone(pid) for pid in pids)
+
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 3
+    assert len(history[0]["clients"]) == 3
+    assert [sorted(c["partition-id"] for c in r["clients"]) for r in history[1:]] == [[0, 1]] * 2
+    assert all(r["accuracy"] is not None for r in history)
