@@ -19,6 +19,7 @@ from fedpriv.errors import ConfigError
 from fedpriv.models import MODELS, ModelSpec
 from fedpriv.privacy import PRIVACY, NoPrivacy, PrivacySpec
 from fedpriv.registry import Registry, Spec, build
+from fedpriv.selection import SELECTIONS, SelectionSpec, Uniform
 
 if TYPE_CHECKING:
     from strategies.swarm.settings import SwarmSettings
@@ -171,6 +172,7 @@ class ExperimentConfig:
     family: str = "horizontal"
     train: TrainConfig = TrainConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    selection: SelectionSpec = dataclasses.field(default_factory=Uniform)
     engine: EngineSpec = SimulationEngine()
     privacy: PrivacySpec = dataclasses.field(default_factory=NoPrivacy)
     crypto: CryptoSpec = dataclasses.field(default_factory=NoCrypto)
@@ -215,6 +217,8 @@ _GROUPS: dict[str, Registry[Any]] = {
     "privacy": PRIVACY,
     "crypto": CRYPTO,
 }
+#: Groups a config may leave out (older results directories, plain mappings).
+_OPTIONAL_GROUPS: dict[str, tuple[Registry[Any], str]] = {"selection": (SELECTIONS, "uniform")}
 _PLAIN: dict[str, type[Spec]] = {
     "train": TrainConfig,
     "telemetry": TelemetryConfig,
@@ -239,7 +243,17 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
         except ConfigError as error:
             problems.extend(error.problems)
 
-    known = {*_GROUPS, *_PLAIN, *_SCALARS, "strategy", "family", "vertical", "swarm", *_IGNORED}
+    known = {
+        *_GROUPS,
+        *_OPTIONAL_GROUPS,
+        *_PLAIN,
+        *_SCALARS,
+        "strategy",
+        "family",
+        "vertical",
+        "swarm",
+        *_IGNORED,
+    }
     for key in mapping:
         if key not in known:
             problems.append(
@@ -251,6 +265,13 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
             key,
             lambda key=key, registry=registry: registry.create(
                 _group(mapping, key, required=True), key
+            ),
+        )
+    for key, (registry, default) in _OPTIONAL_GROUPS.items():
+        attempt(
+            key,
+            lambda key=key, registry=registry, default=default: registry.create(
+                _group(mapping, key) or {"name": default}, key
             ),
         )
     for key, cls in _PLAIN.items():
@@ -307,6 +328,11 @@ def deployment_problems(config: ExperimentConfig) -> list[str]:
     if not isinstance(config.engine, DeploymentEngine):
         return []
     out = []
+    if config.selection.device_profiles != "none":
+        out.append(
+            f"selection.device_profiles={config.selection.device_profiles} simulates slow "
+            "devices; a fleet's devices are as fast as they are: use device_profiles=none"
+        )
     if config.family != "horizontal":
         out.append(
             f"engine=deployment runs family=horizontal; family={config.family} needs keys "

@@ -48,8 +48,10 @@ def train_local(
     seed: int,
     proximal_mu: float = 0.0,
     after_step: Callable[[], None] | None = None,
+    max_steps: int | None = None,
 ) -> TrainStats:
-    """SGD on ``(x, y)`` for ``config.local_epochs`` epochs, shuffled by ``seed``.
+    """SGD on ``(x, y)`` for ``config.local_epochs`` epochs, shuffled by ``seed``, or
+    ``max_steps`` steps if fewer (a device sized to a round deadline).
 
     With ``proximal_mu > 0`` the loss gains (mu/2)·||w - w_start||², FedProx's proximal
     term anchoring the model to the weights it started from (the global model).
@@ -71,6 +73,8 @@ def train_local(
     for _ in range(config.local_epochs):
         order = torch.randperm(len(labels), generator=generator)
         for batch in order.split(config.batch_size):
+            if max_steps is not None and steps >= max_steps:
+                break
             inputs, targets = features[batch], labels[batch]
             optimizer.zero_grad(set_to_none=True)
             logits = model(inputs)

@@ -72,8 +72,8 @@ def supernode(argv: list[str]) -> int:
         data=args.data,
         runtime_port=args.runtime_port,
     )
-    log.info("SuperNode %d -> %s (pids %d, %d)", args.partition_id, args.superlink,
-             node.supernode.pid, node.executor.pid)  # fmt: skip
+    pids = ", ".join(str(process.pid) for process in node.processes)
+    log.info("SuperNode %d -> %s (pids %s)", args.partition_id, args.superlink, pids)
     return _hold(node)
 
 
@@ -89,7 +89,7 @@ def _credentials(keys: str, insecure: bool, needs: tuple[str, ...]) -> Credentia
             file=sys.stderr,
         )
         return None
-    return Credentials(Path(keys))
+    return Credentials(Path(keys).resolve())
 
 
 def _hold(process: FlowerProcess | Supernode) -> int:

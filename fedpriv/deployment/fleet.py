@@ -83,7 +83,11 @@ def register_nodes(creds: Credentials, address: str) -> None:
 
 class Supernode:
     """``flower-supernode --isolation process`` and the warm executor that runs its
-    ClientApp tasks (:mod:`fedpriv.deployment.executor`), started and stopped together."""
+    ClientApp tasks (:mod:`fedpriv.deployment.executor`), started and stopped together.
+
+    ``warm=False`` leaves Flower's default: a fresh ``flwr-clientapp`` process per
+    message (the benchmark's baseline).
+    """
 
     def __init__(
         self,
@@ -96,6 +100,7 @@ class Supernode:
         runtime_port: int = RUNTIME_PORT,
         log_dir: Path | None = None,
         flwr_home: Path | None = None,
+        warm: bool = True,
     ) -> None:
         node_config: dict[str, str | int] = {
             "partition-id": partition_id,
@@ -116,10 +121,13 @@ class Supernode:
         )
         self.supernode = FlowerProcess(
             f"flower-supernode ({name})",
-            [*command, "--isolation", "process"],
+            [*command, "--isolation", "process"] if warm else command,
             log_dir / f"{name}.log" if log_dir else None,
             env,
         )
+        self.executor: FlowerProcess | None = None
+        if not warm:
+            return
         executor = [sys.executable, "-m", "fedpriv.deployment.executor"]
         executor += ["--runtime-api-address", f"127.0.0.1:{runtime_port}", "--insecure"]
         executor += ["--parent-pid", str(self.supernode.pid)]
@@ -130,25 +138,32 @@ class Supernode:
             env,
         )
 
+    @property
+    def processes(self) -> list[FlowerProcess]:
+        return [self.supernode, *([self.executor] if self.executor else [])]
+
     def alive(self) -> bool:
-        return self.supernode.alive() and self.executor.alive()
+        return all(process.alive() for process in self.processes)
 
     def stop(self) -> None:
-        self.executor.stop()
-        self.supernode.stop()
+        for process in reversed(self.processes):
+            process.stop()
 
     def kill(self) -> None:
-        """Both processes SIGKILLed at once, as a device losing power."""
-        self.supernode.kill()
-        self.executor.kill()
+        """Every process SIGKILLed at once, as a device losing power."""
+        for process in self.processes:
+            process.kill()
 
 
 class LocalFleet:
     """A SuperLink and ``nodes`` SuperNodes on 127.0.0.1 with fresh credentials, TLS and
     node authentication; every process is stopped on exit."""
 
-    def __init__(self, directory: Path, *, nodes: int, insecure: bool = False) -> None:
+    def __init__(
+        self, directory: Path, *, nodes: int, insecure: bool = False, warm: bool = True
+    ) -> None:
         self.directory = directory
+        self.warm = warm
         self.creds = None if insecure else write_credentials(directory / "keys", nodes=nodes)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -176,6 +191,7 @@ class LocalFleet:
                         runtime_port=free_port(),
                         log_dir=self.directory / "logs",
                         flwr_home=self.home,
+                        warm=self.warm,
                     )
                 )
         except BaseException:
@@ -193,7 +209,7 @@ class LocalFleet:
             self.superlink.stop()
 
     def pids(self) -> list[int]:
-        processes = [p for node in self.nodes for p in (node.supernode, node.executor)]
+        processes = [p for node in self.nodes for p in node.processes]
         return [p.pid for p in [*processes, *([self.superlink] if self.superlink else [])]]
 
     def engine_overrides(self) -> list[str]:

@@ -77,10 +77,12 @@ class PrivacySpec(Spec):
         proximal_mu: float = 0.0,
         planned_steps: int,
         after_step: Callable[[], None] | None = None,
+        max_steps: int | None = None,
     ) -> tuple[TrainStats, dict[str, float | int]]:
         """Local training: DP-SGD when local DP is on, else plain SGD. Returns the
         statistics and extra reply metrics (what the privacy ledger needs).
-        ``after_step``: a data-independent update after each step (costs no privacy)."""
+        ``after_step``: a data-independent update after each step (costs no privacy);
+        ``max_steps``: stop early (the ledger counts the steps that ran)."""
         local = self.local_dp()
         if local is not None:
             return local.train(
@@ -92,9 +94,17 @@ class PrivacySpec(Spec):
                 proximal_mu=proximal_mu,
                 planned_steps=planned_steps,
                 after_step=after_step,
+                max_steps=max_steps,
             )
         stats = train_local(
-            model, x, y, train, seed=seed, proximal_mu=proximal_mu, after_step=after_step
+            model,
+            x,
+            y,
+            train,
+            seed=seed,
+            proximal_mu=proximal_mu,
+            after_step=after_step,
+            max_steps=max_steps,
         )
         return stats, {}
 

@@ -141,6 +141,7 @@ class DpSgd(PrivacySpec):
         proximal_mu: float = 0.0,
         planned_steps: int,
         after_step: Callable[[], None] | None = None,
+        max_steps: int | None = None,
     ) -> tuple[TrainStats, dict[str, float | int]]:
         return train_dp_sgd(
             model,
@@ -152,7 +153,13 @@ class DpSgd(PrivacySpec):
             proximal_mu=proximal_mu,
             planned_steps=planned_steps,
             after_step=after_step,
+            max_steps=max_steps,
         )
+
+
+def _noisy_steps(engine: Any) -> int:
+    """Noisy (logical) steps taken so far, as the accountant recorded them."""
+    return sum(count for _, _, count in engine.accountant.history)
 
 
 class BatchedTensors(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -233,8 +240,10 @@ def train_dp_sgd(
     planned_steps: int,
     proximal_mu: float = 0.0,
     after_step: Callable[[], None] | None = None,
+    max_steps: int | None = None,
 ) -> tuple[TrainStats, dict[str, float | int]]:
-    """DP-SGD on ``(x, y)`` for ``train.local_epochs`` epochs of Poisson-sampled batches.
+    """DP-SGD on ``(x, y)`` for ``train.local_epochs`` epochs of Poisson-sampled batches
+    (or ``max_steps`` noisy steps if fewer: the accountant counts what ran).
 
     Returns the training statistics and what the accountant needs: the noise multiplier,
     the sampling rate and the number of noisy steps taken. FedProx's proximal term is
@@ -290,6 +299,8 @@ def train_dp_sgd(
         )
         with batches as physical:
             for inputs, targets in physical:
+                if max_steps is not None and _noisy_steps(engine) >= max_steps:
+                    break
                 optimizer.zero_grad(set_to_none=True)
                 logits = private(inputs)
                 loss = criterion(logits, targets)
@@ -305,7 +316,7 @@ def train_dp_sgd(
                     loss_sum += float(loss.item()) * len(targets)
                     correct += int((logits.argmax(dim=1) == targets).sum())
                     seen += len(targets)
-    steps = sum(count for _, _, count in engine.accountant.history)
+    steps = _noisy_steps(engine)
     stats = TrainStats(
         num_examples=n,
         steps=steps,

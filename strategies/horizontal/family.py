@@ -9,6 +9,8 @@ server, or by a key holder when the server cannot read it).
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -25,11 +27,14 @@ from fedpriv.errors import ConfigError
 from fedpriv.privacy.accounting import planned_steps
 from fedpriv.privacy.ledger import declined_reason
 from fedpriv.runtime.node import node_counter, node_data, partition_id
+from fedpriv.selection import MAX_STEPS, WORK_SECONDS
 from fedpriv.training import evaluate, seed_for
 from strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
 from strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
+
+log = logging.getLogger("fedpriv")
 
 
 class HorizontalClient:
@@ -58,6 +63,11 @@ class HorizontalClient:
         )
         return Message(content=content, reply_to=msg)
 
+    def ready(self, msg: Message, context: Context) -> Message:
+        """Answer once the ClientApp is loaded (its first message starts it)."""
+        metrics = MetricRecord({"partition-id": partition_id(context)})
+        return Message(content=RecordDict({METRICS: metrics}), reply_to=msg)
+
     def train(self, msg: Message, context: Context) -> Message:
         cfg = self.config
         data, model = self.model(msg)
@@ -65,6 +75,8 @@ class HorizontalClient:
         x, y = node_data(context, data)
         settings = msg.content.config_records[CONFIG]
         server_round = int(settings["server-round"])  # type: ignore[arg-type]
+        max_steps = settings.get(MAX_STEPS)
+        started = time.perf_counter()
         stats, privacy_metrics = cfg.privacy.train(
             model,
             x,
@@ -73,7 +85,10 @@ class HorizontalClient:
             seed=seed_for(cfg.seed, server_round, pid),
             proximal_mu=float(settings.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
             planned_steps=planned_steps(cfg, len(y)),
+            max_steps=None if max_steps is None else int(max_steps),  # type: ignore[arg-type]
         )
+        # A simulated slow device (selection.device_profiles) waits out the difference.
+        time.sleep(cfg.selection.simulated_wait(pid, cfg.num_clients, stats.seconds))
         rounds_trained = node_counter(context, "rounds_trained")
         metrics = MetricRecord(
             {
@@ -82,6 +97,7 @@ class HorizontalClient:
                 "train-loss": stats.loss,
                 "train-accuracy": stats.accuracy,
                 "train-seconds": stats.seconds,
+                WORK_SECONDS: time.perf_counter() - started,
                 "steps": stats.steps,
                 "rounds-trained": rounds_trained,
                 **privacy_metrics,
@@ -107,6 +123,7 @@ class Horizontal(Strategy):
         )
         self.arrays = ArrayRecord()
         self.aggregator: Aggregator | None = None
+        self.planner = config.selection.planner()
 
     @classmethod
     def config_problems(cls, config: ExperimentConfig) -> list[str]:
@@ -165,9 +182,11 @@ class Horizontal(Strategy):
 
     def client_handlers(self) -> Mapping[str, Handler]:
         client = HorizontalClient(self.config)
-        return {"train": client.train, "evaluate": client.evaluate}
+        return {"train": client.train, "evaluate": client.evaluate, "query.ready": client.ready}
 
     def start(self, grid: Grid, ctx: RunContext) -> None:
+        if self.config.selection.round_deadline_s is not None:
+            self.warm_up(grid, ctx)
         self.arrays = ctx.initial_arrays()
         self.aggregator = self.config.crypto.aggregator(
             self.flower,
@@ -177,13 +196,32 @@ class Horizontal(Strategy):
             public=ctx.server_key,
         )
 
+    def warm_up(self, grid: Grid, ctx: RunContext) -> None:
+        """Start every node's ClientApp before round 1, so a round deadline measures
+        the work, not the start-up (seconds in a simulation's first message)."""
+        engine = self.config.engine
+        messages = [
+            Message(content=RecordDict(), dst_node_id=node, message_type="query.ready")
+            for node in grid.get_node_ids()
+        ]
+        replies = ctx.send_and_receive(
+            grid, messages, max(engine.round_timeout_s, engine.node_wait_s)
+        )
+        ready = sum(not reply.has_error() for reply in replies)
+        log.info("%d of %d nodes ready before round 1", ready, len(messages))
+
     def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
         assert self.aggregator is not None, "start() runs before the first round"
-        messages = list(
-            self.flower.configure_train(server_round, self.arrays, ConfigRecord(), grid)
+        messages = self.planner.plan(
+            list(self.flower.configure_train(server_round, self.arrays, ConfigRecord(), grid))
         )
+        replies = ctx.send_and_receive(grid, messages, self.config.selection.round_deadline_s)
+        stragglers = self.planner.stragglers(messages, replies)
+        if stragglers:
+            log.warning("round %d: no reply in time from nodes %s", server_round, stragglers)
+        self.planner.observe(replies)
         accepted = []
-        for reply in ctx.send_and_receive(grid, messages):
+        for reply in replies:
             if (declined := declined_reason(reply)) is not None:
                 ctx.decline(reply, declined)
                 continue
@@ -203,6 +241,8 @@ class Horizontal(Strategy):
                 self.arrays = result.arrays
                 ctx.ledger.released()
             extra = result.record
+        if stragglers:
+            extra = {**extra, "stragglers": stragglers}
         evaluation = ctx.evaluate(self.arrays, grid)
         return RoundReport(
             server_round=server_round,

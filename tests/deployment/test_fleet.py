@@ -20,8 +20,13 @@ from fedpriv.results import Result, read_metrics
 pytestmark = pytest.mark.deployment
 
 #: Small and quick: logistic regression on digits, one torch thread per device.
-BASE = ["data=digits", "model=logreg", "num_clients=3", "engine.torch_threads=1",
-        "engine.node_wait_s=120"]  # fmt: skip
+BASE = [
+    "data=digits",
+    "model=logreg",
+    "num_clients=3",
+    "engine.torch_threads=1",
+    "engine.node_wait_s=120",
+]
 
 
 def fedpriv_run(overrides: list[str]) -> subprocess.Popen[str]:
@@ -52,9 +57,16 @@ def test_two_rounds_of_dp_fedavg_under_ckks_on_a_tls_fleet(tmp_path: Path) -> No
         )
         out = tmp_path / "run"
         run = fedpriv_run(
-            [*BASE, *fleet.engine_overrides(), "strategy=fedavg", "privacy=dp_sgd",
-             "crypto=ckks", f"crypto.keys_dir={fleet.creds.directory}", "rounds=2",
-             f"hydra.run.dir={out}"]  # fmt: skip
+            [
+                *BASE,
+                *fleet.engine_overrides(),
+                "strategy=fedavg",
+                "privacy=dp_sgd",
+                "crypto=ckks",
+                f"crypto.keys_dir={fleet.creds.directory}",
+                "rounds=2",
+                f"hydra.run.dir={out}",
+            ]
         )
         output, _ = run.communicate(timeout=600)
         assert run.returncode == 0, output
@@ -81,8 +93,14 @@ def test_a_supernode_killed_mid_run_leaves_the_run_to_finish_on_the_rest(tmp_pat
     out = tmp_path / "run"
     with LocalFleet(tmp_path, nodes=3) as fleet:
         run = fedpriv_run(
-            [*BASE, *fleet.engine_overrides(), "strategy=fedavg", "rounds=3",
-             "engine.round_timeout_s=20", f"hydra.run.dir={out}"]  # fmt: skip
+            [
+                *BASE,
+                *fleet.engine_overrides(),
+                "strategy=fedavg",
+                "rounds=3",
+                "engine.round_timeout_s=20",
+                f"hydra.run.dir={out}",
+            ]
         )
         deadline = time.monotonic() + 300
         while not read_metrics(out / "metrics.jsonl"):
