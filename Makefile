@@ -40,6 +40,9 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.dp_utility --out outputs/bench
 	$(BIN)/python -m benchmarks.he_aggregation --out outputs/bench/he_aggregation.json
 	$(BIN)/python -m benchmarks.vertical --out outputs/bench/vertical.json
+	$(BIN)/python -m benchmarks.swarm --out outputs/bench/swarm.json
+	$(BIN)/python -m benchmarks.selection --out outputs/bench/selection.json
+	$(BIN)/python -m benchmarks.deployment --out outputs/bench/deployment.json
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache .hypothesis

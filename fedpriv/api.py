@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedpriv.config import DeploymentEngine, ExperimentConfig, from_mapping
+from fedpriv.config import DeploymentEngine, ExperimentConfig, SimulationEngine, from_mapping
 from fedpriv.crypto import parallel
 from fedpriv.errors import SimulationError
 from fedpriv.results import SCHEMA_VERSION, Result, RunDirectory
@@ -37,6 +37,7 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
         from fedpriv.deployment.submit import submit
 
         return submit(config)
+    assert isinstance(config.engine, SimulationEngine)
     started = time.perf_counter()
     opened = open_run(config)
     finished: dict[str, Any] = {}

@@ -73,13 +73,14 @@ class DeployedClientApp(ClientApp):
 
         config = config_from(context)
         strategy: Any = FAMILIES.get(config.family)(config)
-        secret = None
-        if config.crypto.name != "none":
+        mods = []
+        if config.crypto.name != "none":  # this device's secret key, from its own files
+            keys_dir = context.node_config.get("keys-dir")
             secret = config.crypto.load_keys(
-                server=False, directory=context.node_config.get("keys-dir")
+                server=False, directory=None if keys_dir is None else str(keys_dir)
             )
-        app = build_client_app(strategy, strategy.client_mods(secret))
-        return app(message, context)
+            mods = strategy.client_mods(secret)
+        return build_client_app(strategy, mods)(message, context)
 
 
 client_app = DeployedClientApp()

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     warm_up()
     executor = ForkExecutor()
     # Flower's loop, with this executor in place of the one it would build.
-    flower_superexec.get_executor = lambda *_, **__: executor  # type: ignore[assignment]
+    flower_superexec.get_executor = lambda *_, **__: executor
     flower_superexec.run_superexec(
         runtime_api_address=args.runtime_api_address,
         insecure=args.insecure,

@@ -19,7 +19,7 @@ import tomli_w
 from fedpriv import __version__
 from fedpriv.config import DeploymentEngine, ExperimentConfig
 from fedpriv.deployment.apps import CONFIG_KEY, ERROR_FILE, OUTPUT_KEY
-from fedpriv.deployment.processes import flower_environment, flower_script
+from fedpriv.deployment.processes import INSECURE_WARNING, flower_environment, flower_script
 from fedpriv.errors import SimulationError
 from fedpriv.results import Result
 
@@ -85,6 +85,8 @@ def submit(config: ExperimentConfig) -> Result:
             f"engine.root_certificates={engine.root_certificates!r} is not a file; "
             "give the fleet CA from `fedpriv keys init` (keys/ca.crt)"
         )
+    if engine.insecure:
+        log.warning(INSECURE_WARNING)
     out = Path(config.output_dir or default_output_dir(config)).resolve()
     config = config.replace(output_dir=str(out))
     with tempfile.TemporaryDirectory(prefix="fedpriv-submit-") as tmp:

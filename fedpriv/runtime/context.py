@@ -26,6 +26,26 @@ from fedpriv.telemetry import RoundPublisher
 log = logging.getLogger("fedpriv")
 
 
+#: Seconds between pulls for replies. Flower's Grid.send_and_receive waits 3 s between
+#: pulls from a SuperLink, which a deployed round pays on every exchange.
+PULL_INTERVAL_S = 0.05
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+    """Push ``messages`` and pull their replies until all arrived or ``timeout`` passed."""
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending:
+        arrived = list(grid.pull_messages(pending))
+        replies += arrived
+        pending -= {reply.metadata.reply_to_message_id for reply in arrived}
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(PULL_INTERVAL_S)
+    return replies
+
+
 @dataclasses.dataclass
 class RoundReport:
     """What a family's round produced; the context adds bytes, seconds and rejections."""
@@ -92,7 +112,7 @@ class RunContext:
         messages = list(messages)
         self._bytes_down += sum(payload_nbytes(m.content) for m in messages)
         timeout = self.config.engine.round_timeout_s if timeout is None else timeout
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        replies = exchange(grid, messages, timeout)
         self._bytes_up += sum(payload_nbytes(r.content) for r in replies if r.has_content())
         if len(replies) < len(messages):
             log.warning("round timed out: %d of %d replies", len(replies), len(messages))

@@ -64,10 +64,26 @@ def test_compose_bind_mounts_exist():
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
-def test_script_parses_and_is_executable(script):
-    subprocess.run(["bash", "-n", str(script)], check=True, capture_output=True)
-    assert os.access(script, os.X_OK)
-    assert "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in script.read_text()
+def test_script_runs_its_fedpriv_command_with_runtime_installs_off(script, tmp_path):
+    # A stand-in `fedpriv` on PATH that prints what it was given.
+    stub = tmp_path / "bin" / "fedpriv"
+    stub.parent.mkdir()
+    stub.write_text(
+        '#!/usr/bin/env bash\necho "$FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION $*"\n'
+    )
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}"}
+    env.pop("FEDPRIV_VENV", None)
+    done = subprocess.run(
+        [str(script), "keys dir", "--port", "9093"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    role = script.stem  # superlink or supernode
+    assert done.stdout.strip() == f"1 {role} keys dir --port 9093"
+
+    env["FEDPRIV_VENV"] = str(tmp_path / "no-venv")
+    done = subprocess.run([str(script), "keys"], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "has no bin/fedpriv" in done.stderr
 
 
 def _unit(path: Path) -> configparser.ConfigParser:

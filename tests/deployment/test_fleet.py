@@ -97,8 +97,8 @@ def test_a_supernode_killed_mid_run_leaves_the_run_to_finish_on_the_rest(tmp_pat
                 *BASE,
                 *fleet.engine_overrides(),
                 "strategy=fedavg",
-                "rounds=3",
-                "engine.round_timeout_s=20",
+                "rounds=2",
+                "engine.round_timeout_s=10",
                 f"hydra.run.dir={out}",
             ]
         )
@@ -114,7 +114,7 @@ def test_a_supernode_killed_mid_run_leaves_the_run_to_finish_on_the_rest(tmp_pat
     assert all(gone(pid) for pid in pids)
 
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(history) == 3
+    assert len(history) == 2
     assert len(history[0]["clients"]) == 3
-    assert [sorted(c["partition-id"] for c in r["clients"]) for r in history[1:]] == [[0, 1]] * 2
+    assert sorted(c["partition-id"] for c in history[1]["clients"]) == [0, 1]
     assert all(r["accuracy"] is not None for r in history)

@@ -7,7 +7,7 @@ import dataclasses
 
 from fedpriv.selection import Uniform
 
-STALL_S = 15.0
+STALL_S = 8.0
 
 
 @dataclasses.dataclass(frozen=True)

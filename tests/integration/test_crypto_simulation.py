@@ -48,9 +48,9 @@ def test_server_never_handles_a_secret_key(make_config, monkeypatch):
         keys.append(make_keys(self))
         return keys[-1]
 
-    def spy_messages(self, grid, messages):
+    def spy_messages(self, grid, messages, timeout=None):
         messages = list(messages)
-        replies = send_and_receive(self, grid, messages)
+        replies = send_and_receive(self, grid, messages, timeout)
         server_keys.append(self.server_key)
         seen.extend(m.content for m in messages + [r for r in replies if r.has_content()])
         return replies

@@ -42,7 +42,7 @@ def test_a_deadline_drops_a_stalled_device_and_the_round_goes_on(
                 "rounds=2",
                 "engine.cpus_per_client=0.5",
                 "selection.name=stalled_device",
-                "selection.round_deadline_s=5",
+                "selection.round_deadline_s=3",
                 f"output_dir={tmp_path}",
             ]
         )
