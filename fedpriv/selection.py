@@ -4,8 +4,8 @@
   ``round_deadline_s`` the round goes on without replies later than the deadline.
 * ``resource_aware``: each client's measured seconds per step decide how many steps it
   is asked for, so its reply lands before ``round_deadline_s``; a client that cannot
-  finish ``min_steps`` in time sits the round out. Clients not yet measured run a short
-  probe of ``probe_steps`` steps first.
+  finish ``min_steps`` in time sits the round out. Devices time ``probe_steps`` steps on
+  random inputs before round 1; one never measured runs ``probe_steps`` real steps.
 
 Real fleets are uneven by themselves. In simulation, ``device_profiles=heterogeneous``
 makes them so: client k runs ``speed_spread ** (k / (n - 1))`` times slower than client 0
@@ -43,6 +43,9 @@ class SelectionSpec(Spec):
     device_profiles: str = "none"
     #: Slowest over fastest client with ``device_profiles=heterogeneous``.
     speed_spread: float = 4.0
+    #: SGD steps (on random inputs) each device times before round 1 when a deadline is
+    #: set; a device never measured runs this many real steps in its first round.
+    probe_steps: int = 5
 
     #: Whether :meth:`plan` may cap steps or drop clients.
     sizes_work: ClassVar[bool] = False
@@ -55,6 +58,8 @@ class SelectionSpec(Spec):
             out.append(("device_profiles", f"must be one of: {', '.join(PROFILES)}"))
         if not self.speed_spread >= 1:
             out.append(("speed_spread", "must be >= 1 (slowest / fastest client)"))
+        if self.probe_steps < 1:
+            out.append(("probe_steps", "must be >= 1"))
         return out
 
     def speed_factor(self, partition_id: int, num_clients: int) -> float:
@@ -119,8 +124,6 @@ class ResourceAware(SelectionSpec):
     round_deadline_s: float | None = 30.0
     #: Fewer steps than this in time: the client sits the round out.
     min_steps: int = 1
-    #: Steps a client not yet measured runs to be measured.
-    probe_steps: int = 5
     #: Share of the deadline planned for training (the rest: messages, aggregation).
     headroom: float = 0.8
 
@@ -132,8 +135,6 @@ class ResourceAware(SelectionSpec):
             out.append(("round_deadline_s", "must be set: resource_aware sizes work to it"))
         if self.min_steps < 1:
             out.append(("min_steps", "must be >= 1"))
-        if self.probe_steps < 1:
-            out.append(("probe_steps", "must be >= 1"))
         if not 0 < self.headroom <= 1:
             out.append(("headroom", "must be in (0, 1]"))
         return out

@@ -64,8 +64,28 @@ class HorizontalClient:
         return Message(content=content, reply_to=msg)
 
     def ready(self, msg: Message, context: Context) -> Message:
-        """Answer once the ClientApp is loaded (its first message starts it)."""
-        metrics = MetricRecord({"partition-id": partition_id(context)})
+        """Start the ClientApp (its first message does) and time a few SGD steps on random
+        inputs of the data's shape: warm, and the device's speed without touching its data."""
+        cfg = self.config
+        pid = partition_id(context)
+        data = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
+        shape, classes = data.dataset.input_shape, data.dataset.num_classes
+        model = cfg.model.build(shape, classes)
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr)
+        inputs = torch.randn(cfg.train.batch_size, *shape)
+        labels = torch.randint(classes, (cfg.train.batch_size,))
+        steps = cfg.selection.probe_steps
+        for step in range(steps + 1):  # the first, untimed, pays torch's one-off set-up
+            if step == 1:
+                started = time.perf_counter()
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+            optimizer.step()
+        seconds = time.perf_counter() - started
+        time.sleep(cfg.selection.simulated_wait(pid, cfg.num_clients, seconds))
+        metrics = MetricRecord(
+            {"partition-id": pid, "steps": steps, WORK_SECONDS: time.perf_counter() - started}
+        )
         return Message(content=RecordDict({METRICS: metrics}), reply_to=msg)
 
     def train(self, msg: Message, context: Context) -> Message:
@@ -198,7 +218,8 @@ class Horizontal(Strategy):
 
     def warm_up(self, grid: Grid, ctx: RunContext) -> None:
         """Start every node's ClientApp before round 1, so a round deadline measures
-        the work, not the start-up (seconds in a simulation's first message)."""
+        the work, not the start-up (seconds in a simulation's first message); the
+        replies' timed probe steps are each device's first speed measurement."""
         engine = self.config.engine
         messages = [
             Message(content=RecordDict(), dst_node_id=node, message_type="query.ready")
@@ -207,6 +228,7 @@ class Horizontal(Strategy):
         replies = ctx.send_and_receive(
             grid, messages, max(engine.round_timeout_s, engine.node_wait_s)
         )
+        self.planner.observe(replies)
         ready = sum(not reply.has_error() for reply in replies)
         log.info("%d of %d nodes ready before round 1", ready, len(messages))
 

@@ -54,7 +54,7 @@ def test_a_deadline_drops_a_stalled_device_and_the_round_goes_on(
         assert record["accuracy"] > 0.2  # aggregated the device that answered (chance: 0.1)
 
 
-def test_resource_aware_probes_then_gives_slow_devices_fewer_steps(tmp_path) -> None:
+def test_resource_aware_gives_slow_devices_fewer_steps(tmp_path) -> None:
     result = run(
         load_config(
             [
@@ -62,22 +62,17 @@ def test_resource_aware_probes_then_gives_slow_devices_fewer_steps(tmp_path) -> 
                 "selection=resource_aware",
                 "selection.device_profiles=heterogeneous",
                 "selection.speed_spread=8",
-                "selection.probe_steps=3",
-                "rounds=5",
-                "selection.round_deadline_s=1.5",
+                "rounds=3",
+                "selection.round_deadline_s=2",
+                "selection.headroom=0.3",  # the probe times bare steps; real ones cost more
                 "train.local_epochs=100",
                 f"output_dir={tmp_path / 'aware'}",
             ]
         )
     )
-    seen: set[int] = set()
-    for record in result.history:  # a device's first round is its probe
-        for partition, steps in steps_by_partition(record).items():
-            assert steps == 3 or partition in seen
-            seen.add(partition)
-    assert seen == {0, 1, 2, 3}
-    later = [steps_by_partition(r) for r in result.history[1:]]
-    sized = [steps for steps in later if {0, 3} <= set(steps) and steps[3] != 3]
-    assert sized, "the slowest device took part after its probe"
-    for steps in sized:  # work sized by measured speed: the 8x slower device does less
+    # Every device timed a few steps before round 1, so round 1 is already sized.
+    sized = [steps_by_partition(r) for r in result.history]
+    sized = [steps for steps in sized if {0, 3} <= set(steps)]
+    assert sized, "the fastest and the slowest device took part in the same round"
+    for steps in sized:  # by measured speed: the 8x slower device is asked for far less
         assert steps[0] > 2 * steps[3] >= 2
