@@ -1,0 +1,117 @@
+"""Fleet credentials, deployment config checks, device data files and selection rules."""
+
+from __future__ import annotations
+
+import stat
+
+import numpy as np
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+from fedpriv import load_config
+from fedpriv.crypto import PRESETS, write_keys
+from fedpriv.crypto.ckks import CkksParams
+from fedpriv.deployment.credentials import write_credentials
+from fedpriv.errors import ConfigError, DataError
+from fedpriv.runtime.node import load_node_file
+from fedpriv.selection import Planner, ResourceAware, Uniform
+
+
+def test_credentials_chain_to_the_fleet_ca_and_name_every_host(tmp_path):
+    creds = write_credentials(tmp_path, nodes=2, hosts=["pi-server.local", "192.0.2.10"])
+    ca = x509.load_pem_x509_certificate(creds.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(creds.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)  # raises if the CA did not sign it
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(names.get_values_for_type(x509.DNSName)) == {"localhost", "pi-server.local"}
+    assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == {
+        "127.0.0.1",
+        "192.0.2.10",
+    }
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+
+def test_node_keys_are_p384_pairs_flower_can_load_and_secrets_are_private(tmp_path):
+    creds = write_credentials(tmp_path, nodes=3)
+    assert [p.name for p in creds.node_public_keys()] == [f"node-{k}.pub" for k in range(3)]
+    for k in range(3):
+        private = load_ssh_private_key(creds.node_key(k).read_bytes(), None)
+        public = load_ssh_public_key(creds.node_key(k).with_suffix(".pub").read_bytes())
+        assert isinstance(private, ec.EllipticCurvePrivateKey)
+        assert private.curve.name == "secp384r1"
+        assert private.public_key().public_numbers() == public.public_numbers()  # type: ignore[union-attr]
+    for secret in (creds.node_key(0), creds.server_key, tmp_path / "ca.key"):
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+def test_credentials_are_not_replaced_without_force(tmp_path):
+    write_credentials(tmp_path, nodes=1)
+    with pytest.raises(FileExistsError, match="--force"):
+        write_credentials(tmp_path, nodes=1)
+    again = write_credentials(tmp_path, nodes=2, force=True)
+    assert len(again.node_public_keys()) == 2
+    with pytest.raises(ValueError, match="nodes=0"):
+        write_credentials(tmp_path / "other", nodes=0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["family=vertical"], "engine=deployment runs family=horizontal"),
+        (["crypto=ckks"], "set crypto.keys_dir"),
+        (["selection.device_profiles=heterogeneous"], "device_profiles=none"),
+        (["engine.address=server"], "must be host:port"),
+        (["engine.root_certificates=null"], "unless insecure=true"),
+    ],
+)
+def test_what_a_fleet_cannot_run_is_refused_before_submitting(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(["engine=deployment", *overrides])
+
+
+def test_provisioned_keys_must_match_the_runs_parameters(tmp_path):
+    preset = PRESETS["ckks-128"]
+    write_keys(
+        tmp_path,
+        CkksParams(preset.poly_modulus_degree, preset.coeff_mod_bit_sizes, preset.scale_bits),
+    )
+    ckks = load_config(["crypto=ckks", f"crypto.keys_dir={tmp_path}"]).crypto
+    assert ckks.load_keys(server=True) == (tmp_path / "server.ctx").read_bytes()
+    assert ckks.load_keys(server=False) == (tmp_path / "client.ctx").read_bytes()
+    other = load_config(["crypto=ckks", "crypto.preset=ckks-128-n8192"]).crypto
+    with pytest.raises(ConfigError, match="were made for"):
+        other.load_keys(server=True, directory=str(tmp_path))
+
+
+def test_a_device_file_is_checked_against_the_runs_data(tmp_path):
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.ones((5, 1, 8, 8), np.float64), y=np.array([0, 1, 2, 3, 9]))
+    x, y = load_node_file(str(good), (1, 8, 8), 10)
+    assert x.dtype == np.float32 and y.dtype == np.int64 and len(y) == 5
+    np.savez(tmp_path / "shape.npz", x=np.ones((5, 64)), y=np.zeros(5, int))
+    with pytest.raises(DataError, match=r"expected \(n, 1, 8, 8\)"):
+        load_node_file(str(tmp_path / "shape.npz"), (1, 8, 8), 10)
+    np.savez(tmp_path / "labels.npz", x=np.ones((2, 1, 8, 8)), y=np.array([0, 10]))
+    with pytest.raises(DataError, match=r"\[0, 10\)"):
+        load_node_file(str(tmp_path / "labels.npz"), (1, 8, 8), 10)
+    with pytest.raises(DataError, match="cannot read"):
+        load_node_file(str(tmp_path / "missing.npz"), (1, 8, 8), 10)
+
+
+def test_heterogeneous_profiles_spread_geometrically_from_one_to_the_spread():
+    spec = Uniform(device_profiles="heterogeneous", speed_spread=8.0)
+    assert [spec.speed_factor(k, 4) for k in range(4)] == pytest.approx([1, 2, 4, 8])
+    assert spec.simulated_wait(3, 4, train_seconds=0.5) == pytest.approx(3.5)
+    assert Uniform().speed_factor(3, 4) == 1.0
+
+
+def test_resource_aware_fits_steps_to_the_deadline_at_the_measured_speed():
+    spec = ResourceAware(round_deadline_s=10.0, headroom=0.5, probe_steps=4)
+    planner = spec.planner()
+    planner.seconds_per_step = {1: 0.01, 2: 0.5, 3: 10.0}
+    assert [planner.steps_for(node) for node in (1, 2, 3)] == [500, 10, 0]
+    assert planner.steps_for(99) == 4  # not measured yet: a probe
+    assert ResourceAware(round_deadline_s=None).problems()[0][0] == "round_deadline_s"
+    assert isinstance(Uniform().planner(), Planner)
