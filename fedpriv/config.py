@@ -146,8 +146,7 @@ class DeploymentEngine(EngineSpec):
     #: No TLS: only for a SuperLink started with ``--insecure`` on a trusted network.
     insecure: bool = False
     torch_threads: int | None = None  # a device's own cores
-    round_timeout_s: float = 600.0
-    node_wait_s: float = 300.0
+    node_wait_s: float = 300.0  # devices join over the network
 
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()
