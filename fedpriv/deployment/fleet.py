@@ -11,8 +11,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import tomli_w
-
 from fedpriv.deployment.credentials import Credentials, write_credentials
 from fedpriv.deployment.processes import (
     FlowerProcess,
@@ -22,6 +20,7 @@ from fedpriv.deployment.processes import (
     superlink_command,
     supernode_command,
     wait_for_port,
+    write_connection,
 )
 
 log = logging.getLogger("fedpriv")
@@ -63,13 +62,10 @@ def start_superlink(
 def register_nodes(creds: Credentials, address: str) -> None:
     """``flwr supernode register`` for each ``nodes/node-<k>.pub``."""
     with tempfile.TemporaryDirectory(prefix="fedpriv-flwr-") as home:
-        connection = {"address": address, "root-certificates": str(creds.ca_cert.resolve())}
-        Path(home, "config.toml").write_text(
-            tomli_w.dumps({"superlink": {"default": "fleet", "fleet": connection}})
-        )
+        connection = write_connection(Path(home), address=address, root_certificates=creds.ca_cert)
         for public_key in creds.node_public_keys():
             done = subprocess.run(
-                [flower_script("flwr"), "supernode", "register", str(public_key), "fleet"],
+                [flower_script("flwr"), "supernode", "register", str(public_key), connection],
                 env=flower_environment({"FLWR_HOME": home}),
                 capture_output=True,
                 text=True,

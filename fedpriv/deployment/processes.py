@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+import tomli_w
+
 from fedpriv.deployment.credentials import Credentials
 
 log = logging.getLogger("fedpriv")
@@ -29,6 +31,25 @@ INSECURE_WARNING = (
     "WARNING: --insecure: no TLS and no SuperNode authentication; anyone on the network "
     "can read the traffic and join the federation. Use it only on a trusted test network."
 )
+
+
+#: The name fedpriv gives its SuperLink connection in a ``$FLWR_HOME/config.toml``.
+CONNECTION = "fedpriv"
+
+
+def write_connection(home: Path, *, address: str, root_certificates: Path | None) -> str:
+    """A ``$FLWR_HOME/config.toml`` naming one SuperLink for the ``flwr`` CLI (TLS checked
+    against ``root_certificates``; None: insecure); returns the connection's name."""
+    connection: dict[str, object] = {"address": address}
+    if root_certificates is None:
+        connection["insecure"] = True
+    else:
+        connection["root-certificates"] = str(root_certificates.resolve())
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}})
+    )
+    return CONNECTION
 
 
 def flower_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -19,14 +19,18 @@ import tomli_w
 from fedpriv import __version__
 from fedpriv.config import DeploymentEngine, ExperimentConfig
 from fedpriv.deployment.apps import CONFIG_KEY, ERROR_FILE, OUTPUT_KEY
-from fedpriv.deployment.processes import INSECURE_WARNING, flower_environment, flower_script
+from fedpriv.deployment.processes import (
+    INSECURE_WARNING,
+    flower_environment,
+    flower_script,
+    write_connection,
+)
 from fedpriv.errors import SimulationError
 from fedpriv.results import Result
 
 log = logging.getLogger("fedpriv")
 
 APP_MODULE = "fedpriv_app"
-CONNECTION = "fedpriv"
 
 
 def write_app(directory: Path) -> Path:
@@ -63,17 +67,6 @@ def write_app(directory: Path) -> Path:
     return directory
 
 
-def connection_config(engine: DeploymentEngine) -> str:
-    """``$FLWR_HOME/config.toml`` naming the SuperLink for the ``flwr`` CLI."""
-    connection: dict[str, object] = {"address": engine.address}
-    if engine.insecure:
-        connection["insecure"] = True
-    else:
-        assert engine.root_certificates is not None  # checked by DeploymentEngine.problems
-        connection["root-certificates"] = str(Path(engine.root_certificates).resolve())
-    return tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}})
-
-
 def submit(config: ExperimentConfig) -> Result:
     """Run ``config`` on the fleet behind ``config.engine`` and return its results."""
     from fedpriv.api import default_output_dir
@@ -91,8 +84,11 @@ def submit(config: ExperimentConfig) -> Result:
     config = config.replace(output_dir=str(out))
     with tempfile.TemporaryDirectory(prefix="fedpriv-submit-") as tmp:
         home = Path(tmp) / "flwr-home"
-        home.mkdir()
-        (home / "config.toml").write_text(connection_config(engine))
+        connection = write_connection(
+            home,
+            address=engine.address,
+            root_certificates=None if engine.insecure else Path(str(engine.root_certificates)),
+        )
         app = write_app(Path(tmp) / "app")
         run_config = Path(tmp) / "run-config.toml"
         run_config.write_text(
@@ -102,7 +98,7 @@ def submit(config: ExperimentConfig) -> Result:
             flower_script("flwr"),
             "run",
             str(app),
-            CONNECTION,
+            connection,
             "--stream",
             "--run-config",
             str(run_config),
