@@ -118,6 +118,25 @@ class RunContext:
             log.warning("round timed out: %d of %d replies", len(replies), len(messages))
         return replies
 
+    def first_contact(
+        self,
+        grid: Grid,
+        nodes: Iterable[int],
+        message_type: str,
+        content: RecordDict | None = None,
+    ) -> list[Message]:
+        """Send every node in ``nodes`` the same first message and wait for the replies.
+        The first message also starts each node's ClientApp (seconds in a simulation,
+        a process on a device), so it waits ``max(round_timeout_s, node_wait_s)``."""
+        content = RecordDict() if content is None else content
+        messages = [
+            Message(content=content, dst_node_id=node, message_type=message_type) for node in nodes
+        ]
+        engine = self.config.engine
+        return self.send_and_receive(
+            grid, messages, max(engine.round_timeout_s, engine.node_wait_s)
+        )
+
     def reject(self, reply: Message, reason: str) -> None:
         """Log and record a reply that will not be used; the round goes on."""
         node = reply.metadata.src_node_id

@@ -220,17 +220,11 @@ class Horizontal(Strategy):
         """Start every node's ClientApp before round 1, so a round deadline measures
         the work, not the start-up (seconds in a simulation's first message); the
         replies' timed probe steps are each device's first speed measurement."""
-        engine = self.config.engine
-        messages = [
-            Message(content=RecordDict(), dst_node_id=node, message_type="query.ready")
-            for node in grid.get_node_ids()
-        ]
-        replies = ctx.send_and_receive(
-            grid, messages, max(engine.round_timeout_s, engine.node_wait_s)
-        )
+        nodes = list(grid.get_node_ids())
+        replies = ctx.first_contact(grid, nodes, "query.ready")
         self.planner.observe(replies)
         ready = sum(not reply.has_error() for reply in replies)
-        log.info("%d of %d nodes ready before round 1", ready, len(messages))
+        log.info("%d of %d nodes ready before round 1", ready, len(nodes))
 
     def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
         assert self.aggregator is not None, "start() runs before the first round"

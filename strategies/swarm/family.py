@@ -156,14 +156,7 @@ class SwarmFamily(Strategy):
     # -- set-up ------------------------------------------------------------------------------
     def start(self, grid: Grid, ctx: RunContext) -> None:
         nodes = sorted(grid.get_node_ids())
-        engine = self.config.engine  # the first message also starts each node's ClientApp
-        messages = [
-            Message(content=RecordDict(), dst_node_id=node, message_type="query.keys")
-            for node in nodes
-        ]
-        replies = ctx.send_and_receive(
-            grid, messages, max(engine.round_timeout_s, engine.node_wait_s)
-        )
+        replies = ctx.first_contact(grid, nodes, "query.keys")
         good = [r for r in replies if not r.has_error()]
         if len(good) < len(nodes):
             raise SimulationError(f"only {len(good)} of {len(nodes)} peers published their keys")

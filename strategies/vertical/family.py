@@ -260,13 +260,7 @@ class Vertical(Strategy):
     def first_contact(
         self, grid: Grid, ctx: RunContext, nodes: list[int], message_type: str, content: RecordDict
     ) -> dict[int, Message]:
-        messages = [
-            Message(content=content, dst_node_id=node, message_type=message_type) for node in nodes
-        ]
-        engine = self.config.engine  # the first message also starts each node's ClientApp
-        replies = ctx.send_and_receive(
-            grid, messages, max(engine.round_timeout_s, engine.node_wait_s)
-        )
+        replies = ctx.first_contact(grid, nodes, message_type, content)
         failed = [r for r in replies if r.has_error()]
         if len(replies) < len(nodes) or failed:
             reason = failed[0].error.reason if failed else "no reply"
