@@ -10,7 +10,8 @@ from pathlib import Path
 from fedpriv import __version__
 
 USAGE = """fedpriv run [HYDRA OVERRIDES...]      run an experiment (e.g. strategy=fedavg data=wine)
-fedpriv report DIR... [--out DIR]     table, report.csv and plots of finished runs
+fedpriv report DIR... [--out DIR] [--markdown] [--by-group]
+                                      table, report.csv and plots of finished runs
 fedpriv keys init --out DIR [--nodes N] [--host NAME]... [--preset ckks-128]
                                       a fleet's keys: TLS CA and server certificate,
                                       one SuperNode key per device, CKKS contexts
@@ -39,10 +40,22 @@ def main(argv: list[str] | None = None) -> int:
         hydra_main()
         return 0
     if command == "report":
-        parser = argparse.ArgumentParser(prog="fedpriv report")
+        parser = argparse.ArgumentParser(
+            prog="fedpriv report",
+            description="Table of finished runs; writes report.csv (one row per run × round) "
+            "and PNG plots. Runs whose config.yaml differs only in seed (and output_dir) form "
+            "a group, named by the config keys that vary between groups; plots show each "
+            "group's mean over seeds with a min–max band (docs/results.md).",
+        )
         parser.add_argument("paths", nargs="+", help="run or sweep directories")
         parser.add_argument("--out", help="where report.csv and plots go (default: the first path)")
         parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+        parser.add_argument(
+            "--by-group",
+            action="store_true",
+            help="one table row per group of seeds instead of per run: n runs, mean ± sample "
+            "std (n-1) of final accuracy and ε, mean MB and seconds",
+        )
         parser.add_argument(
             "--reference",
             action="append",
@@ -55,7 +68,14 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             references = dict(_reference(spec) for spec in args.reference)
-            print(report(args.paths, args.out, markdown=args.markdown, references=references))
+            text = report(
+                args.paths,
+                args.out,
+                markdown=args.markdown,
+                references=references,
+                by_group=args.by_group,
+            )
+            print(text)
         except (FileNotFoundError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

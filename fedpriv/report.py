@@ -1,71 +1,76 @@
-"""Summaries across runs: a printed table, a tidy CSV (one row per run × round), plots."""
+"""Summaries across runs: a printed table, a tidy CSV (one row per run × round), plots.
+
+Runs that differ only by seed form a group (:mod:`fedpriv.report_runs`); the plots
+(:mod:`fedpriv.report_plots`) and ``--by-group`` table show each group as one series.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
-import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedpriv import report_plots
+from fedpriv.report_runs import (
+    RunGroup,
+    consensus_distance,
+    final_epsilon,
+    find_runs,
+    group_runs,
+    round_epsilon,
+    run_label,
+)
 from fedpriv.results import Result, write_atomic
 
-log = logging.getLogger("fedpriv")
+__all__ = [
+    "CSV_COLUMNS",
+    "RunGroup",
+    "encryption",
+    "final_epsilon",
+    "find_runs",
+    "format_table",
+    "group_runs",
+    "print_table",
+    "report",
+    "round_epsilon",
+    "tidy_rows",
+    "write_csv",
+]
 
+#: Columns of ``report.csv``; later versions append, never reorder (docs/results.md).
 CSV_COLUMNS = (
     "run", "family", "strategy", "dataset", "partition", "model", "num_clients", "seed",
     "round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "elapsed", "epsilon",
+    "group", "consensus_distance",
 )  # fmt: skip
+#: Round-record fields copied into ``report.csv`` as they are.
+ROUND_FIELDS = ("round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "elapsed")
+#: ``report()``'s plots: file name and what draws it (returns False when it has nothing to show).
+PLOTS: tuple[tuple[str, Callable[[Sequence[RunGroup], Path], bool]], ...] = (
+    ("privacy_utility.png", report_plots.plot_privacy_utility),
+    ("cost_utility.png", report_plots.plot_cost_utility),
+    ("per_client_epsilon.png", report_plots.plot_per_client_epsilon),
+    ("consensus.png", report_plots.plot_consensus),
+)
 
 
-def find_runs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Finished run directories (holding ``summary.json``) at or below each path."""
-    runs: list[Path] = []
-    for given in paths:
-        path = Path(given)
-        if not path.exists():
-            raise FileNotFoundError(f"no such run or sweep directory: {path}")
-        found = (
-            [path]
-            if (path / "summary.json").is_file()
-            else sorted(p.parent for p in path.rglob("summary.json"))
-        )
-        if not found:
-            log.warning("no finished runs (summary.json) under %s", path)
-        runs += [p for p in found if p not in runs]
-    return runs
+def format_table(
+    results: Sequence[Result], markdown: bool = False, *, by_group: bool = False
+) -> str:
+    """One line per run: what ran and how it ended; Markdown with ``markdown``.
 
-
-def _label(result: Result, results: Sequence[Result]) -> str:
-    """A short run name: the path below the runs' common parent."""
-    if len(results) == 1:
-        return result.run_dir.name
-    common = Path(os.path.commonpath([r.run_dir.resolve() for r in results]))
-    return str(result.run_dir.resolve().relative_to(common)) or result.run_dir.name
-
-
-def format_table(results: Sequence[Result], markdown: bool = False) -> str:
-    """One line per run: what ran and how it ended."""
-    header = ["run", "strategy", "data", "clients", "rounds", "accuracy", "loss", "ε", "HE",
-              "MB up", "MB down", "s"]  # fmt: skip
-    rows = []
-    for result in results:
-        s = result.summary
-        acc, loss = s["final"]["accuracy"], s["final"]["loss"]
-        rows.append([
-            _label(result, results), s["strategy"], s["dataset"], str(s["num_clients"]),
-            str(s["rounds"]), "-" if acc is None else f"{acc:.4f}",
-            "-" if loss is None else f"{loss:.4f}",
-            "-" if (eps := final_epsilon(result)) is None else f"{eps:.3g}",
-            encryption(s),
-            f"{s['bytes']['up'] / 1e6:.2f}",
-            f"{s['bytes']['down'] / 1e6:.2f}", f"{s['seconds']:.1f}",
-        ])  # fmt: skip
+    ``by_group``: one line per group of runs that differ only by seed instead, with the
+    mean ± sample standard deviation (n − 1) of final accuracy and ε over its ``n`` runs,
+    and the mean MB and seconds: the table a paper reports.
+    """
+    header, rows = _group_rows(group_runs(results)) if by_group else _run_rows(results)
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
         return "\n".join(lines)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
     lines = [
@@ -73,6 +78,53 @@ def format_table(results: Sequence[Result], markdown: bool = False) -> str:
         for row in [header, *rows]
     ]
     return "\n".join(lines)
+
+
+def _run_rows(results: Sequence[Result]) -> tuple[list[str], list[list[str]]]:
+    header = ["run", "strategy", "data", "clients", "rounds", "accuracy", "loss", "ε", "HE",
+              "MB up", "MB down", "s"]  # fmt: skip
+    rows = []
+    for result in results:
+        s = result.summary
+        acc, loss = s["final"]["accuracy"], s["final"]["loss"]
+        rows.append([
+            run_label(result, results), s["strategy"], s["dataset"], str(s["num_clients"]),
+            str(s["rounds"]), "-" if acc is None else f"{acc:.4f}",
+            "-" if loss is None else f"{loss:.4f}",
+            "-" if (eps := final_epsilon(result)) is None else f"{eps:.3g}",
+            encryption(s),
+            f"{s['bytes']['up'] / 1e6:.2f}",
+            f"{s['bytes']['down'] / 1e6:.2f}", f"{s['seconds']:.1f}",
+        ])  # fmt: skip
+    return header, rows
+
+
+def _group_rows(groups: Sequence[RunGroup]) -> tuple[list[str], list[list[str]]]:
+    header = ["group", "n", "rounds", "accuracy", "ε", "HE", "MB up", "MB down", "s"]
+    rows = []
+    for group in groups:
+        runs = group.runs
+        accuracies = [a for r in runs if (a := r.final["accuracy"]) is not None]
+        epsilons = [e for r in runs if (e := final_epsilon(r)) is not None]
+        rows.append([
+            group.label, str(len(runs)),
+            "/".join(str(n) for n in sorted({r.summary["rounds"] for r in runs})),
+            _mean_std(accuracies, ".4f"), _mean_std(epsilons, ".3g"),
+            encryption(runs[0].summary),
+            f"{statistics.fmean(r.summary['bytes']['up'] for r in runs) / 1e6:.2f}",
+            f"{statistics.fmean(r.summary['bytes']['down'] for r in runs) / 1e6:.2f}",
+            f"{statistics.fmean(r.summary['seconds'] for r in runs):.1f}",
+        ])  # fmt: skip
+    return header, rows
+
+
+def _mean_std(values: Sequence[float], spec: str) -> str:
+    """``mean ± std`` (sample std, n − 1) of ``values``; the value alone for one, ``-`` for none."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return format(values[0], spec)
+    return f"{statistics.fmean(values):{spec}} ± {statistics.stdev(values):{spec}}"
 
 
 def encryption(summary: dict[str, Any]) -> str:
@@ -89,84 +141,27 @@ def print_table(results: Sequence[Result]) -> None:
 
 
 def tidy_rows(results: Sequence[Result]) -> list[dict[str, object]]:
+    """``report.csv``'s rows: one per run × round, every column of ``CSV_COLUMNS``."""
+    group_of = {run.run_dir: group.label for group in group_runs(results) for run in group.runs}
     rows = []
     for result in results:
         s = result.summary
         for record in result.history:
             rows.append({
-                "run": _label(result, results), "family": s["family"], "strategy": s["strategy"],
-                "dataset": s["dataset"], "partition": s.get("partition"), "model": s.get("model"),
+                "run": run_label(result, results), "family": s["family"],
+                "strategy": s["strategy"], "dataset": s["dataset"],
+                "partition": s.get("partition"), "model": s.get("model"),
                 "num_clients": s["num_clients"], "seed": s.get("seed"),
-                **{k: record.get(k) for k in CSV_COLUMNS[8:-1]},
+                **{k: record.get(k) for k in ROUND_FIELDS},
                 "epsilon": round_epsilon(record),
+                "group": group_of[result.run_dir],
+                "consensus_distance": consensus_distance(record),
             })  # fmt: skip
     return rows
 
 
-def round_epsilon(record: Mapping[str, object]) -> float | None:
-    """ε spent by the end of a round: the largest client ε (DP-SGD), else user-level ε."""
-    privacy = record.get("privacy")
-    if not isinstance(privacy, Mapping):
-        return None
-    value: Any = privacy.get("epsilon_max", privacy.get("user_level_epsilon"))
-    return None if value is None else float(value)
-
-
-def final_epsilon(result: Result) -> float | None:
-    """The run's ε: the largest client ε (DP-SGD), else the user-level ε (central DP)."""
-    privacy = result.summary.get("privacy")
-    if not privacy:
-        return None
-    value = privacy.get("epsilon_max")
-    return float(value if value is not None else privacy["user_level_epsilon"])
-
-
-def plot_privacy_utility(results: Sequence[Result], path: Path) -> bool:
-    """Final accuracy against ε spent, one point per run (seeds of one setting share a
-    marker), non-private runs as a dashed line. False when no run used DP."""
-    private = [r for r in results if final_epsilon(r) is not None]
-    if not private:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    groups: dict[str, list[Result]] = {}
-    for result in private:
-        s = result.summary
-        groups.setdefault(f"{s['dataset']} {s['strategy']} {s['privacy']['mode']}", []).append(
-            result
-        )
-    for label, members in sorted(groups.items()):
-        points = sorted((final_epsilon(r), r.final["accuracy"]) for r in members)
-        ax.plot(*zip(*points, strict=True), marker="o", linestyle=":", label=label)
-    for result in results:
-        if final_epsilon(result) is None and result.final["accuracy"] is not None:
-            ax.axhline(result.final["accuracy"], linestyle="--", color="grey", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("ε spent (largest client ε, or user-level ε)")
-    ax.set_ylabel("final test accuracy")
-    ax.set_title("Privacy–utility (dashed: non-private runs)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    _save(fig, path)
-    return True
-
-
-def _save(fig: object, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)  # type: ignore[attr-defined]
-    plt.close(fig)  # type: ignore[arg-type]
-    os.replace(tmp, path)
-
-
 def write_csv(results: Sequence[Result], path: Path) -> None:
+    """Write ``tidy_rows`` to ``path`` whole (temporary file, then rename)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
     writer.writeheader()
@@ -174,65 +169,35 @@ def write_csv(results: Sequence[Result], path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def plot_accuracy(
-    results: Sequence[Result], path: Path, references: Mapping[str, float] | None = None
-) -> None:
-    """Test accuracy against round, one line per run; ``references`` (label -> accuracy,
-    e.g. the centralized model) are drawn as dashed horizontal lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for result in results:
-        rounds = [r["round"] for r in result.history if r.get("accuracy") is not None]
-        accs = [r["accuracy"] for r in result.history if r.get("accuracy") is not None]
-        ax.plot(rounds, accs, marker="o", markersize=3, label=_label(result, results))
-    for label, accuracy in (references or {}).items():
-        ax.axhline(accuracy, linestyle="--", color="grey", linewidth=1)
-        ax.annotate(
-            f"{label} {accuracy:.3f}",
-            (0.01, accuracy),
-            xycoords=("axes fraction", "data"),
-            textcoords="offset points",
-            xytext=(0, 3),
-            fontsize="small",
-            color="grey",
-        )
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Test accuracy per round")
-    ax.grid(alpha=0.3)
-    if len(results) <= 12:
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    _save(fig, path)
-
-
 def report(
     paths: Iterable[str | os.PathLike[str]],
     out: str | os.PathLike[str] | None = None,
     markdown: bool = False,
     references: Mapping[str, float] | None = None,
+    *,
+    by_group: bool = False,
 ) -> str:
-    """Table of every finished run under ``paths``; writes ``report.csv`` and ``accuracy.png``.
+    """Table of every finished run under ``paths``, and the files written for them.
 
-    ``references`` maps a label to a reference accuracy (e.g. centralized training),
-    printed under the table and drawn on the plot.
+    Writes ``report.csv`` and ``accuracy.png`` always; ``privacy_utility.png``,
+    ``cost_utility.png``, ``per_client_epsilon.png`` and ``consensus.png`` when some run
+    has what they show. ``references`` maps a label to a reference accuracy (e.g.
+    centralized training), printed under the table and drawn on the accuracy plot.
+    ``by_group``: the table has one row per group of seeds (see :func:`format_table`).
+    The returned text ends with ``wrote`` and every file written.
     """
     paths = list(paths)
     runs = find_runs(paths)
     if not runs:
         raise FileNotFoundError(f"no finished fedpriv runs under: {', '.join(map(str, paths))}")
     results = [Result.load(p) for p in runs]
+    groups = group_runs(results)
     target = Path(out) if out else Path(paths[0]) if Path(paths[0]).is_dir() else Path(".")
     write_csv(results, target / "report.csv")
-    plot_accuracy(results, target / "accuracy.png", references)
+    report_plots.plot_accuracy(groups, target / "accuracy.png", references)
     written = [target / "report.csv", target / "accuracy.png"]
-    if plot_privacy_utility(results, target / "privacy_utility.png"):
-        written.append(target / "privacy_utility.png")
-    lines = [format_table(results, markdown=markdown), ""]
+    written += [target / name for name, plot in PLOTS if plot(groups, target / name)]
+    lines = [format_table(results, markdown=markdown, by_group=by_group), ""]
     lines += [f"reference: {label} accuracy {acc:.4f}" for label, acc in (references or {}).items()]
     lines.append("wrote " + ", ".join(str(p) for p in written))
     return "\n".join(lines)

@@ -4,26 +4,36 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 
 import pytest
 
 from fedpriv.cli import main as cli
-from fedpriv.report import find_runs, format_table, report
+from fedpriv.report import CSV_COLUMNS, find_runs, format_table, group_runs, report
+from fedpriv.report_plots import MAX_EPSILON_RUNS, client_epsilons, plot_per_client_epsilon
 from fedpriv.results import Result, RunDirectory, read_metrics, write_atomic
 
 
-def fake_run(path, strategy="fedavg", accuracies=(0.5, 0.8)):
+def fake_run(path, strategy="fedavg", accuracies=(0.5, 0.8), *, config=None, seed=0,
+             summary=None, record=None):  # fmt: skip
+    """A finished run directory as fedpriv.results writes it. ``config``: written as
+    config.yaml (with ``seed`` and ``output_dir`` filled in); ``summary``: extra summary
+    fields; ``record(round)``: extra fields of that round's metrics line."""
     out = RunDirectory(path)
+    if config is not None:
+        out.write_config({**config, "seed": seed, "output_dir": str(path)})
     out.start_metrics()
     for i, acc in enumerate(accuracies, start=1):
+        extra = record(i) if record else {}
         out.append_round({"round": i, "accuracy": acc, "loss": 1 - acc, "bytes_up": 100,
                           "bytes_down": 200, "seconds": 0.5, "elapsed": i * 0.5,
-                          "clients": [], "rejected": []})  # fmt: skip
+                          "clients": [], "rejected": [], **extra})  # fmt: skip
     out.write_json("summary.json", {
         "strategy": strategy, "family": "horizontal", "dataset": "digits", "partition": "iid",
-        "model": "mlp", "num_clients": 3, "seed": 0, "rounds": len(accuracies),
+        "model": "mlp", "num_clients": 3, "seed": seed, "rounds": len(accuracies),
         "final": {"accuracy": accuracies[-1], "loss": 1 - accuracies[-1]},
         "bytes": {"up": 100 * len(accuracies), "down": 200 * len(accuracies)}, "seconds": 1.0,
+        **(summary or {}),
     })  # fmt: skip
     return path
 
@@ -119,3 +129,256 @@ def test_cli_report_errors_clearly_on_missing_dirs(tmp_path, capsys):
 def test_result_load_needs_a_finished_run(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no summary\.json"):
         Result.load(tmp_path)
+
+
+# Seed groups, the tidy CSV's new columns, every plot and the per-group table.
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# report.csv's columns: the original sixteen in their order, then the two added ones.
+EXPECTED_COLUMNS = [
+    "run", "family", "strategy", "dataset", "partition", "model", "num_clients", "seed",
+    "round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "elapsed", "epsilon",
+    "group", "consensus_distance",
+]  # fmt: skip
+SEEDS = (0, 1, 2)
+
+
+def config(**changes):
+    """A resolved config.yaml's content (the shape fedpriv writes), ``a__b=v`` setting a.b."""
+    base = {
+        "data": {"name": "digits", "test_fraction": 0.2},
+        "partition": {"name": "dirichlet", "alpha": 0.5},
+        "model": {"name": "mlp", "hidden": [128]},
+        "strategy": {"name": "fedavg", "fraction_train": 1.0},
+        "family": {"name": "horizontal"},
+        "privacy": {"name": "none"},
+        "crypto": {"name": "none"},
+        "num_clients": 3,
+        "rounds": 3,
+    }
+    for key, value in changes.items():
+        *groups, leaf = key.split("__")
+        node = base
+        for group in groups:
+            node = node.setdefault(group, {})
+        node[leaf] = value
+    return base
+
+
+def read_csv(path):
+    with path.open() as handle:
+        reader = csv.DictReader(handle)
+        return reader.fieldnames, list(reader)
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 1000, path
+
+
+def table_rows(markdown):
+    """A Markdown table as dicts, header -> cell."""
+    lines = markdown.strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [
+        dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+        for line in lines[2:]
+    ]
+
+
+def mean_std(cell):
+    mean, std = cell.split("±")
+    return float(mean), float(std)
+
+
+def seed_sweep(root, alphas=(0.5, 1.0), rounds=3):
+    """``len(alphas)`` settings × 3 seeds; returns {alpha: {seed: accuracies}}."""
+    written = {}
+    for alpha in alphas:
+        for seed in SEEDS:
+            accuracies = tuple(0.3 + 0.1 * r + 0.02 * seed + alpha / 10 for r in range(rounds))
+            fake_run(
+                root / f"alpha{alpha}-seed{seed}",
+                accuracies=accuracies,
+                config=config(partition__alpha=alpha),
+                seed=seed,
+            )
+            written.setdefault(alpha, {})[seed] = accuracies
+    return written
+
+
+def test_seeds_form_groups_named_by_the_varying_key(tmp_path):
+    written = seed_sweep(tmp_path / "sweep")
+    text = report([tmp_path / "sweep"])
+    header, rows = read_csv(tmp_path / "sweep" / "report.csv")
+    assert header == EXPECTED_COLUMNS and tuple(header) == CSV_COLUMNS
+    assert len(rows) == 2 * len(SEEDS) * 3  # runs × rounds
+    for alpha, seeds in written.items():
+        members = [r for r in rows if r["group"] == f"partition.alpha={alpha}"]
+        assert {int(r["seed"]) for r in members} == set(seeds)
+        assert sorted(float(r["accuracy"]) for r in members) == sorted(
+            a for accuracies in seeds.values() for a in accuracies
+        )
+    assert all(r["consensus_distance"] == "" for r in rows)
+    out = tmp_path / "sweep"
+    for name in ("accuracy.png", "cost_utility.png"):
+        assert_png(out / name)
+    for name in ("privacy_utility.png", "per_client_epsilon.png", "consensus.png"):
+        assert not (out / name).exists()  # no DP, no swarm
+    wrote = text.splitlines()[-1].removeprefix("wrote ").split(", ")
+    assert sorted(wrote) == sorted(
+        str(out / n) for n in ("report.csv", "accuracy.png", "cost_utility.png")
+    )
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files
+
+
+def test_by_group_table_gives_mean_and_std_over_seeds(tmp_path, capsys):
+    root = tmp_path / "dp"
+    finals = {}
+    for target in (1.0, 4.0):
+        for seed in SEEDS:
+            epsilon = target * (1 + 0.05 * seed)
+            per_client = {str(k): epsilon * (1 - 0.1 * k) for k in range(3)}
+            accuracy = 0.5 + 0.04 * target + 0.03 * seed**2
+            fake_run(
+                root / f"eps{target}" / str(seed),
+                accuracies=(accuracy / 2, accuracy),
+                config=config(privacy__name="dp_sgd", privacy__target_epsilon=target),
+                seed=seed,
+                record=lambda r, e=epsilon: {"privacy": {"epsilon_max": e / r}},
+                summary={
+                    "privacy": {
+                        "mode": "dp_sgd",
+                        "epsilon_max": epsilon,
+                        "epsilon_per_client": per_client,
+                        "user_level_epsilon": None,
+                    }
+                },
+            )
+            finals.setdefault(target, []).append((accuracy, epsilon))
+    fake_run(root / "plain", accuracies=(0.5, 0.9), config=config())
+    assert cli(["report", str(root), "--by-group", "--markdown"]) == 0
+    table = capsys.readouterr().out.split("\n\n")[0]
+    rows = {row["group"]: row for row in table_rows(table)}
+    assert set(rows) == {
+        "privacy=dp_sgd privacy.target_epsilon=1.0",
+        "privacy=dp_sgd privacy.target_epsilon=4.0",
+        "privacy=none",
+    }
+    for target, values in finals.items():
+        row = rows[f"privacy=dp_sgd privacy.target_epsilon={target}"]
+        accuracies, epsilons = zip(*values, strict=True)
+        assert row["n"] == "3"
+        accuracy, accuracy_std = mean_std(row["accuracy"])
+        assert accuracy == pytest.approx(statistics.mean(accuracies), abs=5e-5)
+        assert accuracy_std == pytest.approx(statistics.stdev(accuracies), abs=5e-5)
+        epsilon, epsilon_std = mean_std(row["ε"])
+        assert epsilon == pytest.approx(statistics.mean(epsilons), rel=5e-3)
+        assert epsilon_std == pytest.approx(statistics.stdev(epsilons), rel=5e-3)
+    assert rows["privacy=none"]["n"] == "1"
+    assert rows["privacy=none"]["accuracy"] == "0.9000" and rows["privacy=none"]["ε"] == "-"
+    for name in (
+        "accuracy.png",
+        "privacy_utility.png",
+        "cost_utility.png",
+        "per_client_epsilon.png",
+    ):
+        assert_png(root / name)
+    assert not (root / "consensus.png").exists()
+    _, csv_rows = read_csv(root / "report.csv")
+    row = next(r for r in csv_rows if r["run"] == "eps4.0/2" and r["round"] == "2")
+    assert float(row["epsilon"]) == pytest.approx(4.0 * 1.1 / 2)  # the round's record
+
+
+def test_swarm_runs_get_a_consensus_plot_and_column(tmp_path):
+    distances = {1: 0.5, 2: 0.05, 3: 0.005}
+    swarm = config(strategy={"name": "swarm"}, family__name="swarm", swarm__mode="gossip")
+    fake_run(
+        tmp_path / "runs" / "swarm",
+        "swarm",
+        (0.4, 0.6, 0.7),
+        config=swarm,
+        record=lambda r: {"swarm": {"mode": "gossip", "consensus_distance": distances[r]}},
+    )
+    fake_run(tmp_path / "runs" / "fedavg", accuracies=(0.5, 0.7, 0.8), config=config())
+    text = report([tmp_path / "runs"], tmp_path / "out")
+    _, rows = read_csv(tmp_path / "out" / "report.csv")
+    by_run = {(r["run"], int(r["round"])): r for r in rows}
+    for round_, distance in distances.items():
+        assert float(by_run["swarm", round_]["consensus_distance"]) == distance
+        assert by_run["fedavg", round_]["consensus_distance"] == ""
+    assert {r["group"] for r in rows} == {
+        "strategy=swarm family=swarm",
+        "strategy=fedavg family=horizontal",
+    }
+    assert_png(tmp_path / "out" / "consensus.png")
+    assert str(tmp_path / "out" / "consensus.png") in text
+    assert not (tmp_path / "out" / "per_client_epsilon.png").exists()
+
+
+def test_group_labels_name_only_what_tells_groups_apart(tmp_path):
+    def labels(*configs):
+        results = [
+            Result.load(fake_run(tmp_path / str(i), config=c, seed=0))
+            for i, c in enumerate(configs)
+        ]
+        return [g.label for g in group_runs(results)]
+
+    # fraction_train exists only for fedavg and proximal_mu only for fedprox: not named
+    fedprox = config(strategy={"name": "fedprox", "proximal_mu": 0.1})
+    assert labels(config(), fedprox) == ["strategy=fedavg", "strategy=fedprox"]
+    # two settings alike but for a key one lacks: it is named, "(unset)" where absent
+    assert labels(config(), config(train__lr=0.1)) == ["train.lr=(unset)", "train.lr=0.1"]
+    # lists and several varying keys, in config order
+    assert labels(config(model__hidden=[64]), config(num_clients=5)) == [
+        "model.hidden=[64] num_clients=3",
+        "model.hidden=[128] num_clients=5",
+    ]
+
+
+def test_one_setting_is_named_by_its_directory(tmp_path):
+    runs = [
+        fake_run(tmp_path / "study" / str(seed), config=config(checkpoint_every=seed), seed=seed)
+        for seed in SEEDS
+    ]  # checkpoint_every is bookkeeping: the same setting
+    (group,) = group_runs([Result.load(p) for p in runs])
+    assert group.label == "study" and group.seeds == ("0", "1", "2")
+
+
+def test_runs_without_config_are_grouped_by_their_summary(tmp_path):
+    fake_run(tmp_path / "a" / "0", "fedavg", seed=0)
+    fake_run(tmp_path / "a" / "1", "fedavg", seed=1)
+    fake_run(tmp_path / "a" / "2", "fedprox", seed=0, config=config())  # ignored: others lack one
+    groups = group_runs([Result.load(p) for p in find_runs([tmp_path / "a"])])
+    assert [(g.label, len(g.runs)) for g in groups] == [
+        ("strategy=fedavg", 2),
+        ("strategy=fedprox", 1),
+    ]
+
+
+def test_per_client_epsilon_names_every_run_and_plots_some(tmp_path):
+    for target in (1.0, 4.0):
+        for seed in range(MAX_EPSILON_RUNS // 2 + 1):  # more runs than one plot draws
+            per_client = {"0": target, "1": target / 2, "2": target / 4}
+            privacy = {"mode": "dp_sgd", "epsilon_max": target, "epsilon_per_client": per_client}
+            fake_run(
+                tmp_path / f"eps{target}-{seed}",
+                seed=seed,
+                config=config(privacy__name="dp_sgd", privacy__target_epsilon=target),
+                summary={"privacy": privacy},
+            )
+    fake_run(tmp_path / "plain", config=config())
+    groups = group_runs([Result.load(p) for p in find_runs([tmp_path])])
+    runs = client_epsilons(groups)
+    assert len(runs) == 2 * (MAX_EPSILON_RUNS // 2 + 1) > MAX_EPSILON_RUNS
+    assert runs[0] == (
+        "privacy=dp_sgd privacy.target_epsilon=1.0 seed=0",
+        {0: 1.0, 1: 0.5, 2: 0.25},
+    )
+    assert len({name for name, _ in runs}) == len(runs)
+    assert plot_per_client_epsilon(groups, tmp_path / "eps.png")
+    assert_png(tmp_path / "eps.png")
+    plain = [g for g in groups if g.label == "privacy=none"]
+    assert client_epsilons(plain) == []
+    assert not plot_per_client_epsilon(plain, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
