@@ -2,6 +2,7 @@
 
     python -m experiments.run strategy=fedprox data=digits partition=dirichlet partition.alpha=0.3
     python -m experiments.run -m strategy=fedavg,fedadam seed=0,1,2
+    python -m experiments.run resume=outputs/2026-11-30/10-00-00   # an interrupted run
 
 Results go to Hydra's run directory (``outputs/<date>/<time>``, or one subdirectory per
 job under ``multirun/`` for sweeps); ``fedpriv report <dir>`` summarizes them.
@@ -9,6 +10,7 @@ job under ``multirun/`` for sweeps); ``fedpriv report <dir>`` summarizes them.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, cast
 
@@ -16,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedpriv.api import run
+from fedpriv.api import resume, run
 from fedpriv.config import CONFIG_MODULE, from_mapping
 from fedpriv.errors import FedprivError
 from fedpriv.report import print_table
@@ -26,15 +28,31 @@ from fedpriv.report import print_table
 def main(cfg: DictConfig) -> float | None:
     """Validate, run, print the outcome; returns final accuracy (for Hydra sweepers)."""
     mapping = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+    hydra_config = HydraConfig.get()
     if mapping.get("output_dir") is None:
-        mapping["output_dir"] = HydraConfig.get().runtime.output_dir
+        mapping["output_dir"] = hydra_config.runtime.output_dir
+    engine = mapping.get("engine") or {}
+    share = cores_per_job(hydra_config.launcher.get("n_jobs"))
+    if engine.get("name") == "simulation" and engine.get("num_cpus") is None and share:
+        engine["num_cpus"] = share
     try:
-        result = run(from_mapping(mapping))
+        result = resume(mapping["resume"]) if mapping.get("resume") else run(from_mapping(mapping))
     except FedprivError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     print_table([result])
     return result.final["accuracy"]
+
+
+def cores_per_job(n_jobs: int | None) -> int | None:
+    """This job's share of the cores when a parallel launcher (joblib) runs ``n_jobs`` at
+    once (joblib: -1 all cores, -2 all but one...), so each job's Ray gets its share
+    instead of every job starting Ray on every core; None for the basic launcher."""
+    if n_jobs is None:
+        return None
+    cores = os.cpu_count() or 1
+    jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+    return max(1, cores // jobs)
 
 
 if __name__ == "__main__":

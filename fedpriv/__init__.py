@@ -5,7 +5,7 @@
 >>> result.final["accuracy"]  # doctest: +SKIP
 """
 
-from fedpriv.api import run
+from fedpriv.api import resume, run
 from fedpriv.config import ExperimentConfig, from_mapping, load_config
 from fedpriv.errors import ConfigError, DataError, FedprivError, SimulationError
 from fedpriv.results import Result
@@ -22,5 +22,6 @@ __all__ = [
     "__version__",
     "from_mapping",
     "load_config",
+    "resume",
     "run",
 ]

@@ -5,16 +5,21 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fedpriv.config import DeploymentEngine, ExperimentConfig, SimulationEngine, from_mapping
 from fedpriv.crypto import parallel
-from fedpriv.errors import SimulationError
+from fedpriv.errors import ConfigError, SimulationError
+from fedpriv.provenance import provenance
 from fedpriv.results import SCHEMA_VERSION, Result, RunDirectory
 from fedpriv.runtime.apps import build_client_app, build_server_app
+from fedpriv.runtime.checkpoint import Checkpoint
 from fedpriv.runtime.context import RunContext
 from fedpriv.runtime.simulation import simulate
 from strategies.base import Setup, Strategy
@@ -37,9 +42,40 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
         from fedpriv.deployment.submit import submit
 
         return submit(config)
+    return _simulate(config, checkpoint=None)
+
+
+def resume(run_dir: str | os.PathLike[str]) -> Result:
+    """Continue an interrupted run in its own results directory, from its latest
+    checkpoint (from round 1 if it wrote none); a finished run is returned as it is.
+
+    The run's ``config.yaml`` is the config: a resumed run is the same experiment.
+    """
+    path = Path(run_dir)
+    if (path / "summary.json").is_file():
+        log.info("%s already finished; nothing to resume", path)
+        return Result.load(path)
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"resume={str(path)!r} is not a fedpriv run directory (no config.yaml)")
+    config = from_mapping(yaml.safe_load((path / "config.yaml").read_text()))
+    config = config.replace(output_dir=str(path))
+    if not isinstance(config.engine, SimulationEngine):
+        raise ConfigError(
+            f"resume={str(path)!r}: engine={config.engine.name} runs cannot be resumed yet; "
+            "resume runs under engine=simulation"
+        )
+    checkpoint = Checkpoint.load(path)
+    if checkpoint is None:
+        log.warning("%s has no checkpoint: running it again from round 1", path)
+    setup_logging()
+    return _simulate(config, checkpoint)
+
+
+def _simulate(config: ExperimentConfig, checkpoint: Checkpoint | None) -> Result:
+    """Run (or continue from ``checkpoint``) on Flower's simulation engine."""
     assert isinstance(config.engine, SimulationEngine)
     started = time.perf_counter()
-    opened = open_run(config)
+    opened = open_run(config, checkpoint)
     finished: dict[str, Any] = {}
     server_app = build_server_app(
         opened.strategy,
@@ -68,6 +104,7 @@ class OpenRun:
     strategy: Strategy
     setup: Setup
     out: RunDirectory
+    checkpoint: Checkpoint | None = None
 
     def context(self) -> RunContext:
         return RunContext(
@@ -76,10 +113,13 @@ class OpenRun:
             evaluate=self.setup.evaluate,
             initial_arrays=self.setup.initial_arrays,
             server_key=self.setup.server_key,
+            checkpoint=self.checkpoint,
         )
 
     def finish(self, history: list[dict[str, Any]], ctx: RunContext, seconds: float) -> Result:
         """Write ``summary.json`` and return the finished run."""
+        if self.checkpoint is not None:  # the seconds before the run was interrupted too
+            seconds += self.checkpoint.elapsed
         summary = summarize(self.config, history, seconds, ctx.stop_reason)
         summary["privacy"] = ctx.ledger.summary()
         summary["crypto"] = self.config.crypto.summary(history)
@@ -87,16 +127,20 @@ class OpenRun:
         return Result(self.out.path, history, summary)
 
 
-def open_run(config: ExperimentConfig) -> OpenRun:
-    """Prepare the family (data, model, keys) and start the results directory."""
+def open_run(config: ExperimentConfig, checkpoint: Checkpoint | None = None) -> OpenRun:
+    """Prepare the family (data, model, keys) and start the results directory (or, when
+    resuming, cut its metrics back to the checkpoint's rounds)."""
     from strategies import FAMILIES
 
     strategy = FAMILIES.get(config.family)(config)
+    if checkpoint is not None and not strategy.resumable:
+        raise ConfigError(f"family={config.family} runs cannot be resumed yet")
     setup = strategy.prepare()
     out = RunDirectory(config.output_dir or default_output_dir(config))
     out.write_config(config.to_dict())
     out.write_json("clients.json", setup.clients)
-    out.start_metrics()
+    out.write_json("provenance.json", provenance())
+    out.start_metrics(checkpoint.history if checkpoint else [])
     log.info(
         "fedpriv: %s/%s on %s, %d clients, %d rounds -> %s",
         config.family,
@@ -106,7 +150,7 @@ def open_run(config: ExperimentConfig) -> OpenRun:
         config.rounds,
         out.path,
     )
-    return OpenRun(config, strategy, setup, out)
+    return OpenRun(config, strategy, setup, out, checkpoint)
 
 
 def summarize(

@@ -178,6 +178,8 @@ class ExperimentConfig:
     num_clients: int = 10
     rounds: int = 10
     seed: int = 0
+    #: Write ``checkpoint.pkl`` every this many rounds (0: never); resumable families only.
+    checkpoint_every: int = 1
     #: Results directory; None: ``outputs/<date>/<time>-<strategy>``.
     output_dir: str | None = None
     #: ``family=vertical``'s settings (``vertical.*``); None for other families.
@@ -222,8 +224,15 @@ _PLAIN: dict[str, type[Spec]] = {
     "train": TrainConfig,
     "telemetry": TelemetryConfig,
 }
-_SCALARS = {"num_clients": int, "rounds": int, "seed": int, "output_dir": str | None}
-_IGNORED = {"experiment", "hydra"}  # Hydra bookkeeping, not experiment settings
+_SCALARS = {
+    "num_clients": int,
+    "rounds": int,
+    "seed": int,
+    "checkpoint_every": int,
+    "output_dir": str | None,
+}
+# Hydra bookkeeping and the run's mode (resume=DIR), not experiment settings.
+_IGNORED = {"experiment", "hydra", "resume"}
 
 
 def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
@@ -308,6 +317,9 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
     rounds = values.get("rounds", ExperimentConfig.rounds)
     if isinstance(rounds, int) and rounds < 1:
         problems.append(f"rounds={rounds} must be >= 1")
+    every = values.get("checkpoint_every", ExperimentConfig.checkpoint_every)
+    if isinstance(every, int) and every < 0:
+        problems.append(f"checkpoint_every={every} must be >= 0 (0: no checkpoints)")
     if "strategy" in values and isinstance(num_clients, int) and num_clients >= 1:
         problems += [
             f"strategy.{field}={getattr(values['strategy'], field)!r} {rule}"
@@ -337,6 +349,12 @@ def deployment_problems(config: ExperimentConfig) -> list[str]:
             f"engine=deployment runs family=horizontal; family={config.family} needs keys "
             "and roles provisioned per party, which fedpriv's fleet tooling does not make "
             "yet: run it with engine=simulation"
+        )
+    local = config.privacy.local_dp()
+    if local is not None and not local.secure_noise:
+        out.append(
+            "privacy secure_noise=false draws DP noise from the run's seed, which anyone "
+            "holding the config can redraw and subtract: use secure_noise=true on a fleet"
         )
     if config.crypto.name != "none" and getattr(config.crypto, "keys_dir", None) is None:
         out.append(

@@ -2,10 +2,12 @@
 
 Layout of one run directory::
 
-    config.yaml     the resolved experiment config
-    clients.json    per-client sample counts and label histograms
-    metrics.jsonl   one JSON object per completed round
-    summary.json    the run's outcome (written last, atomically)
+    config.yaml      the resolved experiment config
+    provenance.json  package versions, Python, platform, git commit, command line
+    clients.json     per-client sample counts and label histograms
+    metrics.jsonl    one JSON object per completed round
+    checkpoint.pkl   the state after the latest checkpointed round (for resume)
+    summary.json     the run's outcome (written last, atomically)
 
 Every file is written whole (write to a temporary file, then rename), and each metrics
 line is appended with one write and flushed, so a killed run leaves readable files.
@@ -17,7 +19,7 @@ import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +61,19 @@ class RunDirectory:
     def write_json(self, name: str, payload: Any) -> None:
         write_atomic(self.path / name, json.dumps(payload, indent=2, default=_jsonable) + "\n")
 
-    def start_metrics(self) -> None:
-        write_atomic(self.metrics_path, "")
+    def start_metrics(self, rounds: Sequence[Mapping[str, Any]] = ()) -> None:
+        """A fresh ``metrics.jsonl``, holding ``rounds`` already done (a resumed run)."""
+        write_atomic(self.metrics_path, "".join(_line(r) for r in rounds))
 
     def append_round(self, record: Mapping[str, Any]) -> None:
-        line = json.dumps(record, default=_jsonable) + "\n"
         with self.metrics_path.open("a") as handle:
-            handle.write(line)
+            handle.write(_line(record))
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _line(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, default=_jsonable) + "\n"
 
 
 def _jsonable(value: Any) -> Any:

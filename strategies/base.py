@@ -13,8 +13,10 @@ above Flower's configure/aggregate hooks:
 * :meth:`Strategy.start` -- optional set-up before round 1 (default: nothing).
 * :meth:`Strategy.run` -- the template method that owns the loop: wait for the nodes,
   ``start``, then ``round`` and ``RunContext.end_round`` for each round until done or
-  the run must stop (a round's ``stop_reason``, or the privacy ledger's).
-  Families do not copy this loop.
+  the run must stop (a round's ``stop_reason``, or the privacy ledger's), with a
+  checkpoint every ``checkpoint_every`` rounds. Families do not copy this loop.
+* :meth:`Strategy.checkpoint_state` / :meth:`Strategy.restore_state` -- optional: the
+  server-side state a resumed run needs (families without them cannot be resumed).
 
 Shared machinery (node waiting, bytes, the round clock, rejecting bad replies,
 evaluation, results) lives in :class:`~fedpriv.runtime.context.RunContext`.
@@ -68,6 +70,8 @@ class Strategy(ABC):
     #: The family's own settings spec and its config key (e.g. ``vertical.*``), if any.
     settings: ClassVar[type[Spec] | None] = None
     settings_key: ClassVar[str] = ""
+    #: Whether the family checkpoints (implements checkpoint_state/restore_state).
+    resumable: ClassVar[bool] = False
 
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
@@ -93,17 +97,30 @@ class Strategy(ABC):
     def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
         """Run one round on the grid and report what it produced."""
 
+    def checkpoint_state(self) -> Any:
+        """The coordinator's state after a round, picklable (None: not resumable)."""
+        return None
+
+    def restore_state(self, state: Any) -> None:
+        """Take back what :meth:`checkpoint_state` returned; runs before :meth:`start`."""
+        raise NotImplementedError(f"family={self.family} cannot resume from a checkpoint")
+
     def run(self, grid: Grid, ctx: RunContext) -> list[dict[str, Any]]:
         """The coordinator's loop (template method); returns the per-round history."""
         try:
             ctx.wait_for_nodes(grid)
+            if ctx.checkpoint is not None:
+                self.restore_state(ctx.checkpoint.family_state)
             self.start(grid, ctx)
-            for server_round in range(1, self.config.rounds + 1):
+            if ctx.checkpoint is not None:
+                ctx.resume(grid)
+            for server_round in range(ctx.first_round, self.config.rounds + 1):
                 ctx.start_round(server_round)
                 report = self.round(server_round, grid, ctx)
                 ctx.end_round(report)
                 if ctx.stop_reason:
                     break
+                ctx.save_checkpoint(server_round, self.checkpoint_state())
         finally:
             ctx.close()
         return ctx.history

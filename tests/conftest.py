@@ -26,3 +26,12 @@ def make_config(tmp_path) -> Callable[..., ExperimentConfig]:
         return load_config(overrides=[*base, *overrides])
 
     return make
+
+
+@pytest.fixture
+def task_identity() -> None:
+    """Flower stamps messages with the running task's identity; give a test one."""
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID

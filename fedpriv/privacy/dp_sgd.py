@@ -28,9 +28,13 @@ from fedpriv.errors import ConfigError
 from fedpriv.privacy.accounting import ACCOUNTANTS, calibrated_noise, sample_rate
 from fedpriv.privacy.base import PRIVACY, PrivacySpec
 from fedpriv.registry import Spec
-from fedpriv.training import TrainStats, secret_seed
+from fedpriv.training import TrainStats, secret_seed, seed_for
 
 log = logging.getLogger("fedpriv")
+
+#: Mixed into a client's training seed for its noise (secure_noise=false), so the noise
+#: and the batch sampling draw from different streams.
+NOISE_STREAM = 1
 
 GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks", "functorch")
 
@@ -57,6 +61,10 @@ class DpSgd(PrivacySpec):
     budget_epsilon: float | None = None
     #: The run ends when fewer clients than this are still within budget.
     min_clients: int = 1
+    #: False: the noise is drawn from the run's seed, so a DP run repeats exactly (and
+    #: resumes exactly). Anyone holding the config could then redraw and subtract the
+    #: noise: research in simulation only; refused with engine=deployment.
+    secure_noise: bool = True
 
     def local_dp(self) -> DpSgd:
         return self
@@ -276,8 +284,10 @@ def train_dp_sgd(
         max_grad_norm=dp.max_grad_norm,
         poisson_sampling=True,
         grad_sample_mode=mode,
-        # Not from the run's seed: whoever holds the config could redraw and remove it.
-        noise_generator=torch.Generator().manual_seed(secret_seed()),
+        # From the run's seed only when asked: whoever holds the config could redraw it.
+        noise_generator=torch.Generator().manual_seed(
+            secret_seed() if dp.secure_noise else seed_for(seed, NOISE_STREAM)
+        ),
     )
     if mode == "ghost":
         private, optimizer, criterion, loader = made

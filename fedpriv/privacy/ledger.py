@@ -116,6 +116,21 @@ class ServerLedger:
     def enabled(self) -> bool:
         return self.local is not None or self.central is not None
 
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the ledger."""
+        return {
+            "epsilon_per_client": dict(self.epsilon_per_client),
+            "delta_per_client": dict(self.delta_per_client),
+            "exhausted": sorted(self.exhausted),
+            "releases": self.releases,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.epsilon_per_client = dict(state["epsilon_per_client"])
+        self.delta_per_client = dict(state["delta_per_client"])
+        self.exhausted = set(state["exhausted"])
+        self.releases = int(state["releases"])
+
     def client_reported(self, partition: int, metrics: Any) -> None:
         if "epsilon" in metrics:
             self.epsilon_per_client[partition] = float(metrics["epsilon"])

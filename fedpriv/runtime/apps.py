@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedpriv.errors import FedprivError
+from fedpriv.runtime.checkpoint import RESTORE, NodeStateMod, restore_node
 from fedpriv.runtime.context import RunContext
 from fedpriv.telemetry import DeviceMonitor
 from strategies.base import Handler, Strategy
@@ -54,12 +55,18 @@ def build_client_app(
     """A ClientApp routing each message type to the strategy's node-side handler.
 
     ``crypto_mods`` (from ``config.crypto.client_mods``, holding the clients' keys) run
-    outermost: they decrypt before anything else sees a message and encrypt last.
+    outermost: they decrypt before anything else sees a message and encrypt last. A
+    family that checkpoints gets :class:`NodeStateMod` outside the privacy mods, so the
+    node state it reports includes this round's accounting.
     """
     config = strategy.config
-    app = ClientApp(mods=[*crypto_mods, *config.privacy.client_mods(config)])
+    checkpoints = [NodeStateMod()] if strategy.resumable and config.checkpoint_every else []
+    app = ClientApp(mods=[*crypto_mods, *checkpoints, *config.privacy.client_mods(config)])
     threads, telemetry = config.engine.torch_threads, config.telemetry.device
-    for message_type, handler in strategy.client_handlers().items():
+    handlers = dict(strategy.client_handlers())
+    if checkpoints:
+        handlers[RESTORE] = restore_node
+    for message_type, handler in handlers.items():
         category, _, action = message_type.partition(".")
         if category not in ("train", "evaluate", "query"):
             raise ValueError(

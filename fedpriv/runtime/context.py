@@ -20,6 +20,15 @@ from fedpriv.config import ExperimentConfig
 from fedpriv.errors import SimulationError
 from fedpriv.privacy.ledger import ServerLedger
 from fedpriv.results import RunDirectory
+from fedpriv.runtime.checkpoint import (
+    RESTORE,
+    Checkpoint,
+    harvest,
+    random_states,
+    restore_message_content,
+    set_random_states,
+)
+from fedpriv.runtime.progress import Progress
 from fedpriv.runtime.records import payload_nbytes
 from fedpriv.telemetry import RoundPublisher
 
@@ -69,8 +78,11 @@ class RunContext:
         evaluate: Callable[[ArrayRecord], dict[str, float]] | None = None,
         initial_arrays: Callable[[], ArrayRecord] | None = None,
         server_key: bytes | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self.config = config
+        #: The checkpoint this run resumes from (None: a fresh run).
+        self.checkpoint = checkpoint
         #: The server's crypto context (parameters only: it cannot decrypt), if any.
         self.server_key = server_key
         self.out = out
@@ -80,15 +92,29 @@ class RunContext:
         self.stop_reason: str | None = None
         self.ledger = ServerLedger(config)
         self.started = time.perf_counter()
+        #: Each partition's node state as its node last reported it (for checkpoints).
+        self.node_states: dict[int, dict[str, dict[str, Any]]] = {}
+        if checkpoint is not None:
+            self.history = list(checkpoint.history)
+            self.ledger.restore(checkpoint.ledger)
+            self.node_states = dict(checkpoint.node_states)
+            self.started -= checkpoint.elapsed
         self._round_started = self.started
         self._bytes_up = self._bytes_down = 0
         self._rejected: list[dict[str, Any]] = []
         self._declined: list[dict[str, Any]] = []
         self.publisher = RoundPublisher(config.telemetry, out.path)
+        self.progress = Progress(config.rounds, done=len(self.history))
+
+    @property
+    def first_round(self) -> int:
+        """The round to run next: 1, or the one after the checkpoint's."""
+        return 1 if self.checkpoint is None else self.checkpoint.round + 1
 
     def close(self) -> None:
-        """Stop what the run serves (the Prometheus endpoint)."""
+        """Stop what the run serves (the Prometheus endpoint) and the progress bar."""
         self.publisher.close()
+        self.progress.close()
 
     # -- nodes and messages -------------------------------------------------
     def wait_for_nodes(self, grid: Grid) -> list[int]:
@@ -114,6 +140,7 @@ class RunContext:
         timeout = self.config.engine.round_timeout_s if timeout is None else timeout
         replies = exchange(grid, messages, timeout)
         self._bytes_up += sum(payload_nbytes(r.content) for r in replies if r.has_content())
+        harvest(replies, into=self.node_states)
         if len(replies) < len(messages):
             log.warning("round timed out: %d of %d replies", len(replies), len(messages))
         return replies
@@ -136,6 +163,42 @@ class RunContext:
         return self.send_and_receive(
             grid, messages, max(engine.round_timeout_s, engine.node_wait_s)
         )
+
+    # -- checkpoints ----------------------------------------------------------
+    def save_checkpoint(self, server_round: int, family_state: Any) -> None:
+        """Write ``checkpoint.pkl`` when ``checkpoint_every`` says this round is due;
+        ``family_state`` None: the family cannot checkpoint (nothing is written)."""
+        every = self.config.checkpoint_every
+        if family_state is None or not every or server_round % every:
+            return
+        Checkpoint(
+            round=server_round,
+            elapsed=time.perf_counter() - self.started,
+            history=self.history,
+            family_state=family_state,
+            ledger=self.ledger.state(),
+            node_states=self.node_states,
+            random_states=random_states(),
+        ).save(self.out.path)
+
+    def resume(self, grid: Grid) -> None:
+        """Before the first resumed round: give every node its state back, and set the
+        random generators to where the checkpoint left them."""
+        assert self.checkpoint is not None
+        if self.node_states:
+            content = restore_message_content(self.node_states)
+            nodes = list(grid.get_node_ids())
+            replies = self.first_contact(grid, nodes, RESTORE, content)
+            failed = [r for r in replies if r.has_error()]
+            if len(replies) < len(nodes) or failed:
+                reason = failed[0].error.reason if failed else "no reply"
+                raise SimulationError(
+                    f"{len(nodes) - len(replies) + len(failed)} of {len(nodes)} nodes did not "
+                    f"take their state back ({reason}); resuming without it would restart "
+                    "their privacy accounting"
+                )
+        set_random_states(self.checkpoint.random_states)
+        log.info("resumed after round %d of %d", self.checkpoint.round, self.config.rounds)
 
     def reject(self, reply: Message, reason: str) -> None:
         """Log and record a reply that will not be used; the round goes on."""
@@ -212,6 +275,7 @@ class RunContext:
         self.history.append(record)
         self.out.append_round(record)
         self.publisher.publish(record)
+        self.progress.update(record)
         self.stop_reason = report.stop_reason or self.ledger.stop_reason()
         if self.stop_reason:
             log.warning("stopping after round %d: %s", report.server_round, self.stop_reason)

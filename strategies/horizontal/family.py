@@ -9,14 +9,17 @@ server, or by a key holder when the server cannot read it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import strategy_utils
 from torch import nn
 
 from fedpriv.config import ExperimentConfig
@@ -33,6 +36,8 @@ from strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
 from strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
+#: Mixed into the run's seed for the server's client sampling.
+CLIENT_SAMPLING = 2
 
 log = logging.getLogger("fedpriv")
 
@@ -132,6 +137,7 @@ class Horizontal(Strategy):
 
     family = "horizontal"
     strategies = HORIZONTAL_STRATEGIES
+    resumable = True
 
     def __init__(self, config: ExperimentConfig) -> None:
         super().__init__(config)
@@ -144,6 +150,8 @@ class Horizontal(Strategy):
         self.arrays = ArrayRecord()
         self.aggregator: Aggregator | None = None
         self.planner = config.selection.planner()
+        #: Each node's partition (learned at warm-up), when clients are sampled.
+        self.partition_of: dict[int, int] | None = None
 
     @classmethod
     def config_problems(cls, config: ExperimentConfig) -> list[str]:
@@ -204,10 +212,20 @@ class Horizontal(Strategy):
         client = HorizontalClient(self.config)
         return {"train": client.train, "evaluate": client.evaluate, "query.ready": client.ready}
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The global model (ciphertexts under CKKS) and the Flower strategy with its own
+        state (FedAdam's moments, FedAvgM's momentum, a central-DP wrapper's clipping)."""
+        return {"arrays": self.arrays, "flower": self.flower}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.arrays, self.flower = state["arrays"], state["flower"]
+
     def start(self, grid: Grid, ctx: RunContext) -> None:
-        if self.config.selection.round_deadline_s is not None:
+        sampled = self.spec.sampled(self.config.num_clients) < self.config.num_clients
+        if self.config.selection.round_deadline_s is not None or sampled:
             self.warm_up(grid, ctx)
-        self.arrays = ctx.initial_arrays()
+        if not len(self.arrays):  # a resumed run already holds its global model
+            self.arrays = ctx.initial_arrays()
         self.aggregator = self.config.crypto.aggregator(
             self.flower,
             weight_key=self.weight_key,
@@ -219,18 +237,30 @@ class Horizontal(Strategy):
     def warm_up(self, grid: Grid, ctx: RunContext) -> None:
         """Start every node's ClientApp before round 1, so a round deadline measures
         the work, not the start-up (seconds in a simulation's first message); the
-        replies' timed probe steps are each device's first speed measurement."""
+        replies' timed probe steps are each device's first speed measurement, and
+        their partition IDs order the nodes for client sampling."""
         nodes = list(grid.get_node_ids())
         replies = ctx.first_contact(grid, nodes, "query.ready")
         self.planner.observe(replies)
-        ready = sum(not reply.has_error() for reply in replies)
-        log.info("%d of %d nodes ready before round 1", ready, len(nodes))
+        ready = [reply for reply in replies if not reply.has_error()]
+        log.info("%d of %d nodes ready before round 1", len(ready), len(nodes))
+        # Node IDs are random per run; sampling from them in partition order makes the
+        # same seed pick the same clients in every run.
+        self.partition_of = {
+            r.metadata.src_node_id: int(r.content.metric_records[METRICS]["partition-id"])  # type: ignore[arg-type]
+            for r in ready
+        }
 
     def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
         assert self.aggregator is not None, "start() runs before the first round"
-        messages = self.planner.plan(
-            list(self.flower.configure_train(server_round, self.arrays, ConfigRecord(), grid))
-        )
+        with seeded_sampling(self.config.seed, server_round):
+            ordered = (
+                grid if self.partition_of is None else PartitionOrderedGrid(grid, self.partition_of)
+            )
+            sent = self.flower.configure_train(
+                server_round, self.arrays, ConfigRecord(), cast(Grid, ordered)
+            )
+        messages = self.planner.plan(list(sent))
         replies = ctx.send_and_receive(grid, messages, self.config.selection.round_deadline_s)
         stragglers = self.planner.stragglers(messages, replies)
         if stragglers:
@@ -267,6 +297,39 @@ class Horizontal(Strategy):
             clients=[client_entry(reply) for reply in accepted],
             extra=extra,
         )
+
+
+@contextlib.contextmanager
+def seeded_sampling(seed: int, server_round: int) -> Iterator[None]:
+    """Flower's client sampling (``random.sample`` in its strategy utilities) from a
+    generator seeded by the run's seed and the round: the global ``random`` is also
+    drawn by Flower's heartbeat and retry threads, so it cannot repeat a run."""
+    rng = random.Random(seed_for(seed, CLIENT_SAMPLING, server_round))
+    original = strategy_utils.random
+    strategy_utils.random = rng  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        strategy_utils.random = original
+
+
+class PartitionOrderedGrid:
+    """The grid, listing its nodes in partition order for Flower's client sampling
+    (``random.sample`` over the list); everything else is the grid's own."""
+
+    def __init__(self, grid: Grid, partition_of: dict[int, int]) -> None:
+        self._grid = grid
+        self._partition_of = partition_of
+
+    def get_node_ids(self) -> list[int]:
+        unknown = len(self._partition_of)  # nodes that did not answer the warm-up: last
+        return sorted(
+            self._grid.get_node_ids(),
+            key=lambda node: (self._partition_of.get(node, unknown), node),
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
 
 
 def initial_arrays(config: ExperimentConfig, data: FederatedData) -> ArrayRecord:

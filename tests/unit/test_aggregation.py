@@ -15,13 +15,7 @@ from strategies.horizontal.aggregators import elementwise_absmax
 RNG = np.random.default_rng(7)
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Flower stamps messages with the running task's identity; give these tests one."""
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 SHAPES = {"w": (3, 4), "b": (4,)}
