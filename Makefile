@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO := 0
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint docs format bench studies clean
 
 # torch first, pinned to the CPU wheel; the constraint keeps every later step from
 # swapping it for a multi-GB CUDA build.
@@ -22,11 +22,16 @@ demo: $(STAMP)
 	$(BIN)/python -m benchmarks.centralized --out outputs/demo/centralized.json
 	$(BIN)/fedpriv report outputs/demo --out outputs/demo --reference centralized=outputs/demo/centralized.json
 
-test: $(STAMP) lint
+test: $(STAMP) lint docs
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	PATH=$(BIN):$$PATH .ci/lint
+
+# The documentation site (mkdocs.yml); --strict fails on any warning, e.g. a broken link.
+# The documentation site, built strictly (a broken link or reference fails) into build/site.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 PYTHONWARNINGS=ignore $(BIN)/mkdocs build --strict --quiet --site-dir build/site
 
 format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
@@ -43,6 +48,13 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.swarm --out outputs/bench/swarm.json
 	$(BIN)/python -m benchmarks.selection --out outputs/bench/selection.json
 	$(BIN)/python -m benchmarks.deployment --out outputs/bench/deployment.json
+
+# Every study preset in full (conf/experiment/), each a multirun with its report; hours
+# on a laptop. Not in CI (tests run each preset in a reduced form).
+studies: $(STAMP)
+	-command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ] && \
+	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || echo "Fashion-MNIST not installed: the unification study needs it")
+	$(BIN)/python -m experiments.studies --out outputs/studies
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache .hypothesis
