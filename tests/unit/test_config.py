@@ -145,3 +145,22 @@ def test_every_config_option_composes(group, option, tmp_path):
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
 def test_every_experiment_preset_composes(preset):
     assert isinstance(load_config(overrides=[f"+experiment={preset}"]), ExperimentConfig)
+
+
+def test_every_job_of_every_study_preset_composes_and_validates():
+    from experiments.studies import presets, sweep_points
+
+    names = presets()
+    assert {"dp_utility", "he_cost", "noniid", "unification", "batch_size",
+            "swarm_vs_fedavg", "replicate_vs_split"} <= set(names)  # fmt: skip
+    for name in names:
+        for point in sweep_points(name):
+            config = load_config([f"+experiment={name}", *point])
+            for override in point:
+                key, _, value = override.lstrip("+").partition("=")
+                if key == "unify":
+                    family = value.split("_")[0]
+                    assert config.family == family, (name, point)
+                elif key in ("model", "crypto", "partition", "strategy", "family"):
+                    chosen = config.family if key == "family" else getattr(config, key).name
+                    assert chosen == value, (name, point)
