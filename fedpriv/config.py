@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from fedpriv.adversary import ADVERSARIES, AdversarySpec, NoAdversary
 from fedpriv.crypto import CRYPTO, CryptoSpec, NoCrypto
 from fedpriv.data.datasets import DATASETS, DatasetSpec
 from fedpriv.data.partition import PARTITIONS, PartitionSpec
@@ -87,6 +88,8 @@ class EngineSpec(Spec):
     verbose: bool = False
     #: torch threads inside each client; None: torch's default (all its cores).
     torch_threads: int | None = 1
+    #: A reply with a payload over this many MB is rejected before anything reads it.
+    max_reply_mb: float = 512.0
 
     def client_cpus(self) -> int:
         """Cores one client may use (crypto worker processes, torch threads)."""
@@ -100,6 +103,8 @@ class EngineSpec(Spec):
             out.append(("node_wait_s", "must be > 0"))
         if self.torch_threads is not None and self.torch_threads < 1:
             out.append(("torch_threads", "must be >= 1 or null (torch's default)"))
+        if not self.max_reply_mb > 0:
+            out.append(("max_reply_mb", "must be > 0"))
         return out
 
 
@@ -172,12 +177,15 @@ class ExperimentConfig:
     train: TrainConfig = TrainConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     selection: SelectionSpec = dataclasses.field(default_factory=Uniform)
+    adversary: AdversarySpec = dataclasses.field(default_factory=NoAdversary)
     engine: EngineSpec = SimulationEngine()
     privacy: PrivacySpec = dataclasses.field(default_factory=NoPrivacy)
     crypto: CryptoSpec = dataclasses.field(default_factory=NoCrypto)
     num_clients: int = 10
     rounds: int = 10
     seed: int = 0
+    #: An attack to audit the run with when it ends (``audit.json``; docs/audit.md).
+    attack: str = "none"
     #: Write ``checkpoint.pkl`` every this many rounds (0: never); resumable families only.
     checkpoint_every: int = 1
     #: Results directory; None: ``outputs/<date>/<time>-<strategy>``.
@@ -219,12 +227,18 @@ _GROUPS: dict[str, Registry[Any]] = {
     "crypto": CRYPTO,
 }
 #: Groups a config may leave out (older results directories, plain mappings).
-_OPTIONAL_GROUPS: dict[str, tuple[Registry[Any], str]] = {"selection": (SELECTIONS, "uniform")}
+_OPTIONAL_GROUPS: dict[str, tuple[Registry[Any], str]] = {
+    "selection": (SELECTIONS, "uniform"),
+    "adversary": (ADVERSARIES, "none"),
+}
 _PLAIN: dict[str, type[Spec]] = {
     "train": TrainConfig,
     "telemetry": TelemetryConfig,
 }
+#: What ``attack=`` may name: the attacks of :mod:`fedpriv.attacks.runs`.
+ATTACKS = ("none", "membership", "gradient_inversion", "label_inference")
 _SCALARS = {
+    "attack": str,
     "num_clients": int,
     "rounds": int,
     "seed": int,
@@ -317,6 +331,9 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
     rounds = values.get("rounds", ExperimentConfig.rounds)
     if isinstance(rounds, int) and rounds < 1:
         problems.append(f"rounds={rounds} must be >= 1")
+    attack = values.get("attack", ExperimentConfig.attack)
+    if attack not in ATTACKS:
+        problems.append(f"attack={attack!r} is unknown; choose one of: {', '.join(ATTACKS)}")
     every = values.get("checkpoint_every", ExperimentConfig.checkpoint_every)
     if isinstance(every, int) and every < 0:
         problems.append(f"checkpoint_every={every} must be >= 0 (0: no checkpoints)")
@@ -329,6 +346,11 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
         raise ConfigError(problems)
     config = ExperimentConfig(**values)
     problems = deployment_problems(config) + FAMILIES.get(family).config_problems(config)
+    if config.adversary.name != "none" and family != "horizontal":
+        problems.append(
+            f"adversary={config.adversary.name} attacks family=horizontal updates; "
+            f"family={family} has no adversaries yet: use adversary=none"
+        )
     if problems:
         raise ConfigError(problems)
     return config

@@ -57,11 +57,19 @@ def build_client_app(
     ``crypto_mods`` (from ``config.crypto.client_mods``, holding the clients' keys) run
     outermost: they decrypt before anything else sees a message and encrypt last. A
     family that checkpoints gets :class:`NodeStateMod` outside the privacy mods, so the
-    node state it reports includes this round's accounting.
+    node state it reports includes this round's accounting. Attacking clients
+    (``adversary``) tamper with their update inside encryption, outside privacy.
     """
     config = strategy.config
     checkpoints = [NodeStateMod()] if strategy.resumable and config.checkpoint_every else []
-    app = ClientApp(mods=[*crypto_mods, *checkpoints, *config.privacy.client_mods(config)])
+    app = ClientApp(
+        mods=[
+            *crypto_mods,
+            *checkpoints,
+            *config.adversary.client_mods(config),
+            *config.privacy.client_mods(config),
+        ]
+    )
     threads, telemetry = config.engine.torch_threads, config.telemetry.device
     handlers = dict(strategy.client_handlers())
     if checkpoints:

@@ -40,9 +40,11 @@ log = logging.getLogger("fedpriv")
 PULL_INTERVAL_S = 0.05
 
 
-def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
-    """Push ``messages`` and pull their replies until all arrived or ``timeout`` passed."""
-    pending = set(grid.push_messages(messages))
+def exchange(grid: Grid, messages: list[Message], timeout: float) -> tuple[set[str], list[Message]]:
+    """Push ``messages`` and pull their replies until all arrived or ``timeout`` passed;
+    returns the sent messages' IDs and the replies."""
+    sent = set(grid.push_messages(messages))
+    pending = set(sent)
     deadline = time.monotonic() + timeout
     replies: list[Message] = []
     while pending:
@@ -52,7 +54,7 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Messag
         if not pending or time.monotonic() >= deadline:
             break
         time.sleep(PULL_INTERVAL_S)
-    return replies
+    return sent, replies
 
 
 @dataclasses.dataclass
@@ -138,12 +140,38 @@ class RunContext:
         messages = list(messages)
         self._bytes_down += sum(payload_nbytes(m.content) for m in messages)
         timeout = self.config.engine.round_timeout_s if timeout is None else timeout
-        replies = exchange(grid, messages, timeout)
-        self._bytes_up += sum(payload_nbytes(r.content) for r in replies if r.has_content())
+        sent, replies = exchange(grid, messages, timeout)
+        replies = self.screen(replies, sent)
         harvest(replies, into=self.node_states)
         if len(replies) < len(messages):
             log.warning("round timed out: %d of %d replies", len(replies), len(messages))
         return replies
+
+    def screen(self, replies: list[Message], sent: set[str]) -> list[Message]:
+        """Count every reply's bytes, and reject before any family reads it a reply to a
+        message not sent in this exchange (an old round's, say), a second reply to one
+        message, or a payload over ``engine.max_reply_mb``."""
+        limit = self.config.engine.max_reply_mb * 1e6
+        answered: set[str] = set()
+        kept = []
+        for reply in replies:
+            size = payload_nbytes(reply.content) if reply.has_content() else 0
+            self._bytes_up += size
+            to = reply.metadata.reply_to_message_id
+            if to not in sent:
+                self.reject(reply, f"reply to message {to}, which this exchange did not send")
+            elif to in answered:
+                self.reject(reply, f"duplicate reply to message {to}")
+            elif size > limit:
+                self.reject(
+                    reply,
+                    f"payload of {size / 1e6:.1f} MB exceeds engine.max_reply_mb="
+                    f"{self.config.engine.max_reply_mb:g}",
+                )
+            else:
+                answered.add(to)
+                kept.append(reply)
+        return kept
 
     def first_contact(
         self,

@@ -98,6 +98,8 @@ class HorizontalClient:
         data, model = self.model(msg)
         pid = partition_id(context)
         x, y = node_data(context, data)
+        if pid in cfg.adversary.attackers(cfg.num_clients, cfg.seed):
+            y = cfg.adversary.poison_labels(y, data.dataset.num_classes)
         settings = msg.content.config_records[CONFIG]
         server_round = int(settings["server-round"])  # type: ignore[arg-type]
         max_steps = settings.get(MAX_STEPS)
@@ -191,6 +193,7 @@ class Horizontal(Strategy):
             "num_examples": [len(p) for p in data.parts],
             "label_histograms": data.label_histograms(),
             "test_examples": len(data.dataset.y_test),
+            "adversaries": config.adversary.attackers(config.num_clients, config.seed),
         }
         return Setup(
             clients=clients,

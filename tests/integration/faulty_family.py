@@ -1,18 +1,36 @@
-"""A horizontal family whose clients misbehave on purpose, for rejection tests.
+"""A horizontal family whose clients misbehave on purpose, one way per partition, for
+rejection tests; partitions 7 and up train honestly.
 
-Partition 0 replies with NaN weights, partition 1 raises (Flower turns that into an
-error reply); the others train normally.
+0: NaN weights; 1: raises (Flower turns that into an error reply); 2: Inf weights;
+3: a weight of the wrong shape; 4: the wrong dtype; 5: no metrics record;
+6: a 2 MB junk array beside the model (oversized with engine.max_reply_mb=1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
 from strategies.base import Handler
 from strategies.horizontal import Horizontal, HorizontalClient
+
+
+def _each(arrays: ArrayRecord, change: Callable[[np.ndarray], np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(change(v.numpy())) for k, v in arrays.items()})
+
+
+BAD: dict[int, Callable[[RecordDict], RecordDict]] = {
+    0: lambda c: RecordDict({**c, "arrays": _each(c["arrays"], lambda v: np.full_like(v, np.nan))}),
+    2: lambda c: RecordDict({**c, "arrays": _each(c["arrays"], lambda v: np.full_like(v, np.inf))}),
+    3: lambda c: RecordDict({**c, "arrays": _each(c["arrays"], lambda v: v.reshape(-1)[:1])}),
+    4: lambda c: RecordDict({**c, "arrays": _each(c["arrays"], lambda v: v.astype(np.float64))}),
+    5: lambda c: RecordDict({"arrays": c["arrays"]}),
+    6: lambda c: RecordDict(
+        {**c, "junk": ArrayRecord({"junk": Array(np.zeros(500_000, np.float32))})}
+    ),
+}
 
 
 class FaultyClient(HorizontalClient):
@@ -21,11 +39,8 @@ class FaultyClient(HorizontalClient):
         if pid == 1:
             raise RuntimeError("simulated crash on partition 1")
         reply = super().train(msg, context)
-        if pid == 0:
-            arrays = reply.content["arrays"]
-            reply.content["arrays"] = ArrayRecord(
-                {k: Array(np.full(v.shape, np.nan, np.float32)) for k, v in arrays.items()}
-            )
+        if pid in BAD:
+            return Message(content=BAD[pid](reply.content), reply_to=msg)
         return reply
 
 

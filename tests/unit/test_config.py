@@ -130,7 +130,8 @@ def test_cnn_on_tabular_data_fails_before_the_engine_starts(tmp_path):
     ),
 )
 def test_every_config_option_composes(group, option, tmp_path):
-    overrides = [f"{group}={option}"]
+    # conf/unify/ holds the unification study's settings, added with +unify=...
+    overrides = [f"+{group}={option}" if group == "unify" else f"{group}={option}"]
     if (group, option) in (("data", "csv"), ("data", "npz")):
         overrides.append(f"data.path={tmp_path / 'file'}")
     family = {"splitnn": "vertical", "swarm": "swarm"}.get(option, "horizontal")
