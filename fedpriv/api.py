@@ -42,7 +42,7 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
         from fedpriv.deployment.submit import submit
 
         return submit(config)
-    return _simulate(config, checkpoint=None)
+    return audited(_simulate(config, checkpoint=None), config)
 
 
 def resume(run_dir: str | os.PathLike[str]) -> Result:
@@ -68,7 +68,20 @@ def resume(run_dir: str | os.PathLike[str]) -> Result:
     if checkpoint is None:
         log.warning("%s has no checkpoint: running it again from round 1", path)
     setup_logging()
-    return _simulate(config, checkpoint)
+    return audited(_simulate(config, checkpoint), config)
+
+
+def audited(result: Result, config: ExperimentConfig) -> Result:
+    """With ``attack`` set, audit the finished run: ``audit.json``, and its result
+    under ``audit`` in ``summary.json``."""
+    if config.attack == "none":
+        return result
+    from fedpriv.attacks.runs import audit_run
+
+    log.info("auditing the run: attack=%s", config.attack)
+    summary = {**result.summary, "audit": {config.attack: audit_run(result.run_dir, config.attack)}}
+    RunDirectory(result.run_dir).write_json("summary.json", summary)
+    return Result(result.run_dir, result.history, summary)
 
 
 def _simulate(config: ExperimentConfig, checkpoint: Checkpoint | None) -> Result:

@@ -1,9 +1,10 @@
-"""``fedpriv`` console script: ``run`` (Hydra overrides) and ``report``."""
+"""``fedpriv`` console script: ``run`` (Hydra overrides), ``report``, ``audit``, fleet commands."""
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from fedpriv import __version__
 USAGE = """fedpriv run [HYDRA OVERRIDES...]      run an experiment (e.g. strategy=fedavg data=wine)
 fedpriv report DIR... [--out DIR] [--markdown] [--by-group]
                                       table, report.csv and plots of finished runs
+fedpriv audit RUN --attack NAME       attack a finished run: membership,
+                                      gradient_inversion, label_inference
 fedpriv keys init --out DIR [--nodes N] [--host NAME]... [--preset ckks-128]
                                       a fleet's keys: TLS CA and server certificate,
                                       one SuperNode key per device, CKKS contexts
@@ -45,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             description="Table of finished runs; writes report.csv (one row per run × round) "
             "and PNG plots. Runs whose config.yaml differs only in seed (and output_dir) form "
             "a group, named by the config keys that vary between groups; plots show each "
-            "group's mean over seeds with a min–max band (docs/results.md).",
+            "group's mean over seeds with a min–max band. Runs with an audit.json (fedpriv "
+            "audit) also show the attacks' success: an 'attack' column, CSV columns and a "
+            "membership-AUC-vs-ε panel (docs/results.md).",
         )
         parser.add_argument("paths", nargs="+", help="run or sweep directories")
         parser.add_argument("--out", help="where report.csv and plots go (default: the first path)")
@@ -80,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         return 0
+    if command == "audit":
+        return _audit(rest)
     if command == "keys":
         return _keys(rest)
     if command == "partition":
@@ -89,11 +96,33 @@ def main(argv: list[str] | None = None) -> int:
 
         return (superlink if command == "superlink" else supernode)(rest)
     print(
-        f"error: unknown command {command!r}; choose one of: run, report, keys, partition, "
+        f"error: unknown command {command!r}; choose one of: run, report, audit, keys, partition, "
         f"superlink, supernode\n\n{USAGE}",
         file=sys.stderr,
     )
     return 2
+
+
+def _audit(argv: list[str]) -> int:
+    """``fedpriv audit RUN --attack NAME``: attack a finished run (docs/audit.md)."""
+    from fedpriv.attacks.runs import ATTACKS, audit_run
+    from fedpriv.errors import FedprivError
+
+    parser = argparse.ArgumentParser(
+        prog="fedpriv audit",
+        description="Measure what an attack recovers from a finished run; adds the "
+        "result to RUN/audit.json.",
+    )
+    parser.add_argument("run", help="a finished run directory")
+    parser.add_argument("--attack", required=True, choices=ATTACKS)
+    args = parser.parse_args(argv)
+    try:
+        result = audit_run(args.run, args.attack)
+    except FedprivError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({args.attack: result}, indent=2))
+    return 0
 
 
 def _keys(argv: list[str]) -> int:

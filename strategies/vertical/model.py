@@ -50,6 +50,19 @@ def from_sum(total: torch.Tensor, rule: str, parties: int) -> torch.Tensor:
     raise ValueError(f"merge={rule!r} cannot be computed from a sum; use sum or mean")
 
 
+def noisy_gradient(
+    grad: torch.Tensor, sigma: float, generator: torch.Generator
+) -> tuple[torch.Tensor, float | None]:
+    """The gradient the label owner returns for one embedding: ``grad`` plus Gaussian
+    noise of std. dev. ``sigma`` (``vertical.gradient_noise``), and the noise's norm
+    relative to the gradient's (None when ``sigma`` is 0). One function, so audits
+    (:mod:`fedpriv.attacks.label_inference`) attack exactly what parties receive."""
+    if sigma <= 0:
+        return grad, None
+    noise = torch.randn(grad.shape, generator=generator) * sigma
+    return grad + noise, float(noise.norm() / grad.norm().clamp_min(1e-12))
+
+
 def merged_width(settings: VerticalSettings) -> int:
     return settings.embedding_dim * (settings.parties if settings.merge == "concat" else 1)
 

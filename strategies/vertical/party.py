@@ -36,6 +36,7 @@ from strategies.vertical.model import (
     build_top,
     from_sum,
     merge,
+    noisy_gradient,
     optimizer,
     restore,
     save,
@@ -241,12 +242,10 @@ class VerticalParty:
         generator = torch.Generator().manual_seed(secret_seed())  # parties must not redraw it
         gradients, ratios = {}, []
         for name, leaf in zip(self.leaf_names(records), leaves, strict=True):
-            grad = leaf.grad
-            assert grad is not None
-            if sigma > 0:
-                noise = torch.randn(grad.shape, generator=generator) * sigma
-                ratios.append(float(noise.norm() / grad.norm().clamp_min(1e-12)))
-                grad = grad + noise
+            assert leaf.grad is not None
+            grad, ratio = noisy_gradient(leaf.grad, sigma, generator)
+            if ratio is not None:
+                ratios.append(ratio)
             gradients[name] = Array(grad.numpy().astype(np.float32))
         metrics = MetricRecord(
             {
