@@ -118,9 +118,10 @@ class Strategy(ABC):
                 ctx.start_round(server_round)
                 report = self.round(server_round, grid, ctx)
                 ctx.end_round(report)
+                last = bool(ctx.stop_reason) or server_round == self.config.rounds
+                ctx.save_checkpoint(server_round, self.checkpoint_state(), last=last)
                 if ctx.stop_reason:
                     break
-                ctx.save_checkpoint(server_round, self.checkpoint_state())
         finally:
             ctx.close()
         return ctx.history

@@ -193,11 +193,12 @@ class RunContext:
         )
 
     # -- checkpoints ----------------------------------------------------------
-    def save_checkpoint(self, server_round: int, family_state: Any) -> None:
-        """Write ``checkpoint.pkl`` when ``checkpoint_every`` says this round is due;
-        ``family_state`` None: the family cannot checkpoint (nothing is written)."""
+    def save_checkpoint(self, server_round: int, family_state: Any, last: bool = False) -> None:
+        """Write ``checkpoint.pkl`` when ``checkpoint_every`` says this round is due, and
+        after the ``last`` round (the final model, for audits); ``family_state`` None:
+        the family cannot checkpoint (nothing is written)."""
         every = self.config.checkpoint_every
-        if family_state is None or not every or server_round % every:
+        if family_state is None or not every or (server_round % every and not last):
             return
         Checkpoint(
             round=server_round,
