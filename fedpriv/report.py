@@ -16,7 +16,11 @@ from typing import Any
 
 from fedpriv import report_plots
 from fedpriv.report_runs import (
+    AUDITED_ATTACKS,
+    AttackSuccess,
     RunGroup,
+    attack_success,
+    attack_text,
     consensus_distance,
     final_epsilon,
     find_runs,
@@ -28,7 +32,10 @@ from fedpriv.results import Result, write_atomic
 
 __all__ = [
     "CSV_COLUMNS",
+    "AttackSuccess",
     "RunGroup",
+    "attack_notes",
+    "attack_success",
     "encryption",
     "final_epsilon",
     "find_runs",
@@ -45,7 +52,7 @@ __all__ = [
 CSV_COLUMNS = (
     "run", "family", "strategy", "dataset", "partition", "model", "num_clients", "seed",
     "round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "elapsed", "epsilon",
-    "group", "consensus_distance",
+    "group", "consensus_distance", "membership_auc", "inversion_mse", "label_inference_accuracy",
 )  # fmt: skip
 #: Round-record fields copied into ``report.csv`` as they are.
 ROUND_FIELDS = ("round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "elapsed")
@@ -66,8 +73,21 @@ def format_table(
     ``by_group``: one line per group of runs that differ only by seed instead, with the
     mean ± sample standard deviation (n − 1) of final accuracy and ε over its ``n`` runs,
     and the mean MB and seconds: the table a paper reports.
+
+    When some run has an ``audit.json``, a last column ``attack`` shows the audited
+    attacks' success (:func:`~fedpriv.report_runs.attack_text`; a group's is the mean over
+    its runs), ``-`` for runs without one.
     """
-    header, rows = _group_rows(group_runs(results)) if by_group else _run_rows(results)
+    groups = group_runs(results) if by_group else []
+    header, rows = _group_rows(groups) if by_group else _run_rows(results)
+    successes = {r.run_dir: attack_success(r) for r in results}
+    if any(s.audited for s in successes.values()):
+        members = [g.runs for g in groups] if by_group else [(r,) for r in results]
+        header = [*header, "attack"]
+        rows = [
+            [*row, attack_text([successes[r.run_dir] for r in runs]) or "-"]
+            for row, runs in zip(rows, members, strict=True)
+        ]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -146,6 +166,7 @@ def tidy_rows(results: Sequence[Result]) -> list[dict[str, object]]:
     rows = []
     for result in results:
         s = result.summary
+        attack = attack_success(result)
         for record in result.history:
             rows.append({
                 "run": run_label(result, results), "family": s["family"],
@@ -156,8 +177,28 @@ def tidy_rows(results: Sequence[Result]) -> list[dict[str, object]]:
                 "epsilon": round_epsilon(record),
                 "group": group_of[result.run_dir],
                 "consensus_distance": consensus_distance(record),
+                "membership_auc": attack.membership_auc,
+                "inversion_mse": attack.inversion_mse,
+                "label_inference_accuracy": attack.label_inference_accuracy,
             })  # fmt: skip
     return rows
+
+
+def attack_notes(results: Sequence[Result]) -> list[str]:
+    """Why audited attacks could not run: one line per attack and reason, naming up to
+    three runs (else how many), e.g. ``membership n/a for ckks/0, ckks/1: the server
+    holds ...``; the table's ``n/a`` cells point here."""
+    runs_of: dict[tuple[str, str], list[str]] = {}
+    for result in results:
+        for attack, reason in attack_success(result).reasons.items():
+            runs_of.setdefault((attack, reason), []).append(run_label(result, results))
+    notes = []
+    for attack in AUDITED_ATTACKS:
+        for (name, reason), runs in runs_of.items():
+            if name == attack:
+                which = ", ".join(runs) if len(runs) <= 3 else f"{len(runs)} runs"
+                notes.append(f"{attack} n/a for {which}: {reason}")
+    return notes
 
 
 def write_csv(results: Sequence[Result], path: Path) -> None:
@@ -183,6 +224,7 @@ def report(
     ``cost_utility.png``, ``per_client_epsilon.png`` and ``consensus.png`` when some run
     has what they show. ``references`` maps a label to a reference accuracy (e.g.
     centralized training), printed under the table and drawn on the accuracy plot.
+    Attacks audited (``audit.json``) but unable to run are explained under the table.
     ``by_group``: the table has one row per group of seeds (see :func:`format_table`).
     The returned text ends with ``wrote`` and every file written.
     """
@@ -199,5 +241,6 @@ def report(
     written += [target / name for name, plot in PLOTS if plot(groups, target / name)]
     lines = [format_table(results, markdown=markdown, by_group=by_group), ""]
     lines += [f"reference: {label} accuracy {acc:.4f}" for label, acc in (references or {}).items()]
+    lines += attack_notes(results)
     lines.append("wrote " + ", ".join(str(p) for p in written))
     return "\n".join(lines)

@@ -15,10 +15,12 @@ import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fedpriv.report_runs import (
     RunGroup,
+    attack_success,
+    attack_text,
     consensus_distance,
     epsilon_per_client,
     final_epsilon,
@@ -31,6 +33,8 @@ MAX_LEGEND = 12
 MAX_EPSILON_RUNS = 8
 #: Spread (largest / smallest) above which a cost axis is drawn on a log scale.
 LOG_SPREAD = 10.0
+#: Room added right of the largest ε for attack notes, as a fraction of the ε axis' decades.
+NOTE_ROOM = 0.3
 
 RoundValue = Callable[[Mapping[str, Any]], float | None]
 
@@ -67,30 +71,117 @@ def plot_accuracy(
 
 def plot_privacy_utility(groups: Sequence[RunGroup], path: Path) -> bool:
     """Final accuracy against ε spent, one point per group (mean over seeds, min–max error
-    bars); groups without DP as dashed lines at their mean accuracy. False when no run
-    used DP."""
+    bars); groups without DP as dashed lines at their mean accuracy. Beside each point (in
+    the legend for a line), the audited attacks' success (``audit.json``, mean over the
+    group's runs). When some run has a membership audit, a second panel: the calibrated
+    attack's AUC against ε, groups without DP at ``ε = ∞`` on the right. False when no
+    run used DP."""
     if all(final_epsilon(r) is None for g in groups for r in g.runs):
         return False
-    fig, ax = _figure((7, 4.5))
+    aucs = membership_points(groups)
+    if not aucs:
+        fig, ax = _figure((7, 4.5))
+    else:
+        fig = _figure_only((13, 4.5), layout="constrained")
+        panels = fig.add_gridspec(1, 2, width_ratios=(1, 1))
+        ax = fig.add_subplot(panels[0])
+    noted = False
     for i, group in enumerate(groups):
         points = [
             (eps, acc)
             for r in group.runs
             if (eps := final_epsilon(r)) is not None and (acc := _final_accuracy(r)) is not None
         ]
+        successes = [attack_success(r) for r in group.runs]
         if points:
-            _draw_point(ax, points, _colour(i), _name(group, len(points)))
+            at = _draw_point(ax, points, _colour(i), _name(group, len(points)))
+            noted |= _note(ax, attack_text(successes, sep="\n"), at, _colour(i), len(groups))
         elif accuracies := [a for r in group.runs if (a := _final_accuracy(r)) is not None]:
             label = f"{_name(group, len(accuracies))} (no DP)"
+            if text := attack_text(successes):  # in the legend: lines alike would overprint
+                label += f": {text}"
             mean = statistics.fmean(accuracies)
             ax.axhline(mean, linestyle="--", color=_colour(i), linewidth=0.8, label=label)
     _log_scale(ax, "x")
+    if noted:  # room on the right for the notes of the points at the largest ε
+        low, high = ax.get_xlim()
+        ax.set_xlim(low, high * (high / low) ** NOTE_ROOM)
     ax.set_xlabel("ε spent (largest client ε, or user-level ε)")
     ax.set_ylabel("final test accuracy")
     ax.set_title("Privacy–utility (dashed: no DP)" + _band_note(groups, "error bars"))
     ax.grid(alpha=0.3, which="both")
     _legend(ax, len(groups))
+    if aucs:
+        _draw_membership_panel(fig, panels[1], ax, aucs)
     _save(fig, path)
+    return True
+
+
+def membership_points(groups: Sequence[RunGroup]) -> list[tuple[int, list[tuple[float, float]]]]:
+    """Each group with a membership audit that ran: its index in ``groups`` and its runs'
+    (ε, calibrated AUC), ε = ``math.inf`` for runs without DP."""
+    found = []
+    for i, group in enumerate(groups):
+        points = [
+            (math.inf if (eps := final_epsilon(r)) is None else eps, auc)
+            for r in group.runs
+            if (auc := attack_success(r).membership_auc) is not None
+        ]
+        if points:
+            found.append((i, points))
+    return found
+
+
+def _draw_membership_panel(
+    fig: Any, spec: Any, eps_axis: Any, aucs: Sequence[tuple[int, list[tuple[float, float]]]]
+) -> None:
+    """Membership AUC against ε on ``eps_axis``'s ε scale, chance (0.5) dashed; groups
+    without DP on a narrow extra axis to the right, ticked ``ε = ∞``."""
+    unbounded = [(i, [a for e, a in points if math.isinf(e)]) for i, points in aucs]
+    unbounded = [(i, ys) for i, ys in unbounded if ys]
+    cells = spec.subgridspec(1, 2, width_ratios=(6, 1), wspace=0.04) if unbounded else None
+    ax = fig.add_subplot(cells[0] if cells else spec, sharex=eps_axis)
+    for i, points in aucs:
+        finite = [(e, a) for e, a in points if not math.isinf(e)]
+        _draw_point(ax, finite, _colour(i), None)
+    axes = [ax]
+    if cells is not None:
+        edge = fig.add_subplot(cells[1], sharey=ax)
+        for k, (i, ys) in enumerate(unbounded):
+            x = (k + 1) / (len(unbounded) + 1) - 0.5  # side by side, not on top
+            _draw_point(edge, [(x, y) for y in ys], _colour(i), None)
+        edge.set_xlim(-0.5, 0.5)
+        edge.set_xticks([0.0], ["ε = ∞"])
+        edge.tick_params(labelleft=False, left=False)
+        edge.spines["left"].set_linestyle((0, (2, 2)))
+        ax.spines["right"].set_visible(False)
+        edge.grid(alpha=0.3, axis="y")
+        axes.append(edge)
+    for each in axes:
+        each.axhline(0.5, linestyle="--", color="grey", linewidth=1)
+    ax.annotate(
+        "chance",
+        (0.01, 0.5),
+        xycoords=("axes fraction", "data"),
+        textcoords="offset points",
+        xytext=(0, 3),
+        fontsize="small",
+        color="grey",
+    )
+    ax.set_xlabel("ε spent")
+    ax.set_ylabel("membership attack AUC (calibrated)")
+    ax.set_title("Membership attack success against ε")
+    ax.grid(alpha=0.3, which="both")
+
+
+def _note(ax: Any, text: str, at: tuple[float, float] | None, colour: str, groups: int) -> bool:
+    """``text`` (the audited attacks' success) right of a group's point; left off when
+    there are more groups than a legend shows (notes would cover the data). Whether it
+    was drawn."""
+    if not text or at is None or groups > MAX_LEGEND:
+        return False
+    ax.annotate(text, at, textcoords="offset points", xytext=(7, 0), va="center",
+                fontsize="x-small", color=colour)  # fmt: skip
     return True
 
 
@@ -204,14 +295,18 @@ def _draw_rounds(ax: Any, group: RunGroup, value: RoundValue, colour: str) -> No
         ax.fill_between(rounds, lows, highs, color=colour, alpha=0.2, linewidth=0)
 
 
-def _draw_point(ax: Any, points: Sequence[tuple[float, float]], colour: str, label: str) -> None:
-    """One marker at the mean of ``points`` (x, y), error bars spanning their min–max."""
+def _draw_point(
+    ax: Any, points: Sequence[tuple[float, float]], colour: str, label: str | None
+) -> tuple[float, float] | None:
+    """One marker at the mean of ``points`` (x, y), error bars spanning their min–max;
+    returns the mean (None, nothing drawn, without points). ``label=None``: no legend entry."""
     if not points:
-        return
+        return None
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x, y = statistics.fmean(xs), statistics.fmean(ys)
     ax.errorbar([x], [y], xerr=_span(xs, x), yerr=_span(ys, y), fmt="o", color=colour,
                 capsize=3, label=label)  # fmt: skip
+    return x, y
 
 
 def _span(values: Sequence[float], mean: float) -> list[list[float]]:
@@ -291,17 +386,19 @@ def _figure(size: tuple[float, float]) -> tuple[Any, Any]:
     return fig, fig.subplots()
 
 
-def _figure_only(size: tuple[float, float]) -> Any:
+def _figure_only(size: tuple[float, float], layout: Literal["constrained"] | None = None) -> Any:
     """A bare matplotlib ``Figure``: no pyplot, so no global backend or figure list is
-    touched (safe inside notebooks and threads)."""
+    touched (safe inside notebooks and threads). ``layout="constrained"`` for nested
+    grids, which ``tight_layout`` spaces badly."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=size)
+    return Figure(figsize=size, layout=layout)
 
 
 def _save(fig: Any, path: Path) -> None:
     """Render to memory, then replace ``path`` whole (readers never see half a PNG)."""
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     write_atomic(path, buffer.getvalue())

@@ -1,5 +1,6 @@
 """Runs as ``fedpriv report`` reads them: where they are, which ones differ only by seed
-(a :class:`RunGroup`), and the per-round values the report tabulates and plots.
+(a :class:`RunGroup`), the per-round values the report tabulates and plots, and how well
+the audited attacks did (:class:`AttackSuccess`, from ``audit.json``).
 
 A sibling of :mod:`fedpriv.report` rather than a subpackage so that the wheel, whose
 ``pyproject.toml`` lists packages one by one, ships it without a packaging change.
@@ -11,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -223,3 +225,136 @@ def consensus_distance(record: Mapping[str, Any]) -> float | None:
     if value is None:
         value = record.get("consensus_distance")
     return None if value is None else float(value)
+
+
+#: What ``fedpriv audit`` (or ``attack=`` in the config) writes into a run directory.
+AUDIT_FILE = "audit.json"
+#: The audited attacks the report reads, in the order it shows them.
+AUDITED_ATTACKS = ("membership", "gradient_inversion", "label_inference")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSuccess:
+    """How well each audited attack did on one run, from its ``audit.json``.
+
+    A value is ``None`` when its attack was not audited, could not run (``reasons`` says
+    why) or did not measure it. ``audited`` names the attacks ``audit.json`` has.
+    """
+
+    #: ROC AUC of the calibrated (reference-model) membership attack: 0.5 is chance.
+    membership_auc: float | None = None
+    #: ROC AUC of the plain loss-threshold membership attack.
+    membership_loss_auc: float | None = None
+    #: The calibrated attack's TPR at 1 % FPR.
+    membership_tpr_at_1pct_fpr: float | None = None
+    #: Gradient inversion: mean squared error per input value of the reconstruction.
+    inversion_mse: float | None = None
+    #: Gradient inversion: whether the recovered label is the true one.
+    inversion_label_correct: bool | None = None
+    #: Label inference: the passive party's accuracy on the labels it inferred.
+    label_inference_accuracy: float | None = None
+    #: Label inference: what always guessing the majority class scores.
+    label_inference_chance: float | None = None
+    audited: tuple[str, ...] = ()
+    reasons: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def attack_success(result: Result) -> AttackSuccess:
+    """The run's audited attack success (``AttackSuccess()`` without ``audit.json``).
+
+    Attacks other than ``AUDITED_ATTACKS`` are ignored (a later fedpriv may add some);
+    an unreadable file raises ``ValueError`` naming it.
+    """
+    path = result.run_dir / AUDIT_FILE
+    if not path.is_file():
+        return AttackSuccess()
+    try:
+        audits = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} is not readable JSON ({error}); rerun `fedpriv audit` or remove it"
+        ) from error
+    if not isinstance(audits, Mapping):
+        raise ValueError(f"{path} holds {type(audits).__name__}, not an object keyed by attack")
+    audited = tuple(a for a in AUDITED_ATTACKS if isinstance(audits.get(a), Mapping))
+    reasons = {
+        attack: str(audits[attack].get("reason") or "no reason given")
+        for attack in audited
+        if not audits[attack].get("possible")
+    }
+
+    def ran(attack: str) -> Mapping[str, Any]:
+        return audits[attack] if attack in audited and attack not in reasons else {}
+
+    calibrated = _mapping(ran("membership").get("calibrated"))
+    inversion = ran("gradient_inversion")
+    inference = _mapping(ran("label_inference").get("inference"))
+    correct = inversion.get("label_correct")
+    return AttackSuccess(
+        membership_auc=_number(calibrated.get("auc")),
+        membership_loss_auc=_number(_mapping(ran("membership").get("loss_threshold")).get("auc")),
+        membership_tpr_at_1pct_fpr=_number(calibrated.get("tpr_at_1pct_fpr")),
+        inversion_mse=_number(inversion.get("mse")),
+        inversion_label_correct=None if correct is None else bool(correct),
+        label_inference_accuracy=_number(inference.get("accuracy")),
+        label_inference_chance=_number(inference.get("chance")),
+        audited=audited,
+        reasons=reasons,
+    )
+
+
+def attack_text(successes: Sequence[AttackSuccess], sep: str = "; ") -> str:
+    """The audited attacks' success, compactly: ``AUC 0.53; MSE 0.071, label ✓; label acc
+    0.91 (chance 0.10)``, attacks joined by ``sep``; ``AUC n/a`` for an attack that could
+    not run; ``""`` when none was audited.
+
+    ``successes`` are one run's or a group's: each value is the mean over the runs where
+    the attack ran (``label 2/3 ✓`` when the inverted label was right in some).
+    """
+    parts = []
+    for attack, describe in _DESCRIBE.items():
+        audited = [s for s in successes if attack in s.audited]
+        if audited:
+            parts.append(describe([s for s in audited if attack not in s.reasons]))
+    return sep.join(parts)
+
+
+def _describe_membership(ran: Sequence[AttackSuccess]) -> str:
+    return "AUC " + _mean_text([s.membership_auc for s in ran], ".2f")
+
+
+def _describe_inversion(ran: Sequence[AttackSuccess]) -> str:
+    text = "MSE " + _mean_text([s.inversion_mse for s in ran], ".2g")
+    correct = [c for s in ran if (c := s.inversion_label_correct) is not None]
+    if correct:
+        right = sum(correct)
+        mark = "✓" if right == len(correct) else "✗" if not right else f"{right}/{len(correct)} ✓"
+        text += f", label {mark}"
+    return text
+
+
+def _describe_label_inference(ran: Sequence[AttackSuccess]) -> str:
+    text = "label acc " + _mean_text([s.label_inference_accuracy for s in ran], ".2f")
+    chance = [c for s in ran if (c := s.label_inference_chance) is not None]
+    return text + (f" (chance {statistics.fmean(chance):.2f})" if chance else "")
+
+
+_DESCRIBE = {
+    "membership": _describe_membership,
+    "gradient_inversion": _describe_inversion,
+    "label_inference": _describe_label_inference,
+}
+
+
+def _mean_text(values: Iterable[float | None], spec: str) -> str:
+    """The mean of the values that are not ``None``, formatted; ``n/a`` when none are."""
+    present = [v for v in values if v is not None]
+    return format(statistics.fmean(present), spec) if present else "n/a"
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -4,22 +4,41 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 
 import pytest
 
 from fedpriv.cli import main as cli
-from fedpriv.report import CSV_COLUMNS, find_runs, format_table, group_runs, report
-from fedpriv.report_plots import MAX_EPSILON_RUNS, client_epsilons, plot_per_client_epsilon
+from fedpriv.report import (
+    CSV_COLUMNS,
+    AttackSuccess,
+    attack_success,
+    find_runs,
+    format_table,
+    group_runs,
+    report,
+)
+from fedpriv.report_plots import (
+    MAX_EPSILON_RUNS,
+    client_epsilons,
+    membership_points,
+    plot_per_client_epsilon,
+    plot_privacy_utility,
+)
+from fedpriv.report_runs import attack_text
 from fedpriv.results import Result, RunDirectory, read_metrics, write_atomic
 
 
 def fake_run(path, strategy="fedavg", accuracies=(0.5, 0.8), *, config=None, seed=0,
-             summary=None, record=None):  # fmt: skip
+             summary=None, record=None, audit=None):  # fmt: skip
     """A finished run directory as fedpriv.results writes it. ``config``: written as
     config.yaml (with ``seed`` and ``output_dir`` filled in); ``summary``: extra summary
-    fields; ``record(round)``: extra fields of that round's metrics line."""
+    fields; ``record(round)``: extra fields of that round's metrics line; ``audit``:
+    written as audit.json (attack name -> result, as ``fedpriv audit`` writes it)."""
     out = RunDirectory(path)
+    if audit is not None:
+        out.write_json("audit.json", audit)
     if config is not None:
         out.write_config({**config, "seed": seed, "output_dir": str(path)})
     out.start_metrics()
@@ -134,11 +153,11 @@ def test_result_load_needs_a_finished_run(tmp_path):
 # Seed groups, the tidy CSV's new columns, every plot and the per-group table.
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# report.csv's columns: the original sixteen in their order, then the two added ones.
+# report.csv's columns: the original sixteen in their order, then those added since.
 EXPECTED_COLUMNS = [
     "run", "family", "strategy", "dataset", "partition", "model", "num_clients", "seed",
     "round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "elapsed", "epsilon",
-    "group", "consensus_distance",
+    "group", "consensus_distance", "membership_auc", "inversion_mse", "label_inference_accuracy",
 ]  # fmt: skip
 SEEDS = (0, 1, 2)
 
@@ -382,3 +401,270 @@ def test_per_client_epsilon_names_every_run_and_plots_some(tmp_path):
     assert client_epsilons(plain) == []
     assert not plot_per_client_epsilon(plain, tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+# Attack success from audit.json: report.csv columns, the table's attack column, the
+# privacy-utility plot's notes and membership panel.
+
+# The per-run table's columns before attack success was added; they keep their order.
+RUN_TABLE_COLUMNS = ["run", "strategy", "data", "clients", "rounds", "accuracy", "loss", "ε",
+                     "HE", "MB up", "MB down", "s"]  # fmt: skip
+CKKS_REASON = "the server holds the global model only as CKKS ciphertexts"
+
+
+def membership_audit(auc, *, loss_auc=0.5, tpr=0.02):
+    """audit.json's "membership" entry as fedpriv.attacks.runs writes it."""
+
+    def result(attack, value, rate):
+        return {
+            "attack": attack,
+            "auc": value,
+            "tpr_at_1pct_fpr": rate,
+            "num_members": 100,
+            "num_nonmembers": 50,
+        }
+
+    return {
+        "possible": True,
+        "round": 3,
+        "loss_threshold": result("loss", loss_auc, 0.01),
+        "calibrated": result("calibrated", auc, tpr),
+    }
+
+
+def inversion_audit(mse, label_correct=True):
+    return {
+        "possible": True,
+        "reason": "",
+        "label": 3,
+        "label_correct": label_correct,
+        "mse": mse,
+        "gradient_distance": 1e-7,
+        "update": "plain SGD",
+        "mse_of_mean_guess": 0.09,
+    }
+
+
+def label_audit(accuracy, chance=0.1):
+    return {
+        "possible": True,
+        "inference": {"accuracy": accuracy, "chance": chance, "scored": 900, "known": 50},
+        "gradient_noise": 0.0,
+        "noise_ratio": 0.0,
+        "test_accuracy": 0.8,
+    }
+
+
+def impossible(reason):
+    return {"possible": False, "reason": reason}
+
+
+def dp_summary(epsilon):
+    return {"privacy": {"mode": "dp_sgd", "epsilon_max": epsilon, "user_level_epsilon": None}}
+
+
+def png_width(path):
+    """Pixel width from the PNG's IHDR chunk (bytes 16-20, big-endian)."""
+    return int.from_bytes(path.read_bytes()[16:20], "big")
+
+
+def audited_sweep(root):
+    """One run per kind of audit.json, plus one without; returns their directories."""
+    return {
+        "both": fake_run(
+            root / "both",
+            accuracies=(0.5, 0.7, 0.8),
+            audit={
+                "membership": membership_audit(0.53, loss_auc=0.51, tpr=0.04),
+                "gradient_inversion": inversion_audit(3e-12),
+            },
+        ),
+        "vertical": fake_run(root / "vertical", audit={"label_inference": label_audit(0.91)}),
+        "ckks": fake_run(
+            root / "ckks",
+            audit={
+                "membership": impossible(CKKS_REASON),
+                "gradient_inversion": impossible("encrypted"),
+            },
+        ),
+        "plain": fake_run(root / "plain"),
+    }
+
+
+def test_attack_success_reads_every_audited_attack(tmp_path):
+    runs = audited_sweep(tmp_path)
+    both = attack_success(Result.load(runs["both"]))
+    assert both == AttackSuccess(
+        membership_auc=0.53,
+        membership_loss_auc=0.51,
+        membership_tpr_at_1pct_fpr=0.04,
+        inversion_mse=3e-12,
+        inversion_label_correct=True,
+        audited=("membership", "gradient_inversion"),
+        reasons={},
+    )
+    vertical = attack_success(Result.load(runs["vertical"]))
+    assert (vertical.label_inference_accuracy, vertical.label_inference_chance) == (0.91, 0.1)
+    assert vertical.membership_auc is None and vertical.audited == ("label_inference",)
+    ckks = attack_success(Result.load(runs["ckks"]))
+    assert ckks.reasons == {"membership": CKKS_REASON, "gradient_inversion": "encrypted"}
+    assert ckks.membership_auc is None and ckks.inversion_mse is None
+    assert attack_success(Result.load(runs["plain"])) == AttackSuccess()
+    # attacks a later fedpriv may add are ignored; a broken file is named
+    (runs["plain"] / "audit.json").write_text('{"shadow_models": {"possible": true}}')
+    assert attack_success(Result.load(runs["plain"])).audited == ()
+    (runs["plain"] / "audit.json").write_text('{"membership": ')
+    with pytest.raises(ValueError, match=r"audit\.json is not readable JSON"):
+        attack_success(Result.load(runs["plain"]))
+
+
+def test_attack_text_summarizes_one_run_or_a_group():
+    run = AttackSuccess(
+        membership_auc=0.534,
+        inversion_mse=0.0712,
+        inversion_label_correct=True,
+        audited=("membership", "gradient_inversion"),
+    )
+    assert attack_text([run]) == "AUC 0.53; MSE 0.071, label ✓"
+    assert attack_text([run], sep="\n") == "AUC 0.53\nMSE 0.071, label ✓"
+    wrong = AttackSuccess(
+        membership_auc=0.6,
+        inversion_mse=0.0288,
+        inversion_label_correct=False,
+        audited=("membership", "gradient_inversion"),
+    )
+    failed = AttackSuccess(audited=("membership",), reasons={"membership": CKKS_REASON})
+    # a group: means over the runs where the attack ran, the CKKS run's n/a left out
+    assert attack_text([run, wrong, failed]) == "AUC 0.57; MSE 0.05, label 1/2 ✓"
+    assert attack_text([wrong]) == "AUC 0.60; MSE 0.029, label ✗"
+    assert attack_text([failed]) == "AUC n/a"
+    inferred = AttackSuccess(
+        label_inference_accuracy=0.905, label_inference_chance=0.1, audited=("label_inference",)
+    )
+    assert attack_text([inferred]) == "label acc 0.91 (chance 0.10)"
+    assert attack_text([AttackSuccess()]) == attack_text([]) == ""
+
+
+def test_audits_fill_the_csv_columns_on_every_round(tmp_path):
+    audited_sweep(tmp_path / "sweep")
+    report([tmp_path / "sweep"])
+    header, rows = read_csv(tmp_path / "sweep" / "report.csv")
+    assert header == EXPECTED_COLUMNS and tuple(header) == CSV_COLUMNS
+    new = ("membership_auc", "inversion_mse", "label_inference_accuracy")
+    by_run = {}
+    for row in rows:
+        by_run.setdefault(row["run"], set()).add(tuple(row[c] for c in new))
+    assert by_run == {
+        "both": {("0.53", "3e-12", "")},  # one value per run, on each of its 3 rounds
+        "vertical": {("", "", "0.91")},
+        "ckks": {("", "", "")},  # audited, but the attacks could not run
+        "plain": {("", "", "")},  # not audited
+    }
+    assert sum(r["run"] == "both" for r in rows) == 3
+
+
+def test_table_has_an_attack_column_and_says_why_not(tmp_path, capsys):
+    audited_sweep(tmp_path / "sweep")
+    text = report([tmp_path / "sweep"], markdown=True)
+    table, notes = text.split("\n\n")
+    rows = {row["run"]: row for row in table_rows(table)}
+    header = list(rows["both"])
+    assert header == [*RUN_TABLE_COLUMNS, "attack"]  # the earlier columns keep their order
+    assert {run: row["attack"] for run, row in rows.items()} == {
+        "both": "AUC 0.53; MSE 3e-12, label ✓",
+        "vertical": "label acc 0.91 (chance 0.10)",
+        "ckks": "AUC n/a; MSE n/a",
+        "plain": "-",
+    }
+    assert notes.splitlines()[:2] == [
+        f"membership n/a for ckks: {CKKS_REASON}",
+        "gradient_inversion n/a for ckks: encrypted",
+    ]
+    # plain text: the same cells; a report without audits has no attack column
+    assert (
+        format_table([Result.load(tmp_path / "sweep" / "both")])
+        .splitlines()[1]
+        .endswith("AUC 0.53; MSE 3e-12, label ✓")
+    )
+    plain = format_table([Result.load(tmp_path / "sweep" / "plain")], markdown=True)
+    assert "attack" not in table_rows(plain)[0] and "n/a" not in plain
+    # a broken audit.json stops the report with its path
+    (tmp_path / "sweep" / "plain" / "audit.json").write_text("[]")
+    assert cli(["report", str(tmp_path / "sweep")]) == 2
+    assert "audit.json holds list" in capsys.readouterr().err
+
+
+def test_by_group_attack_column_is_the_mean_over_seeds(tmp_path, capsys):
+    for seed, (auc, mse, correct) in enumerate([(0.52, 0.02, True), (0.56, 0.04, False)]):
+        fake_run(
+            tmp_path / "dp" / str(seed),
+            seed=seed,
+            summary=dp_summary(2.0 + seed),
+            config=config(privacy__name="dp_sgd"),
+            audit={
+                "membership": membership_audit(auc),
+                "gradient_inversion": inversion_audit(mse, correct),
+            },
+        )
+    fake_run(
+        tmp_path / "dp" / "2",
+        seed=2,
+        summary=dp_summary(2.5),
+        config=config(privacy__name="dp_sgd"),
+    )  # not audited: left out
+    fake_run(tmp_path / "none", config=config())
+    assert cli(["report", str(tmp_path), "--by-group", "--markdown"]) == 0
+    rows = {r["group"]: r for r in table_rows(capsys.readouterr().out.split("\n\n")[0])}
+    assert rows["privacy=dp_sgd"]["n"] == "3"
+    assert rows["privacy=dp_sgd"]["attack"] == "AUC 0.54; MSE 0.03, label 1/2 ✓"
+    assert rows["privacy=none"]["attack"] == "-"
+
+
+def test_privacy_utility_plot_gains_a_membership_panel(tmp_path):
+    root = tmp_path / "sweep"
+    for target, aucs in ((1.0, (0.51, 0.53)), (8.0, (0.58, 0.6))):
+        for seed, auc in enumerate(aucs):
+            fake_run(
+                root / f"eps{target}" / str(seed),
+                seed=seed,
+                config=config(privacy__name="dp_sgd", privacy__target_epsilon=target),
+                summary=dp_summary(target + seed),
+                audit={"membership": membership_audit(auc)},
+            )
+    fake_run(
+        root / "plain",
+        accuracies=(0.5, 0.9),
+        config=config(),
+        audit={"membership": membership_audit(0.7)},
+    )
+    fake_run(
+        root / "ckks",
+        config=config(crypto__name="ckks"),
+        audit={"membership": impossible(CKKS_REASON)},
+    )
+    text = report([root])
+    assert str(root / "privacy_utility.png") in text
+    assert_png(root / "privacy_utility.png")
+    groups = group_runs([Result.load(p) for p in find_runs([root])])
+    labels = [g.label for g in groups]
+    points = {labels[i]: sorted(xy) for i, xy in membership_points(groups)}
+    # DP groups at their runs' ε; the group without DP at ε = ∞; the CKKS run has no AUC
+    assert points == {
+        "privacy=dp_sgd crypto=none privacy.target_epsilon=1.0": [(1.0, 0.51), (2.0, 0.53)],
+        "privacy=dp_sgd crypto=none privacy.target_epsilon=8.0": [(8.0, 0.58), (9.0, 0.6)],
+        "privacy=none crypto=none": [(math.inf, 0.7)],
+    }
+    single = tmp_path / "single.png"  # the same runs without audits: one panel
+    for path in root.rglob("audit.json"):
+        path.unlink()
+    assert plot_privacy_utility(group_runs([Result.load(p) for p in find_runs([root])]), single)
+    assert png_width(root / "privacy_utility.png") > 1.5 * png_width(single)
+
+
+def test_audits_alone_do_not_make_a_privacy_utility_plot(tmp_path):
+    fake_run(tmp_path / "a", audit={"membership": membership_audit(0.6)})
+    fake_run(tmp_path / "b", "fedprox", audit={"gradient_inversion": inversion_audit(0.01)})
+    text = report([tmp_path])
+    assert not (tmp_path / "privacy_utility.png").exists()  # no DP: no ε axis to draw on
+    assert "privacy_utility.png" not in text
+    assert "AUC 0.60" in text and "MSE 0.01, label ✓" in text
