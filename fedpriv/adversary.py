@@ -88,11 +88,14 @@ class LabelFlip(AdversarySpec):
         return (num_classes - 1 - y).astype(y.dtype)
 
 
-@ADVERSARIES.register("sign_flip")
 @dataclasses.dataclass(frozen=True)
-class SignFlip(AdversarySpec):
-    #: How many times its own update an attacker sends, reversed.
+class Boosted(AdversarySpec):
+    """An attacker that sends ``direction × factor`` times its own update."""
+
+    #: How many times its own update an attacker sends.
     factor: float = 10.0
+    #: +1: boosted (``scale``); -1: reversed (``sign_flip``).
+    direction: ClassVar[int] = 1
     changes_update: ClassVar[bool] = True
 
     def problems(self) -> list[tuple[str, str]]:
@@ -102,24 +105,20 @@ class SignFlip(AdversarySpec):
         return out
 
     def tamper(self, global_state: State, local: State, rng: np.random.Generator) -> State:
-        return {k: global_state[k] - self.factor * (local[k] - global_state[k]) for k in local}
+        boost = self.direction * self.factor
+        return {k: global_state[k] + boost * (local[k] - global_state[k]) for k in local}
+
+
+@ADVERSARIES.register("sign_flip")
+@dataclasses.dataclass(frozen=True)
+class SignFlip(Boosted):
+    direction: ClassVar[int] = -1
 
 
 @ADVERSARIES.register("scale")
 @dataclasses.dataclass(frozen=True)
-class Scale(AdversarySpec):
-    #: How many times its own update an attacker sends.
-    factor: float = 10.0
-    changes_update: ClassVar[bool] = True
-
-    def problems(self) -> list[tuple[str, str]]:
-        out = super().problems()
-        if not self.factor > 0:
-            out.append(("factor", "must be > 0"))
-        return out
-
-    def tamper(self, global_state: State, local: State, rng: np.random.Generator) -> State:
-        return {k: global_state[k] + self.factor * (local[k] - global_state[k]) for k in local}
+class Scale(Boosted):
+    direction: ClassVar[int] = 1
 
 
 @ADVERSARIES.register("noise")
