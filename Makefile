@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.swarm --out outputs/bench/swarm.json
 	$(BIN)/python -m benchmarks.selection --out outputs/bench/selection.json
 	$(BIN)/python -m benchmarks.deployment --out outputs/bench/deployment.json
+	$(BIN)/python -m benchmarks.audit --out outputs/bench/audit.json
 
 # Every study preset in full (conf/experiment/), each a multirun with its report; hours
 # on a laptop. Not in CI (tests run each preset in a reduced form).

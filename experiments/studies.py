@@ -4,8 +4,9 @@
     python -m experiments.studies unification dp_utility --out outputs/studies
 
 Each study is one Hydra multirun (``python -m experiments.run -m +experiment=NAME``)
-into ``OUT/NAME``, then ``fedpriv report OUT/NAME``: report.csv, the plots, and the
-Markdown table in ``OUT/NAME/report.md``.
+into ``OUT/NAME``, then ``fedpriv report OUT/NAME --by-group --markdown``: report.csv,
+the plots, and the table (one row per setting, mean ± std over seeds) in
+``OUT/NAME/report.md``.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def run_study(name: str, out: Path) -> str:
         f"hydra.sweep.dir={target}",
     ]  # fmt: skip
     subprocess.run(command, check=True)
-    shown = report([target], out=target, markdown=True)
+    shown = report([target], out=target, markdown=True, by_group=True)
     command_line = f"python -m experiments.run -m +experiment={name}"
     write_atomic(target / "report.md", f"`{command_line}`\n\n{shown}\n")
     return shown
