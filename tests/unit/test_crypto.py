@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tenseal as ts
 from flwr.app import ArrayRecord, ConfigRecord
-from test_aggregation import SHAPES, client_models, reply, task_identity  # noqa: F401
+from test_aggregation import SHAPES, client_models, reply
 
 from fedpriv import ConfigError, load_config
 from fedpriv.cli import main as cli_main
@@ -18,6 +18,8 @@ from fedpriv.crypto.client import CkksClientMod
 from fedpriv.crypto.parallel import map_spans, map_spans_forked
 from fedpriv.crypto.records import Layout, is_encrypted, to_record
 from strategies.horizontal import HORIZONTAL_STRATEGIES
+
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 PARAMS = CkksParams(4096, (60, 49), 36)
 KEYS = make_keys(PARAMS)

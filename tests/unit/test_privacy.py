@@ -33,12 +33,7 @@ from fedpriv.training import evaluate
 ACCOUNTANT_CLASSES = {"rdp": RDPAccountant, "prv": PRVAccountant, "gdp": GaussianAccountant}
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def by_stepping(accountant: str, sigma: float, rate: float, steps: int, delta: float) -> float:
