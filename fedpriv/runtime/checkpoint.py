@@ -14,7 +14,9 @@ A checkpoint is a pickle: load only checkpoints your own runs wrote.
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
+import io
 import json
 import pickle
 import random
@@ -53,8 +55,16 @@ class Checkpoint:
     random_states: dict[str, Any]
 
     def save(self, run_dir: Path) -> None:
-        payload = {"format": FORMAT, **dataclasses.asdict(self)}
-        write_atomic(run_dir / CHECKPOINT_FILE, pickle.dumps(payload))
+        payload = {
+            "format": FORMAT,
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+        }
+        buffer = io.BytesIO()
+        pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        # Arrays that arrived over gRPC hold memoryviews (zero-copy), which pickle refuses.
+        pickler.dispatch_table = {**copyreg.dispatch_table, memoryview: _as_bytes}
+        pickler.dump(payload)
+        write_atomic(run_dir / CHECKPOINT_FILE, buffer.getvalue())
 
     @classmethod
     def load(cls, run_dir: Path) -> Checkpoint | None:
@@ -66,6 +76,10 @@ class Checkpoint:
         if payload.pop("format", None) != FORMAT:
             raise SimulationError(f"{path} was written by another fedpriv version (format)")
         return cls(**payload)
+
+
+def _as_bytes(view: memoryview) -> tuple[type[bytes], tuple[bytes]]:
+    return bytes, (view.tobytes(),)
 
 
 def random_states() -> dict[str, Any]:

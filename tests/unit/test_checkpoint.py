@@ -173,3 +173,20 @@ def test_checkpoints_are_written_when_due_and_after_the_last_round(make_config, 
     assert Checkpoint.load(tmp_path).round == 4
     ctx.save_checkpoint(4, None, last=True)  # a family that cannot checkpoint: nothing
     assert Checkpoint.load(tmp_path).family_state == {"model": 4}
+
+
+def test_a_checkpoint_keeps_arrays_that_arrived_as_memoryviews(tmp_path):
+    """Arrays received over gRPC (a deployed SuperLink) hold memoryviews."""
+    from flwr.app import Array, ArrayRecord
+
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    record = ArrayRecord({"w": Array(values)})
+    record["w"].data = memoryview(bytes(record["w"].data))
+    state = {"arrays": record}
+    Checkpoint(
+        round=1, elapsed=0.0, history=[], family_state=state, ledger={}, node_states={},
+        random_states={},
+    ).save(tmp_path)  # fmt: skip
+    loaded = Checkpoint.load(tmp_path)
+    assert loaded is not None
+    np.testing.assert_array_equal(loaded.family_state["arrays"]["w"].numpy(), values)
