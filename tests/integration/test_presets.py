@@ -1,6 +1,7 @@
 """Every study preset (conf/experiment/) runs to completion in a reduced form: one
-round, at most 3 clients, digits; the sweep's last job, and for the studies that
-compare families or partitions, the first as well. `make studies` runs them in full."""
+round, at most 3 clients, digits; the sweep's last job, and the first as well where
+the first runs another family (unification) or partition (replicate_vs_split).
+`make studies` runs them in full."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def jobs() -> list[tuple[str, list[str]]]:
     for name in presets():
         points = sweep_points(name)
         out.append((name, points[-1]))
-        if name in ("unification", "replicate_vs_split", "swarm_vs_fedavg"):
+        if name in ("unification", "replicate_vs_split"):  # a family, a partition apart
             out.append((name, points[0]))
     return out
 
