@@ -55,10 +55,7 @@ def resume(run_dir: str | os.PathLike[str]) -> Result:
     if (path / "summary.json").is_file():
         log.info("%s already finished; nothing to resume", path)
         return Result.load(path)
-    if not (path / "config.yaml").is_file():
-        raise ConfigError(f"resume={str(path)!r} is not a fedpriv run directory (no config.yaml)")
-    config = from_mapping(yaml.safe_load((path / "config.yaml").read_text()))
-    config = config.replace(output_dir=str(path))
+    config = run_config(path).replace(output_dir=str(path))
     if not isinstance(config.engine, SimulationEngine):
         raise ConfigError(
             f"resume={str(path)!r}: engine={config.engine.name} runs cannot be resumed yet; "
@@ -82,6 +79,14 @@ def audited(result: Result, config: ExperimentConfig) -> Result:
     summary = {**result.summary, "audit": {config.attack: audit_run(result.run_dir, config.attack)}}
     RunDirectory(result.run_dir).write_json("summary.json", summary)
     return Result(result.run_dir, result.history, summary)
+
+
+def run_config(run_dir: Path) -> ExperimentConfig:
+    """The validated config a run directory was made with (its ``config.yaml``)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not a fedpriv run directory (no config.yaml)")
+    return from_mapping(yaml.safe_load(path.read_text()))
 
 
 def _simulate(config: ExperimentConfig, checkpoint: Checkpoint | None) -> Result:

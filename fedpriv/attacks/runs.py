@@ -28,11 +28,12 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from torch import nn
 
+from fedpriv.api import run_config
 from fedpriv.attacks.inversion import Dlg, invert_update
 from fedpriv.attacks.label_inference import audit as label_audit
 from fedpriv.attacks.membership import calibrated, loss_threshold
 from fedpriv.config import ATTACKS as CONFIG_ATTACKS
-from fedpriv.config import ExperimentConfig, TrainConfig, from_mapping
+from fedpriv.config import ExperimentConfig, TrainConfig
 from fedpriv.crypto.records import Layout
 from fedpriv.data.federated import federate
 from fedpriv.errors import ConfigError
@@ -45,21 +46,12 @@ ATTACKS = tuple(name for name in CONFIG_ATTACKS if name != "none")
 AUDIT_FILE = "audit.json"
 
 
-def load_run_config(run_dir: Path) -> ExperimentConfig:
-    import yaml
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a fedpriv run directory (no config.yaml)")
-    return from_mapping(yaml.safe_load(path.read_text()))
-
-
 def audit_run(run_dir: str | os.PathLike[str], attack: str) -> dict[str, Any]:
     """Run ``attack`` on the run in ``run_dir``; its result is added to ``audit.json``."""
     if attack not in ATTACKS:
         raise ConfigError(f"attack={attack!r} is unknown; choose one of: {', '.join(ATTACKS)}")
     path = Path(run_dir)
-    config = load_run_config(path)
+    config = run_config(path)
     result = {"membership": membership, "gradient_inversion": gradient_inversion,
               "label_inference": label_inference}[attack](path, config)  # fmt: skip
     audit_file = path / AUDIT_FILE
@@ -93,8 +85,9 @@ def membership(run_dir: Path, config: ExperimentConfig) -> dict[str, Any]:
     shape, classes = data.dataset.input_shape, data.dataset.num_classes
     model = _model(config, shape, classes)
     model.load_state_dict(arrays.to_torch_state_dict())
-    members_x = np.concatenate([data.client(k)[0] for k in range(config.num_clients)])
-    members_y = np.concatenate([data.client(k)[1] for k in range(config.num_clients)])
+    parts = [data.client(k) for k in range(config.num_clients)]
+    members_x = np.concatenate([x for x, _ in parts])
+    members_y = np.concatenate([y for _, y in parts])
     test_x, test_y = data.dataset.x_test, data.dataset.y_test
     half = len(test_y) // 2  # non-member candidates | the reference models' pool
     nonmembers, pool = (test_x[:half], test_y[:half]), (test_x[half:], test_y[half:])

@@ -57,6 +57,16 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> tuple[set[s
     return sent, replies
 
 
+def not_answered(nodes: list[int], replies: list[Message]) -> tuple[int, str] | None:
+    """How many of ``nodes`` sent no reply or an error, and the first reason; None when
+    every node answered."""
+    failed = [reply for reply in replies if reply.has_error()]
+    if len(replies) >= len(nodes) and not failed:
+        return None
+    reason = str(failed[0].error.reason) if failed else "no reply"
+    return len(nodes) - len(replies) + len(failed), reason
+
+
 @dataclasses.dataclass
 class RoundReport:
     """What a family's round produced; the context adds bytes, seconds and rejections."""
@@ -218,13 +228,11 @@ class RunContext:
             content = restore_message_content(self.node_states)
             nodes = list(grid.get_node_ids())
             replies = self.first_contact(grid, nodes, RESTORE, content)
-            failed = [r for r in replies if r.has_error()]
-            if len(replies) < len(nodes) or failed:
-                reason = failed[0].error.reason if failed else "no reply"
+            if (unanswered := not_answered(nodes, replies)) is not None:
+                count, reason = unanswered
                 raise SimulationError(
-                    f"{len(nodes) - len(replies) + len(failed)} of {len(nodes)} nodes did not "
-                    f"take their state back ({reason}); resuming without it would restart "
-                    "their privacy accounting"
+                    f"{count} of {len(nodes)} nodes did not take their state back ({reason}); "
+                    "resuming without it would restart their privacy accounting"
                 )
         set_random_states(self.checkpoint.random_states)
         log.info("resumed after round %d of %d", self.checkpoint.round, self.config.rounds)

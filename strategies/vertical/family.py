@@ -25,6 +25,7 @@ from fedpriv.crypto import psi
 from fedpriv.crypto.embeddings import CkksEmbeddingSum
 from fedpriv.data.vertical import LABEL_OWNER, vertical_tables
 from fedpriv.errors import ConfigError, SimulationError
+from fedpriv.runtime.context import not_answered
 from fedpriv.runtime.records import Traffic, metric, payload_nbytes
 from strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
 from strategies.vertical.model import build_bottom, build_top, epoch_batches
@@ -261,12 +262,9 @@ class Vertical(Strategy):
         self, grid: Grid, ctx: RunContext, nodes: list[int], message_type: str, content: RecordDict
     ) -> dict[int, Message]:
         replies = ctx.first_contact(grid, nodes, message_type, content)
-        failed = [r for r in replies if r.has_error()]
-        if len(replies) < len(nodes) or failed:
-            reason = failed[0].error.reason if failed else "no reply"
-            raise PartyFailure(
-                f"{len(nodes) - len(replies) + len(failed)} node(s) failed {message_type}: {reason}"
-            )
+        if (unanswered := not_answered(nodes, replies)) is not None:
+            count, reason = unanswered
+            raise PartyFailure(f"{count} node(s) failed {message_type}: {reason}")
         by_party = self.identify(replies)
         for party, reply in by_party.items():
             self.traffic.down[party] += payload_nbytes(content)
