@@ -150,7 +150,7 @@ def open_run(config: ExperimentConfig, checkpoint: Checkpoint | None = None) -> 
     resuming, cut its metrics back to the checkpoint's rounds)."""
     from strategies import FAMILIES
 
-    strategy = FAMILIES.get(config.family)(config)
+    strategy = FAMILIES.get(config.family).create(config)
     if checkpoint is not None and not strategy.resumable:
         raise ConfigError(f"family={config.family} runs cannot be resumed yet")
     setup = strategy.prepare()

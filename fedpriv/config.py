@@ -183,6 +183,8 @@ class ExperimentConfig:
     crypto: CryptoSpec = dataclasses.field(default_factory=NoCrypto)
     num_clients: int = 10
     rounds: int = 10
+    #: Wall-clock seconds of training after which the run stops (None: no limit).
+    time_budget_s: float | None = None
     seed: int = 0
     #: An attack to audit the run with when it ends (``audit.json``; docs/audit.md).
     attack: str = "none"
@@ -241,6 +243,7 @@ _SCALARS = {
     "attack": str,
     "num_clients": int,
     "rounds": int,
+    "time_budget_s": float | None,
     "seed": int,
     "checkpoint_every": int,
     "output_dir": str | None,
@@ -331,6 +334,9 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
     rounds = values.get("rounds", ExperimentConfig.rounds)
     if isinstance(rounds, int) and rounds < 1:
         problems.append(f"rounds={rounds} must be >= 1")
+    budget = values.get("time_budget_s")
+    if budget is not None and not budget > 0:
+        problems.append(f"time_budget_s={budget} must be > 0 seconds, or null (no limit)")
     attack = values.get("attack", ExperimentConfig.attack)
     if attack not in ATTACKS:
         problems.append(f"attack={attack!r} is unknown; choose one of: {', '.join(ATTACKS)}")

@@ -9,7 +9,10 @@
 
 Real fleets are uneven by themselves. In simulation, ``device_profiles=heterogeneous``
 makes them so: client k runs ``speed_spread ** (k / (n - 1))`` times slower than client 0
-(it waits out the difference after training), so selection is testable on one machine.
+(it waits out the difference after training), so selection is testable on one machine;
+``one_slow`` makes only the last client ``speed_spread`` times slower (one straggler).
+A waiting client holds its simulation actor: give every client one
+(``engine.cpus_per_client`` = cores / clients) so slow clients do not queue fast ones.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ log = logging.getLogger("fedpriv")
 WORK_SECONDS = "work-seconds"
 #: The train config key capping a client's steps this round.
 MAX_STEPS = "max-steps"
-PROFILES = ("none", "heterogeneous")
+PROFILES = ("none", "heterogeneous", "one_slow")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +42,10 @@ class SelectionSpec(Spec):
 
     #: Seconds a round waits for replies; None: ``engine.round_timeout_s``.
     round_deadline_s: float | None = None
-    #: Simulation only: ``none`` (every client as fast as this machine) or ``heterogeneous``.
+    #: Simulation only: ``none`` (every client as fast as this machine),
+    #: ``heterogeneous`` (a geometric spread) or ``one_slow`` (the last client slow).
     device_profiles: str = "none"
-    #: Slowest over fastest client with ``device_profiles=heterogeneous``.
+    #: Slowest over fastest client with ``device_profiles`` heterogeneous or one_slow.
     speed_spread: float = 4.0
     #: SGD steps (on random inputs) each device times before round 1 when a deadline is
     #: set; a device never measured runs this many real steps in its first round.
@@ -66,6 +70,8 @@ class SelectionSpec(Spec):
         """How many times slower than this machine client ``partition_id`` runs."""
         if self.device_profiles == "none" or num_clients < 2:
             return 1.0
+        if self.device_profiles == "one_slow":
+            return self.speed_spread if partition_id == num_clients - 1 else 1.0
         return float(self.speed_spread ** (partition_id / (num_clients - 1)))
 
     def simulated_wait(self, partition_id: int, num_clients: int, train_seconds: float) -> float:

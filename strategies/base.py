@@ -77,6 +77,11 @@ class Strategy(ABC):
         self.config = config
 
     @classmethod
+    def create(cls, config: ExperimentConfig) -> Strategy:
+        """The family's strategy object for ``config`` (a family may pick a subclass)."""
+        return cls(config)
+
+    @classmethod
     def config_problems(cls, config: ExperimentConfig) -> list[str]:
         """Problems of the whole config for this family (checked before anything runs)."""
         return []
@@ -114,6 +119,7 @@ class Strategy(ABC):
             self.start(grid, ctx)
             if ctx.checkpoint is not None:
                 ctx.resume(grid)
+            ctx.start_clock()
             for server_round in range(ctx.first_round, self.config.rounds + 1):
                 ctx.start_round(server_round)
                 report = self.round(server_round, grid, ctx)

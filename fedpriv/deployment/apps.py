@@ -72,7 +72,7 @@ class DeployedClientApp(ClientApp):
         from strategies import FAMILIES
 
         config = config_from(context)
-        strategy: Any = FAMILIES.get(config.family)(config)
+        strategy: Any = FAMILIES.get(config.family).create(config)
         mods = []
         if config.crypto.name != "none":  # this device's secret key, from its own files
             keys_dir = context.node_config.get("keys-dir")

@@ -157,6 +157,19 @@ class RunContext:
             log.warning("round timed out: %d of %d replies", len(replies), len(messages))
         return replies
 
+    def push(self, grid: Grid, messages: list[Message]) -> list[str]:
+        """Send without waiting (asynchronous strategies); returns the message IDs."""
+        self._bytes_down += sum(payload_nbytes(m.content) for m in messages)
+        return list(grid.push_messages(messages))
+
+    def pull(self, grid: Grid, pending: set[str]) -> list[Message]:
+        """The replies to ``pending`` messages that arrived so far, screened."""
+        if not pending:
+            return []
+        replies = self.screen(list(grid.pull_messages(pending)), pending)
+        harvest(replies, into=self.node_states)
+        return replies
+
     def screen(self, replies: list[Message], sent: set[str]) -> list[Message]:
         """Count every reply's bytes, and reject before any family reads it a reply to a
         message not sent in this exchange (an old round's, say), a second reply to one
@@ -284,6 +297,22 @@ class RunContext:
         return {"accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}  # type: ignore[arg-type]
 
     # -- the round clock -------------------------------------------------------
+    def start_clock(self) -> None:
+        """Training starts now (after the nodes' start-up): ``elapsed`` and the time
+        budget count from here, continuing a resumed run's count."""
+        spent = self.checkpoint.elapsed if self.checkpoint is not None else 0.0
+        self.started = time.perf_counter() - spent
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def budget_reason(self) -> str | None:
+        """Why the run must stop for ``time_budget_s``, or None while time is left."""
+        budget = self.config.time_budget_s
+        if budget is None or self.elapsed() < budget:
+            return None
+        return f"time_budget_s={budget:g} reached after {self.elapsed():.1f} s of training"
+
     def start_round(self, server_round: int) -> None:
         self._round_started = time.perf_counter()
         self._bytes_up = self._bytes_down = 0
@@ -302,7 +331,7 @@ class RunContext:
             "bytes_up": self._bytes_up,
             "bytes_down": self._bytes_down,
             "seconds": time.perf_counter() - self._round_started,
-            "elapsed": time.perf_counter() - self.started,
+            "elapsed": self.elapsed(),
             "clients": report.clients,
             "rejected": self._rejected,
             "declined": self._declined,
@@ -313,7 +342,7 @@ class RunContext:
         self.out.append_round(record)
         self.publisher.publish(record)
         self.progress.update(record)
-        self.stop_reason = report.stop_reason or self.ledger.stop_reason()
+        self.stop_reason = report.stop_reason or self.ledger.stop_reason() or self.budget_reason()
         if self.stop_reason:
             log.warning("stopping after round %d: %s", report.server_round, self.stop_reason)
         acc = "n/a" if report.accuracy is None else f"{report.accuracy:.4f}"

@@ -33,9 +33,13 @@ from fedpriv.runtime.node import node_counter, node_data, partition_id
 from fedpriv.selection import MAX_STEPS, WORK_SECONDS
 from fedpriv.training import evaluate, seed_for
 from strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
+from strategies.horizontal.asynchronous import AsyncSpec, async_problems
 from strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
+#: Train config key: EASGD's elastic rate; the node keeps its own model (ELASTIC_MODEL).
+ELASTIC_RHO = "elastic-rho"
+ELASTIC_MODEL = "fedpriv.elastic"
 #: Mixed into the run's seed for the server's client sampling.
 CLIENT_SAMPLING = 2
 
@@ -103,6 +107,9 @@ class HorizontalClient:
         settings = msg.content.config_records[CONFIG]
         server_round = int(settings["server-round"])  # type: ignore[arg-type]
         max_steps = settings.get(MAX_STEPS)
+        rho = settings.get(ELASTIC_RHO)
+        if rho is not None:
+            pull_toward_center(model, context, float(rho))  # type: ignore[arg-type]
         started = time.perf_counter()
         stats, privacy_metrics = cfg.privacy.train(
             model,
@@ -116,6 +123,8 @@ class HorizontalClient:
         )
         # A simulated slow device (selection.device_profiles) waits out the difference.
         time.sleep(cfg.selection.simulated_wait(pid, cfg.num_clients, stats.seconds))
+        if rho is not None:
+            context.state[ELASTIC_MODEL] = ArrayRecord(model.state_dict())
         rounds_trained = node_counter(context, "rounds_trained")
         metrics = MetricRecord(
             {
@@ -145,10 +154,7 @@ class Horizontal(Strategy):
         super().__init__(config)
         self.spec = cast(HorizontalSpec, config.strategy)
         self.weight_key = config.privacy.weight_key()
-        self.flower = config.privacy.wrap_strategy(
-            self.spec.build(config.num_clients, weighted_by_key=self.weight_key),
-            self.spec.sampled(config.num_clients),
-        )
+        self.flower = self.flower_strategy()
         self.arrays = ArrayRecord()
         self.aggregator: Aggregator | None = None
         self.planner = config.selection.planner()
@@ -156,8 +162,27 @@ class Horizontal(Strategy):
         self.partition_of: dict[int, int] | None = None
 
     @classmethod
+    def create(cls, config: ExperimentConfig) -> Strategy:
+        """Horizontal, or AsyncHorizontal for an asynchronous strategy (``fedasync``...)."""
+        if isinstance(config.strategy, AsyncSpec):
+            from strategies.horizontal.async_family import AsyncHorizontal
+
+            return AsyncHorizontal(config)
+        return cls(config)
+
+    def flower_strategy(self) -> Any:
+        """The Flower strategy that samples clients and aggregates (privacy-wrapped)."""
+        config = self.config
+        return config.privacy.wrap_strategy(
+            self.spec.build(config.num_clients, weighted_by_key=self.weight_key),
+            self.spec.sampled(config.num_clients),
+        )
+
+    @classmethod
     def config_problems(cls, config: ExperimentConfig) -> list[str]:
         """Whether the privacy and crypto settings fit this strategy and client count."""
+        if isinstance(config.strategy, AsyncSpec):
+            return async_problems(config)
         privacy = [
             f"privacy.{field}={_get_path(config.privacy, field)!r} {rule}"
             for field, rule in config.privacy.problems_for(
@@ -224,8 +249,9 @@ class Horizontal(Strategy):
         self.arrays, self.flower = state["arrays"], state["flower"]
 
     def start(self, grid: Grid, ctx: RunContext) -> None:
+        selection = self.config.selection
         sampled = self.spec.sampled(self.config.num_clients) < self.config.num_clients
-        if self.config.selection.round_deadline_s is not None or sampled:
+        if selection.round_deadline_s is not None or sampled or selection.device_profiles != "none":
             self.warm_up(grid, ctx)
         if not len(self.arrays):  # a resumed run already holds its global model
             self.arrays = ctx.initial_arrays()
@@ -238,10 +264,11 @@ class Horizontal(Strategy):
         )
 
     def warm_up(self, grid: Grid, ctx: RunContext) -> None:
-        """Start every node's ClientApp before round 1, so a round deadline measures
-        the work, not the start-up (seconds in a simulation's first message); the
-        replies' timed probe steps are each device's first speed measurement, and
-        their partition IDs order the nodes for client sampling."""
+        """Start every node's ClientApp before round 1, so a round deadline (or a
+        simulated fleet's clock) measures the work, not the start-up (seconds in a
+        simulation's first message); the replies' timed probe steps are each device's
+        first speed measurement, and their partition IDs order the nodes for client
+        sampling."""
         nodes = list(grid.get_node_ids())
         replies = ctx.first_contact(grid, nodes, "query.ready")
         self.planner.observe(replies)
@@ -300,6 +327,20 @@ class Horizontal(Strategy):
             clients=[client_entry(reply) for reply in accepted],
             extra=extra,
         )
+
+
+def pull_toward_center(model: nn.Module, context: Context, rho: float) -> None:
+    """EASGD's elastic step on a node: its own model, moved ``rho`` of the way toward
+    the center ``model`` holds (on a node's first exchange, the center itself)."""
+    own = context.state.array_records.get(ELASTIC_MODEL)
+    if own is None:
+        return
+    center = model.state_dict()
+    pulled = {
+        name: torch.lerp(tensor, center[name], rho) if tensor.is_floating_point() else tensor
+        for name, tensor in own.to_torch_state_dict().items()
+    }
+    model.load_state_dict(pulled)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,231 @@
+"""The asynchronous driver of the horizontal family: no barrier between clients.
+
+Every node gets a train message as soon as it is idle (``grid.push_messages``); the
+server pulls whatever replies have arrived (``grid.pull_messages``) and hands each one
+to the strategy's rule (:mod:`strategies.horizontal.asynchronous`) in arrival order. A
+slow device therefore delays only its own updates, which arrive stale: the rule weighs
+them by how many model versions were applied since their base was sent.
+
+A "round" here is an evaluation point: ``updates_per_round`` updates applied (default
+one per client), after which the server evaluates the model while clients keep
+training. ``time_budget_s`` is checked after every update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from typing import Any, cast
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedpriv.config import ExperimentConfig
+from fedpriv.crypto.records import Layout
+from fedpriv.privacy.ledger import declined_reason
+from fedpriv.runtime.context import PULL_INTERVAL_S
+from fedpriv.runtime.records import check_update
+from fedpriv.training import seed_for
+from strategies.base import RoundReport, RunContext
+from strategies.horizontal.asynchronous import Arrival, AsyncSpec, ServerState
+from strategies.horizontal.family import (
+    ARRAYS,
+    CLIENT_SAMPLING,
+    CONFIG,
+    ELASTIC_RHO,
+    Horizontal,
+    client_entry,
+)
+
+log = logging.getLogger("fedpriv")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dispatch:
+    """A train message in flight: to which node, on which model version, since when."""
+
+    node: int
+    version: int
+    sent_at: float
+
+
+class AsyncHorizontal(Horizontal):
+    """FedAsync, FedBuff, EASGD and BMUF on Flower's grid, without a round barrier."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        super().__init__(config)
+        self.spec: AsyncSpec = cast(AsyncSpec, config.strategy)
+        self.state: ServerState | None = None
+        self.layout: Layout | None = None
+        #: Train messages in flight by message ID.
+        self.in_flight: dict[str, Dispatch] = {}
+        #: The model each in-flight version was (updates are measured from it).
+        self.bases: dict[int, np.ndarray] = {}
+        #: Nodes whose privacy budget is spent: they get no more work.
+        self.retired: set[int] = set()
+        #: Train messages sent so far (each one's training seed).
+        self.dispatched = 0
+        self.updates_applied = 0
+        self.dropped_stale = 0
+        self.rng = random.Random(seed_for(config.seed, CLIENT_SAMPLING))
+
+    def flower_strategy(self) -> Any:
+        return None  # the asynchronous rules are fedpriv's own (Flower has none)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The model, the rule's state and the counters. Updates in flight are not
+        kept: a resumed run sends every node fresh work."""
+        return {
+            "arrays": self.arrays,
+            "server": self.state,
+            "counters": (self.dispatched, self.updates_applied, self.dropped_stale),
+            "rng": self.rng.getstate(),
+        }
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.arrays, self.state = state["arrays"], state["server"]
+        self.dispatched, self.updates_applied, self.dropped_stale = state["counters"]
+        self.rng.setstate(state["rng"])
+
+    def start(self, grid: Grid, ctx: RunContext) -> None:
+        # Start every ClientApp first, so no update is stale by a node's start-up.
+        self.warm_up(grid, ctx)
+        if not len(self.arrays):
+            self.arrays = ctx.initial_arrays()
+        self.layout = Layout.of(self.arrays)
+        if self.state is None:
+            self.state = self.spec.start(self.layout.flatten(self.arrays), self.config.num_clients)
+        log.info(
+            "asynchronous %s: %d clients training at a time, %d updates between evaluations",
+            self.spec.name,
+            self.spec.sampled(self.config.num_clients),
+            self.spec.per_round(self.config.num_clients),
+        )
+
+    # -- sending -----------------------------------------------------------------
+    def idle_nodes(self, grid: Grid) -> list[int]:
+        """Nodes with no work in flight and budget left, in partition order."""
+        busy = {d.node for d in self.in_flight.values()} | self.retired
+        unknown = len(self.partition_of or {})
+        order = self.partition_of or {}
+        nodes = sorted(grid.get_node_ids(), key=lambda n: (order.get(n, unknown), n))
+        return [node for node in nodes if node not in busy]
+
+    def dispatch(self, grid: Grid, ctx: RunContext) -> None:
+        """Give idle nodes the current model, up to ``fraction_train`` of the fleet busy."""
+        assert self.state is not None and self.layout is not None
+        free = self.spec.sampled(self.config.num_clients) - len(self.in_flight)
+        idle = self.idle_nodes(grid)
+        if free <= 0 or not idle:
+            return
+        chosen = self.rng.sample(idle, min(free, len(idle)))
+        version = self.state.version
+        self.bases.setdefault(version, self.layout.flatten(self.arrays))
+        messages = []
+        for node in chosen:
+            self.dispatched += 1
+            settings: dict[str, Any] = {"server-round": self.dispatched}
+            if self.spec.elastic:
+                settings[ELASTIC_RHO] = self.spec.rate()  # type: ignore[attr-defined]
+            content = RecordDict({ARRAYS: self.arrays, CONFIG: ConfigRecord(settings)})
+            messages.append(
+                Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN)
+            )
+        now = time.monotonic()
+        for message_id, node in zip(ctx.push(grid, messages), chosen, strict=True):
+            self.in_flight[message_id] = Dispatch(node, version, now)
+
+    # -- receiving ---------------------------------------------------------------
+    def receive(self, reply: Message, ctx: RunContext) -> dict[str, Any] | None:
+        """Apply one reply; its line in the round record if the rule took it."""
+        assert self.state is not None and self.layout is not None
+        sent = self.in_flight.pop(reply.metadata.reply_to_message_id)
+        if (declined := declined_reason(reply)) is not None:
+            ctx.decline(reply, declined)
+            self.retired.add(sent.node)
+            return None
+        if (reason := check_update(reply, self.arrays, self.weight_key)) is not None:
+            ctx.reject(reply, reason)
+            return None
+        staleness = self.state.version - sent.version
+        if not self.spec.accepts(staleness):
+            self.dropped_stale += 1
+            log.info(
+                "dropped an update from node %d: %d versions old > max_staleness=%d",
+                sent.node,
+                staleness,
+                self.spec.max_staleness,
+            )
+            return None
+        local = self.layout.flatten(reply.content.array_records[ARRAYS])
+        arrival = Arrival(base=self.bases[sent.version], local=local, staleness=staleness)
+        if self.spec.receive(self.state, arrival):
+            self.arrays = self.layout.unflatten(self.state.model)
+        self.updates_applied += 1
+        return {
+            **client_entry(reply),
+            "staleness": staleness,
+            "staleness-weight": self.spec.weight(staleness),
+            "version": self.state.version,
+            "update": self.updates_applied,
+            "elapsed": ctx.elapsed(),
+        }
+
+    def forget_late(self) -> list[int]:
+        """Stop waiting for messages in flight longer than ``engine.round_timeout_s``;
+        their nodes get new work (a late reply to a forgotten message is never read)."""
+        limit = time.monotonic() - self.config.engine.round_timeout_s
+        late = [mid for mid, d in self.in_flight.items() if d.sent_at < limit]
+        nodes = sorted(self.in_flight.pop(mid).node for mid in late)
+        if nodes:
+            log.warning("no reply within engine.round_timeout_s from nodes %s", nodes)
+        return nodes
+
+    def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
+        target = self.spec.per_round(self.config.num_clients)
+        applied: list[dict[str, Any]] = []
+        dropped_before, stragglers = self.dropped_stale, []
+        stop_reason = None
+        while len(applied) < target:
+            self.dispatch(grid, ctx)
+            if not self.in_flight:
+                stop_reason = "no client is left to train (every budget is spent)"
+                break
+            replies = ctx.pull(grid, set(self.in_flight))
+            for reply in replies:
+                entry = self.receive(reply, ctx)
+                if entry is not None:
+                    applied.append(entry)
+            self.bases = {v: b for v, b in self.bases.items() if self.in_use(v)}
+            if (stop_reason := ctx.budget_reason()) is not None:
+                break
+            stragglers += self.forget_late()
+            if not replies:
+                time.sleep(PULL_INTERVAL_S)
+        assert self.state is not None
+        evaluation = ctx.evaluate(self.arrays, grid)
+        extra: dict[str, Any] = {
+            "updates": self.updates_applied,
+            "version": self.state.version,
+            "dropped_stale": self.dropped_stale - dropped_before,
+            "in_flight": len(self.in_flight),
+        }
+        if stragglers:
+            extra["stragglers"] = stragglers
+        return RoundReport(
+            server_round=server_round,
+            accuracy=evaluation["accuracy"],
+            loss=evaluation["loss"],
+            clients=applied,
+            extra=extra,
+            stop_reason=stop_reason,
+        )
+
+    def in_use(self, version: int) -> bool:
+        """Whether a message in flight was sent the model of ``version``."""
+        return version == self.state.version or any(  # type: ignore[union-attr]
+            d.version == version for d in self.in_flight.values()
+        )

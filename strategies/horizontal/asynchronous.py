@@ -1,0 +1,325 @@
+"""Asynchronous horizontal strategies: the server updates the model as replies arrive.
+
+Each strategy is a spec with a server rule on flat float64 model vectors; the driver
+(:mod:`strategies.horizontal.async_family`) keeps every client busy and feeds the rule
+the replies in arrival order, with no barrier between clients.
+
+* ``fedasync`` (Xie et al. 2019): every arrival is mixed into the model at once,
+  ``w ← (1 - α·s(τ))·w + α·s(τ)·x``, where τ (staleness) counts the model versions
+  applied since the client's base model was sent.
+* ``fedbuff`` (Nguyen et al. 2022): the server buffers ``buffer_size`` arrivals and
+  then steps ``w ← w + η·Σ s(τ_k)·Δ_k / K`` on the clients' updates Δ = x - base.
+* ``easgd`` (Zhang et al. 2015, asynchronous form): each client keeps its own model,
+  pulled ``rho`` of the way toward the center before it trains; the center moves
+  ``rho`` of the way toward each arriving client model.
+* ``bmuf`` (Chen & Huo 2016): the mean update of a block of arrivals is filtered with
+  block momentum, ``D ← m·D + ζ·G``, ``W ← W + D``; with Nesterov the clients start
+  from the look-ahead ``W + m·D``.
+
+``max_staleness`` drops older updates; ``delay_compensation`` λ corrects an update for
+the model's drift since its base, first order as DC-ASGD (Zheng et al. 2017) does for
+gradients: ``Δ ← Δ - λ·Δ⊙Δ⊙(w - base)`` (its diagonal ``Δ⊙Δ`` stands in for the
+Hessian). The correction costs the server one saved base model per version still in
+flight and three element-wise products per update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+
+from strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec
+
+STALENESS_FUNCTIONS = ("constant", "polynomial", "hinge")
+
+
+def staleness_weight(kind: str, staleness: int, a: float, b: int) -> float:
+    """The weight of an update ``staleness`` versions old (Xie et al.'s s(τ)): constant
+    1; polynomial ``(τ + 1)^-a``; hinge 1 up to ``b`` versions, then ``1 / (a(τ - b) + 1)``."""
+    if staleness < 0:
+        raise ValueError(f"staleness={staleness} must be >= 0")
+    if kind == "constant":
+        return 1.0
+    if kind == "polynomial":
+        return float((staleness + 1) ** -a)
+    if kind == "hinge":
+        return 1.0 if staleness <= b else 1.0 / (a * (staleness - b) + 1.0)
+    raise ValueError(f"staleness={kind!r} must be one of: {', '.join(STALENESS_FUNCTIONS)}")
+
+
+def compensate(update: np.ndarray, drift: np.ndarray, strength: float) -> np.ndarray:
+    """``update`` corrected first order for ``drift`` (current model - base model)."""
+    if strength == 0:
+        return update
+    return update - strength * update * update * drift
+
+
+@dataclasses.dataclass
+class Arrival:
+    """One client's update as the server applies it."""
+
+    base: np.ndarray  # the model the client started from
+    local: np.ndarray  # the model it sent back
+    staleness: int
+
+    @property
+    def update(self) -> np.ndarray:
+        return self.local - self.base
+
+
+@dataclasses.dataclass
+class ServerState:
+    """What an asynchronous server holds between arrivals."""
+
+    #: The model clients receive.
+    model: np.ndarray
+    #: Model versions applied so far (staleness is measured in these).
+    version: int = 0
+    #: Arrivals per model step (1: every arrival steps it).
+    block: int = 1
+    #: Arrivals waiting for the block to fill (fedbuff, bmuf).
+    buffer: list[Arrival] = dataclasses.field(default_factory=list)
+    #: BMUF: the block-level model W and its momentum D.
+    anchor: np.ndarray | None = None
+    momentum: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AsyncSpec(HorizontalSpec):
+    """Settings every asynchronous strategy shares.
+
+    ``fraction_train`` is the share of clients training at any time (FedBuff's
+    concurrency); the others wait idle until a running client's update arrives.
+    """
+
+    linear: ClassVar[bool] = False
+    #: Whether clients keep their own model between updates (EASGD).
+    elastic: ClassVar[bool] = False
+
+    #: Client updates applied between two evaluations (a "round"); None: num_clients.
+    updates_per_round: int | None = None
+    staleness: str = "constant"
+    #: Polynomial exponent, or the hinge's slope after ``staleness_b``.
+    staleness_a: float = 0.5
+    #: Versions the hinge lets through at full weight.
+    staleness_b: int = 4
+    #: Updates more versions old than this are dropped; None: none dropped.
+    max_staleness: int | None = None
+    #: λ of the first-order delay compensation (0: off).
+    delay_compensation: float = 0.0
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        if self.updates_per_round is not None and self.updates_per_round < 1:
+            out.append(("updates_per_round", "must be >= 1 or null (num_clients)"))
+        if self.staleness not in STALENESS_FUNCTIONS:
+            out.append(("staleness", f"must be one of: {', '.join(STALENESS_FUNCTIONS)}"))
+        if self.staleness_a < 0:
+            out.append(("staleness_a", "must be >= 0"))
+        if self.staleness_b < 0:
+            out.append(("staleness_b", "must be >= 0"))
+        if self.max_staleness is not None and self.max_staleness < 0:
+            out.append(("max_staleness", "must be >= 0 or null (keep every update)"))
+        if self.delay_compensation < 0:
+            out.append(("delay_compensation", "must be >= 0 (0: off)"))
+        return out
+
+    def per_round(self, num_clients: int) -> int:
+        return self.updates_per_round or num_clients
+
+    def weight(self, staleness: int) -> float:
+        return staleness_weight(self.staleness, staleness, self.staleness_a, self.staleness_b)
+
+    def accepts(self, staleness: int) -> bool:
+        return self.max_staleness is None or staleness <= self.max_staleness
+
+    def start(self, model: np.ndarray, num_clients: int) -> ServerState:
+        return ServerState(model=model.copy())
+
+    def receive(self, state: ServerState, arrival: Arrival) -> bool:
+        """Take one accepted arrival; True when the model changed (a new version)."""
+        raise NotImplementedError
+
+    def corrected(self, state: ServerState, arrival: Arrival) -> np.ndarray:
+        """The arrival's update, delay-compensated against the model it will change."""
+        return compensate(arrival.update, state.model - arrival.base, self.delay_compensation)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Mixing(AsyncSpec):
+    """Mix each arrival into the model at once, by a staleness-scaled rate."""
+
+    def rate(self) -> float:
+        raise NotImplementedError
+
+    def receive(self, state: ServerState, arrival: Arrival) -> bool:
+        mix = self.rate() * self.weight(arrival.staleness)
+        local = arrival.base + self.corrected(state, arrival)
+        state.model = (1.0 - mix) * state.model + mix * local
+        state.version += 1
+        return True
+
+
+@HORIZONTAL_STRATEGIES.register("fedasync")
+@dataclasses.dataclass(frozen=True)
+class FedAsync(_Mixing):
+    """Each arriving model mixed in at once, weighted by its staleness (Xie et al. 2019)."""
+
+    #: α, the mixing rate of a fresh update.
+    alpha: float = 0.6
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        if not 0 < self.alpha <= 1:
+            out.append(("alpha", "must be in (0, 1]"))
+        return out
+
+    def rate(self) -> float:
+        return self.alpha
+
+
+@HORIZONTAL_STRATEGIES.register("easgd")
+@dataclasses.dataclass(frozen=True)
+class Easgd(_Mixing):
+    """Elastic averaging: clients keep their models, tied to the center by ``rho``."""
+
+    elastic: ClassVar[bool] = True
+    #: The elastic moving rate per exchange (EASGD's α = ηρ): the share of the gap
+    #: between a client's model and the center each side closes.
+    rho: float = 0.1
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        if not 0 < self.rho <= 1:
+            out.append(("rho", "must be in (0, 1]"))
+        return out
+
+    def rate(self) -> float:
+        return self.rho
+
+
+@dataclasses.dataclass(frozen=True)
+class _Buffered(AsyncSpec):
+    """Step the model once every ``buffer_size`` arrivals (None: num_clients)."""
+
+    buffer_size: int | None = 5
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        if self.buffer_size is not None and self.buffer_size < 1:
+            out.append(("buffer_size", "must be >= 1"))
+        return out
+
+    def problems_for(self, num_clients: int) -> list[tuple[str, str]]:
+        if self.buffer_size is not None and self.buffer_size > num_clients:
+            return [
+                (
+                    "buffer_size",
+                    f"must be <= num_clients={num_clients} (each client has one update "
+                    "in flight at a time)",
+                )
+            ]
+        return []
+
+    def start(self, model: np.ndarray, num_clients: int) -> ServerState:
+        return ServerState(model=model.copy(), block=self.buffer_size or num_clients)
+
+    def receive(self, state: ServerState, arrival: Arrival) -> bool:
+        state.buffer.append(
+            dataclasses.replace(arrival, local=arrival.base + self.corrected(state, arrival))
+        )
+        if len(state.buffer) < state.block:
+            return False
+        weighted = [self.weight(a.staleness) * a.update for a in state.buffer]
+        mean = np.sum(weighted, axis=0) / len(weighted)
+        state.buffer = []
+        self.step(state, mean)
+        state.version += 1
+        return True
+
+    def step(self, state: ServerState, mean_update: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+@HORIZONTAL_STRATEGIES.register("fedbuff")
+@dataclasses.dataclass(frozen=True)
+class FedBuff(_Buffered):
+    """Buffered asynchronous aggregation (Nguyen et al. 2022): a server step every K
+    arrivals, on their staleness-weighted mean update."""
+
+    staleness: str = "polynomial"  # s(τ) = 1/sqrt(1 + τ), the paper's choice
+    #: η, the server's step size on the mean update.
+    server_lr: float = 1.0
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        if not self.server_lr > 0:
+            out.append(("server_lr", "must be > 0"))
+        return out
+
+    def step(self, state: ServerState, mean_update: np.ndarray) -> None:
+        state.model = state.model + self.server_lr * mean_update
+
+
+@HORIZONTAL_STRATEGIES.register("bmuf")
+@dataclasses.dataclass(frozen=True)
+class Bmuf(_Buffered):
+    """Blockwise model-update filtering (Chen & Huo 2016): block momentum on the mean
+    update of each block of ``buffer_size`` arrivals (null: num_clients)."""
+
+    buffer_size: int | None = None
+    block_momentum: float = 0.9
+    block_lr: float = 1.0
+    nesterov: bool = True
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        if not 0 <= self.block_momentum < 1:
+            out.append(("block_momentum", "must be in [0, 1)"))
+        if not self.block_lr > 0:
+            out.append(("block_lr", "must be > 0"))
+        return out
+
+    def start(self, model: np.ndarray, num_clients: int) -> ServerState:
+        state = super().start(model, num_clients)
+        state.anchor, state.momentum = model.copy(), np.zeros_like(model)
+        return state
+
+    def step(self, state: ServerState, mean_update: np.ndarray) -> None:
+        assert state.anchor is not None and state.momentum is not None
+        # G is the block's mean model minus the model its clients started from.
+        state.momentum = self.block_momentum * state.momentum + self.block_lr * mean_update
+        state.anchor = state.anchor + state.momentum
+        state.model = (
+            state.anchor + self.block_momentum * state.momentum if self.nesterov else state.anchor
+        )
+
+
+def async_problems(config: Any) -> list[str]:
+    """What an asynchronous strategy cannot be combined with (yet), and why."""
+    out = []
+    name = config.strategy.name
+    if config.crypto.name != "none":
+        out.append(
+            f"crypto={config.crypto.name} cannot run strategy={name}: an asynchronous server "
+            "scales the model it holds by every update's staleness weight, and each such "
+            "product uses up one level of a CKKS ciphertext's modulus chain; use crypto=none "
+            "(or a synchronous strategy: fedavg, fedprox, fedavgm)"
+        )
+    if config.privacy.central_dp() is not None:
+        out.append(
+            f"privacy={config.privacy.name} cannot run strategy={name}: central DP noises "
+            "one aggregate of a round's clients, and asynchronous updates arrive one at a "
+            "time; use privacy=dp_sgd (each client's own DP-SGD)"
+        )
+    local = config.privacy.local_dp()
+    if local is not None and local.target_epsilon is not None:
+        out.append(
+            f"privacy.target_epsilon cannot calibrate σ for strategy={name}: it plans "
+            "rounds × local_epochs of training per client, and an asynchronous client trains "
+            "as often as its speed allows; set privacy.noise_multiplier, and "
+            "privacy.budget_epsilon to cap each client's ε"
+        )
+    return out
