@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.selection --out outputs/bench/selection.json
 	$(BIN)/python -m benchmarks.deployment --out outputs/bench/deployment.json
 	$(BIN)/python -m benchmarks.audit --out outputs/bench/audit.json
+	$(BIN)/python -m benchmarks.async --out outputs/bench/async.json --plot outputs/bench/async.png
 
 # Every study preset in full (conf/experiment/), each a multirun with its report; hours
 # on a laptop. Not in CI (tests run each preset in a reduced form).

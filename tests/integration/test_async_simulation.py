@@ -7,6 +7,7 @@ import collections
 
 import pytest
 from opacus.accountants import PRVAccountant
+from test_simulation import check_run_directory
 
 from fedpriv import load_config, run
 
@@ -45,6 +46,7 @@ def test_asynchronous_servers_keep_updating_while_a_10x_slower_client_trains(
         [*FLEET, *strategy, "rounds=2", "strategy.updates_per_round=8", f"output_dir={tmp_path}"]
     )
     result = run(config)
+    check_run_directory(result, clients=3, rounds=2)
     applied = updates(result.history)
     per_client = collections.Counter(int(u["partition-id"]) for u in applied)
     # While the slow client trained once, the server applied several model versions
