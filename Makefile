@@ -28,7 +28,6 @@ test: $(STAMP) lint docs
 lint: $(STAMP)
 	PATH=$(BIN):$$PATH .ci/lint
 
-# The documentation site (mkdocs.yml); --strict fails on any warning, e.g. a broken link.
 # The documentation site, built strictly (a broken link or reference fails) into build/site.
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 PYTHONWARNINGS=ignore $(BIN)/mkdocs build --strict --quiet --site-dir build/site

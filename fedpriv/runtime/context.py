@@ -162,13 +162,16 @@ class RunContext:
         self._bytes_down += sum(payload_nbytes(m.content) for m in messages)
         return list(grid.push_messages(messages))
 
-    def pull(self, grid: Grid, pending: set[str]) -> list[Message]:
-        """The replies to ``pending`` messages that arrived so far, screened."""
+    def pull(self, grid: Grid, pending: set[str]) -> tuple[list[Message], set[str]]:
+        """The replies to ``pending`` messages that arrived so far, screened; and the IDs
+        of every message answered, screened out or not (none of them is pending now)."""
         if not pending:
-            return []
-        replies = self.screen(list(grid.pull_messages(pending)), pending)
+            return [], set()
+        arrived = list(grid.pull_messages(pending))
+        answered = {reply.metadata.reply_to_message_id for reply in arrived} & pending
+        replies = self.screen(arrived, pending)
         harvest(replies, into=self.node_states)
-        return replies
+        return replies, answered
 
     def screen(self, replies: list[Message], sent: set[str]) -> list[Message]:
         """Count every reply's bytes, and reject before any family reads it a reply to a

@@ -66,6 +66,8 @@ class AsyncHorizontal(Horizontal):
         self.bases: dict[int, np.ndarray] = {}
         #: Nodes whose privacy budget is spent: they get no more work.
         self.retired: set[int] = set()
+        #: Nodes whose reply failed this round: they wait for the next one (no retry loop).
+        self.benched: set[int] = set()
         #: Train messages sent so far (each one's training seed).
         self.dispatched = 0
         self.updates_applied = 0
@@ -108,7 +110,7 @@ class AsyncHorizontal(Horizontal):
     # -- sending -----------------------------------------------------------------
     def idle_nodes(self, grid: Grid) -> list[int]:
         """Nodes with no work in flight and budget left, in partition order."""
-        busy = {d.node for d in self.in_flight.values()} | self.retired
+        busy = {d.node for d in self.in_flight.values()} | self.retired | self.benched
         unknown = len(self.partition_of or {})
         order = self.partition_of or {}
         nodes = sorted(grid.get_node_ids(), key=lambda n: (order.get(n, unknown), n))
@@ -149,6 +151,7 @@ class AsyncHorizontal(Horizontal):
             return None
         if (reason := check_update(reply, self.arrays, self.weight_key)) is not None:
             ctx.reject(reply, reason)
+            self.benched.add(sent.node)
             return None
         staleness = self.state.version - sent.version
         if not self.spec.accepts(staleness):
@@ -189,20 +192,39 @@ class AsyncHorizontal(Horizontal):
         applied: list[dict[str, Any]] = []
         dropped_before, stragglers = self.dropped_stale, []
         stop_reason = None
+        self.benched = set()
+        patience = self.config.engine.round_timeout_s
+        last_update = time.monotonic()
         while len(applied) < target:
             self.dispatch(grid, ctx)
             if not self.in_flight:
-                stop_reason = "no client is left to train (every budget is spent)"
+                if self.benched:  # every client that could train failed this round
+                    log.warning("round %d: every reply failed; evaluating", server_round)
+                else:
+                    stop_reason = "no client is left to train (every budget is spent)"
                 break
-            replies = ctx.pull(grid, set(self.in_flight))
+            replies, answered = ctx.pull(grid, set(self.in_flight))
             for reply in replies:
                 entry = self.receive(reply, ctx)
                 if entry is not None:
                     applied.append(entry)
+                    last_update = time.monotonic()
+            for message_id in answered & set(self.in_flight):  # screened out by ctx.pull
+                self.benched.add(self.in_flight.pop(message_id).node)
             self.bases = {v: b for v, b in self.bases.items() if self.in_use(v)}
             if (stop_reason := ctx.budget_reason()) is not None:
                 break
             stragglers += self.forget_late()
+            if time.monotonic() - last_update > patience:
+                log.warning(
+                    "round %d: no usable update for engine.round_timeout_s=%g s; evaluating "
+                    "after %d of %d",
+                    server_round,
+                    patience,
+                    len(applied),
+                    target,
+                )
+                break
             if not replies:
                 time.sleep(PULL_INTERVAL_S)
         assert self.state is not None

@@ -163,10 +163,10 @@ class Horizontal(Strategy):
 
     @classmethod
     def create(cls, config: ExperimentConfig) -> Strategy:
-        """Horizontal, or AsyncHorizontal for an asynchronous strategy (``fedasync``...)."""
-        if isinstance(config.strategy, AsyncSpec):
-            from strategies.horizontal.async_family import AsyncHorizontal
+        """This family, or AsyncHorizontal for an asynchronous strategy (``fedasync``...)."""
+        from strategies.horizontal.async_family import AsyncHorizontal
 
+        if isinstance(config.strategy, AsyncSpec) and not issubclass(cls, AsyncHorizontal):
             return AsyncHorizontal(config)
         return cls(config)
 

@@ -15,6 +15,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
 from strategies.base import Handler
 from strategies.horizontal import Horizontal, HorizontalClient
+from strategies.horizontal.async_family import AsyncHorizontal
 
 
 def _each(arrays: ArrayRecord, change: Callable[[np.ndarray], np.ndarray]) -> ArrayRecord:
@@ -49,3 +50,12 @@ class FaultyHorizontal(Horizontal):
 
     def client_handlers(self) -> Mapping[str, Handler]:
         return {"train": FaultyClient(self.config).train}
+
+
+class FaultyAsyncHorizontal(AsyncHorizontal):
+    """The same misbehaving clients under an asynchronous strategy."""
+
+    family = "faulty_async"
+
+    def client_handlers(self) -> Mapping[str, Handler]:
+        return {**super().client_handlers(), "train": FaultyClient(self.config).train}

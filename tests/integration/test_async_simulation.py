@@ -7,9 +7,11 @@ import collections
 
 import pytest
 from opacus.accountants import PRVAccountant
+from test_resume import KILL_AFTER, kill_during_run
 from test_simulation import check_run_directory
 
-from fedpriv import load_config, run
+from fedpriv import load_config, resume, run
+from fedpriv.runtime.checkpoint import Checkpoint
 
 pytestmark = pytest.mark.simulation
 
@@ -66,6 +68,33 @@ def test_synchronous_fedavg_waits_for_the_slow_client_every_round(tmp_path) -> N
         assert sorted(int(c["partition-id"]) for c in record["clients"]) == [0, 1, SLOW]
 
 
+def test_bad_replies_are_rejected_and_the_others_keep_updating(tmp_path, register_for_test):
+    """faulty_family.py: partitions 0-6 each send one kind of bad reply, 7 and 8 are
+    honest. Each bad reply is rejected with its reason; a client whose reply failed gets
+    no new work until the next round, so the honest two make every update."""
+    import faulty_family
+
+    from strategies import FAMILIES
+
+    register_for_test(FAMILIES, "faulty_async", faulty_family.FaultyAsyncHorizontal)
+    config = load_config(
+        [
+            "family.name=faulty_async", "strategy=fedasync", "data=digits", "model=logreg",
+            "num_clients=9", "rounds=2", "strategy.updates_per_round=4",
+            "engine.max_reply_mb=1", f"output_dir={tmp_path}",
+        ]
+    )  # fmt: skip
+    result = run(config)
+    applied = updates(result.history)
+    assert len(applied) >= 8
+    assert {int(u["partition-id"]) for u in applied} == {7, 8}
+    rejected = [r for record in result.history for r in record["rejected"]]
+    # Round 1 rejects all seven; round 2 the ones whose second reply arrived in time.
+    assert 7 <= len(rejected) <= 14
+    first_round = sorted(r["reason"].split(":")[0] for r in result.history[0]["rejected"])
+    assert len(first_round) == 7 and first_round.count("client error") == 1
+
+
 def test_easgd_with_dp_sgd_accounts_every_local_step(tmp_path) -> None:
     sigma = 1.0
     config = load_config(
@@ -105,3 +134,29 @@ def test_bmuf_block_momentum_trains_through_blocks(tmp_path) -> None:
     assert history[-1]["version"] == history[-1]["updates"] // 2
     assert history[-1]["accuracy"] > history[0]["accuracy"] - 0.02
     assert result.final["accuracy"] > 0.8
+
+
+def test_a_killed_asynchronous_run_resumes_its_model_version_and_privacy_spent(tmp_path) -> None:
+    killed = tmp_path / "killed"
+    kill_during_run(
+        killed,
+        [
+            "data=digits", "model=logreg", "num_clients=2", "rounds=4", "strategy=fedbuff",
+            "strategy.buffer_size=2", "privacy=dp_sgd", "privacy.noise_multiplier=1.0",
+            "privacy.target_epsilon=null",
+        ],
+    )  # fmt: skip
+    checkpoint = Checkpoint.load(killed)
+    assert checkpoint is not None and checkpoint.round == KILL_AFTER
+    result = resume(killed)
+    history = result.history
+    assert [r["round"] for r in history] == [1, 2, 3, 4]
+    applied = updates(history)
+    # The update count and the model version go on from the checkpoint's.
+    assert [u["update"] for u in applied] == list(range(1, len(applied) + 1))
+    versions = [r["version"] for r in history]
+    assert versions == sorted(versions) and versions[KILL_AFTER] > versions[KILL_AFTER - 1]
+    # Each client's accountant was given back: ε goes on growing from what was spent.
+    for partition in ("0", "1"):
+        spent = [r["privacy"]["epsilon_per_client"][partition] for r in history]
+        assert spent[-1] > spent[KILL_AFTER - 1] > 0

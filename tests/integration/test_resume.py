@@ -48,11 +48,11 @@ def participants(record: dict) -> list[tuple[int, int]]:
     return sorted((c["partition-id"], c["rounds-trained"]) for c in record["clients"])
 
 
-def kill_during_run(run_dir: Path) -> None:
+def kill_during_run(run_dir: Path, overrides: list[str] = OVERRIDES) -> None:
     """The experiment in a new process group, SIGKILLed after its round-2 checkpoint."""
     here = Path(__file__).parent
     command = [
-        sys.executable, str(here / "killed_run.py"), *OVERRIDES, f"hydra.run.dir={run_dir}",
+        sys.executable, str(here / "killed_run.py"), *overrides, f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
     env = {**os.environ, "KILL_AFTER": str(KILL_AFTER), "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run(
