@@ -11,7 +11,8 @@ accuracy, and the time it first reached A as a ratio of T (the target for FedBuf
 10x spread: at most 0.6). ``--plot`` draws accuracy against seconds and against
 updates applied.
 
-    python -m benchmarks.async [--clients 8] [--spreads 4 10] [--rounds 8] [--out F.json] [--plot F.png]
+    python -m benchmarks.async [--clients 8] [--spreads 4 10] [--rounds 8]
+        [--out F.json] [--plot F.png]
 """
 
 from __future__ import annotations
