@@ -118,3 +118,38 @@ def test_a_supernode_killed_mid_run_leaves_the_run_to_finish_on_the_rest(tmp_pat
     assert len(history[0]["clients"]) == 3
     assert sorted(c["partition-id"] for c in history[1]["clients"]) == [0, 1]
     assert all(r["accuracy"] is not None for r in history)
+
+
+def test_fedbuff_keeps_updating_on_a_fleet_after_a_supernode_dies(tmp_path: Path) -> None:
+    """The asynchronous loop on a real SuperLink (push and pull over gRPC): with one
+    SuperNode killed after round 1, the other two make every later update."""
+    out = tmp_path / "run"
+    with LocalFleet(tmp_path, nodes=3) as fleet:
+        run = fedpriv_run(
+            [
+                *BASE,
+                *fleet.engine_overrides(),
+                "strategy=fedbuff",
+                "strategy.buffer_size=2",
+                "rounds=3",
+                "engine.round_timeout_s=10",
+                f"hydra.run.dir={out}",
+            ]
+        )
+        deadline = time.monotonic() + 300
+        while not read_metrics(out / "metrics.jsonl"):
+            assert run.poll() is None, run.communicate()[0]
+            assert time.monotonic() < deadline, "round 1 never finished"
+            time.sleep(0.2)
+        fleet.nodes[2].kill()
+        output, _ = run.communicate(timeout=600)
+        assert run.returncode == 0, output
+        pids = fleet.pids()
+    assert all(gone(pid) for pid in pids)
+
+    history = read_metrics(out / "metrics.jsonl")
+    assert len(history) == 3 and all(r["accuracy"] is not None for r in history)
+    # An update of the dead node's may still land early in round 2; none after that.
+    assert {c["partition-id"] for c in history[2]["clients"]} <= {0, 1}
+    assert len(history[2]["clients"]) >= 3
+    assert history[-1]["version"] > history[0]["version"]
