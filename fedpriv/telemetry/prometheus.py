@@ -39,7 +39,7 @@ _ROUND_GAUGES = {
     "accuracy": ("fedpriv_accuracy", "Global model accuracy on the held-out test split."),
     "loss": ("fedpriv_loss", "Global model loss on the held-out test split."),
     "seconds": ("fedpriv_round_seconds", "Wall-clock seconds of the latest round."),
-    "elapsed": ("fedpriv_elapsed_seconds", "Seconds since the ServerApp started."),
+    "elapsed": ("fedpriv_elapsed_seconds", "Seconds of training since round 1 began."),
 }
 
 
