@@ -89,49 +89,16 @@ def test_two_rounds_of_dp_fedavg_under_ckks_on_a_tls_fleet(tmp_path: Path) -> No
     assert "SuperNode authentication is disabled" not in superlink_log
 
 
-def test_a_supernode_killed_mid_run_leaves_the_run_to_finish_on_the_rest(tmp_path: Path) -> None:
+def run_killing_a_node_after_round_1(tmp_path: Path, overrides: list[str]) -> list[dict]:
+    """Run on a 3-node fleet, kill SuperNode 2 once round 1 is written, and return the
+    rounds after the run finished (every fleet process gone)."""
     out = tmp_path / "run"
     with LocalFleet(tmp_path, nodes=3) as fleet:
         run = fedpriv_run(
             [
                 *BASE,
                 *fleet.engine_overrides(),
-                "strategy=fedavg",
-                "rounds=2",
-                "engine.round_timeout_s=10",
-                f"hydra.run.dir={out}",
-            ]
-        )
-        deadline = time.monotonic() + 300
-        while not read_metrics(out / "metrics.jsonl"):
-            assert run.poll() is None, run.communicate()[0]
-            assert time.monotonic() < deadline, "round 1 never finished"
-            time.sleep(0.5)
-        fleet.nodes[2].kill()
-        output, _ = run.communicate(timeout=600)
-        assert run.returncode == 0, output
-        pids = fleet.pids()
-    assert all(gone(pid) for pid in pids)
-
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(history) == 2
-    assert len(history[0]["clients"]) == 3
-    assert sorted(c["partition-id"] for c in history[1]["clients"]) == [0, 1]
-    assert all(r["accuracy"] is not None for r in history)
-
-
-def test_fedbuff_keeps_updating_on_a_fleet_after_a_supernode_dies(tmp_path: Path) -> None:
-    """The asynchronous loop on a real SuperLink (push and pull over gRPC): with one
-    SuperNode killed after round 1, the other two make every later update."""
-    out = tmp_path / "run"
-    with LocalFleet(tmp_path, nodes=3) as fleet:
-        run = fedpriv_run(
-            [
-                *BASE,
-                *fleet.engine_overrides(),
-                "strategy=fedbuff",
-                "strategy.buffer_size=2",
-                "rounds=3",
+                *overrides,
                 "engine.round_timeout_s=10",
                 f"hydra.run.dir={out}",
             ]
@@ -146,8 +113,23 @@ def test_fedbuff_keeps_updating_on_a_fleet_after_a_supernode_dies(tmp_path: Path
         assert run.returncode == 0, output
         pids = fleet.pids()
     assert all(gone(pid) for pid in pids)
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
-    history = read_metrics(out / "metrics.jsonl")
+
+def test_a_supernode_killed_mid_run_leaves_the_run_to_finish_on_the_rest(tmp_path: Path) -> None:
+    history = run_killing_a_node_after_round_1(tmp_path, ["strategy=fedavg", "rounds=2"])
+    assert len(history) == 2
+    assert len(history[0]["clients"]) == 3
+    assert sorted(c["partition-id"] for c in history[1]["clients"]) == [0, 1]
+    assert all(r["accuracy"] is not None for r in history)
+
+
+def test_fedbuff_keeps_updating_on_a_fleet_after_a_supernode_dies(tmp_path: Path) -> None:
+    """The asynchronous loop on a real SuperLink (push and pull over gRPC): with one
+    SuperNode killed after round 1, the other two make every later update."""
+    history = run_killing_a_node_after_round_1(
+        tmp_path, ["strategy=fedbuff", "strategy.buffer_size=2", "rounds=3"]
+    )
     assert len(history) == 3 and all(r["accuracy"] is not None for r in history)
     # An update of the dead node's may still land early in round 2; none after that.
     assert {c["partition-id"] for c in history[2]["clients"]} <= {0, 1}
