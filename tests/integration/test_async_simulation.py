@@ -24,7 +24,7 @@ FLEET = [
     "selection.speed_spread=10",
     "engine.num_cpus=3",
     "engine.cpus_per_client=1",
-    "train.local_epochs=10",
+    "train.local_epochs=20",
 ]
 SLOW = 2
 
