@@ -64,7 +64,8 @@ class AsyncHorizontal(Horizontal):
         self.in_flight: dict[str, Dispatch] = {}
         #: The model each in-flight version was (updates are measured from it).
         self.bases: dict[int, np.ndarray] = {}
-        #: Nodes whose privacy budget is spent: they get no more work.
+        #: Nodes whose privacy budget is spent: they get no more work. (Node IDs change
+        #: when a run resumes; a spent node then declines its first message again.)
         self.retired: set[int] = set()
         #: Nodes whose reply failed this round: they wait for the next one (no retry loop).
         self.benched: set[int] = set()
@@ -125,20 +126,25 @@ class AsyncHorizontal(Horizontal):
             return
         chosen = self.rng.sample(idle, min(free, len(idle)))
         version = self.state.version
-        self.bases.setdefault(version, self.layout.flatten(self.arrays))
+        if version not in self.bases:
+            self.bases[version] = self.layout.flatten(self.arrays)
         messages = []
         for node in chosen:
             self.dispatched += 1
             settings: dict[str, Any] = {"server-round": self.dispatched}
             if self.spec.elastic:
-                settings[ELASTIC_RHO] = self.spec.rate()  # type: ignore[attr-defined]
+                settings[ELASTIC_RHO] = self.spec.rho  # type: ignore[attr-defined]
             content = RecordDict({ARRAYS: self.arrays, CONFIG: ConfigRecord(settings)})
             messages.append(
                 Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN)
             )
-        now = time.monotonic()
-        for message_id, node in zip(ctx.push(grid, messages), chosen, strict=True):
-            self.in_flight[message_id] = Dispatch(node, version, now)
+        pushed, now = set(ctx.push(grid, messages)), time.monotonic()
+        for message, node in zip(messages, chosen, strict=True):
+            if message.metadata.message_id in pushed:
+                self.in_flight[message.metadata.message_id] = Dispatch(node, version, now)
+            else:  # the grid could not store it: try this node again next round
+                log.warning("the train message to node %d could not be sent", node)
+                self.benched.add(node)
 
     # -- receiving ---------------------------------------------------------------
     def receive(self, reply: Message, ctx: RunContext) -> dict[str, Any] | None:
@@ -155,6 +161,8 @@ class AsyncHorizontal(Horizontal):
             return None
         staleness = self.state.version - sent.version
         if not self.spec.accepts(staleness):
+            metrics = reply.content.metric_records["metrics"]
+            ctx.ledger.client_reported(int(metrics["partition-id"]), metrics)  # type: ignore[arg-type]
             self.dropped_stale += 1
             log.info(
                 "dropped an update from node %d: %d versions old > max_staleness=%d",
@@ -163,7 +171,7 @@ class AsyncHorizontal(Horizontal):
                 self.spec.max_staleness,
             )
             return None
-        local = self.layout.flatten(reply.content.array_records[ARRAYS])
+        local = self.layout.flatten(next(iter(reply.content.array_records.values())))
         arrival = Arrival(base=self.bases[sent.version], local=local, staleness=staleness)
         if self.spec.receive(self.state, arrival):
             self.arrays = self.layout.unflatten(self.state.model)
@@ -177,20 +185,10 @@ class AsyncHorizontal(Horizontal):
             "elapsed": ctx.elapsed(),
         }
 
-    def forget_late(self) -> list[int]:
-        """Stop waiting for messages in flight longer than ``engine.round_timeout_s``;
-        their nodes get new work (a late reply to a forgotten message is never read)."""
-        limit = time.monotonic() - self.config.engine.round_timeout_s
-        late = [mid for mid, d in self.in_flight.items() if d.sent_at < limit]
-        nodes = sorted(self.in_flight.pop(mid).node for mid in late)
-        if nodes:
-            log.warning("no reply within engine.round_timeout_s from nodes %s", nodes)
-        return nodes
-
     def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
         target = self.spec.per_round(self.config.num_clients)
         applied: list[dict[str, Any]] = []
-        dropped_before, stragglers = self.dropped_stale, []
+        dropped_before = self.dropped_stale
         stop_reason = None
         self.benched = set()
         patience = self.config.engine.round_timeout_s
@@ -214,7 +212,6 @@ class AsyncHorizontal(Horizontal):
             self.bases = {v: b for v, b in self.bases.items() if self.in_use(v)}
             if (stop_reason := ctx.budget_reason()) is not None:
                 break
-            stragglers += self.forget_late()
             if time.monotonic() - last_update > patience:
                 log.warning(
                     "round %d: no usable update for engine.round_timeout_s=%g s; evaluating "
@@ -228,6 +225,8 @@ class AsyncHorizontal(Horizontal):
             if not replies:
                 time.sleep(PULL_INTERVAL_S)
         assert self.state is not None
+        if stop_reason is None:
+            self.dispatch(grid, ctx)  # idle clients train while the server evaluates
         evaluation = ctx.evaluate(self.arrays, grid)
         extra: dict[str, Any] = {
             "updates": self.updates_applied,
@@ -235,8 +234,12 @@ class AsyncHorizontal(Horizontal):
             "dropped_stale": self.dropped_stale - dropped_before,
             "in_flight": len(self.in_flight),
         }
-        if stragglers:
+        # Late, not given up on: a reply that still comes is applied, however stale.
+        late = time.monotonic() - self.config.engine.round_timeout_s
+        if stragglers := sorted(d.node for d in self.in_flight.values() if d.sent_at < late):
             extra["stragglers"] = stragglers
+        if self.state.buffer and (stop_reason or server_round == self.config.rounds):
+            log.info("%d buffered updates were not applied: the run ended", len(self.state.buffer))
         return RoundReport(
             server_round=server_round,
             accuracy=evaluation["accuracy"],

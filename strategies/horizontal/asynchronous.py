@@ -9,9 +9,9 @@ the replies in arrival order, with no barrier between clients.
   applied since the client's base model was sent.
 * ``fedbuff`` (Nguyen et al. 2022): the server buffers ``buffer_size`` arrivals and
   then steps ``w ← w + η·Σ s(τ_k)·Δ_k / K`` on the clients' updates Δ = x - base.
-* ``easgd`` (Zhang et al. 2015, asynchronous form): each client keeps its own model,
-  pulled ``rho`` of the way toward the center before it trains; the center moves
-  ``rho`` of the way toward each arriving client model.
+* ``easgd`` (Zhang et al. 2015, asynchronous form): each client keeps its own model;
+  after training it moves ``rho`` of the way toward the center it received, and the
+  server adds that same difference to the center (opposite signs, one elastic force).
 * ``bmuf`` (Chen & Huo 2016): the mean update of a block of arrivals is filtered with
   block momentum, ``D ← m·D + ζ·G``, ``W ← W + D``; with Nesterov the clients start
   from the look-ahead ``W + m·D``.
@@ -19,8 +19,11 @@ the replies in arrival order, with no barrier between clients.
 ``max_staleness`` drops older updates; ``delay_compensation`` λ corrects an update for
 the model's drift since its base, first order as DC-ASGD (Zheng et al. 2017) does for
 gradients: ``Δ ← Δ - λ·Δ⊙Δ⊙(w - base)`` (its diagonal ``Δ⊙Δ`` stands in for the
-Hessian). The correction costs the server one saved base model per version still in
-flight and three element-wise products per update.
+Hessian), at three element-wise products per update.
+
+Staleness τ counts the model versions applied since an update's base was sent: 0 for
+a fresh update, whose weight s(0) is 1. (Xie et al. count from 1, so their fresh
+update weighs 2^-a under the polynomial; here that constant is part of α.)
 """
 
 from __future__ import annotations
@@ -147,24 +150,9 @@ class AsyncSpec(HorizontalSpec):
         return compensate(arrival.update, state.model - arrival.base, self.delay_compensation)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Mixing(AsyncSpec):
-    """Mix each arrival into the model at once, by a staleness-scaled rate."""
-
-    def rate(self) -> float:
-        raise NotImplementedError
-
-    def receive(self, state: ServerState, arrival: Arrival) -> bool:
-        mix = self.rate() * self.weight(arrival.staleness)
-        local = arrival.base + self.corrected(state, arrival)
-        state.model = (1.0 - mix) * state.model + mix * local
-        state.version += 1
-        return True
-
-
 @HORIZONTAL_STRATEGIES.register("fedasync")
 @dataclasses.dataclass(frozen=True)
-class FedAsync(_Mixing):
+class FedAsync(AsyncSpec):
     """Each arriving model mixed in at once, weighted by its staleness (Xie et al. 2019)."""
 
     #: α, the mixing rate of a fresh update.
@@ -176,28 +164,47 @@ class FedAsync(_Mixing):
             out.append(("alpha", "must be in (0, 1]"))
         return out
 
-    def rate(self) -> float:
-        return self.alpha
+    def receive(self, state: ServerState, arrival: Arrival) -> bool:
+        mix = self.alpha * self.weight(arrival.staleness)
+        local = arrival.base + self.corrected(state, arrival)
+        state.model = (1.0 - mix) * state.model + mix * local
+        state.version += 1
+        return True
 
 
 @HORIZONTAL_STRATEGIES.register("easgd")
 @dataclasses.dataclass(frozen=True)
-class Easgd(_Mixing):
-    """Elastic averaging: clients keep their models, tied to the center by ``rho``."""
+class Easgd(AsyncSpec):
+    """Elastic averaging: clients keep their models, tied to the center by ``rho``.
+
+    A client trains its own model, then moves it ``rho`` of the way toward the center it
+    received; its reply carries that same difference, which the server adds to the
+    center (times the staleness weight): one elastic force, opposite on each side.
+    """
 
     elastic: ClassVar[bool] = True
     #: The elastic moving rate per exchange (EASGD's α = ηρ): the share of the gap
-    #: between a client's model and the center each side closes.
+    #: between a client's trained model and the center it received.
     rho: float = 0.1
 
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()
         if not 0 < self.rho <= 1:
             out.append(("rho", "must be in (0, 1]"))
+        if self.delay_compensation:
+            out.append(
+                (
+                    "delay_compensation",
+                    "must be 0 with easgd: it corrects a training update for the model's "
+                    "drift, and an EASGD reply is an elastic difference",
+                )
+            )
         return out
 
-    def rate(self) -> float:
-        return self.rho
+    def receive(self, state: ServerState, arrival: Arrival) -> bool:
+        state.model = state.model + self.weight(arrival.staleness) * arrival.update
+        state.version += 1
+        return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,17 +218,6 @@ class _Buffered(AsyncSpec):
         if self.buffer_size is not None and self.buffer_size < 1:
             out.append(("buffer_size", "must be >= 1"))
         return out
-
-    def problems_for(self, num_clients: int) -> list[tuple[str, str]]:
-        if self.buffer_size is not None and self.buffer_size > num_clients:
-            return [
-                (
-                    "buffer_size",
-                    f"must be <= num_clients={num_clients} (each client has one update "
-                    "in flight at a time)",
-                )
-            ]
-        return []
 
     def start(self, model: np.ndarray, num_clients: int) -> ServerState:
         return ServerState(model=model.copy(), block=self.buffer_size or num_clients)

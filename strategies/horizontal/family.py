@@ -108,8 +108,10 @@ class HorizontalClient:
         server_round = int(settings["server-round"])  # type: ignore[arg-type]
         max_steps = settings.get(MAX_STEPS)
         rho = settings.get(ELASTIC_RHO)
-        if rho is not None:
-            pull_toward_center(model, context, float(rho))  # type: ignore[arg-type]
+        if rho is not None:  # EASGD: train this node's own model (the center at first)
+            center = {name: value.clone() for name, value in model.state_dict().items()}
+            if (own := context.state.array_records.get(ELASTIC_MODEL)) is not None:
+                model.load_state_dict(own.to_torch_state_dict())
         started = time.perf_counter()
         stats, privacy_metrics = cfg.privacy.train(
             model,
@@ -123,8 +125,9 @@ class HorizontalClient:
         )
         # A simulated slow device (selection.device_profiles) waits out the difference.
         time.sleep(cfg.selection.simulated_wait(pid, cfg.num_clients, stats.seconds))
+        trained = model.state_dict()
         if rho is not None:
-            context.state[ELASTIC_MODEL] = ArrayRecord(model.state_dict())
+            trained = elastic_exchange(trained, center, context, float(rho))  # type: ignore[arg-type]
         rounds_trained = node_counter(context, "rounds_trained")
         metrics = MetricRecord(
             {
@@ -139,7 +142,7 @@ class HorizontalClient:
                 **privacy_metrics,
             }
         )
-        reply = RecordDict({ARRAYS: ArrayRecord(model.state_dict()), METRICS: metrics})
+        reply = RecordDict({ARRAYS: ArrayRecord(trained), METRICS: metrics})
         return Message(content=reply, reply_to=msg)
 
 
@@ -329,18 +332,25 @@ class Horizontal(Strategy):
         )
 
 
-def pull_toward_center(model: nn.Module, context: Context, rho: float) -> None:
-    """EASGD's elastic step on a node: its own model, moved ``rho`` of the way toward
-    the center ``model`` holds (on a node's first exchange, the center itself)."""
-    own = context.state.array_records.get(ELASTIC_MODEL)
-    if own is None:
-        return
-    center = model.state_dict()
-    pulled = {
-        name: torch.lerp(tensor, center[name], rho) if tensor.is_floating_point() else tensor
-        for name, tensor in own.to_torch_state_dict().items()
-    }
-    model.load_state_dict(pulled)
+def elastic_exchange(
+    trained: dict[str, torch.Tensor],
+    center: dict[str, torch.Tensor],
+    context: Context,
+    rho: float,
+) -> dict[str, torch.Tensor]:
+    """EASGD's elastic step on a node. The difference ``rho·(trained − center)`` pulls
+    the node's own model toward the center it received (kept in ``context.state`` for
+    its next exchange) and is what the center moves by: the reply is ``center + diff``,
+    so the server adds the same difference with the opposite sign."""
+    own, reply = {}, {}
+    for name, value in trained.items():
+        if not value.is_floating_point():
+            own[name] = reply[name] = value
+            continue
+        diff = rho * (value - center[name])
+        own[name], reply[name] = value - diff, center[name] + diff
+    context.state[ELASTIC_MODEL] = ArrayRecord(own)
+    return reply
 
 
 @contextlib.contextmanager

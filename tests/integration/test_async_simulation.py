@@ -34,18 +34,18 @@ def updates(history: list[dict]) -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    ("strategy", "min_staleness"),
+    ("strategy", "min_staleness", "updates_per_version"),
     [
-        (["strategy=fedasync", "strategy.staleness=polynomial"], 3),
-        (["strategy=fedbuff", "strategy.buffer_size=2"], 2),
+        (["strategy=fedasync", "strategy.staleness=polynomial"], 3, 1),
+        (["strategy=fedbuff", "strategy.buffer_size=2"], 2, 2),
     ],
     ids=["fedasync", "fedbuff"],
 )
 def test_asynchronous_servers_keep_updating_while_a_10x_slower_client_trains(
-    tmp_path, strategy, min_staleness
+    tmp_path, strategy, min_staleness, updates_per_version
 ) -> None:
     config = load_config(
-        [*FLEET, *strategy, "rounds=2", "strategy.updates_per_round=8", f"output_dir={tmp_path}"]
+        [*FLEET, *strategy, "rounds=2", "strategy.updates_per_round=12", f"output_dir={tmp_path}"]
     )
     result = run(config)
     check_run_directory(result, clients=3, rounds=2)
@@ -53,11 +53,12 @@ def test_asynchronous_servers_keep_updating_while_a_10x_slower_client_trains(
     per_client = collections.Counter(int(u["partition-id"]) for u in applied)
     # While the slow client trained once, the server applied several model versions
     # from the fast ones: its update arrives that many versions stale.
-    first_slow = next(u for u in applied if int(u["partition-id"]) == SLOW)
-    assert first_slow["staleness"] >= min_staleness, applied
+    slow = [u for u in applied if int(u["partition-id"]) == SLOW]
+    assert slow, f"the slow client's update never arrived: {per_client}"
+    assert slow[0]["staleness"] >= min_staleness, applied
     assert all(per_client[fast] > per_client[SLOW] for fast in (0, 1)), per_client
-    versions = [u["version"] for u in applied]
-    assert versions == sorted(versions) and result.history[-1]["version"] == versions[-1]
+    last = result.history[-1]
+    assert last["version"] == last["updates"] // updates_per_version
     assert result.final["accuracy"] > 0.8
 
 
@@ -89,10 +90,9 @@ def test_bad_replies_are_rejected_and_the_others_keep_updating(tmp_path, registe
     assert len(applied) >= 8
     assert {int(u["partition-id"]) for u in applied} == {7, 8}
     rejected = [r for record in result.history for r in record["rejected"]]
-    # Round 1 rejects all seven; round 2 the ones whose second reply arrived in time.
-    assert 7 <= len(rejected) <= 14
-    first_round = sorted(r["reason"].split(":")[0] for r in result.history[0]["rejected"])
-    assert len(first_round) == 7 and first_round.count("client error") == 1
+    # Each bad client is rejected at most once a round (it waits for the next one).
+    assert len({r["node_id"] for r in rejected}) == 7 and len(rejected) <= 14
+    assert sum(r["reason"].startswith("client error") for r in rejected) in (1, 2)
 
 
 def test_easgd_with_dp_sgd_accounts_every_local_step(tmp_path) -> None:

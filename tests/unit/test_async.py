@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context, RecordDict
+from flwr.app import Context, RecordDict
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,7 +20,7 @@ from strategies.horizontal.asynchronous import (
     compensate,
     staleness_weight,
 )
-from strategies.horizontal.family import ELASTIC_MODEL, pull_toward_center
+from strategies.horizontal.family import ELASTIC_MODEL, elastic_exchange
 
 RNG = np.random.default_rng(0)
 
@@ -111,13 +111,13 @@ def test_bmuf_filters_block_updates_with_nesterov_momentum() -> None:
         np.testing.assert_allclose(state.model, anchor + m * momentum)  # the look-ahead
 
 
-def test_easgd_moves_the_center_rho_of_the_way_to_each_client() -> None:
-    spec = Easgd(rho=0.25)
+def test_easgd_adds_each_elastic_difference_to_the_center_by_its_staleness() -> None:
+    spec = Easgd(rho=0.25, staleness="polynomial", staleness_a=1.0)
     center = RNG.normal(size=4)
     state = spec.start(center, num_clients=2)
-    client = arrival(center + 1.0, staleness=2)
-    spec.receive(state, client)
-    np.testing.assert_allclose(state.model, center + 0.25 * (client.local - center))
+    stale = arrival(center - 0.5, staleness=3)  # an elastic difference from an old center
+    spec.receive(state, stale)
+    np.testing.assert_allclose(state.model, center + 0.25 * (stale.local - stale.base))
 
 
 def test_delay_compensation_corrects_by_update_squared_times_drift() -> None:
@@ -138,17 +138,18 @@ def test_max_staleness_drops_only_older_updates() -> None:
     assert FedBuff().accepts(10**6)
 
 
-def test_easgd_nodes_pull_their_own_model_toward_the_center() -> None:
+def test_an_easgd_node_and_the_center_move_by_one_elastic_difference() -> None:
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    model = torch.nn.Linear(2, 1)
-    center = {k: v.clone() for k, v in model.state_dict().items()}
-    pull_toward_center(model, context, 0.25)  # first exchange: no own model yet
-    assert all(torch.equal(center[k], v) for k, v in model.state_dict().items())
-    own = {k: v + 4.0 for k, v in center.items()}
-    context.state[ELASTIC_MODEL] = ArrayRecord(own)
-    pull_toward_center(model, context, 0.25)
-    for name, value in model.state_dict().items():
-        torch.testing.assert_close(value, own[name] + 0.25 * (center[name] - own[name]))
+    center = {"w": torch.tensor([0.0, 2.0, -1.0]), "steps": torch.tensor(7)}
+    trained = {"w": torch.tensor([4.0, 2.0, 1.0]), "steps": torch.tensor(9)}
+    reply = elastic_exchange(trained, center, context, rho=0.25)
+    own = context.state.array_records[ELASTIC_MODEL].to_torch_state_dict()
+    # The node keeps its model pulled a quarter of the gap toward the center; the reply
+    # moves the center a quarter of the gap toward the node.
+    torch.testing.assert_close(own["w"], torch.tensor([3.0, 2.0, 0.5]))
+    torch.testing.assert_close(reply["w"], torch.tensor([1.0, 2.0, -0.5]))
+    torch.testing.assert_close(own["w"] + reply["w"], trained["w"] + center["w"])
+    assert int(own["steps"]) == int(reply["steps"]) == 9  # integer buffers are not mixed
 
 
 @pytest.mark.parametrize(
@@ -163,13 +164,12 @@ def test_easgd_nodes_pull_their_own_model_toward_the_center() -> None:
         (["strategy.alpha=0"], "strategy.alpha=0.0 must be in (0, 1]"),
         (["strategy.staleness=cubic"], "must be one of: constant, polynomial, hinge"),
         (["time_budget_s=0"], "time_budget_s=0.0 must be > 0"),
+        (
+            ["strategy=easgd", "strategy.delay_compensation=0.5"],
+            "must be 0 with easgd",
+        ),
     ],
 )
 def test_settings_an_asynchronous_run_cannot_use_are_refused(overrides, message) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config(["strategy=fedasync", *overrides])
-
-
-def test_a_buffer_larger_than_the_fleet_is_refused() -> None:
-    with pytest.raises(ConfigError, match="buffer_size=12 must be <= num_clients=10"):
-        load_config(["strategy=fedbuff", "strategy.buffer_size=12"])
