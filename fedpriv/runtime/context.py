@@ -103,14 +103,13 @@ class RunContext:
         self.history: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
         self.ledger = ServerLedger(config)
-        self.started = time.perf_counter()
+        self.started = time.perf_counter()  # start_clock() sets it when training starts
         #: Each partition's node state as its node last reported it (for checkpoints).
         self.node_states: dict[int, dict[str, dict[str, Any]]] = {}
         if checkpoint is not None:
             self.history = list(checkpoint.history)
             self.ledger.restore(checkpoint.ledger)
             self.node_states = dict(checkpoint.node_states)
-            self.started -= checkpoint.elapsed
         self._round_started = self.started
         self._bytes_up = self._bytes_down = 0
         self._rejected: list[dict[str, Any]] = []
@@ -228,7 +227,7 @@ class RunContext:
             return
         Checkpoint(
             round=server_round,
-            elapsed=time.perf_counter() - self.started,
+            elapsed=self.elapsed(),
             history=self.history,
             family_state=family_state,
             ledger=self.ledger.state(),

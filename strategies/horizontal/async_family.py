@@ -6,9 +6,9 @@ to the strategy's rule (:mod:`strategies.horizontal.asynchronous`) in arrival or
 slow device therefore delays only its own updates, which arrive stale: the rule weighs
 them by how many model versions were applied since their base was sent.
 
-A "round" here is an evaluation point: ``updates_per_round`` updates applied (default
+A "round" here is an evaluation point: ``updates_per_round`` updates taken (default
 one per client), after which the server evaluates the model while clients keep
-training. ``time_budget_s`` is checked after every update.
+training. ``time_budget_s`` is checked after every pull of replies.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ from fedpriv.runtime.context import PULL_INTERVAL_S
 from fedpriv.runtime.records import check_update
 from fedpriv.training import seed_for
 from strategies.base import RoundReport, RunContext
-from strategies.horizontal.asynchronous import Arrival, AsyncSpec, ServerState
+from strategies.horizontal.asynchronous import Arrival, AsyncSpec, Easgd, ServerState
 from strategies.horizontal.family import (
     ARRAYS,
     CLIENT_SAMPLING,
     CONFIG,
     ELASTIC_RHO,
     Horizontal,
+    PartitionOrderedGrid,
     client_entry,
 )
 
@@ -112,9 +113,7 @@ class AsyncHorizontal(Horizontal):
     def idle_nodes(self, grid: Grid) -> list[int]:
         """Nodes with no work in flight and budget left, in partition order."""
         busy = {d.node for d in self.in_flight.values()} | self.retired | self.benched
-        unknown = len(self.partition_of or {})
-        order = self.partition_of or {}
-        nodes = sorted(grid.get_node_ids(), key=lambda n: (order.get(n, unknown), n))
+        nodes = PartitionOrderedGrid(grid, self.partition_of or {}).get_node_ids()
         return [node for node in nodes if node not in busy]
 
     def dispatch(self, grid: Grid, ctx: RunContext) -> None:
@@ -132,8 +131,8 @@ class AsyncHorizontal(Horizontal):
         for node in chosen:
             self.dispatched += 1
             settings: dict[str, Any] = {"server-round": self.dispatched}
-            if self.spec.elastic:
-                settings[ELASTIC_RHO] = self.spec.rho  # type: ignore[attr-defined]
+            if isinstance(self.spec, Easgd):
+                settings[ELASTIC_RHO] = self.spec.rho
             content = RecordDict({ARRAYS: self.arrays, CONFIG: ConfigRecord(settings)})
             messages.append(
                 Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN)
@@ -209,7 +208,8 @@ class AsyncHorizontal(Horizontal):
                     last_update = time.monotonic()
             for message_id in answered & set(self.in_flight):  # screened out by ctx.pull
                 self.benched.add(self.in_flight.pop(message_id).node)
-            self.bases = {v: b for v, b in self.bases.items() if self.in_use(v)}
+            if answered:  # bases no message in flight was sent are not needed any more
+                self.bases = {v: b for v, b in self.bases.items() if self.in_use(v)}
             if (stop_reason := ctx.budget_reason()) is not None:
                 break
             if time.monotonic() - last_update > patience:

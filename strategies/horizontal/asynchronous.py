@@ -98,8 +98,6 @@ class AsyncSpec(HorizontalSpec):
     """
 
     linear: ClassVar[bool] = False
-    #: Whether clients keep their own model between updates (EASGD).
-    elastic: ClassVar[bool] = False
 
     #: Client updates applied between two evaluations (a "round"); None: num_clients.
     updates_per_round: int | None = None
@@ -182,7 +180,6 @@ class Easgd(AsyncSpec):
     center (times the staleness weight): one elastic force, opposite on each side.
     """
 
-    elastic: ClassVar[bool] = True
     #: The elastic moving rate per exchange (EASGD's α = ηρ): the share of the gap
     #: between a client's trained model and the center it received.
     rho: float = 0.1
