@@ -61,9 +61,11 @@ class DpSgd(PrivacySpec):
     budget_epsilon: float | None = None
     #: The run ends when fewer clients than this are still within budget.
     min_clients: int = 1
-    #: False: the noise is drawn from the run's seed, so a DP run repeats exactly (and
-    #: resumes exactly). Anyone holding the config could then redraw and subtract the
-    #: noise: research in simulation only; refused with engine=deployment.
+    #: True: the noise and the Poisson batch sampling draw from OS randomness. False:
+    #: both come from the run's seed, so a DP run repeats exactly (and resumes exactly),
+    #: but anyone holding the config could redraw and subtract the noise and knows which
+    #: steps held each example, so the ε printed does not hold: research in simulation
+    #: only; refused with engine=deployment.
     secure_noise: bool = True
 
     def local_dp(self) -> DpSgd:
@@ -170,6 +172,44 @@ def _noisy_steps(engine: Any) -> int:
     return sum(count for _, _, count in engine.accountant.history)
 
 
+def poisson_loader(
+    x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int, secret: bool
+) -> DataLoader[Any]:
+    """Opacus' Poisson-sampling loader at q = 1/⌈n/B⌉, ⌈n/B⌉ steps an epoch.
+
+    Built here rather than by ``make_private``: Opacus sizes its sampler as ⌊1/q⌋ steps,
+    which float rounding makes ⌈n/B⌉ − 1 (92 for n=930, B=10), and then tells the
+    accountant q = 1/92 though it samples at 1/93. Amplification by subsampling assumes
+    nobody knows which steps held an example, so with ``secret`` the sampler is seeded
+    from OS randomness, not from ``seed`` (which the server, holding the config, could
+    recompute).
+    """
+    from opacus.data_loader import DPDataLoader
+
+    steps = math.ceil(len(y) / batch_size)
+    loader = DPDataLoader(
+        BatchedTensors(x, y),
+        sample_rate=sample_rate(len(y), batch_size),
+        collate_fn=whole_batch,
+        generator=torch.Generator().manual_seed(secret_seed() if secret else seed),
+    )
+    loader.batch_sampler.steps = steps  # type: ignore[union-attr]
+    return loader
+
+
+def _accounted(engine: Any) -> tuple[float, float] | None:
+    """The (σ, q) the accountant composed, exactly as it did (None before any step).
+
+    The sampler's q is 1/⌈n/B⌉ while its length is ⌊1/q⌋ batches, so q is read from
+    the accountant rather than derived from the loader's length."""
+    entries = {(float(sigma), float(rate)) for sigma, rate, _ in engine.accountant.history}
+    if not entries:
+        return None
+    if len(entries) > 1:
+        raise RuntimeError(f"one training ran with several (σ, q): {sorted(entries)}")
+    return entries.pop()
+
+
 class BatchedTensors(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """In-memory samples that a DataLoader fetches a whole batch at a time.
 
@@ -264,12 +304,7 @@ def train_dp_sgd(
     start = time.perf_counter()
     n = len(y)
     sigma = dp.noise_for(n, train.batch_size, planned_steps)
-    loader = DataLoader(
-        BatchedTensors(x, y),
-        batch_size=train.batch_size,
-        collate_fn=whole_batch,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    loader = poisson_loader(x, y, train.batch_size, seed=seed, secret=dp.secure_noise)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
     )
@@ -282,7 +317,7 @@ def train_dp_sgd(
         data_loader=loader,
         noise_multiplier=sigma,
         max_grad_norm=dp.max_grad_norm,
-        poisson_sampling=True,
+        poisson_sampling=False,  # the loader samples Poisson batches already
         grad_sample_mode=mode,
         # From the run's seed only when asked: whoever holds the config could redraw it.
         noise_generator=torch.Generator().manual_seed(
@@ -327,6 +362,7 @@ def train_dp_sgd(
                     correct += int((logits.argmax(dim=1) == targets).sum())
                     seen += len(targets)
     steps = _noisy_steps(engine)
+    ran = _accounted(engine)
     stats = TrainStats(
         num_examples=n,
         steps=steps,
@@ -335,7 +371,7 @@ def train_dp_sgd(
         seconds=time.perf_counter() - start,
     )
     return stats, {
-        "dp-noise-multiplier": sigma,
-        "dp-sample-rate": 1.0 / len(loader),
+        "dp-noise-multiplier": ran[0] if ran else sigma,
+        "dp-sample-rate": ran[1] if ran else loader.sample_rate,
         "dp-steps": steps,
     }
