@@ -24,7 +24,7 @@ from fedpriv.crypto.ckks import KeyPair, SplitKeys
 from fedpriv.crypto.embeddings import CkksEmbeddingSum
 from fedpriv.crypto.records import Layout
 from fedpriv.registry import Registry, Spec
-from fedpriv.runtime.records import cast_like, check_update
+from fedpriv.runtime.records import DeclaredWeights, cast_like, check_update
 
 
 @dataclasses.dataclass
@@ -57,9 +57,10 @@ class PlainAggregator:
     def __init__(self, flower: FlowerStrategy, weight_key: str) -> None:
         self.flower = flower
         self.weight_key = weight_key
+        self.weights = DeclaredWeights(weight_key)
 
     def check(self, reply: Message, current: ArrayRecord) -> str | None:
-        return check_update(reply, current, self.weight_key)
+        return check_update(reply, current, self.weight_key) or self.weights.problem(reply)
 
     def aggregate(
         self, server_round: int, replies: list[Message], current: ArrayRecord, sent: int

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, Message
 from fedpriv.crypto import ckks
 from fedpriv.crypto.base import Aggregate
 from fedpriv.crypto.records import CKKS_STYPE, Layout, chunk_name, chunks_of, to_record
-from fedpriv.runtime.records import weight_problem
+from fedpriv.runtime.records import DeclaredWeights
 
 
 class CkksAggregator:
@@ -36,6 +36,7 @@ class CkksAggregator:
         self.layout = layout
         self.weight_key = weight_key
         self.workers = workers
+        self.weights = DeclaredWeights(weight_key)
         self.sizes = layout.chunk_sizes(parts, params.slots)
         self.names = [chunk_name(i) for i in range(len(self.sizes))]
 
@@ -58,7 +59,7 @@ class CkksAggregator:
             array = arrays[name]
             if array.stype != CKKS_STYPE or tuple(array.shape) != (size,):
                 return f"array {name!r} is not a CKKS ciphertext of {size} values"
-        return weight_problem(reply, self.weight_key)
+        return self.weights.problem(reply)
 
     def aggregate(
         self, server_round: int, replies: list[Message], current: ArrayRecord, sent: int

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -15,6 +16,12 @@ from flwr.app import Array, ArrayRecord, Message, RecordDict
 
 #: Bytes counted per metric or config value (they travel as 8-byte scalars).
 SCALAR_BYTES = 8
+#: The weight key that counts examples (Flower's default): it must be a whole number.
+EXAMPLE_COUNT = "num-examples"
+#: Largest aggregation weight a reply may declare: 2^53, the last whole number a float64
+#: (what Flower sums weights in) holds exactly. No client holds that many examples, and
+#: any number of such weights still sums to a finite total.
+MAX_WEIGHT = 2**53
 
 
 def metric(message: Message, key: str) -> float:
@@ -114,12 +121,57 @@ def check_update(
 
 
 def weight_problem(reply: Message, weight_key: str) -> str | None:
-    """Why the reply's one MetricRecord lacks a usable aggregation weight, or None."""
+    """Why the reply's one MetricRecord lacks a usable aggregation weight, or None.
+
+    The weight must be a finite number in ``(0, MAX_WEIGHT]``, and a whole number when
+    it counts examples: ``inf`` turns Flower's weighted mean into NaN (inf/inf), and a
+    huge finite weight makes the mean that one client's model.
+    """
     metrics = next(iter(reply.content.metric_records.values()))
     weight = metrics.get(weight_key)
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
-        return f"metric {weight_key!r}={weight!r} must be a positive number"
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int | float)
+        or not math.isfinite(weight)
+        or not 0 < weight <= MAX_WEIGHT
+    ):
+        return (
+            f"metric {weight_key!r}={weight!r} must be a positive number, finite and at "
+            f"most 2^53 (a count of examples)"
+        )
+    if weight_key == EXAMPLE_COUNT and weight != int(weight):
+        return f"metric {weight_key!r}={weight!r} must be a whole number of examples"
     return None
+
+
+class DeclaredWeights:
+    """Each node's aggregation weight, held to the one it declared first.
+
+    The server cannot count a client's data: in a fleet, devices hold their own files.
+    What it can hold a client to is consistency: a client trains on the same data all
+    run, so its count never changes, and a changed weight (a client that declared its
+    real count, then claims a million to take a round over) is refused. This does not
+    stop a client that lies from its first reply (docs/security.md).
+    """
+
+    def __init__(self, weight_key: str) -> None:
+        self.weight_key = weight_key
+        #: node ID -> the weight of its first reply with a usable one.
+        self.first: dict[int, float] = {}
+
+    def problem(self, reply: Message) -> str | None:
+        """Why ``reply``'s weight is unusable or differs from its node's first, or None."""
+        if (reason := weight_problem(reply, self.weight_key)) is not None:
+            return reason
+        node = reply.metadata.src_node_id
+        weight = next(iter(reply.content.metric_records.values()))[self.weight_key]
+        first = self.first.setdefault(node, float(weight))  # type: ignore[arg-type]
+        if float(weight) != first:  # type: ignore[arg-type]
+            return (
+                f"metric {self.weight_key!r}={weight!r} differs from the {first:g} this node "
+                "declared in its first reply; a client's data is fixed for a run"
+            )
+        return None
 
 
 def cast_like(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:

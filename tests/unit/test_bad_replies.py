@@ -3,10 +3,12 @@ and config and record decoding, fuzzed, raise nothing but fedpriv's own errors."
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fedpriv import ConfigError, from_mapping
@@ -76,9 +78,13 @@ def test_config_decoding_raises_only_clear_config_errors(mapping):
         st.lists(st.integers(0, 4), max_size=3),
         st.sampled_from([0.0, 1.0, np.nan, np.inf, -1e30]),
     ), max_size=3),
-    st.one_of(st.none(), st.integers(-3, 100), st.floats(allow_nan=True), st.text(max_size=3)),
+    st.one_of(
+        st.none(), st.integers(-3, 100), st.floats(allow_nan=True),
+        st.sampled_from([math.inf, -math.inf, 2.0**60, 2**53, 2.5, 7.0]), st.text(max_size=3),
+    ),
     st.booleans(),
 )  # fmt: skip
+@example({"w": (np.float32, [2, 3], 1.0), "b": (np.float32, [3], 1.0)}, math.inf, False)
 def test_record_checks_say_why_and_never_raise(arrays, weight, extra_metrics):
     with np.errstate(invalid="ignore"):  # NaN and Inf cast to integer dtypes
         record = ArrayRecord(
@@ -100,7 +106,9 @@ def test_record_checks_say_why_and_never_raise(arrays, weight, extra_metrics):
         and all(np.isfinite(f) for _, _, f in arrays.values())
         and isinstance(weight, int | float)
         and not isinstance(weight, bool)
-        and weight > 0
+        and math.isfinite(weight)  # inf would make the weighted mean NaN
+        and 0 < weight <= 2**53  # a count of examples: positive, whole, not absurd
+        and float(weight).is_integer()
         and not extra_metrics
     )
     assert (reason is None) == well_formed, reason
