@@ -7,6 +7,17 @@ user's whole data changes the aggregate by at most ``clipping_norm / m``, so ε 
 user-level. Weights are uniform: example-weighted means would let a large client move
 the aggregate further than the noise is sized for.
 
+Flower sizes the noise for the m clients it sampled. When fewer replies are averaged
+(stragglers, rejections, declines) the same noise protects each of the m' < m users
+less: the effective noise multiplier is σ·m'/m. ``shortfall`` chooses what happens
+then: ``rescale`` sizes the noise for the m' replies averaged (σ holds), ``account``
+releases as Flower would and the ledger books σ·m'/m, ``refuse`` releases nothing that
+round. The ledger books each release's effective σ, whatever the mode.
+
+The noise comes from a ChaCha20 generator keyed from the operating system
+(:mod:`fedpriv.privacy.secure_random`), not from NumPy's global generator that Flower
+uses: that generator's state can be recovered, and was saved in checkpoints.
+
 Accounting: Opacus' RDP accountant composes one Gaussian release per round with
 sampling rate 1. Flower samples a fixed number of clients without replacement, which
 is not Poisson sampling, so no amplification by sampling is claimed; the ε reported is
@@ -16,29 +27,134 @@ an upper bound that holds for what ran.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
-from typing import Any
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
-from flwr.app import Context, Message
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.serverapp import strategy as flwr_strategies
+from flwr.supercore.differential_privacy import compute_stdv
 
-from fedpriv.privacy.accounting import epsilon
+from fedpriv.privacy.accounting import History, epsilon
 from fedpriv.privacy.base import PRIVACY, PrivacySpec
 from fedpriv.privacy.dp_sgd import DpSgd
+from fedpriv.privacy.secure_random import secure_generator
 from fedpriv.registry import Spec
+
+log = logging.getLogger("fedpriv")
 
 #: The reply metric that weights the aggregate uniformly under central DP.
 UNIFORM_WEIGHT = "dp-weight"
 #: Strategies whose aggregate is a uniform mean Flower's DP wrappers can noise.
 CENTRAL_STRATEGIES = ("fedavg", "fedprox", "fedavgm")
 
-_WRAPPERS: Mapping[tuple[str, str], Callable[..., flwr_strategies.Strategy]] = {
-    ("server", "fixed"): flwr_strategies.DifferentialPrivacyServerSideFixedClipping,
-    ("client", "fixed"): flwr_strategies.DifferentialPrivacyClientSideFixedClipping,
-    ("server", "adaptive"): flwr_strategies.DifferentialPrivacyServerSideAdaptiveClipping,
-    ("client", "adaptive"): flwr_strategies.DifferentialPrivacyClientSideAdaptiveClipping,
+SHORTFALLS = ("rescale", "account", "refuse")
+
+
+class ExactRelease:
+    """Mixin over Flower's central-DP wrappers: noise from a CSPRNG, and the effective
+    noise multiplier of each release, for the ledger (see the module docstring).
+
+    ``released_noise_multiplier`` is the σ the last round's aggregate was released with
+    (None when it released nothing)."""
+
+    noise_multiplier: float
+    clipping_norm: float
+    num_sampled_clients: int
+    shortfall: str = "rescale"
+    released_noise_multiplier: float | None = None
+    _rng: np.random.Generator | None = None
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        planned = self.num_sampled_clients
+        averaged = sum(1 for reply in replies if not reply.has_error())
+        self.released_noise_multiplier = None
+        if 0 < averaged < planned and self.shortfall == "refuse":
+            log.warning(
+                "round %d: central DP released nothing: %d of %d sampled clients replied "
+                "(privacy.shortfall=refuse)", server_round, averaged, planned,
+            )  # fmt: skip
+            return None, None
+        if self.shortfall == "rescale" and averaged:
+            self.num_sampled_clients = averaged  # noise std σ·C/m' for the m' averaged
+        try:
+            arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        finally:
+            self.num_sampled_clients = planned
+        if arrays is not None:
+            scale = 1.0 if self.shortfall == "rescale" else averaged / planned
+            self.released_noise_multiplier = self.effective_multiplier(scale)
+        return arrays, metrics
+
+    def effective_multiplier(self, scale: float) -> float:
+        """The release's noise multiplier when the update noise is ``scale`` × its plan."""
+        return self.noise_multiplier * scale
+
+    def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
+        std = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
+        noised = {
+            key: Array(value + self.rng.normal(0.0, std, value.shape).astype(value.dtype))
+            for key, value in zip(aggregated.keys(), aggregated.to_numpy_ndarrays(), strict=True)
+        }
+        return ArrayRecord(noised)
+
+    @property
+    def rng(self) -> np.random.Generator:
+        if self._rng is None:
+            self._rng = secure_generator()
+        return self._rng
+
+
+class ExactAdaptiveRelease(ExactRelease):
+    """Adaptive clipping (Andrew et al. 2021) also noises the clipped-count estimate."""
+
+    clipped_count_stddev: float
+
+    def effective_multiplier(self, scale: float) -> float:
+        """z with 1/z² = 1/(scale·σ_Δ)² + 1/(2σ_b)²: the paper's split of σ, recombined."""
+        update = self.noise_multiplier * scale
+        return float((update**-2 + (2 * self.clipped_count_stddev) ** -2) ** -0.5)
+
+    def _noisy_fraction(self, count: int, total: int) -> float:
+        return float(self.rng.normal(count, self.clipped_count_stddev)) / float(total)
+
+
+class ServerFixed(ExactRelease, flwr_strategies.DifferentialPrivacyServerSideFixedClipping):
+    pass
+
+
+class ClientFixed(ExactRelease, flwr_strategies.DifferentialPrivacyClientSideFixedClipping):
+    pass
+
+
+class ServerAdaptive(
+    ExactAdaptiveRelease, flwr_strategies.DifferentialPrivacyServerSideAdaptiveClipping
+):
+    pass
+
+
+class ClientAdaptive(
+    ExactAdaptiveRelease, flwr_strategies.DifferentialPrivacyClientSideAdaptiveClipping
+):
+    pass
+
+
+_WRAPPERS: Mapping[tuple[str, str], type[ExactRelease]] = {
+    ("server", "fixed"): ServerFixed,
+    ("client", "fixed"): ClientFixed,
+    ("server", "adaptive"): ServerAdaptive,
+    ("client", "adaptive"): ClientAdaptive,
 }
+
+
+def released_noise_multiplier(strategy: Any) -> float | None:
+    """σ of the central-DP release ``strategy`` made last round (None: no central DP)."""
+    return strategy.released_noise_multiplier if isinstance(strategy, ExactRelease) else None
 
 
 def uniform_weight_mod(
@@ -72,6 +188,9 @@ class Central(PrivacySpec):
     #: Adaptive clipping: noise std on the clipped-count estimate; None: clients/20
     #: (Flower's default). Must exceed noise_multiplier / 2.
     clipped_count_stddev: float | None = None
+    #: Fewer replies than sampled: rescale the noise to them, account the weaker
+    #: release, or refuse to release (module docstring).
+    shortfall: str = "rescale"
 
     def central_dp(self) -> Central:
         return self
@@ -94,6 +213,8 @@ class Central(PrivacySpec):
             out.append(("clip_norm_lr", "must be > 0"))
         if self.clipped_count_stddev is not None and not self.clipped_count_stddev > 0:
             out.append(("clipped_count_stddev", "must be > 0 or null"))
+        if self.shortfall not in SHORTFALLS:
+            out.append(("shortfall", f"must be one of: {', '.join(SHORTFALLS)}"))
         return out
 
     def problems_for(self, *, num_clients: int, strategy: Spec) -> list[tuple[str, str]]:
@@ -138,27 +259,31 @@ class Central(PrivacySpec):
         self, strategy: flwr_strategies.Strategy, num_sampled: int
     ) -> flwr_strategies.Strategy:
         wrapper = _WRAPPERS[(self.side, self.clipping)]
+        wrapped: Any
         if self.clipping == "fixed":
-            return wrapper(
-                strategy,
+            wrapped = wrapper(
+                strategy,  # type: ignore[call-arg]
                 noise_multiplier=self.noise_multiplier,
                 clipping_norm=self.clipping_norm,
                 num_sampled_clients=num_sampled,
             )
-        return wrapper(
-            strategy,
-            noise_multiplier=self.noise_multiplier,
-            num_sampled_clients=num_sampled,
-            initial_clipping_norm=self.clipping_norm,
-            target_clipped_quantile=self.target_clipped_quantile,
-            clip_norm_lr=self.clip_norm_lr,
-            clipped_count_stddev=self.clipped_count_stddev,
-        )
+        else:
+            wrapped = wrapper(
+                strategy,  # type: ignore[call-arg]
+                noise_multiplier=self.noise_multiplier,
+                num_sampled_clients=num_sampled,
+                initial_clipping_norm=self.clipping_norm,
+                target_clipped_quantile=self.target_clipped_quantile,
+                clip_norm_lr=self.clip_norm_lr,
+                clipped_count_stddev=self.clipped_count_stddev,
+            )
+        wrapped.shortfall = self.shortfall
+        return cast(flwr_strategies.Strategy, wrapped)
 
-    def epsilon(self, releases: int, num_clients: int) -> float:
-        """User-level ε after ``releases`` noisy aggregates (RDP, no sampling amplification)."""
-        return epsilon([(self.noise_multiplier, 1.0, releases)] if releases else [],
-                       self.delta_for(num_clients), "rdp")  # fmt: skip
+    def epsilon(self, releases: History, num_clients: int) -> float:
+        """User-level ε after the noisy aggregates ``releases`` ((σ, 1, count) each, σ the
+        effective multiplier of what was released): RDP, no sampling amplification."""
+        return epsilon(releases, self.delta_for(num_clients), "rdp")
 
 
 @PRIVACY.register("dp_sgd+central")

@@ -17,6 +17,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedpriv.data.federated import federate
 from fedpriv.privacy.accounting import (
+    History,
     compose,
     epsilon,
     load_history,
@@ -110,7 +111,8 @@ class ServerLedger:
         self.epsilon_per_client: dict[int, float] = {}
         self.delta_per_client: dict[int, float] = {}
         self.exhausted: set[int] = set()
-        self.releases = 0
+        #: Central DP: each release's effective (σ, sampling rate 1, count), composed.
+        self.central_history: History = []
 
     @property
     def enabled(self) -> bool:
@@ -122,14 +124,16 @@ class ServerLedger:
             "epsilon_per_client": dict(self.epsilon_per_client),
             "delta_per_client": dict(self.delta_per_client),
             "exhausted": sorted(self.exhausted),
-            "releases": self.releases,
+            "central_history": [list(entry) for entry in self.central_history],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.epsilon_per_client = dict(state["epsilon_per_client"])
         self.delta_per_client = dict(state["delta_per_client"])
         self.exhausted = set(state["exhausted"])
-        self.releases = int(state["releases"])
+        self.central_history = [
+            (float(s), float(q), int(n)) for s, q, n in state["central_history"]
+        ]
 
     def client_reported(self, partition: int, metrics: Any) -> None:
         if "epsilon" in metrics:
@@ -139,14 +143,21 @@ class ServerLedger:
     def declined(self, partition: int) -> None:
         self.exhausted.add(partition)
 
-    def released(self) -> None:
-        """One central-DP aggregate was released this round."""
-        self.releases += 1
+    @property
+    def releases(self) -> int:
+        """Central-DP aggregates released so far."""
+        return sum(count for _, _, count in self.central_history)
+
+    def released(self, noise_multiplier: float | None) -> None:
+        """An aggregate was released with central-DP noise of this effective multiplier
+        (None: the strategy added no central noise)."""
+        if self.central is not None and noise_multiplier is not None:
+            self.central_history = compose(self.central_history, (noise_multiplier, 1.0, 1))
 
     def user_level_epsilon(self) -> float | None:
         if self.central is None:
             return None
-        return self.central.epsilon(self.releases, self.config.num_clients)
+        return self.central.epsilon(self.central_history, self.config.num_clients)
 
     def stop_reason(self) -> str | None:
         if self.local is None:
@@ -200,4 +211,9 @@ class ServerLedger:
             "central_noise_multiplier": central.noise_multiplier if central else None,
             "clipping_norm": central.clipping_norm if central else None,
             "central_releases": self.releases if central else None,
+            "central_released_with": (
+                [{"noise_multiplier": s, "releases": n} for s, _, n in self.central_history]
+                if central
+                else None
+            ),
         }

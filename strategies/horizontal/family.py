@@ -28,6 +28,7 @@ from fedpriv.crypto.records import Layout
 from fedpriv.data.federated import FederatedData, federate
 from fedpriv.errors import ConfigError
 from fedpriv.privacy.accounting import planned_steps
+from fedpriv.privacy.central import released_noise_multiplier
 from fedpriv.privacy.ledger import declined_reason
 from fedpriv.runtime.node import node_counter, node_data, partition_id
 from fedpriv.selection import MAX_STEPS, WORK_SECONDS
@@ -318,7 +319,7 @@ class Horizontal(Strategy):
             accepted = [reply for reply in accepted if id(reply) not in rejected]
             if result.arrays is not None:
                 self.arrays = result.arrays
-                ctx.ledger.released()
+                ctx.ledger.released(released_noise_multiplier(self.flower))
             extra = result.record
         if stragglers:
             extra = {**extra, "stragglers": stragglers}

@@ -235,8 +235,10 @@ def test_dp_training_learns_and_physical_batches_keep_logical_steps(mode):
 
 def test_central_epsilon_is_rdp_without_sampling_amplification():
     spec: Central = PRIVACY.create({"name": "central", "noise_multiplier": 0.8}, "privacy")
-    assert spec.epsilon(0, 10) == 0.0
-    assert spec.epsilon(5, 10) == pytest.approx(by_stepping("rdp", 0.8, 1.0, 5, 0.01), rel=1e-9)
+    assert spec.epsilon([], 10) == 0.0
+    assert spec.epsilon([(0.8, 1.0, 5)], 10) == pytest.approx(
+        by_stepping("rdp", 0.8, 1.0, 5, 0.01), rel=1e-9
+    )
 
 
 def test_uniform_weight_mod_marks_train_replies():
