@@ -16,6 +16,7 @@ import numpy as np
 from sklearn import datasets as skdatasets
 from sklearn.model_selection import train_test_split
 
+from fedpriv.data.finite import refuse_non_finite_cells, refuse_non_finite_values
 from fedpriv.data.idx import read_idx
 from fedpriv.errors import DataError
 from fedpriv.registry import Registry, Spec
@@ -317,7 +318,11 @@ class Csv(DatasetSpec):
                 f"data.label_column={self.label_column!r} is not a column of {file}; "
                 f"columns are: {', '.join(header)}"
             )
-        table = np.loadtxt(file, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
+        try:
+            table = np.loadtxt(file, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
+        except ValueError as error:
+            raise DataError(f"{file}: {error}") from error
+        refuse_non_finite_cells(file, table, header)
         label = header.index(self.label_column)
         x = np.delete(table, label, axis=1)
         return _split(
@@ -350,6 +355,8 @@ class Npz(DatasetSpec):
         file = _read_file(self.path, "npz")
         with np.load(file) as arrays:
             keys = set(arrays.files)
+            for name in sorted(keys & {"x", "y", "x_train", "y_train", "x_test", "y_test"}):
+                refuse_non_finite_values(file, name, arrays[name])
             if {"x_train", "y_train", "x_test", "y_test"} <= keys:
                 x_train, x_test = arrays["x_train"], arrays["x_test"]
                 classes, y_all = np.unique(
