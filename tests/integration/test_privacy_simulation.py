@@ -8,7 +8,7 @@ import math
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from fedpriv import run
+from fedpriv import load_config, run
 from fedpriv.data import federate
 
 pytestmark = pytest.mark.simulation
@@ -71,3 +71,31 @@ def test_central_dp_with_client_side_adaptive_clipping(make_config):
                              "privacy.clipped_count_stddev=1.0"))  # fmt: skip
     assert result.summary["rounds"] == 2 and result.summary["rejected_replies"] == 0
     assert result.summary["privacy"]["user_level_epsilon"] > 0
+
+
+def test_central_dp_books_the_release_a_straggler_left(tmp_path, register_for_test):
+    """Two clients sampled, one stalls past the deadline every round: each release
+    averages one update under noise sized for two, so the ledger books σ·1/2."""
+    import stalled_device
+
+    from fedpriv.selection import SELECTIONS
+
+    register_for_test(SELECTIONS, "stalled_device", stalled_device.StalledDevice)
+    result = run(
+        load_config(
+            [
+                "data=digits", "model=logreg", "num_clients=2", "rounds=2",
+                "engine.cpus_per_client=0.5", "selection.name=stalled_device",
+                "selection.round_deadline_s=3", "privacy=central", "privacy.shortfall=account",
+                f"output_dir={tmp_path}",
+            ]
+        )
+    )  # fmt: skip
+    assert [len(r["stragglers"]) for r in result.history] == [1, 1]
+    privacy = result.summary["privacy"]
+    assert privacy["central_released_with"] == [{"noise_multiplier": 0.4, "releases": 2}]
+    expected = stepped_epsilon(RDPAccountant, 0.4, 1.0, 2, privacy["user_level_delta"])
+    assert privacy["user_level_epsilon"] == pytest.approx(expected, rel=1e-9)
+    assert privacy["user_level_epsilon"] > stepped_epsilon(
+        RDPAccountant, 0.8, 1.0, 2, privacy["user_level_delta"]
+    )
