@@ -26,10 +26,37 @@ from fedpriv.privacy.accounting import (
     save_history,
 )
 from fedpriv.runtime.node import partition_id
+from fedpriv.telemetry.probes import TELEMETRY_KEYS
 
 log = logging.getLogger("fedpriv")
 
 DECLINED = "declined"
+#: What a train reply's metrics may carry under DP-SGD (docs/privacy.md lists each):
+#: counts and settings that follow from the client's dataset size (public in fedpriv's
+#: DP model, as in Opacus': q and δ derive from it), the accounting itself, the model's
+#: score on the public test split (post-processing), timings and device telemetry.
+#: Anything else, such as the loss and accuracy on the private batches, is withheld:
+#: ε does not cover it.
+RELEASED_UNDER_DP = frozenset(
+    {
+        "num-examples", "partition-id", "party", "steps", "rounds-trained", "train-seconds",
+        "work-seconds", "dp-noise-multiplier", "dp-sample-rate", "dp-steps", "epsilon",
+        "delta", "dp-weight", *TELEMETRY_KEYS,
+    }
+)  # fmt: skip
+#: Keys with this prefix score the trained model on the public test split (swarm peers).
+PUBLIC_SCORE_PREFIX = "test-"
+
+
+def withhold_private_metrics(reply: Message) -> list[str]:
+    """Drop every reply metric ε does not cover (see RELEASED_UNDER_DP); the names dropped."""
+    dropped = []
+    for metrics in reply.content.metric_records.values():
+        for key in list(metrics):
+            if key not in RELEASED_UNDER_DP and not key.startswith(PUBLIC_SCORE_PREFIX):
+                del metrics[key]
+                dropped.append(key)
+    return dropped
 
 
 class PrivacyLedgerMod:
@@ -87,6 +114,8 @@ class PrivacyLedgerMod:
             save_history(context, history)
         metrics["epsilon"] = epsilon(history, delta, dp.accountant)
         metrics["delta"] = delta
+        if dropped := withhold_private_metrics(reply):
+            log.debug("withheld under DP (not covered by ε): %s", ", ".join(sorted(dropped)))
         return reply
 
 

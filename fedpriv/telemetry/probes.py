@@ -28,6 +28,15 @@ _JETSON_RELEASE = Path("/etc/nv_tegra_release")
 _JTOP_TIMEOUT_S = 2.0  # jtop waits for its service's first sample; never hold a round longer
 
 
+#: Every measurement a device may report (each only where the device can read it).
+TELEMETRY_KEYS = frozenset(
+    {
+        "rss-mb", "peak-rss-mb", "mem-free-mb", "disk-free-gb", "gpu-util-percent",
+        "gpu-mem-mb", "soc-temp-c", "cpu-percent", "system-cpu-percent",
+    }
+)  # fmt: skip
+
+
 def device_snapshot(*, disk_path: str = ".") -> dict[str, float]:
     """One sample of the device: memory, disk, and GPU and temperature where readable.
 
