@@ -103,7 +103,8 @@ class Strategy(ABC):
         """Run one round on the grid and report what it produced."""
 
     def checkpoint_state(self) -> Any:
-        """The coordinator's state after a round, picklable (None: not resumable)."""
+        """The coordinator's state after a round (None: not resumable): plain values,
+        NumPy arrays and ArrayRecords, as :mod:`fedpriv.runtime.tree` writes them."""
         return None
 
     def restore_state(self, state: Any) -> None:

@@ -3,10 +3,11 @@
 ``fedpriv audit RUN_DIR --attack NAME`` on a finished run, or ``attack=NAME`` in the
 experiment config (the audit then runs when the run ends). What each attack reads:
 
-* ``membership``: the run's final global model (from ``checkpoint.pkl``, written every
-  round by default); members are the clients' training examples, non-members the
-  held-out test split. Under ``crypto=ckks`` the server's copy is ciphertext: the
-  attack needs the model the clients decrypt, so it reports that it cannot run.
+* ``membership``: the run's final global model (from ``checkpoint.npz``, written every
+  round by default, read without pickle: a crafted run directory runs no code); members
+  are the clients' training examples, non-members the held-out test split. Under
+  ``crypto=ckks`` the server's copy is ciphertext: the attack needs the model the
+  clients decrypt, so it reports that it cannot run.
 * ``gradient_inversion``: the worst case an honest-but-curious server faces, replayed
   with the run's own settings: client 0 takes one plain step on one example from the
   run's initial global model, through the run's privacy mechanism (DP-SGD clips and
@@ -39,7 +40,7 @@ from fedpriv.data.federated import federate
 from fedpriv.errors import ConfigError
 from fedpriv.privacy.dp_sgd import DpSgd
 from fedpriv.results import write_atomic
-from fedpriv.runtime.checkpoint import Checkpoint
+from fedpriv.runtime.checkpoint import CHECKPOINT_FILE, Checkpoint, CheckpointError
 from fedpriv.training import seed_for, train_local
 
 ATTACKS = tuple(name for name in CONFIG_ATTACKS if name != "none")
@@ -72,10 +73,13 @@ def _model(config: ExperimentConfig, input_shape: tuple[int, ...], classes: int)
 def membership(run_dir: Path, config: ExperimentConfig) -> dict[str, Any]:
     if config.family != "horizontal":
         return _impossible(f"membership audits a global model; family={config.family} has none")
-    checkpoint = Checkpoint.load(run_dir)
+    checkpoint = Checkpoint.load(run_dir)  # CheckpointError names a damaged or crafted file
     if checkpoint is None:
-        return _impossible("no checkpoint.pkl with the final model (checkpoint_every=0?)")
-    arrays: ArrayRecord = checkpoint.family_state["arrays"]
+        return _impossible(f"no {CHECKPOINT_FILE} with the final model (checkpoint_every=0?)")
+    state = checkpoint.family_state
+    arrays = state.get("arrays") if isinstance(state, dict) else None
+    if not isinstance(arrays, ArrayRecord):
+        raise CheckpointError(f"{run_dir / CHECKPOINT_FILE} holds no global model")
     if not config.crypto.server_reads_model:
         return _impossible(
             "the server holds the global model only as CKKS ciphertexts; the attack needs "

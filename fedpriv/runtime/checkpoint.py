@@ -1,45 +1,51 @@
-"""Checkpoints: what a killed run needs to continue exactly where it stopped.
+"""Checkpoints: what a killed run needs to continue where it stopped, in files that
+cannot run code.
 
-Every ``checkpoint_every`` rounds the server replaces ``checkpoint.pkl`` in the results
-directory (atomically) with: the round it follows, the history so far, the family's
-state (the global model and the Flower strategy's own state, e.g. FedAdam's moments),
-the server's privacy ledger, the server process's random states, and every client's
-node state as the client last reported it. Node state is what a node keeps in
-``context.state`` across rounds: its Opacus accountant history and its counters. A
-resumed run sends each node its state back before the next round, so ε keeps
-composing from what was spent, not from zero.
+Every ``checkpoint_every`` rounds the server replaces ``checkpoint.npz`` in the results
+directory (atomically, mode 0600) with: the round it follows, the history so far, the
+family's state (the global model, the Flower strategy's own state such as FedAdam's
+moments, an asynchronous rule's state) and the server's privacy ledger. The file is a
+:mod:`fedpriv.runtime.tree`: JSON for the structure, arrays in the ``.npz``, read with
+``allow_pickle=False``. A run directory is something people hand each other to audit,
+so reading one must never run code: no pickle anywhere.
 
-A checkpoint is a pickle: load only checkpoints your own runs wrote.
+No random generator state is saved. NumPy's global generator is where Flower's central
+DP wrappers draw noise; a file holding its state would let its reader redraw the noise
+and subtract it. The streams a resumed run needs to repeat (client sampling) are seeded
+from the config and the round, or (asynchronous sampling) kept by the family.
+
+What each node spent is not in the checkpoint: the server records it as each reply
+arrives (:mod:`fedpriv.runtime.spending`), so noisy updates received after the last
+checkpoint are never forgotten.
 """
 
 from __future__ import annotations
 
-import copyreg
 import dataclasses
-import io
-import json
-import pickle
-import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedpriv.errors import SimulationError
+from fedpriv.errors import FedprivError
 from fedpriv.results import write_atomic
 from fedpriv.runtime.node import partition_id
+from fedpriv.runtime.tree import TreeError, dumps, loads
 
-CHECKPOINT_FILE = "checkpoint.pkl"
-FORMAT = 1
-#: The reply record that carries a node's state to the server (removed on arrival).
-NODE_STATE = "node-state"
-#: The message that gives a resumed run's nodes their state back.
-RESTORE = "query.restore"
-#: The ``context.state`` records a node needs to resume (accountant history, counters).
-NODE_RECORDS = ("fedpriv", "fedpriv.dp")
+CHECKPOINT_FILE = "checkpoint.npz"
+#: What fedpriv < 0.x wrote: a pickle. It is never read.
+LEGACY_FILE = "checkpoint.pkl"
+FORMAT = 2
+#: Flower strategy attributes that change while a run goes on (everything else is
+#: built from the config): FedAvgM's momentum, FedOpt's moments, the model a strategy
+#: measures updates from, an adaptive-clipping wrapper's norm. An allow-list, so no
+#: generator or other object a strategy holds ever reaches a file.
+FLOWER_STATE = ("current_arrays", "momentum_vector", "m_t", "v_t", "clipping_norm")
+
+
+class CheckpointError(FedprivError, ValueError):
+    """A checkpoint cannot be read (damaged, crafted, or an old pickle) or written."""
 
 
 @dataclasses.dataclass
@@ -51,59 +57,110 @@ class Checkpoint:
     history: list[dict[str, Any]]
     family_state: Any
     ledger: dict[str, Any]
-    node_states: dict[int, dict[str, dict[str, Any]]]
-    random_states: dict[str, Any]
 
     def save(self, run_dir: Path) -> None:
         payload = {
             "format": FORMAT,
             **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
         }
-        buffer = io.BytesIO()
-        pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-        # Arrays that arrived over gRPC hold memoryviews (zero-copy), which pickle refuses.
-        pickler.dispatch_table = {**copyreg.dispatch_table, memoryview: _as_bytes}
-        pickler.dump(payload)
-        write_atomic(run_dir / CHECKPOINT_FILE, buffer.getvalue())
+        try:
+            data = dumps(payload)
+        except TreeError as error:
+            raise CheckpointError(f"cannot write {run_dir / CHECKPOINT_FILE}: {error}") from error
+        write_atomic(run_dir / CHECKPOINT_FILE, data, mode=0o600)
 
     @classmethod
     def load(cls, run_dir: Path) -> Checkpoint | None:
-        """The run's latest checkpoint, or None if it wrote none."""
+        """The run's latest checkpoint, or None if it wrote none. Never runs code."""
         path = run_dir / CHECKPOINT_FILE
         if not path.is_file():
+            if (run_dir / LEGACY_FILE).exists():
+                raise CheckpointError(
+                    f"{run_dir / LEGACY_FILE} is a pickle checkpoint (from fedpriv before "
+                    f"{CHECKPOINT_FILE}); it is not read, since unpickling a file runs the "
+                    "code it names. Run the experiment again, or delete the file to resume "
+                    "from round 1"
+                )
             return None
-        payload = pickle.loads(path.read_bytes())
-        if payload.pop("format", None) != FORMAT:
-            raise SimulationError(f"{path} was written by another fedpriv version (format)")
-        return cls(**payload)
+        try:
+            payload = loads(path.read_bytes())
+        except TreeError as error:
+            raise CheckpointError(
+                f"{path} is damaged or not a fedpriv checkpoint: {error}"
+            ) from error
+        return cls._checked(payload, path)
+
+    @classmethod
+    def _checked(cls, payload: Any, path: Path) -> Checkpoint:
+        """The checkpoint in ``payload``, its fields' types checked (a crafted file fails here)."""
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            found = payload.get("format") if isinstance(payload, dict) else None
+            raise CheckpointError(
+                f"{path} is not a fedpriv checkpoint of format {FORMAT} (format: {found!r})"
+            )
+        types: dict[str, type | tuple[type, ...]] = {
+            "round": int, "elapsed": (int, float), "history": list, "ledger": dict,
+        }  # fmt: skip
+        problems = [
+            f"{name} must be {getattr(kind, '__name__', 'a number')}"
+            for name, kind in types.items()
+            if not isinstance(payload.get(name), kind) or isinstance(payload.get(name), bool)
+        ]
+        if "family_state" not in payload:
+            problems.append("family_state is missing")
+        if problems:
+            raise CheckpointError(f"{path} is not a fedpriv checkpoint: {'; '.join(problems)}")
+        fields = {f.name: payload[f.name] for f in dataclasses.fields(cls)}
+        fields["elapsed"] = float(fields["elapsed"])
+        return cls(**fields)
 
 
-def _as_bytes(view: memoryview) -> tuple[type[bytes], tuple[bytes]]:
-    return bytes, (view.tobytes(),)
+def flower_state(strategy: Any) -> list[dict[str, Any]]:
+    """The changing state of a Flower strategy and of each strategy it wraps (DP
+    wrappers hold the next one in ``.strategy``): :data:`FLOWER_STATE` only."""
+    layers = []
+    while strategy is not None:
+        state = {name: getattr(strategy, name) for name in FLOWER_STATE if hasattr(strategy, name)}
+        layers.append({"class": type(strategy).__name__, "state": state})
+        strategy = getattr(strategy, "strategy", None)
+    return layers
 
 
-def random_states() -> dict[str, Any]:
-    """The server process's global random generators (Flower's central-DP wrappers draw
-    their noise from NumPy's), so a resumed run continues their streams."""
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
+def restore_flower_state(strategy: Any, layers: Any) -> None:
+    """Put :func:`flower_state`'s values back into ``strategy``, freshly built from the
+    same config; a checkpoint of another strategy chain is an error."""
+    built = flower_state(strategy)
+    saved = [layer.get("class") if isinstance(layer, dict) else None for layer in layers]
+    if saved != [layer["class"] for layer in built]:
+        raise CheckpointError(
+            f"the checkpoint holds the state of Flower strategies {saved}, but this "
+            f"config builds {[layer['class'] for layer in built]}"
+        )
+    for layer in layers:
+        state = layer.get("state")
+        if not isinstance(state, dict) or not set(state) <= set(FLOWER_STATE):
+            raise CheckpointError(f"the checkpoint's {layer['class']} state is malformed")
+        for name, value in state.items():
+            setattr(strategy, name, value)
+        strategy = getattr(strategy, "strategy", None)
 
 
-def set_random_states(states: Mapping[str, Any]) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
+# -- node state: what a node keeps in context.state across rounds --------------------
 
-
-# -- node state ------------------------------------------------------------------
+#: The reply record that carries a node's state to the server (removed on arrival).
+NODE_STATE = "node-state"
+#: The message that gives a resumed run's nodes their state back (and, without a
+#: state, asks a node which partition it holds).
+RESTORE = "query.restore"
+#: The ``context.state`` records a node needs to resume (accountant history, counters).
+NODE_RECORDS = ("fedpriv", "fedpriv.dp")
+#: The key of the partition a node-state record is for.
+PARTITION = "partition-id"
 
 
 def snapshot(context: Context) -> ConfigRecord:
     """This node's resumable state, flattened to one record (``<record>/<key>``)."""
-    flat: dict[str, Any] = {"partition-id": partition_id(context)}
+    flat: dict[str, Any] = {PARTITION: partition_id(context)}
     for name in NODE_RECORDS:
         record = context.state.config_records.get(name)
         for key, value in (record or {}).items():
@@ -111,14 +168,14 @@ def snapshot(context: Context) -> ConfigRecord:
     return ConfigRecord(flat)
 
 
-def unflatten(record: Mapping[str, Any]) -> tuple[int, dict[str, dict[str, Any]]]:
-    """A snapshot back to ``(partition, {record name: {key: value}})``."""
+def unflatten(record: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A snapshot's records back to ``{record name: {key: value}}`` (its partition left out)."""
     records: dict[str, dict[str, Any]] = {}
     for flat_key, value in record.items():
-        if flat_key != "partition-id":
-            name, _, key = flat_key.rpartition("/")
+        name, _, key = flat_key.rpartition("/")
+        if flat_key != PARTITION and name in NODE_RECORDS:
             records.setdefault(name, {})[key] = list(value) if isinstance(value, list) else value
-    return int(record["partition-id"]), records
+    return records
 
 
 class NodeStateMod:
@@ -134,27 +191,26 @@ class NodeStateMod:
         return reply
 
 
+def restore_content(partition: int, state: Mapping[str, Mapping[str, Any]]) -> RecordDict:
+    """One node's :data:`RESTORE` message: its own partition's state, nobody else's."""
+    flat: dict[str, Any] = {PARTITION: partition}
+    for name, values in state.items():
+        for key, value in values.items():
+            flat[f"{name}/{key}"] = value
+    return RecordDict({NODE_STATE: ConfigRecord(flat)})
+
+
 def restore_node(msg: Message, context: Context) -> Message:
-    """The node side of :data:`RESTORE`: take this partition's state back."""
-    states = json.loads(str(msg.content.config_records["states"]["json"]))
-    for name, values in states.get(str(partition_id(context)), {}).items():
-        context.state[name] = ConfigRecord(values)
-    return Message(content=RecordDict(), reply_to=msg)
-
-
-def harvest(replies: Iterable[Message], into: dict[int, dict[str, dict[str, Any]]]) -> None:
-    """Take the node-state record off each reply (families never see it) into ``into``."""
-    for reply in replies:
-        if reply.has_error() or not reply.has_content():
-            continue
-        record = reply.content.config_records.get(NODE_STATE)
-        if record is not None:
-            del reply.content[NODE_STATE]
-            partition, state = unflatten(record)
-            into[partition] = state
-
-
-def restore_message_content(states: Mapping[int, Mapping[str, Any]]) -> RecordDict:
-    """Every node's state in one record; each node takes its own partition's entry."""
-    encoded = json.dumps({str(k): v for k, v in states.items()})
-    return RecordDict({"states": ConfigRecord({"json": encoded})})
+    """The node side of :data:`RESTORE`: without a state, say which partition this node
+    holds; with one, take it back (only if it is this node's partition's)."""
+    own = partition_id(context)
+    record = msg.content.config_records.get(NODE_STATE)
+    if record is not None:
+        if (claimed := record.get(PARTITION)) != own:
+            raise ValueError(
+                f"the restore message holds partition {claimed!r}'s state, and this node "
+                f"holds partition {own}"
+            )
+        for name, values in unflatten(record).items():
+            context.state[name] = ConfigRecord(values)
+    return Message(content=RecordDict({"metrics": MetricRecord({PARTITION: own})}), reply_to=msg)

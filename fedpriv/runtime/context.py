@@ -20,16 +20,10 @@ from fedpriv.config import ExperimentConfig
 from fedpriv.errors import SimulationError
 from fedpriv.privacy.ledger import ServerLedger
 from fedpriv.results import RunDirectory
-from fedpriv.runtime.checkpoint import (
-    RESTORE,
-    Checkpoint,
-    harvest,
-    random_states,
-    restore_message_content,
-    set_random_states,
-)
+from fedpriv.runtime.checkpoint import RESTORE, Checkpoint, restore_content
 from fedpriv.runtime.progress import Progress
 from fedpriv.runtime.records import payload_nbytes
+from fedpriv.runtime.spending import SPENDING_FILE, SpendingRecord
 from fedpriv.telemetry import RoundPublisher
 
 log = logging.getLogger("fedpriv")
@@ -104,12 +98,13 @@ class RunContext:
         self.stop_reason: str | None = None
         self.ledger = ServerLedger(config)
         self.started = time.perf_counter()  # start_clock() sets it when training starts
-        #: Each partition's node state as its node last reported it (for checkpoints).
-        self.node_states: dict[int, dict[str, dict[str, Any]]] = {}
+        #: What each node spent, written as replies arrive (a resumed run continues it).
+        self.spending = SpendingRecord(out.path / SPENDING_FILE, config.num_clients)
         if checkpoint is not None:
             self.history = list(checkpoint.history)
-            self.ledger.restore(checkpoint.ledger)
-            self.node_states = dict(checkpoint.node_states)
+            if checkpoint.ledger:
+                self.ledger.restore(checkpoint.ledger)
+            self.spending = SpendingRecord.load(self.spending.path, config.num_clients)
         self._round_started = self.started
         self._bytes_up = self._bytes_down = 0
         self._rejected: list[dict[str, Any]] = []
@@ -149,9 +144,10 @@ class RunContext:
         messages = list(messages)
         self._bytes_down += sum(payload_nbytes(m.content) for m in messages)
         timeout = self.config.engine.round_timeout_s if timeout is None else timeout
-        sent, replies = exchange(grid, messages, timeout)
-        replies = self.screen(replies, sent)
-        harvest(replies, into=self.node_states)
+        self.spending.sending(self.ledger.state())  # a release is counted before it leaves
+        sent, arrived = exchange(grid, messages, timeout)
+        replies = self.screen(arrived, sent)
+        self.spending.harvest(arrived)  # every reply received spent privacy, kept or not
         if len(replies) < len(messages):
             log.warning("round timed out: %d of %d replies", len(replies), len(messages))
         return replies
@@ -159,6 +155,7 @@ class RunContext:
     def push(self, grid: Grid, messages: list[Message]) -> list[str]:
         """Send without waiting (asynchronous strategies); returns the message IDs."""
         self._bytes_down += sum(payload_nbytes(m.content) for m in messages)
+        self.spending.sending(self.ledger.state())
         return list(grid.push_messages(messages))
 
     def pull(self, grid: Grid, pending: set[str]) -> tuple[list[Message], set[str]]:
@@ -169,7 +166,7 @@ class RunContext:
         arrived = list(grid.pull_messages(pending))
         answered = {reply.metadata.reply_to_message_id for reply in arrived} & pending
         replies = self.screen(arrived, pending)
-        harvest(replies, into=self.node_states)
+        self.spending.harvest(arrived)
         return replies, answered
 
     def screen(self, replies: list[Message], sent: set[str]) -> list[Message]:
@@ -213,13 +210,15 @@ class RunContext:
             Message(content=content, dst_node_id=node, message_type=message_type) for node in nodes
         ]
         engine = self.config.engine
-        return self.send_and_receive(
+        replies = self.send_and_receive(
             grid, messages, max(engine.round_timeout_s, engine.node_wait_s)
         )
+        self.spending.learn(replies)  # each node's partition, as it first names it
+        return replies
 
     # -- checkpoints ----------------------------------------------------------
     def save_checkpoint(self, server_round: int, family_state: Any, last: bool = False) -> None:
-        """Write ``checkpoint.pkl`` when ``checkpoint_every`` says this round is due, and
+        """Write ``checkpoint.npz`` when ``checkpoint_every`` says this round is due, and
         after the ``last`` round (the final model, for audits); ``family_state`` None:
         the family cannot checkpoint (nothing is written)."""
         every = self.config.checkpoint_every
@@ -231,26 +230,57 @@ class RunContext:
             history=self.history,
             family_state=family_state,
             ledger=self.ledger.state(),
-            node_states=self.node_states,
-            random_states=random_states(),
         ).save(self.out.path)
 
     def resume(self, grid: Grid) -> None:
-        """Before the first resumed round: give every node its state back, and set the
-        random generators to where the checkpoint left them."""
+        """Before the first resumed round: give each node its own partition's state
+        back, the newest the server received (not the checkpoint's), and take what each
+        partition last reported into the ledger."""
         assert self.checkpoint is not None
-        if self.node_states:
-            content = restore_message_content(self.node_states)
-            nodes = list(grid.get_node_ids())
-            replies = self.first_contact(grid, nodes, RESTORE, content)
-            if (unanswered := not_answered(nodes, replies)) is not None:
-                count, reason = unanswered
-                raise SimulationError(
-                    f"{count} of {len(nodes)} nodes did not take their state back ({reason}); "
-                    "resuming without it would restart their privacy accounting"
-                )
-        set_random_states(self.checkpoint.random_states)
+        if self.spending.ledger is not None:  # newer than the checkpoint's: sent after it
+            self.ledger.restore(self.spending.ledger)
+        for partition, spent in sorted(self.spending.reported.items()):
+            self.ledger.client_reported(partition, spent)
+        if self.spending.states:
+            self._restore_nodes(grid)
         log.info("resumed after round %d of %d", self.checkpoint.round, self.config.rounds)
+
+    def _restore_nodes(self, grid: Grid) -> None:
+        """Ask the nodes not yet bound to a partition which one they hold, then send each
+        node its partition's state alone."""
+        nodes = list(grid.get_node_ids())
+        unbound = [node for node in nodes if node not in self.spending.partition_of]
+        if unbound:
+            replies = self.first_contact(grid, unbound, RESTORE)
+            self._all_answered(unbound, replies, "say which partition they hold")
+        if self.spending.contested:
+            raise SimulationError(
+                f"partitions {sorted(self.spending.contested)} were claimed by two nodes each "
+                f"(see {SPENDING_FILE} and the log); whose privacy history to give back cannot "
+                "be told, so the run is not resumed"
+            )
+        holder_of = {p: n for n, p in self.spending.partition_of.items() if n in nodes}
+        if missing := sorted(set(self.spending.states) - set(holder_of)):
+            log.warning("no node holds partitions %s: their state is not restored", missing)
+        messages = [
+            Message(content=restore_content(p, state), dst_node_id=holder_of[p],
+                    message_type=RESTORE)
+            for p, state in sorted(self.spending.states.items()) if p in holder_of
+        ]  # fmt: skip
+        engine = self.config.engine
+        replies = self.send_and_receive(
+            grid, messages, max(engine.round_timeout_s, engine.node_wait_s)
+        )
+        self._all_answered([m.metadata.dst_node_id for m in messages], replies,
+                           "take their state back")  # fmt: skip
+
+    def _all_answered(self, nodes: list[int], replies: list[Message], what: str) -> None:
+        if (unanswered := not_answered(nodes, replies)) is not None:
+            count, reason = unanswered
+            raise SimulationError(
+                f"{count} of {len(nodes)} nodes did not {what} ({reason}); resuming without "
+                "their state would restart their privacy accounting"
+            )
 
     def reject(self, reply: Message, reason: str) -> None:
         """Log and record a reply that will not be used; the round goes on."""

@@ -26,6 +26,7 @@ from flwr.serverapp import Grid
 from fedpriv.config import ExperimentConfig
 from fedpriv.crypto.records import Layout
 from fedpriv.privacy.ledger import declined_reason
+from fedpriv.runtime.checkpoint import CheckpointError
 from fedpriv.runtime.context import PULL_INTERVAL_S
 from fedpriv.runtime.records import check_update
 from fedpriv.training import seed_for
@@ -84,15 +85,28 @@ class AsyncHorizontal(Horizontal):
         kept: a resumed run sends every node fresh work."""
         return {
             "arrays": self.arrays,
-            "server": self.state,
-            "counters": (self.dispatched, self.updates_applied, self.dropped_stale),
+            "server": None if self.state is None else dataclasses.asdict(self.state),
+            "counters": [self.dispatched, self.updates_applied, self.dropped_stale],
+            # The client-sampling generator (seeded from the config; no noise is drawn from it).
             "rng": self.rng.getstate(),
         }
 
-    def restore_state(self, state: dict[str, Any]) -> None:
-        self.arrays, self.state = state["arrays"], state["server"]
-        self.dispatched, self.updates_applied, self.dropped_stale = state["counters"]
-        self.rng.setstate(state["rng"])
+    def restore_state(self, state: dict[str, Any] | None) -> None:
+        """Take back :meth:`checkpoint_state` (None: a run with no checkpoint yet)."""
+        if state is None:
+            return
+        try:
+            self.arrays = state["arrays"]
+            server = state["server"]
+            if server is not None:
+                buffer = [Arrival(**arrival) for arrival in server.pop("buffer")]
+                self.state = ServerState(**server, buffer=buffer)
+            self.dispatched, self.updates_applied, self.dropped_stale = map(int, state["counters"])
+            self.rng.setstate(state["rng"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(
+                f"the checkpoint's asynchronous state is malformed ({error})"
+            ) from error
 
     def start(self, grid: Grid, ctx: RunContext) -> None:
         # Start every ClientApp first, so no update is stale by a node's start-up.

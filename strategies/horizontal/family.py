@@ -30,6 +30,7 @@ from fedpriv.errors import ConfigError
 from fedpriv.privacy.accounting import planned_steps
 from fedpriv.privacy.central import released_noise_multiplier
 from fedpriv.privacy.ledger import declined_reason
+from fedpriv.runtime.checkpoint import CheckpointError, flower_state, restore_flower_state
 from fedpriv.runtime.node import node_counter, node_data, partition_id
 from fedpriv.selection import MAX_STEPS, WORK_SECONDS
 from fedpriv.training import evaluate, seed_for
@@ -245,12 +246,19 @@ class Horizontal(Strategy):
         return {"train": client.train, "evaluate": client.evaluate, "query.ready": client.ready}
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """The global model (ciphertexts under CKKS) and the Flower strategy with its own
-        state (FedAdam's moments, FedAvgM's momentum, a central-DP wrapper's clipping)."""
-        return {"arrays": self.arrays, "flower": self.flower}
+        """The global model (ciphertexts under CKKS) and the Flower strategy's changing
+        state (FedAdam's moments, FedAvgM's momentum, a central-DP wrapper's clipping
+        norm): named attributes, never the strategy object or its noise generator."""
+        return {"arrays": self.arrays, "flower": flower_state(self.flower)}
 
-    def restore_state(self, state: dict[str, Any]) -> None:
-        self.arrays, self.flower = state["arrays"], state["flower"]
+    def restore_state(self, state: dict[str, Any] | None) -> None:
+        """Take back :meth:`checkpoint_state` (None: a run with no checkpoint yet)."""
+        if state is None:
+            return
+        if not isinstance(state, dict) or not isinstance(state.get("arrays"), ArrayRecord):
+            raise CheckpointError("the checkpoint's horizontal state has no global model")
+        self.arrays = state["arrays"]
+        restore_flower_state(self.flower, state.get("flower", []))
 
     def start(self, grid: Grid, ctx: RunContext) -> None:
         selection = self.config.selection

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import io
 import json
-import random
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedpriv import ConfigError, load_config
 from fedpriv.api import open_run
@@ -25,14 +23,12 @@ from fedpriv.runtime.checkpoint import (
     RESTORE,
     Checkpoint,
     NodeStateMod,
-    harvest,
-    random_states,
-    restore_message_content,
+    restore_content,
     restore_node,
-    set_random_states,
 )
 from fedpriv.runtime.node import node_counter
 from fedpriv.runtime.progress import Progress
+from fedpriv.runtime.spending import SPENDING_FILE, SpendingRecord
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -48,7 +44,7 @@ def message(message_type: str, content: RecordDict | None = None) -> Message:
     return Message(content=content or RecordDict(), dst_node_id=1, message_type=message_type)
 
 
-def test_node_state_travels_to_the_server_and_back_to_a_fresh_node():
+def test_node_state_travels_to_the_server_and_back_to_a_fresh_node(tmp_path):
     trained = node(1)
     history = [(1.1, 0.05, 30), (1.1, 0.05, 28)]
 
@@ -59,20 +55,22 @@ def test_node_state_travels_to_the_server_and_back_to_a_fresh_node():
 
     request = message("train")
     reply = NodeStateMod()(request, trained, handler)
+    reply.metadata.__dict__["_src_node_id"] = 11
     assert NODE_STATE in reply.content.config_records
 
-    states: dict = {}
-    harvest([reply], into=states)
+    spending = SpendingRecord(tmp_path / SPENDING_FILE, num_clients=3)
+    spending.harvest([reply])
     assert NODE_STATE not in reply.content.config_records  # families never see it
-    assert set(states) == {1}
+    assert set(spending.states) == {1}
+    again = SpendingRecord.load(tmp_path / SPENDING_FILE, num_clients=3)
+    assert again.states == spending.states  # written as it arrived
 
-    fresh, other = node(1), node(2)
-    content = restore_message_content(states)
-    for context in (fresh, other):
-        restore_node(message(RESTORE, content), context)
+    fresh = node(1)
+    restore_node(message(RESTORE, restore_content(1, again.states[1])), fresh)
     assert load_history(fresh) == history
     assert node_counter(fresh, "rounds_trained") == 2  # continues from 1
-    assert load_history(other) == []  # another partition's state is not taken
+    with pytest.raises(ValueError, match=r"partition 1's state.*partition 2"):
+        restore_node(message(RESTORE, restore_content(1, again.states[1])), node(2))
 
 
 def test_evaluation_replies_carry_no_node_state():
@@ -92,20 +90,79 @@ def test_ledger_state_round_trips(make_config):
     assert again.summary() == ledger.summary()
 
 
-def test_checkpoint_file_round_trips_with_random_states(tmp_path):
-    random.seed(1), np.random.seed(1), torch.manual_seed(1)
-    states = random_states()
-    expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    checkpoint = Checkpoint(
-        round=3, elapsed=1.5, history=[{"round": 1}], family_state={"w": [1.0]},
-        ledger={}, node_states={0: {"fedpriv": {"rounds_trained": 3}}}, random_states=states,
-    )  # fmt: skip
+def test_checkpoint_file_round_trips_every_kind_of_state(tmp_path):
+    ciphertext = Array(dtype="ckks", shape=(3,), stype="tenseal.ckks", data=b"\x00\x01secret")
+    family_state = {
+        "arrays": ArrayRecord({"w": Array(np.eye(2, dtype=np.float32)), "ckks/000000": ciphertext}),
+        "moments": {"w": np.arange(3.0)}, "momentum": [np.ones(2), None],
+        "rng": (3, (1, 2, 3), None), "counters": [4, 5, 6], "$odd": {0: "int keys"},
+    }  # fmt: skip
+    ledger = {"epsilon_per_client": {0: 1.5, 2: float("nan")}, "exhausted": [2]}
+    checkpoint = Checkpoint(round=3, elapsed=1.5, history=[{"round": 1, "accuracy": None}],
+                            family_state=family_state, ledger=ledger)  # fmt: skip
     checkpoint.save(tmp_path)
     loaded = Checkpoint.load(tmp_path)
-    assert loaded is not None and loaded.round == 3 and loaded.node_states == checkpoint.node_states
-    set_random_states(loaded.random_states)
-    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    assert loaded is not None and (loaded.round, loaded.elapsed) == (3, 1.5)
+    assert loaded.history == checkpoint.history
+    assert loaded.ledger["epsilon_per_client"][0] == 1.5
+    assert np.isnan(loaded.ledger["epsilon_per_client"][2])
+    state = loaded.family_state
+    assert state["rng"] == (3, (1, 2, 3), None) and state["$odd"] == {0: "int keys"}
+    np.testing.assert_array_equal(state["moments"]["w"], np.arange(3.0))
+    assert state["momentum"][1] is None
+    assert list(state["arrays"]) == ["w", "ckks/000000"]
+    np.testing.assert_array_equal(state["arrays"]["w"].numpy(), np.eye(2))
+    assert state["arrays"]["ckks/000000"].data == b"\x00\x01secret"
+    assert state["arrays"]["ckks/000000"].stype == "tenseal.ckks"
     assert Checkpoint.load(tmp_path / "none") is None
+
+
+def test_a_state_the_codec_does_not_hold_is_refused_by_name(tmp_path):
+    from fedpriv.runtime.checkpoint import CheckpointError
+
+    checkpoint = Checkpoint(round=1, elapsed=0.0, history=[], ledger={},
+                            family_state={"flower": object()})  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"state\['family_state'\]\['flower'\]: object"):
+        checkpoint.save(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "privacy"),
+    [("fedavgm", "none"), ("fedadam", "none"), ("fedyogi", "none"), ("fedadagrad", "none"),
+     ("fedavgm", "central"), ("fedavgm", "central_adaptive")],
+)  # fmt: skip
+def test_flower_strategy_state_round_trips_without_its_objects(make_config, strategy, privacy):
+    from fedpriv.runtime.checkpoint import flower_state, restore_flower_state
+    from strategies.horizontal import Horizontal
+
+    overrides = [f"strategy={strategy}"]
+    if privacy != "none":
+        overrides += ["privacy=central", "num_clients=40", "privacy.noise_multiplier=0.5"]
+        if privacy == "central_adaptive":
+            overrides += ["privacy.clipping=adaptive"]
+    config = make_config(*overrides)
+    trained = Horizontal(config).flower
+    inner = trained
+    while hasattr(inner, "strategy"):
+        inner.clipping_norm = 0.123  # as adaptive clipping moves it
+        inner = inner.strategy
+    inner.current_arrays = ArrayRecord({"w": Array(np.ones(2, np.float32))})
+    inner.momentum_vector = [np.full(2, 0.5)]
+    inner.m_t, inner.v_t = {"w": np.full(2, 0.1)}, {"w": np.full(2, 0.2)}
+
+    fresh = Horizontal(config).flower
+    restore_flower_state(fresh, flower_state(trained))
+    assert [layer["class"] for layer in flower_state(fresh)] == [
+        layer["class"] for layer in flower_state(trained)
+    ]
+    for a, b in zip(flower_state(fresh), flower_state(trained), strict=True):
+        assert set(a["state"]) == set(b["state"])
+    inner = fresh
+    while hasattr(inner, "strategy"):
+        assert inner.clipping_norm == 0.123
+        inner = inner.strategy
+    np.testing.assert_array_equal(inner.momentum_vector[0], [0.5, 0.5])
+    np.testing.assert_array_equal(inner.m_t["w"], [0.1, 0.1])
 
 
 def test_checkpoint_every_must_not_be_negative():
@@ -177,16 +234,11 @@ def test_checkpoints_are_written_when_due_and_after_the_last_round(make_config, 
 
 def test_a_checkpoint_keeps_arrays_that_arrived_as_memoryviews(tmp_path):
     """Arrays received over gRPC (a deployed SuperLink) hold memoryviews."""
-    from flwr.app import Array, ArrayRecord
-
     values = np.arange(6, dtype=np.float32).reshape(2, 3)
     record = ArrayRecord({"w": Array(values)})
     record["w"].data = memoryview(bytes(record["w"].data))
     state = {"arrays": record}
-    Checkpoint(
-        round=1, elapsed=0.0, history=[], family_state=state, ledger={}, node_states={},
-        random_states={},
-    ).save(tmp_path)  # fmt: skip
+    Checkpoint(round=1, elapsed=0.0, history=[], family_state=state, ledger={}).save(tmp_path)
     loaded = Checkpoint.load(tmp_path)
     assert loaded is not None
     np.testing.assert_array_equal(loaded.family_state["arrays"]["w"].numpy(), values)

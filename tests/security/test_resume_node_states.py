@@ -1,0 +1,154 @@
+"""A client tries to rewrite another client's privacy history through a resume.
+
+Each train reply carries the node's state (its Opacus accountant history) to the
+server, which gives it back when a killed run resumes, so ε keeps composing. A hostile
+client puts another partition's ID on the state it reports, with an empty history: if
+the server keyed states by that claim, the victim's node would get the empty history
+back on resume and its ε would restart at zero; if the restore message carried every
+node's state, each node would read everybody's history.
+
+The nodes here run the real node side (``NodeStateMod``, ``restore_node``, Flower
+``Context`` s) and the server the real ``RunContext``, over a grid that delivers each
+message to its node's handlers and returns the replies in the order the test sets (the
+hostile reply last, after the victim's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from fedpriv.errors import SimulationError
+from fedpriv.privacy.accounting import compose, load_history, save_history
+from fedpriv.results import RunDirectory
+from fedpriv.runtime.checkpoint import NODE_STATE, RESTORE, Checkpoint, NodeStateMod, restore_node
+from fedpriv.runtime.context import RunContext
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+VICTIM, HOSTILE = 0, 2
+#: Each partition's DP-SGD round: a σ no other partition has, so a message that
+#: carries another partition's history is easy to see.
+ROUND = {0: (1.25, 0.1, 30), 1: (2.5, 0.1, 30), 2: (5.0, 0.1, 30)}
+
+Handler = Callable[[Message, Context], Message]
+
+
+def train(msg: Message, context: Context) -> Message:
+    """What a node's training leaves behind: one more round in its accountant history."""
+    partition = int(context.node_config["partition-id"])
+    save_history(context, compose(load_history(context), ROUND[partition]))
+    metrics = MetricRecord({"partition-id": partition, "num-examples": 10})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def forge(reply: Message) -> Message:
+    """The attack: the reply's node state claims the victim's partition, history empty."""
+    reply.content[NODE_STATE] = ConfigRecord(
+        {
+            "partition-id": VICTIM,
+            "fedpriv.dp/noise_multipliers": [],
+            "fedpriv.dp/sample_rates": [],
+            "fedpriv.dp/steps": [],
+        }
+    )
+    return reply
+
+
+class NodeGrid:
+    """A grid whose nodes run the real node-side handlers; the replies to each pull come
+    back in partition order (the hostile one last). The hostile node forges its state
+    in ``lying_rounds``."""
+
+    def __init__(self, first_node: int, lying_rounds: frozenset[int] = frozenset()) -> None:
+        self.contexts = {
+            first_node + p: Context(
+                run_id=1, node_id=first_node + p, node_config={"partition-id": p},
+                state=RecordDict(), run_config={},
+            )
+            for p in ROUND
+        }  # fmt: skip
+        self.lying_rounds = lying_rounds
+        self.pending: dict[str, Message] = {}
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = f"m{len(self.sent)}"
+            self.pending[message.metadata.message_id] = message
+            self.sent.append(message)
+        return [m.metadata.message_id for m in messages]
+
+    def pull_messages(self, message_ids: set[str]) -> list[Message]:
+        asked = sorted((self.pending.pop(i) for i in message_ids), key=self.partition)
+        return [self.deliver(message) for message in asked]
+
+    def partition(self, message: Message) -> int:
+        return int(self.contexts[message.metadata.dst_node_id].node_config["partition-id"])
+
+    def deliver(self, message: Message) -> Message:
+        context = self.contexts[message.metadata.dst_node_id]
+        if message.metadata.message_type == RESTORE:
+            return restore_node(message, context)
+        reply = NodeStateMod()(message, context, train)
+        server_round = int(message.content.config_records["config"]["server-round"])
+        if self.partition(message) == HOSTILE and server_round in self.lying_rounds:
+            reply = forge(reply)
+        return reply
+
+
+def rounds_then_resume(make_config, tmp_path, rounds: int, lying_rounds: set[int]) -> NodeGrid:
+    """``rounds`` rounds with the hostile client, a checkpoint, then a resume on fresh
+    nodes; returns the fresh nodes."""
+    config = make_config("num_clients=3", "privacy=dp_sgd", "engine.round_timeout_s=2")
+    out = RunDirectory(tmp_path / "run")
+    ctx = RunContext(config, out)
+    grid = NodeGrid(first_node=100, lying_rounds=frozenset(lying_rounds))
+    for server_round in range(1, rounds + 1):
+        ctx.start_round(server_round)
+        settings = ConfigRecord({"server-round": server_round})
+        messages = [
+            Message(RecordDict({"config": settings}), dst_node_id=node, message_type="train")
+            for node in grid.contexts
+        ]
+        ctx.send_and_receive(grid, messages)
+    ctx.save_checkpoint(rounds, {"arrays": ArrayRecord()})
+
+    checkpoint = Checkpoint.load(out.path)
+    assert checkpoint is not None
+    resumed = RunContext(config, out, checkpoint=checkpoint)
+    fresh = NodeGrid(first_node=200)  # a resumed run's nodes: new IDs, empty state
+    resumed.resume(fresh)
+    return fresh
+
+
+def test_a_client_cannot_overwrite_another_clients_history(make_config, tmp_path):
+    fresh = rounds_then_resume(make_config, tmp_path, rounds=2, lying_rounds={2})
+    two_rounds = {p: compose([r], r) for p, r in ROUND.items()}
+    assert load_history(fresh.contexts[200 + VICTIM]) == two_rounds[VICTIM]  # not emptied
+    assert load_history(fresh.contexts[201]) == two_rounds[1]
+    # The liar's own forged state was not kept either: it gets its round-1 history.
+    assert load_history(fresh.contexts[200 + HOSTILE]) == [ROUND[HOSTILE]]
+
+
+def test_each_node_is_sent_its_own_partitions_state_only(make_config, tmp_path):
+    fresh = rounds_then_resume(make_config, tmp_path, rounds=2, lying_rounds={2})
+    for message in fresh.sent:
+        partition = fresh.partition(message)
+        seen = " ".join(repr(dict(record)) for record in message.content.config_records.values())
+        for other, (sigma, _, _) in ROUND.items():
+            if other != partition:
+                assert repr(sigma) not in seen, (partition, other, seen)
+
+
+def test_a_partition_two_nodes_claimed_is_not_resumed(make_config, tmp_path):
+    """The liar claims the victim's partition from its first reply on: the server
+    cannot tell which node is honest, so it keeps the first claimant's history and
+    refuses to hand it out on resume rather than guess."""
+    with pytest.raises(SimulationError, match=r"partitions \[0\] were claimed by two nodes"):
+        rounds_then_resume(make_config, tmp_path, rounds=1, lying_rounds={1})
