@@ -16,12 +16,13 @@ fedpriv report DIR... [--out DIR] [--markdown] [--by-group]
 fedpriv audit RUN --attack NAME       attack a finished run: membership,
                                       gradient_inversion, label_inference
 fedpriv keys init --out DIR [--nodes N] [--host NAME]... [--preset ckks-128]
-                                      a fleet's keys: TLS CA and server certificate,
-                                      one SuperNode key per device, CKKS contexts
+                                      a fleet's keys, one bundle per host: DIR/ca,
+                                      DIR/superlink, DIR/device-<k>
 fedpriv partition OUT [HYDRA OVERRIDES...]
                                       each client's data as OUT/part-<k>.npz (for --data)
-fedpriv superlink KEYS [--host H] [--port 9093] [--database F] [--insecure]
-                                      run the SuperLink (TLS, registered nodes only)
+fedpriv superlink KEYS [--host H] [--port 9092] [--api-port 9093] [--database F]
+                  [--insecure]        run the SuperLink on 127.0.0.1 and nginx for the
+                                      Fleet API on H (TLS, registered nodes only)
 fedpriv supernode KEYS --superlink HOST:PORT --partition-id K --num-partitions N
                   [--data FILE.npz] [--runtime-port 9094] [--insecure]
                                       run a device's SuperNode and its warm executor"""
@@ -126,15 +127,15 @@ def _audit(argv: list[str]) -> int:
 
 
 def _keys(argv: list[str]) -> int:
-    """``fedpriv keys init``: a fresh key set for a fleet (docs/deployment.md)."""
-    from fedpriv.crypto import PRESETS, write_keys
+    """``fedpriv keys init``: a fresh key set for a fleet, one bundle per host
+    (docs/deployment.md)."""
+    from fedpriv.crypto import PRESETS
     from fedpriv.crypto.ckks import CkksParams
-    from fedpriv.crypto.keys import CLIENT_FILE
-    from fedpriv.deployment.credentials import CA_CERT, write_credentials
+    from fedpriv.deployment.credentials import write_fleet_keys
 
     parser = argparse.ArgumentParser(prog="fedpriv keys")
     parser.add_argument("action", choices=["init"])
-    parser.add_argument("--out", required=True, help="directory for the key files")
+    parser.add_argument("--out", required=True, help="directory for the key bundles")
     parser.add_argument("--nodes", type=int, default=3, help="devices: one node key each")
     parser.add_argument(
         "--host",
@@ -146,30 +147,26 @@ def _keys(argv: list[str]) -> int:
     parser.add_argument("--preset", default="ckks-128", choices=sorted(PRESETS))
     parser.add_argument("--force", action="store_true", help="replace an existing key set")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    existing = [out / name for name in (CA_CERT, CLIENT_FILE) if (out / name).exists()]
-    if existing and not args.force:
-        print(
-            f"error: {existing[0]} exists; pass --force to replace the key set "
-            "(every device then needs its new files)",
-            file=sys.stderr,
-        )
-        return 2
     preset = PRESETS[args.preset]
     params = CkksParams(preset.poly_modulus_degree, preset.coeff_mod_bit_sizes, preset.scale_bits)
     try:
-        write_credentials(out, nodes=args.nodes, hosts=args.host, force=True)
+        keys = write_fleet_keys(
+            args.out, nodes=args.nodes, hosts=args.host, ckks=params, force=args.force
+        )
+    except FileExistsError as error:
+        print(f"error: {error} (every device then needs its new bundle)", file=sys.stderr)
+        return 2
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    write_keys(out, params, force=True)
     print(
-        f"wrote {out}/:\n"
-        f"  server only:  ca.key, server.key, server.pem, server.ctx (CKKS parameters)\n"
-        f"  every device: ca.crt, client.ctx (CKKS secret key, 0600)\n"
-        f"  device k:     nodes/node-<k>.key (0600), k = 0..{args.nodes - 1}; "
-        f"the SuperLink registers nodes/*.pub\n"
-        f"  TLS names:    {', '.join(['localhost', '127.0.0.1', *args.host])}\n"
+        f"wrote {keys.directory}/ (0700), one bundle per host:\n"
+        f"  ca/           ca.crt, ca.key: keep offline; copy to no host\n"
+        f"  superlink/    the server: ca.crt, server.pem, server.key, nodes/*.pub, "
+        f"server.ctx (CKKS parameters, no secret)\n"
+        f"  device-<k>/   device k = 0..{args.nodes - 1}: ca.crt, nodes/node-<k>.key, "
+        f"client.ctx (CKKS secret)\n"
+        f"  TLS names:    {', '.join(dict.fromkeys([*args.host, 'localhost', '127.0.0.1']))}\n"
         f"  CKKS:         {args.preset}: N={params.poly_modulus_degree}, "
         f"primes {list(params.coeff_mod_bit_sizes)}, scale 2^{params.scale_bits}"
     )

@@ -16,33 +16,67 @@ from pathlib import Path
 from typing import NoReturn
 
 from fedpriv.deployment.credentials import Credentials
-from fedpriv.deployment.fleet import RUNTIME_PORT, SUPERLINK_PORT, Supernode, start_superlink
-from fedpriv.deployment.processes import INSECURE_WARNING, FlowerProcess
+from fedpriv.deployment.fleet import (
+    API_PORT,
+    FLEET_PORT,
+    RUNTIME_PORT,
+    Superlink,
+    Supernode,
+    start_superlink,
+)
+from fedpriv.deployment.processes import INSECURE_WARNING
 
 log = logging.getLogger("fedpriv")
 
 
 def superlink(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fedpriv superlink")
-    parser.add_argument("keys", help="the directory of `fedpriv keys init` (server files)")
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    parser.add_argument("--port", type=int, default=SUPERLINK_PORT)
+    parser.add_argument("keys", help="the server's bundle of `fedpriv keys init` (superlink/)")
+    parser.add_argument(
+        "--host", default="0.0.0.0", help="where the Fleet API (devices only) listens"
+    )
+    parser.add_argument("--port", type=int, default=FLEET_PORT, help="the Fleet API's port")
+    parser.add_argument(
+        "--api-port",
+        type=int,
+        default=API_PORT,
+        help="the SuperLink's own port on 127.0.0.1 (Control and ServerAppIO: `flwr`, "
+        "`fedpriv run` on this host)",
+    )
     parser.add_argument("--database", help="SQLite file for the SuperLink's state")
     parser.add_argument("--insecure", action="store_true", help="no TLS, no node auth")
     args = parser.parse_args(argv)
+    if args.port == args.api_port:
+        print(f"error: --port and --api-port are both {args.port}; give two ports", file=sys.stderr)
+        return 2
     creds = _credentials(args.keys, args.insecure, needs=("ca.crt", "server.pem", "server.key"))
     if creds is None and not args.insecure:
         return 2
     _log_to_terminal()
-    process = start_superlink(creds, host=args.host, port=args.port, database=args.database)
-    log.info("SuperLink on %s:%d (pid %d)", args.host, args.port, process.pid)
-    return _hold(process)
+    try:
+        superlink = start_superlink(
+            creds, host=args.host, port=args.port, api_port=args.api_port, database=args.database
+        )
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    log.info(
+        "SuperLink on 127.0.0.1:%d (pid %d); Fleet API for devices on %s:%d (nginx, pid %d)",
+        args.api_port,
+        superlink.link.pid,
+        args.host,
+        args.port,
+        superlink.proxy.pid,
+    )
+    return _hold(superlink)
 
 
 def supernode(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fedpriv supernode")
     parser.add_argument("keys", help="the device's keys: ca.crt, nodes/node-<k>.key, client.ctx")
-    parser.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    parser.add_argument(
+        "--superlink", required=True, help="HOST:PORT of the SuperLink's Fleet API (port 9092)"
+    )
     parser.add_argument("--partition-id", type=int, required=True)
     parser.add_argument("--num-partitions", type=int, required=True)
     parser.add_argument("--data", help="this device's data: an .npz with arrays x and y")
@@ -85,14 +119,15 @@ def _credentials(keys: str, insecure: bool, needs: tuple[str, ...]) -> Credentia
     if missing:
         print(
             f"error: {keys} lacks {', '.join(missing)}; make the fleet's keys with "
-            "`fedpriv keys init --out <dir> --nodes <devices>` and copy what this host needs",
+            "`fedpriv keys init --out <dir> --nodes <devices>` and copy this host's bundle "
+            "(<dir>/superlink/ or <dir>/device-<k>/)",
             file=sys.stderr,
         )
         return None
     return Credentials(Path(keys).resolve())
 
 
-def _hold(process: FlowerProcess | Supernode) -> int:
+def _hold(process: Superlink | Supernode) -> int:
     """Wait while the processes run; stop them on SIGTERM/SIGINT or when one exits."""
 
     def stop(signum: int, frame: object) -> NoReturn:

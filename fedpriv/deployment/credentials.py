@@ -1,38 +1,53 @@
-"""TLS certificates and SuperNode keys for a fleet: ``fedpriv keys init --nodes N``.
+"""A fleet's key files, one bundle per host: ``fedpriv keys init --out DIR --nodes N``.
 
-One private CA signs the SuperLink's server certificate; every device verifies the
-SuperLink against ``ca.crt`` (TLS on every link). Each device also gets its own P-384
-key pair: the SuperLink accepts only nodes whose public key was registered
-(``--enable-supernode-auth``). ``ca.key`` and ``server.key`` never leave the server;
-a device needs ``ca.crt`` and its own ``nodes/node-<k>.key`` only.
+::
+
+    DIR/                 0700
+      ca/                ca.crt, ca.key: the CA key stays here, in no host's bundle
+      superlink/         ca.crt, server.pem, server.key, nodes/node-<k>.pub,
+                         server.ctx, params.json (CKKS parameters, no secret)
+      device-<k>/        ca.crt, nodes/node-<k>.key, client.ctx, params.json
+
+Each bundle is copied whole to its host, so nothing has to be picked out of a shared
+folder and deleted afterwards: the server never receives ``client.ctx`` or the CA key,
+a device never receives another device's key. One private CA signs the SuperLink's
+certificate (devices verify it against ``ca.crt``); each device signs its Fleet requests
+with its own P-384 key, and the SuperLink accepts exactly the keys in ``nodes/*.pub``.
+Directories are 0700 and private keys 0600.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import ipaddress
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
+from fedpriv.crypto.ckks import CkksParams
+from fedpriv.crypto.keys import CLIENT_FILE, SERVER_FILE, write_keys
+from fedpriv.deployment.certificates import (
+    ca_certificate,
+    certificate_pem,
+    new_key,
+    private_pem,
+    server_certificate,
+)
 from fedpriv.results import write_atomic
 
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 SERVER_CERT, SERVER_KEY = "server.pem", "server.key"
 NODES_DIR = "nodes"
-#: Certificates outlive a study, not a fleet: rotate with ``fedpriv keys init --force``.
-VALIDITY = dt.timedelta(days=365)
-DEFAULT_HOSTS = ("localhost", "127.0.0.1")
+CA_DIR, SUPERLINK_DIR, DEVICE_PREFIX = "ca", "superlink", "device-"
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
 
 
 @dataclasses.dataclass(frozen=True)
 class Credentials:
-    """Where one fleet's credential files are."""
+    """One host's bundle: the files ``fedpriv superlink`` or ``fedpriv supernode`` reads."""
 
     directory: Path
 
@@ -55,95 +70,116 @@ class Credentials:
         return sorted((self.directory / NODES_DIR).glob("node-*.pub"))
 
 
-def write_credentials(
-    out: str | Path, *, nodes: int, hosts: Sequence[str] = (), force: bool = False
-) -> Credentials:
-    """A fresh CA, a server certificate for ``hosts`` (plus localhost), and ``nodes``
-    SuperNode key pairs. Refuses to replace an existing set unless ``force``."""
+@dataclasses.dataclass(frozen=True)
+class FleetKeys:
+    """Where ``fedpriv keys init`` put each host's bundle."""
+
+    directory: Path
+
+    @property
+    def ca(self) -> Path:
+        """The CA's folder: keep it offline; it is needed again only to rotate."""
+        return self.directory / CA_DIR
+
+    @property
+    def superlink(self) -> Credentials:
+        return Credentials(self.directory / SUPERLINK_DIR)
+
+    def device(self, node: int) -> Credentials:
+        return Credentials(self.directory / f"{DEVICE_PREFIX}{node}")
+
+    def devices(self) -> list[Credentials]:
+        found = self.directory.glob(f"{DEVICE_PREFIX}*")
+        return [
+            Credentials(path)
+            for path in sorted(found, key=lambda p: int(p.name.removeprefix(DEVICE_PREFIX)))
+        ]
+
+
+def write_fleet_keys(
+    out: str | Path,
+    *,
+    nodes: int,
+    hosts: Sequence[str] = (),
+    ckks: CkksParams | None = None,
+    force: bool = False,
+) -> FleetKeys:
+    """A fresh CA, the SuperLink's certificate for ``hosts`` (plus localhost),
+    ``nodes`` device key pairs and, with ``ckks``, CKKS contexts, written as one bundle
+    per host. Refuses to replace an existing set unless ``force``."""
     if nodes < 1:
         raise ValueError(f"nodes={nodes} must be >= 1 (one key pair per device)")
-    creds = Credentials(Path(out))
-    if creds.ca_cert.exists() and not force:
-        raise FileExistsError(f"{creds.ca_cert} exists; pass --force to replace the credentials")
-    ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca_cert = _certificate(
-        subject="fedpriv fleet CA", key=ca_key.public_key(), issuer_key=ca_key, ca=True
-    )
-    server_key = ec.generate_private_key(ec.SECP384R1())
-    server_cert = _certificate(
-        subject=next(iter(hosts), "fedpriv superlink"),
-        key=server_key.public_key(),
-        issuer_key=ca_key,
-        issuer=ca_cert,
-        hosts=[*DEFAULT_HOSTS, *hosts],
-    )
-    write_atomic(creds.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
-    write_atomic(creds.directory / CA_KEY, _private_pem(ca_key), mode=0o600)
-    write_atomic(creds.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
-    write_atomic(creds.server_key, _private_pem(server_key), mode=0o600)
-    for stale in (creds.directory / NODES_DIR).glob("node-*"):
-        stale.unlink()
+    keys = FleetKeys(Path(out))
+    if (keys.directory / CA_CERT).exists():
+        raise FileExistsError(
+            f"{keys.directory / CA_CERT} exists: {keys.directory} holds an older, flat key set; "
+            "write the bundles to a new directory"
+        )
+    if keys.ca.exists() or keys.superlink.directory.exists():
+        if not force:
+            raise FileExistsError(f"{keys.ca} exists; pass --force to replace the key set")
+        for stale in [keys.ca, keys.superlink.directory, *[d.directory for d in keys.devices()]]:
+            shutil.rmtree(stale)
+    umask = os.umask(0o077)  # every folder made below is 0700 from the start
+    try:
+        _write_bundles(keys, nodes=nodes, hosts=hosts, ckks=ckks)
+    finally:
+        os.umask(umask)
+    for folder in [keys.directory, *(p for p in keys.directory.rglob("*") if p.is_dir())]:
+        os.chmod(folder, PRIVATE_DIR)  # also when DIR existed with wider permissions
+    return keys
+
+
+def _write_bundles(
+    keys: FleetKeys, *, nodes: int, hosts: Sequence[str], ckks: CkksParams | None
+) -> None:
+    ca_key = new_key()
+    ca = ca_certificate(ca_key)
+    server_key = new_key()
+    server = server_certificate(server_key.public_key(), ca=ca, ca_key=ca_key, hosts=hosts)
+    _write(keys.ca / CA_CERT, certificate_pem(ca))
+    _write(keys.ca / CA_KEY, private_pem(ca_key), secret=True)
+
+    link = keys.superlink
+    _write(link.ca_cert, certificate_pem(ca))
+    _write(link.server_cert, certificate_pem(server))
+    _write(link.server_key, private_pem(server_key), secret=True)
     for node in range(nodes):
-        key = ec.generate_private_key(ec.SECP384R1())
-        path = creds.node_key(node)
-        write_atomic(
-            path,
+        key = new_key()
+        device = keys.device(node)
+        _write(device.ca_cert, certificate_pem(ca))
+        _write(
+            device.node_key(node),
             key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.OpenSSH,
                 serialization.NoEncryption(),
             ),
-            mode=0o600,
+            secret=True,
         )
-        write_atomic(
-            path.with_suffix(".pub"),
-            key.public_key().public_bytes(
-                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-            )
-            + f" fedpriv-node-{node}\n".encode(),
+        public = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
         )
-    return creds
+        _write(link.node_key(node).with_suffix(".pub"), public + f" fedpriv-node-{node}\n".encode())
+    if ckks is not None:
+        _write_ckks(keys, ckks, nodes)
 
 
-def _certificate(
-    *,
-    subject: str,
-    key: ec.EllipticCurvePublicKey,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Certificate | None = None,
-    ca: bool = False,
-    hosts: Sequence[str] = (),
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
-        .public_key(key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))  # tolerate small clock skew
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if hosts:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([_san(host) for host in dict.fromkeys(hosts)]),
-            critical=False,
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA384())
+def _write_ckks(keys: FleetKeys, params: CkksParams, nodes: int) -> None:
+    """The secret context to every device and nowhere else, the server's context to the
+    SuperLink, every other file of the CKKS key set (parameters) to both."""
+    with tempfile.TemporaryDirectory(dir=keys.directory, prefix=".ckks-") as staging:
+        write_keys(staging, params, force=True)
+        for made in sorted(Path(staging).iterdir()):
+            if made.name != CLIENT_FILE:
+                _write(keys.superlink.directory / made.name, made.read_bytes())
+            for node in range(nodes):
+                if made.name != SERVER_FILE:
+                    secret = made.name == CLIENT_FILE
+                    _write(
+                        keys.device(node).directory / made.name, made.read_bytes(), secret=secret
+                    )
 
 
-def _san(host: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        return x509.DNSName(host)
-
-
-def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+def _write(path: Path, content: bytes, *, secret: bool = False) -> None:
+    write_atomic(path, content, mode=PRIVATE_FILE if secret else 0o644)

@@ -7,7 +7,9 @@ device spends 7-20 s importing torch before any work. With ``flower-supernode
 is Flower's own SuperExec loop (``run_superexec``) with one change: its executor forks
 this warm process instead of starting a new interpreter. The child runs Flower's
 unmodified ``flwr-clientapp`` entry point, so message handling, node state in
-``context.state`` and error replies are exactly Flower's.
+``context.state`` and error replies are exactly Flower's; only its FAB installation is
+guarded, so that a task of any app but fedpriv's is refused
+(:mod:`fedpriv.deployment.app_guard`).
 
 ``python -m fedpriv.deployment.executor --runtime-api-address 127.0.0.1:9094``
 (``fedpriv supernode`` starts it next to its SuperNode).
@@ -25,6 +27,8 @@ from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec import run_superexec as flower_superexec
 from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
 from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult
+
+from fedpriv.deployment.app_guard import install_guard
 
 #: How often the loop asks the SuperNode for a task (Flower's default: 1 s).
 POLL_INTERVAL_S = "0.05"
@@ -97,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", POLL_INTERVAL_S)
     warm_up()
+    install_guard()
     executor = ForkExecutor()
     # Flower's loop, with this executor in place of the one it would build.
     flower_superexec.get_executor = lambda *_, **__: executor

@@ -6,75 +6,94 @@ benchmarks and trying a deployment out).
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from fedpriv.deployment.credentials import Credentials, write_credentials
+from fedpriv.crypto.ckks import CkksParams
+from fedpriv.deployment.credentials import Credentials, FleetKeys, write_fleet_keys
+from fedpriv.deployment.enrolment import enrol_exactly
 from fedpriv.deployment.processes import (
+    SUPERLINK_HOST,
     FlowerProcess,
-    flower_environment,
-    flower_script,
     free_port,
     superlink_command,
     supernode_command,
     wait_for_port,
-    write_connection,
 )
+from fedpriv.deployment.proxy import start_fleet_proxy
 
 log = logging.getLogger("fedpriv")
 
-#: fedpriv's SuperLink port (Fleet, Control and Runtime APIs share it in Flower 1.41).
-SUPERLINK_PORT = 9093
+#: Where devices reach the SuperLink: the Fleet proxy (Flower's usual Fleet port).
+FLEET_PORT = 9092
+#: The SuperLink's own listener on 127.0.0.1: Control, ServerAppIO and Fleet (the
+#: port `flwr` and `fedpriv run engine.address=localhost:9093` use on the server).
+API_PORT = 9093
 #: The SuperNode's local Runtime API, where the warm executor picks up tasks.
 RUNTIME_PORT = 9094
+
+
+class Superlink:
+    """flower-superlink on 127.0.0.1 and the Fleet proxy on the public address,
+    started and stopped together."""
+
+    def __init__(self, link: FlowerProcess, proxy: FlowerProcess) -> None:
+        self.link, self.proxy = link, proxy
+
+    @property
+    def processes(self) -> list[FlowerProcess]:
+        return [self.link, self.proxy]
+
+    @property
+    def pid(self) -> int:
+        return self.link.pid
+
+    def alive(self) -> bool:
+        return all(process.alive() for process in self.processes)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
 
 
 def start_superlink(
     creds: Credentials | None,
     *,
     host: str = "0.0.0.0",
-    port: int = SUPERLINK_PORT,
+    port: int = FLEET_PORT,
+    api_port: int = API_PORT,
     database: str | None = None,
-    log_path: Path | None = None,
+    log_dir: Path | None = None,
     flwr_home: Path | None = None,
-) -> FlowerProcess:
-    """Start ``flower-superlink``, wait until it listens, and register every node key
-    in ``creds`` (only registered nodes may join)."""
+) -> Superlink:
+    """Start ``flower-superlink`` on 127.0.0.1:``api_port``, make its registered nodes
+    exactly ``creds``' ``nodes/*.pub``, then open the Fleet proxy on ``host:port``."""
     env = {"FLWR_HOME": str(flwr_home)} if flwr_home else None
-    superlink = FlowerProcess(
+    link = FlowerProcess(
         "flower-superlink",
-        superlink_command(creds, host=host, port=port, database=database),
-        log_path,
+        superlink_command(creds, port=api_port, database=database),
+        log_dir / "superlink.log" if log_dir else None,
         env,
     )
     try:
-        wait_for_port(_local(host), port, timeout=120, process=superlink)
+        wait_for_port(SUPERLINK_HOST, api_port, timeout=120, process=link)
         if creds is not None:
-            register_nodes(creds, f"{_local(host)}:{port}")
-    except BaseException:
-        superlink.stop()
-        raise
-    return superlink
-
-
-def register_nodes(creds: Credentials, address: str) -> None:
-    """``flwr supernode register`` for each ``nodes/node-<k>.pub``."""
-    with tempfile.TemporaryDirectory(prefix="fedpriv-flwr-") as home:
-        connection = write_connection(Path(home), address=address, root_certificates=creds.ca_cert)
-        for public_key in creds.node_public_keys():
-            done = subprocess.run(
-                [flower_script("flwr"), "supernode", "register", str(public_key), connection],
-                env=flower_environment({"FLWR_HOME": home}),
-                capture_output=True,
-                text=True,
-                timeout=60,
+            enrol_exactly(
+                f"{SUPERLINK_HOST}:{api_port}",
+                ca_cert=creds.ca_cert,
+                public_keys=creds.node_public_keys(),
             )
-            output = (done.stdout + done.stderr).strip().splitlines()
-            if done.returncode != 0 and "already" not in " ".join(output).lower():
-                raise RuntimeError(f"registering {public_key.name} failed: {output[-3:]}")
-            log.info("registered %s", public_key.name)
+        proxy = start_fleet_proxy(
+            creds,
+            host=host,
+            port=port,
+            upstream_port=api_port,
+            log_path=log_dir / "fleet-proxy.log" if log_dir else None,
+        )
+    except BaseException:
+        link.stop()
+        raise
+    return Superlink(link, proxy)
 
 
 class Supernode:
@@ -152,35 +171,53 @@ class Supernode:
 
 
 class LocalFleet:
-    """A SuperLink and ``nodes`` SuperNodes on 127.0.0.1 with fresh credentials, TLS and
-    node authentication; every process is stopped on exit."""
+    """A SuperLink (with its Fleet proxy) and ``nodes`` SuperNodes on this machine with
+    fresh key bundles, TLS and node authentication; every process is stopped on exit.
+
+    ``host`` is where the Fleet proxy listens (``0.0.0.0`` to face the network like a
+    real server); SuperNodes and the server's tools connect over 127.0.0.1. With
+    ``ckks``, every bundle also gets its CKKS files.
+    """
 
     def __init__(
-        self, directory: Path, *, nodes: int, insecure: bool = False, warm: bool = True
+        self,
+        directory: Path,
+        *,
+        nodes: int,
+        insecure: bool = False,
+        warm: bool = True,
+        host: str = "127.0.0.1",
+        ckks: CkksParams | None = None,
     ) -> None:
         self.directory = directory
         self.warm = warm
-        self.creds = None if insecure else write_credentials(directory / "keys", nodes=nodes)
-        self.port = free_port()
+        self.host = host
+        self.keys: FleetKeys | None = (
+            None if insecure else write_fleet_keys(directory / "keys", nodes=nodes, ckks=ckks)
+        )
+        self.creds = None if self.keys is None else self.keys.superlink
+        self.port, self.api_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.api_address = f"127.0.0.1:{self.api_port}"
         self.home = directory / "flwr-home"
         self.nodes: list[Supernode] = []
-        self.superlink: FlowerProcess | None = None
+        self.superlink: Superlink | None = None
         self.count = nodes
 
     def __enter__(self) -> LocalFleet:
         try:
             self.superlink = start_superlink(
                 self.creds,
-                host="127.0.0.1",
+                host=self.host,
                 port=self.port,
-                log_path=self.directory / "logs" / "superlink.log",
+                api_port=self.api_port,
+                log_dir=self.directory / "logs",
                 flwr_home=self.home,
             )
             for k in range(self.count):
                 self.nodes.append(
                     Supernode(
-                        self.creds,
+                        None if self.keys is None else self.keys.device(k),
                         superlink=self.address,
                         partition_id=k,
                         num_partitions=self.count,
@@ -206,15 +243,14 @@ class LocalFleet:
 
     def pids(self) -> list[int]:
         processes = [p for node in self.nodes for p in node.processes]
-        return [p.pid for p in [*processes, *([self.superlink] if self.superlink else [])]]
+        if self.superlink is not None:
+            processes += self.superlink.processes
+        return [p.pid for p in processes]
 
     def engine_overrides(self) -> list[str]:
-        """Hydra overrides pointing ``engine=deployment`` at this fleet."""
-        out = ["engine=deployment", f"engine.address={self.address}"]
+        """Hydra overrides pointing ``engine=deployment`` at this fleet (its Control
+        API, on 127.0.0.1: runs are submitted from the server host)."""
+        out = ["engine=deployment", f"engine.address={self.api_address}"]
         if self.creds is None:
             return [*out, "engine.insecure=true"]
         return [*out, f"engine.root_certificates={self.creds.ca_cert}"]
-
-
-def _local(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "") else host

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -72,9 +73,11 @@ class FlowerProcess:
         command: Sequence[str],
         log_path: Path | None = None,
         env: Mapping[str, str] | None = None,
+        cleanup: Path | None = None,
     ) -> None:
         self.name = name
         self.log_path = log_path
+        self.cleanup = cleanup
         self._log: IO[bytes] | None = None
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +109,8 @@ class FlowerProcess:
         _signal_group(self.pid, signal.SIGKILL)  # stragglers left in the group
         if self._log is not None:
             self._log.close()
+        if self.cleanup is not None:
+            shutil.rmtree(self.cleanup, ignore_errors=True)
 
     def kill(self) -> None:
         """SIGKILL, as a device losing power would."""
@@ -126,12 +131,17 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
+#: Where flower-superlink listens: its one listener serves Control and ServerAppIO too.
+SUPERLINK_HOST = "127.0.0.1"
+
+
 def superlink_command(
-    creds: Credentials | None, *, host: str, port: int, database: str | None = None
+    creds: Credentials | None, *, port: int, database: str | None = None
 ) -> list[str]:
-    """``flower-superlink`` with TLS and registered-node authentication (or, with no
-    credentials, insecure)."""
-    command = [flower_script("flower-superlink"), "--host", host, "--port", str(port)]
+    """``flower-superlink`` on 127.0.0.1 only, with TLS and registered-node
+    authentication (or, with no credentials, insecure). Devices reach its Fleet API
+    through the Fleet proxy (:mod:`fedpriv.deployment.proxy`)."""
+    command = [flower_script("flower-superlink"), "--host", SUPERLINK_HOST, "--port", str(port)]
     command += ["--disable-runtime-dependency-installation"]
     if database:
         command += ["--database", database]

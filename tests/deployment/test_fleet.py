@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fedpriv.crypto import PRESETS, write_keys
+from fedpriv.crypto import PRESETS
 from fedpriv.crypto.ckks import CkksParams
 from fedpriv.deployment import LocalFleet
 from fedpriv.results import Result, read_metrics
@@ -48,13 +48,11 @@ def gone(pid: int) -> bool:
 
 
 def test_two_rounds_of_dp_fedavg_under_ckks_on_a_tls_fleet(tmp_path: Path) -> None:
-    with LocalFleet(tmp_path, nodes=3) as fleet:
-        assert fleet.creds is not None
-        preset = PRESETS["ckks-128"]
-        write_keys(
-            fleet.creds.directory,
-            CkksParams(preset.poly_modulus_degree, preset.coeff_mod_bit_sizes, preset.scale_bits),
-        )
+    preset = PRESETS["ckks-128"]
+    params = CkksParams(preset.poly_modulus_degree, preset.coeff_mod_bit_sizes, preset.scale_bits)
+    with LocalFleet(tmp_path, nodes=3, ckks=params) as fleet:
+        assert fleet.creds is not None  # the server's bundle: no client.ctx in it
+        assert not (fleet.creds.directory / "client.ctx").exists()
         out = tmp_path / "run"
         run = fedpriv_run(
             [

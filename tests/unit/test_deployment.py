@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import stat
+import re
 
 import numpy as np
 import pytest
@@ -13,16 +13,19 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from fedpriv import load_config
 from fedpriv.crypto import PRESETS, write_keys
 from fedpriv.crypto.ckks import CkksParams
-from fedpriv.deployment.credentials import write_credentials
+from fedpriv.deployment.credentials import write_fleet_keys
+from fedpriv.deployment.enrolment import node_key_bytes
+from fedpriv.deployment.processes import superlink_command
+from fedpriv.deployment.proxy import fleet_routes, nginx_config
 from fedpriv.errors import ConfigError, DataError
 from fedpriv.runtime.node import load_node_file
 from fedpriv.selection import Planner, ResourceAware, Uniform
 
 
 def test_credentials_chain_to_the_fleet_ca_and_name_every_host(tmp_path):
-    creds = write_credentials(tmp_path, nodes=2, hosts=["pi-server.local", "192.0.2.10"])
-    ca = x509.load_pem_x509_certificate(creds.ca_cert.read_bytes())
-    server = x509.load_pem_x509_certificate(creds.server_cert.read_bytes())
+    keys = write_fleet_keys(tmp_path, nodes=2, hosts=["pi-server.local", "192.0.2.10"])
+    ca = x509.load_pem_x509_certificate((keys.ca / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate(keys.superlink.server_cert.read_bytes())
     server.verify_directly_issued_by(ca)  # raises if the CA did not sign it
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(names.get_values_for_type(x509.DNSName)) == {"localhost", "pi-server.local"}
@@ -31,29 +34,46 @@ def test_credentials_chain_to_the_fleet_ca_and_name_every_host(tmp_path):
         "192.0.2.10",
     }
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    for bundle in [keys.superlink, *keys.devices()]:
+        assert bundle.ca_cert.read_bytes() == (keys.ca / "ca.crt").read_bytes()
 
 
-def test_node_keys_are_p384_pairs_flower_can_load_and_secrets_are_private(tmp_path):
-    creds = write_credentials(tmp_path, nodes=3)
-    assert [p.name for p in creds.node_public_keys()] == [f"node-{k}.pub" for k in range(3)]
-    for k in range(3):
-        private = load_ssh_private_key(creds.node_key(k).read_bytes(), None)
-        public = load_ssh_public_key(creds.node_key(k).with_suffix(".pub").read_bytes())
+def test_node_keys_are_p384_pairs_flower_can_load(tmp_path):
+    keys = write_fleet_keys(tmp_path, nodes=3)
+    publics = keys.superlink.node_public_keys()
+    assert [p.name for p in publics] == [f"node-{k}.pub" for k in range(3)]
+    for k, device in enumerate(keys.devices()):
+        private = load_ssh_private_key(device.node_key(k).read_bytes(), None)
+        public = load_ssh_public_key(publics[k].read_bytes())
         assert isinstance(private, ec.EllipticCurvePrivateKey)
         assert private.curve.name == "secp384r1"
         assert private.public_key().public_numbers() == public.public_numbers()  # type: ignore[union-attr]
-    for secret in (creds.node_key(0), creds.server_key, tmp_path / "ca.key"):
-        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        assert node_key_bytes(publics[k])  # what the SuperLink registers
 
 
-def test_credentials_are_not_replaced_without_force(tmp_path):
-    write_credentials(tmp_path, nodes=1)
-    with pytest.raises(FileExistsError, match="--force"):
-        write_credentials(tmp_path, nodes=1)
-    again = write_credentials(tmp_path, nodes=2, force=True)
-    assert len(again.node_public_keys()) == 2
+def test_an_older_flat_key_set_is_not_written_over(tmp_path):
+    (tmp_path / "ca.crt").write_text("old")
+    with pytest.raises(FileExistsError, match="new directory"):
+        write_fleet_keys(tmp_path, nodes=1)
     with pytest.raises(ValueError, match="nodes=0"):
-        write_credentials(tmp_path / "other", nodes=0)
+        write_fleet_keys(tmp_path / "other", nodes=0)
+
+
+def test_the_superlink_binds_loopback_and_the_proxy_passes_only_fleet_routes(tmp_path):
+    keys = write_fleet_keys(tmp_path, nodes=1)
+    command = superlink_command(keys.superlink, port=9093)
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    config = nginx_config(
+        keys.superlink, host="0.0.0.0", port=9092, upstream_port=9093, run_dir=tmp_path
+    )
+    forwarded = re.findall(r"location = (\S+) \{", config)
+    assert forwarded == fleet_routes() and len(forwarded) >= 10
+    assert all(path.startswith("/v1/fleet/") for path in forwarded)
+    assert "listen 0.0.0.0:9092 ssl;" in config and "127.0.0.1:9093" in config
+    assert "proxy_ssl_verify on;" in config
+    assert "listen [::]:9092 ssl;" in nginx_config(
+        keys.superlink, host="::", port=9092, upstream_port=9093, run_dir=tmp_path
+    )
 
 
 @pytest.mark.parametrize(

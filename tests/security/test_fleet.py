@@ -1,0 +1,413 @@
+"""An outsider attacks a real fleet (flower-superlink, its nginx Fleet proxy and two
+flower-supernode processes on this machine) the way the review did: with the public
+``ca.crt`` only, or with a device's public key but not its private key. The outsider
+reaches what the network reaches: the Fleet proxy (``fleet.address``). The operator on
+the server host uses the SuperLink's loopback API (``fleet.api_address``). One fleet
+serves every attack in this module; the proxy listens on 0.0.0.0 as on a server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import tomli_w
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from flwr.proto.fleet_pb2 import ActivateNodeRequest, PullMessagesRequest
+from flwr.proto.node_pb2 import Node
+from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+from flwr.supernode.fleet_http_client import FleetHttpClient
+from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+
+from fedpriv.deployment import LocalFleet, start_superlink, write_fleet_keys
+from fedpriv.deployment.processes import (
+    flower_environment,
+    flower_script,
+    free_port,
+    write_connection,
+)
+
+pytestmark = pytest.mark.deployment
+
+#: An app that is not fedpriv's: its ClientApp writes a file on the device, its
+#: ServerApp records what the devices answered.
+FOREIGN_APP = """
+import json
+import time
+from pathlib import Path
+
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+client_app = ClientApp()
+
+
+@client_app.query()
+def steal(msg: Message, context: Context) -> Message:
+    Path(str(context.run_config["marker"])).write_text(json.dumps(context.node_config))
+    return Message(RecordDict(), reply_to=msg)
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    nodes = []
+    while len(nodes) < 2:
+        nodes = list(grid.get_node_ids())
+        time.sleep(0.5)
+    asks = [grid.create_message(RecordDict(), "query", node, "1") for node in nodes]
+    replies = grid.send_and_receive(asks, timeout=120)
+    answers = [r.error.reason if r.has_error() else "ran" for r in replies]
+    Path(str(context.run_config["report"])).write_text(json.dumps(answers))
+"""
+
+
+def write_foreign_app(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    pyproject = {
+        "build-system": {"requires": ["setuptools>=68"], "build-backend": "setuptools.build_meta"},
+        "project": {"name": "foreign-app", "version": "1.0.0", "dependencies": []},
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "outsider",
+                    "components": {
+                        "serverapp": "foreign:server_app",
+                        "clientapp": "foreign:client_app",
+                    },
+                    "config": {"marker": "", "report": ""},
+                }
+            }
+        },
+    }
+    (directory / "pyproject.toml").write_text(tomli_w.dumps(pyproject))
+    (directory / "foreign.py").write_text(FOREIGN_APP)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
+    with LocalFleet(tmp_path_factory.mktemp("fleet"), nodes=2, host="0.0.0.0") as running:
+        yield running
+
+
+def flwr(
+    args: list[str], *, address: str, ca_cert: Path, home: Path
+) -> subprocess.CompletedProcess:
+    """The ``flwr`` CLI against ``address``, trusting ``ca_cert``."""
+    connection = write_connection(home, address=address, root_certificates=ca_cert)
+    return subprocess.run(
+        [flower_script("flwr"), *args, connection],
+        env=flower_environment({"FLWR_HOME": str(home)}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def outsider_key(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, Path]:
+    """A P-384 key of the outsider's own, and its OpenSSH public key file."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    public = directory / "outsider.pub"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+    )
+    return key, public
+
+
+def refused(done: subprocess.CompletedProcess) -> bool:
+    """Whether a ``flwr`` command failed (``--format json`` exits 0 with success false)."""
+    if done.returncode != 0:
+        return True
+    try:
+        return json.loads(done.stdout).get("success") is False
+    except json.JSONDecodeError:
+        return False
+
+
+def registered_nodes(fleet: LocalFleet, home: Path) -> list[str]:
+    """The node IDs the operator, on the server host, sees registered."""
+    done = flwr(
+        ["supernode", "list", "--format", "json"],
+        address=fleet.api_address,
+        ca_cert=fleet.creds.ca_cert,
+        home=home,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    nodes = json.loads(done.stdout)["nodes"]
+    return sorted(n["node-id"] for n in nodes if n["status"] != "unregistered")
+
+
+def test_an_outsider_with_ca_crt_cannot_register_a_node(fleet: LocalFleet, tmp_path: Path) -> None:
+    before = registered_nodes(fleet, tmp_path / "operator")
+    _, public = outsider_key(tmp_path)
+    done = flwr(
+        ["supernode", "register", str(public)],
+        address=fleet.address,
+        ca_cert=fleet.creds.ca_cert,
+        home=tmp_path / "outsider",
+    )
+    assert refused(done), done.stdout
+    assert registered_nodes(fleet, tmp_path / "operator") == before
+    assert len(before) == 2
+
+
+def test_an_outsider_with_ca_crt_cannot_list_runs(fleet: LocalFleet, tmp_path: Path) -> None:
+    done = flwr(
+        ["ls", "--format", "json"],
+        address=fleet.address,
+        ca_cert=fleet.creds.ca_cert,
+        home=tmp_path / "outsider",
+    )
+    assert refused(done), done.stdout
+    assert "404" in done.stdout  # answered by the proxy, not by the Control API
+
+
+def runs(fleet: LocalFleet, home: Path) -> list[dict]:
+    """The runs the operator, on the server host, sees."""
+    done = flwr(
+        ["ls", "--format", "json"],
+        address=fleet.api_address,
+        ca_cert=fleet.creds.ca_cert,
+        home=home,
+    )
+    return json.loads(done.stdout)["runs"]
+
+
+def test_an_outsider_with_ca_crt_cannot_submit_an_app(fleet: LocalFleet, tmp_path: Path) -> None:
+    before = runs(fleet, tmp_path / "operator")
+    app = write_foreign_app(tmp_path / "foreign")
+    done = flwr(
+        ["run", str(app)],
+        address=fleet.address,
+        ca_cert=fleet.creds.ca_cert,
+        home=tmp_path / "outsider",
+    )
+    assert refused(done), done.stdout
+    assert runs(fleet, tmp_path / "operator") == before
+
+
+def fleet_client(
+    fleet: LocalFleet, signer: ec.EllipticCurvePrivateKey, claimed: ec.EllipticCurvePublicKey
+) -> FleetHttpClient:
+    """Flower's own Fleet client, claiming ``claimed`` and signing with ``signer``."""
+    return FleetHttpClient.from_server_address(
+        fleet.address,
+        insecure=False,
+        root_certificates=str(fleet.creds.ca_cert),
+        interceptors=[NodeAuthHttpInterceptor(signer, claimed)],
+    )
+
+
+def test_an_outsider_with_its_own_key_cannot_join_or_pull_a_message(
+    fleet: LocalFleet,
+) -> None:
+    key = ec.generate_private_key(ec.SECP384R1())
+    with fleet_client(fleet, key, key.public_key()) as client:
+        with pytest.raises(httpx.HTTPStatusError):
+            client.ActivateNode(
+                ActivateNodeRequest(
+                    public_key=public_key_to_bytes(key.public_key()), heartbeat_interval=30
+                )
+            )
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            client.PullMessages(PullMessagesRequest(node=Node(node_id=1)))
+    assert refused.value.response.status_code == 401
+
+
+def test_a_devices_public_key_without_its_private_key_pulls_nothing(fleet: LocalFleet) -> None:
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    device = load_ssh_public_key(fleet.creds.node_public_keys()[0].read_bytes())
+    assert isinstance(device, ec.EllipticCurvePublicKey)
+    attacker = ec.generate_private_key(ec.SECP384R1())
+    with fleet_client(fleet, attacker, device) as client:
+        for node_id in (1, 2**63):
+            with pytest.raises(httpx.HTTPStatusError) as refused:
+                client.PullMessages(PullMessagesRequest(node=Node(node_id=node_id)))
+            assert refused.value.response.status_code == 401
+
+
+def listening(pid: int) -> set[tuple[str, int]]:
+    return {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.Process(pid).net_connections("inet")
+        if c.status == psutil.CONN_LISTEN
+    }
+
+
+def test_the_superlinks_own_apis_listen_on_loopback_only(fleet: LocalFleet) -> None:
+    """Control and ServerAppIO share the SuperLink's one listener in Flower 1.41:
+    every socket flower-superlink listens on is a loopback address; only the proxy
+    listens on the public interface."""
+    assert fleet.superlink is not None
+    assert listening(fleet.superlink.link.pid) == {("127.0.0.1", fleet.api_port)}
+    proxy = set().union(
+        *(listening(c.pid) for c in psutil.Process(fleet.superlink.proxy.pid).children())
+    )
+    assert proxy | listening(fleet.superlink.proxy.pid) == {("0.0.0.0", fleet.port)}
+
+
+def non_loopback_addresses() -> list[str]:
+    """This machine's IPv4 addresses other hosts could use (``hostname -I``)."""
+    done = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=False)
+    return [a for a in done.stdout.split() if "." in a and not a.startswith("127.")]
+
+
+def test_from_another_interface_only_the_fleet_proxy_answers(fleet: LocalFleet) -> None:
+    """Connect as another host would, to this machine's non-loopback address (skipped
+    where the machine has none): the API port refuses, the Fleet port accepts."""
+    addresses = non_loopback_addresses()
+    if not addresses:
+        pytest.skip("no non-loopback IPv4 address on this machine")
+    for address in addresses:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((address, fleet.api_port), timeout=10).close()
+        socket.create_connection((address, fleet.port), timeout=10).close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/control/list-runs",
+        "/v1/control/register-node",
+        "/v1/control/start-run",
+        "/v1/runtime/pull-task-input",
+        "/v1/runtime/get-nodes",
+        "/v1/fleet/../control/list-runs",
+        "/v1/fleet/%2e%2e/control/list-runs",
+        "/v1/fleet/..%2fcontrol/list-runs",
+        "//v1/control/list-runs",
+        "/docs",
+        "/openapi.json",
+    ],
+)
+def test_the_proxy_forwards_no_path_but_the_fleet_routes(fleet: LocalFleet, path: str) -> None:
+    """Raw requests to Control and ServerAppIO routes, also behind dot segments and
+    percent-encoding: nginx answers 404 itself; the SuperLink never sees them."""
+    with httpx.Client(verify=str(fleet.creds.ca_cert)) as client:
+        response = client.post(
+            f"https://{fleet.address}{path}",
+            content=b"",
+            headers={"content-type": "application/protobuf"},
+        )
+    assert response.status_code == 404, (path, response.status_code, response.text[:200])
+    assert "nginx" in response.text or not response.text
+
+
+def test_a_supernode_runs_no_app_but_fedprivs(fleet: LocalFleet, tmp_path: Path) -> None:
+    """The server's operator (or whoever holds the Control API) submits a foreign app:
+    the devices refuse to run its ClientApp."""
+    app = write_foreign_app(tmp_path / "foreign")
+    marker, report = tmp_path / "marker.json", tmp_path / "report.json"
+    config = tmp_path / "run-config.toml"
+    config.write_text(tomli_w.dumps({"marker": str(marker), "report": str(report)}))
+    done = flwr(
+        ["run", str(app), "--stream", "--run-config", str(config)],
+        address=fleet.api_address,
+        ca_cert=fleet.creds.ca_cert,
+        home=tmp_path / "operator",
+    )
+    deadline = time.monotonic() + 300
+    while not report.exists():
+        assert time.monotonic() < deadline, done.stdout + done.stderr
+        time.sleep(0.5)
+    answers = json.loads(report.read_text())
+    assert len(answers) == 2 and "ran" not in answers, answers
+    assert not marker.exists(), marker.read_text()
+
+
+def activates(address: str, ca_cert: Path, private_key: Path) -> bool:
+    """Whether the node key in ``private_key`` may join (Fleet ActivateNode)."""
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    key = load_ssh_private_key(private_key.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    client = FleetHttpClient.from_server_address(
+        address,
+        insecure=False,
+        root_certificates=str(ca_cert),
+        interceptors=[NodeAuthHttpInterceptor(key, key.public_key())],
+    )
+    with client:
+        try:
+            client.ActivateNode(
+                ActivateNodeRequest(
+                    public_key=public_key_to_bytes(key.public_key()), heartbeat_interval=30
+                )
+            )
+        except httpx.HTTPStatusError:
+            return False
+    return True
+
+
+def test_a_restart_leaves_exactly_the_keys_in_nodes_registered(tmp_path: Path) -> None:
+    """Someone on the server registers a key by hand and a device's key is deleted from
+    ``nodes/``; after a restart on the same database neither key may join."""
+    keys = write_fleet_keys(tmp_path / "keys", nodes=2)
+    creds = keys.superlink
+    port, api_port = free_port(), free_port()
+    start = {
+        "host": "127.0.0.1",
+        "port": port,
+        "api_port": api_port,
+        "database": str(tmp_path / "state.db"),
+        "log_dir": tmp_path / "logs",
+    }
+    stranger = tmp_path / "stranger"
+    stranger.mkdir(mode=0o700)
+    key = ec.generate_private_key(ec.SECP384R1())
+    (stranger / "stranger.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    (stranger / "stranger.pub").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+    )
+    superlink = start_superlink(creds, **start)
+    try:
+        done = flwr(
+            ["supernode", "register", str(stranger / "stranger.pub")],
+            address=f"127.0.0.1:{api_port}",
+            ca_cert=creds.ca_cert,
+            home=tmp_path / "operator",
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert activates(f"127.0.0.1:{port}", creds.ca_cert, stranger / "stranger.key")
+    finally:
+        superlink.stop()
+    creds.node_key(1).with_suffix(".pub").unlink()  # device 1 is removed from the fleet
+
+    superlink = start_superlink(creds, **start)
+    try:
+        address = f"127.0.0.1:{port}"
+        assert not activates(address, creds.ca_cert, stranger / "stranger.key")
+        assert not activates(address, creds.ca_cert, keys.device(1).node_key(1))
+        assert activates(address, creds.ca_cert, keys.device(0).node_key(0))
+        done = flwr(
+            ["supernode", "list", "--format", "json"],
+            address=f"127.0.0.1:{api_port}",
+            ca_cert=creds.ca_cert,
+            home=tmp_path / "operator",
+        )
+        nodes = json.loads(done.stdout)["nodes"]
+        assert len([n for n in nodes if n["status"] != "unregistered"]) == 1, nodes
+    finally:
+        superlink.stop()
