@@ -58,9 +58,54 @@ def test_compose_service_builds_from_a_dockerfile_and_runs_a_fedpriv_subcommand(
 def test_compose_bind_mounts_exist():
     for service in _services().values():
         for volume in service.get("volumes", []):
-            source = volume.split(":")[0]
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
             if source.startswith("."):
                 assert (DEPLOY / source).exists(), source
+
+
+def _key_mounts(service: dict) -> list:
+    return [
+        v
+        for v in service.get("volumes", [])
+        if (v["source"] if isinstance(v, dict) else v.split(":")[0]) == "keys"
+    ]
+
+
+def test_compose_gives_each_host_its_own_bundle_read_only():
+    """The SuperLink gets superlink/, SuperNode k gets device-k/: no container but the
+    one-shot `keys` service sees the CA key or another host's secrets."""
+    services = _services()
+    expected = {"superlink": "superlink"} | {
+        name: f"device-{name.rsplit('-', 1)[1]}"
+        for name in services
+        if name.startswith("supernode-")
+    }
+    for name, service in services.items():
+        mounts = _key_mounts(service)
+        if name == "keys":
+            continue
+        if name not in expected:
+            assert not mounts, name
+            continue
+        (mount,) = mounts
+        assert isinstance(mount, dict) and mount["read_only"] is True, name
+        assert mount["volume"]["subpath"] == expected[name], name
+
+
+def test_devices_use_the_fleet_port_and_the_superlink_keeps_its_api_on_loopback():
+    services = _services()
+    link = services["superlink"]["command"]
+    assert link[link.index("--port") + 1] == "9092" and link[link.index("--api-port") + 1] == "9093"
+    assert "9093" not in services["superlink"].get("expose", [])
+    for name, service in services.items():
+        if name.startswith("supernode-"):
+            command = service["command"]
+            assert command[command.index("--superlink") + 1] == "superlink:9092", name
+    unit = UNITS["superlink"].read_text()
+    assert "--api-port ${FEDPRIV_API_PORT}" in unit
+    assert re.search(r"^Environment=.*FEDPRIV_PORT=9092 FEDPRIV_API_PORT=9093", unit, flags=re.M)
+    example = (DEPLOY / "systemd" / "supernode.env.example").read_text()
+    assert re.search(r"^FEDPRIV_SUPERLINK=\S+:9092$", example, flags=re.M)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
