@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from fedpriv.crypto.fingerprint import server_context, split_server_context
 from fedpriv.crypto.parallel import map_spans, map_spans_forked
 
 #: Largest total coefficient-modulus bits that keep 128-bit security, by polynomial
@@ -136,7 +137,8 @@ class KeyPair:
 
     #: For clients: the parameters and the secret key.
     secret: bytes
-    #: For the server: the parameters alone.
+    #: For the server: the parameters alone, headed by the key set's fingerprint
+    #: (:mod:`fedpriv.crypto.fingerprint`).
     public: bytes
 
 
@@ -163,10 +165,9 @@ NO_EVALUATION_KEYS = {"save_galois_keys": False, "save_relin_keys": False}
 def make_keys(params: CkksParams) -> KeyPair:
     """A fresh secret key and the two contexts that go with it."""
     context = _new_context(params, public_key=False)
-    return KeyPair(
-        secret=context.serialize(save_secret_key=True, **NO_EVALUATION_KEYS),
-        public=context.serialize(save_secret_key=False, **NO_EVALUATION_KEYS),
-    )
+    secret = context.serialize(save_secret_key=True, **NO_EVALUATION_KEYS)
+    public = context.serialize(save_secret_key=False, **NO_EVALUATION_KEYS)
+    return KeyPair(secret=secret, public=server_context(public, secret))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,9 +194,10 @@ def make_split_keys(params: CkksParams) -> SplitKeys:
 
 
 def load_context(data: bytes, scale_bits: int) -> Any:
-    """The TenSEAL context serialized in ``data`` (cached per process: a forked worker
-    must not reuse its parent's, whose thread pool did not survive the fork)."""
-    return _load_context(os.getpid(), data, scale_bits)
+    """The TenSEAL context serialized in ``data``, a server's context headed by its key
+    fingerprint or not (cached per process: a forked worker must not reuse its parent's,
+    whose thread pool did not survive the fork)."""
+    return _load_context(os.getpid(), split_server_context(data)[1], scale_bits)
 
 
 @functools.lru_cache(maxsize=8)

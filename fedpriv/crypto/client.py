@@ -3,7 +3,9 @@
 On the way in it decrypts the global state and hands the node's handler a plaintext
 model, as if there were no encryption. On the way out it turns the trained model into
 this client's contribution to the next state (the strategy's own rule), pre-weights it
-by the client's example count and encrypts it, so the server only adds.
+by the client's example count and encrypts it, so the server only adds. Both ways the
+ciphertexts carry the key set's fingerprint: the server refuses an update made under
+another key, and a node refuses a state it cannot decrypt (a stale ``client.ctx``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 from flwr.app import Context, Message
 
 from fedpriv.crypto import ckks
-from fedpriv.crypto.records import Layout, chunks_of, is_encrypted, to_record, weight_of
+from fedpriv.crypto.fingerprint import fingerprint, short
+from fedpriv.crypto.records import Layout, chunks_of, is_encrypted, key_of, to_record, weight_of
 
 ARRAYS, METRICS = "arrays", "metrics"
 
@@ -44,6 +47,7 @@ class CkksClientMod:
         self.num_clients = num_clients
         self.workers = workers
         self.verify = verify
+        self.key = fingerprint(secret)
 
     def __call__(
         self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
@@ -71,7 +75,7 @@ class CkksClientMod:
             decrypted = ckks.decrypt(self.secret, self.params, chunks, self.workers)
             metrics["ckks-error"] = float(np.abs(decrypted - values).max()) / weight
         sizes = self.layout.chunk_sizes(len(state), self.params.slots)
-        reply.content[ARRAYS] = to_record(chunks, sizes)
+        reply.content[ARRAYS] = to_record(chunks, sizes, key=self.key)
         return reply
 
     def decrypt_state(self, arrays: Any) -> list[np.ndarray]:
@@ -81,6 +85,12 @@ class CkksClientMod:
         if not is_encrypted(arrays):
             model = self.layout.flatten(arrays)
             return [model] + [np.zeros_like(model) for _ in range(parts - 1)]
+        if (key := key_of(arrays)) is not None and key != self.key:
+            raise ValueError(
+                f"CKKS: the global state was encrypted under key {short(key)}, but this node "
+                f"holds key {short(self.key)}; its client.ctx is stale (the key set was "
+                "rotated?): copy the run's client.ctx to this node"
+            )
         total = ckks.decrypt(self.secret, self.params, chunks_of(arrays), self.workers)
         vector = total / weight_of(arrays)
         return list(vector.reshape(parts, self.layout.size))

@@ -1,8 +1,9 @@
 """Key files for a fleet: ``fedpriv keys init --out keys/ --preset ckks-128``.
 
 ``client.ctx`` (parameters and the secret key, mode 0600) goes to every client and
-nowhere else; ``server.ctx`` (parameters only) goes to the server; ``params.json``
-records the parameters both were made with. docs/crypto.md says how to provision them.
+nowhere else; ``server.ctx`` (parameters and the key set's fingerprint) goes to the
+server; ``params.json`` records the parameters both were made with, and the
+fingerprint. docs/crypto.md says how to provision them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 from pathlib import Path
 
 from fedpriv.crypto.ckks import CkksParams, KeyPair, make_keys
+from fedpriv.crypto.fingerprint import fingerprint
 from fedpriv.results import write_atomic
 
 CLIENT_FILE, SERVER_FILE, PARAMS_FILE = "client.ctx", "server.ctx", "params.json"
@@ -37,6 +39,8 @@ def write_keys(out: str | Path, params: CkksParams, *, force: bool = False) -> K
                 "coeff_mod_bit_sizes": list(params.coeff_mod_bit_sizes),
                 "scale_bits": params.scale_bits,
                 "encryption": "symmetric",
+                # Every encrypted reply carries it; the server refuses any other key's.
+                "key_fingerprint": fingerprint(keys.secret).hex(),
             },
             indent=2,
         )

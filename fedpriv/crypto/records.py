@@ -5,7 +5,9 @@ momentum) is flattened in the model's array order, concatenated, and cut into
 ciphertexts of one CKKS vector each. Each ciphertext is one Flower ``Array`` of stype
 :data:`CKKS_STYPE` named ``ckks/<index>``, shape ``(values,)``. The global state also
 carries :data:`WEIGHT`, the plaintext sum of the example counts its ciphertexts are
-weighted by: ciphertexts hold ``Σ n_k·x_k`` and key holders divide by it.
+weighted by: ciphertexts hold ``Σ n_k·x_k`` and key holders divide by it. A client's
+encrypted update and the server's encrypted state carry :data:`KEY`, the fingerprint of
+the key set they were made under (:mod:`fedpriv.crypto.fingerprint`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,13 @@ import math
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from fedpriv.crypto.fingerprint import SIZE
+from fedpriv.runtime.records import payload_values
+
 CKKS_STYPE = "tenseal.ckks"
 WEIGHT = "ckks-weight"
+#: The fingerprint of the key set the ciphertexts beside it were made under.
+KEY = "key-fingerprint"
 
 
 def chunk_name(index: int) -> str:
@@ -29,8 +36,14 @@ def is_encrypted(arrays: ArrayRecord) -> bool:
     return any(array.stype == CKKS_STYPE for array in arrays.values())
 
 
-def to_record(chunks: list[bytes], sizes: list[int], weight: float | None = None) -> ArrayRecord:
-    """Ciphertexts (and the state's total weight) as an ArrayRecord."""
+def to_record(
+    chunks: list[bytes],
+    sizes: list[int],
+    weight: float | None = None,
+    key: bytes | None = None,
+) -> ArrayRecord:
+    """Ciphertexts (and the state's total weight, the key set's fingerprint) as an
+    ArrayRecord."""
     record = ArrayRecord(
         {
             chunk_name(i): Array(dtype="ckks", shape=(size,), stype=CKKS_STYPE, data=chunk)
@@ -39,16 +52,26 @@ def to_record(chunks: list[bytes], sizes: list[int], weight: float | None = None
     )
     if weight is not None:
         record[WEIGHT] = Array(np.array([weight], dtype=np.float64))
+    if key is not None:
+        record[KEY] = Array(np.frombuffer(key, dtype=np.uint8).copy())
     return record
 
 
 def chunks_of(arrays: ArrayRecord) -> list[bytes]:
     """The ciphertexts of a record, in index order."""
-    return [arrays[name].data for name in sorted(arrays) if name != WEIGHT]
+    return [arrays[name].data for name in sorted(arrays) if name not in (WEIGHT, KEY)]
 
 
 def weight_of(arrays: ArrayRecord) -> float:
     return float(arrays[WEIGHT].numpy()[0])
+
+
+def key_of(arrays: ArrayRecord) -> bytes | None:
+    """The key fingerprint a record carries, or None (absent, or not 32 bytes)."""
+    if KEY not in arrays:
+        return None
+    values = payload_values(arrays[KEY], "uint8", (SIZE,))
+    return None if values is None else values.tobytes()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ from fedpriv.crypto import ckks
 from fedpriv.crypto.base import CRYPTO, Aggregator, CryptoSpec
 from fedpriv.crypto.client import CkksClientMod
 from fedpriv.crypto.embeddings import CkksEmbeddingMod, CkksEmbeddingSum
+from fedpriv.crypto.fingerprint import run_key
 from fedpriv.crypto.keys import read_keys, read_params
 from fedpriv.crypto.parallel import default_workers
 from fedpriv.crypto.records import Layout
@@ -105,7 +106,10 @@ class Ckks(CryptoSpec):
                 f"the keys in {directory} were made for {written}, but this run asks for "
                 f"{self.params}; use the same preset, or make new keys"
             )
-        return read_keys(directory, secret=not server)
+        data = read_keys(directory, secret=not server)
+        if server:
+            run_key(data)  # fail now, not at round 1, on a server.ctx of an older fedpriv
+        return data
 
     def client_mods(
         self, config: Any, secret: bytes | None, layout: Layout

@@ -1,8 +1,8 @@
 """The server's side of CKKS aggregation: check the shape of ciphertext replies, sum them.
 
-The server holds the public context only (parameters, no key of any kind). It learns
-which clients replied, their example counts and the sizes of their ciphertexts;
-nothing of the values.
+The server holds the public context only (parameters, no key of any kind) and the key
+set's fingerprint. It learns which clients replied, their example counts, the sizes of
+their ciphertexts and the key they used; nothing of the values.
 """
 
 from __future__ import annotations
@@ -14,7 +14,16 @@ from flwr.app import ArrayRecord, Message
 
 from fedpriv.crypto import ckks
 from fedpriv.crypto.base import Aggregate
-from fedpriv.crypto.records import CKKS_STYPE, Layout, chunk_name, chunks_of, to_record
+from fedpriv.crypto.fingerprint import run_key, short
+from fedpriv.crypto.records import (
+    CKKS_STYPE,
+    KEY,
+    Layout,
+    chunk_name,
+    chunks_of,
+    key_of,
+    to_record,
+)
 from fedpriv.runtime.records import DeclaredWeights
 
 
@@ -33,6 +42,7 @@ class CkksAggregator:
     ) -> None:
         self.params = params
         self.public = public
+        self.key = run_key(public)
         self.layout = layout
         self.weight_key = weight_key
         self.workers = workers
@@ -50,16 +60,32 @@ class CkksAggregator:
                 f"{len(content.array_records)} and {len(content.metric_records)}"
             )
         arrays = next(iter(content.array_records.values()))
-        if sorted(arrays) != self.names:
+        ciphertexts = sorted(name for name in arrays if name != KEY)
+        if ciphertexts != self.names:
             return (
                 f"expected {len(self.names)} ciphertexts named ckks/000000.. (an update of "
-                f"{sum(self.sizes)} values), got {len(arrays)} arrays"
+                f"{sum(self.sizes)} values), got {len(ciphertexts)} arrays"
             )
         for name, size in zip(self.names, self.sizes, strict=True):
             array = arrays[name]
             if array.stype != CKKS_STYPE or tuple(array.shape) != (size,):
                 return f"array {name!r} is not a CKKS ciphertext of {size} values"
-        return self.weights.problem(reply)
+        return self.key_problem(arrays) or self.weights.problem(reply)
+
+    def key_problem(self, arrays: ArrayRecord) -> str | None:
+        """Why the ciphertexts are not shown to be under the run's key, or None."""
+        key = key_of(arrays)
+        if key is None:
+            return (
+                f"no {KEY!r} (32 bytes) beside the ciphertexts: the client does not show "
+                f"that it encrypts under this run's key {short(self.key)}"
+            )
+        if key != self.key:
+            return (
+                f"ciphertexts made under CKKS key {short(key)}, not this run's key "
+                f"{short(self.key)} (a stale client.ctx? copy the run's to that device)"
+            )
+        return None
 
     def aggregate(
         self, server_round: int, replies: list[Message], current: ArrayRecord, sent: int
@@ -74,7 +100,7 @@ class CkksAggregator:
         if not good:
             return Aggregate(None, rejected, record)
         weight = sum(float(self._metrics(r)[self.weight_key]) for r in good)
-        return Aggregate(to_record(sums, self.sizes, weight), rejected, record)
+        return Aggregate(to_record(sums, self.sizes, weight, self.key), rejected, record)
 
     def costs(
         self,
