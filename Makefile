@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO := 0
 
-.PHONY: demo test lint docs format bench studies clean
+.PHONY: demo test lint docs format bench studies lock clean
 
 # torch first, pinned to the CPU wheel; the constraint keeps every later step from
 # swapping it for a multi-GB CUDA build.
@@ -56,6 +56,11 @@ studies: $(STAMP)
 	-command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ] && \
 	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || echo "Fashion-MNIST not installed: the unification study needs it")
 	$(BIN)/python -m experiments.studies --out outputs/studies
+
+# deploy/requirements.lock: every runtime dependency but torch, pinned with SHA-256 hashes
+# for x86_64 and aarch64 (uv's universal resolution); the fleet images install from it.
+lock: $(STAMP)
+	deploy/lock.sh $(BIN)/uv
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache .hypothesis

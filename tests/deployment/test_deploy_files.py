@@ -1,7 +1,7 @@
 """deploy/ hangs together: compose services, scripts, systemd units and Dockerfiles.
 
 Static checks only (no Docker, no systemd): what they start exists, and they install
-what the Makefile installs (the CPU torch first, then the project under constraints.txt).
+what the fleet installs (the CPU torch first, then the locked dependencies, then the project).
 """
 
 from __future__ import annotations
@@ -170,8 +170,9 @@ def test_dockerfile_installs_the_pinned_cpu_torch_first_then_the_project(dockerf
     assert pin == "2.13.0"
     assert f"ARG TORCH_VERSION={pin}" in text
     torch_install = text.index('"torch==${TORCH_VERSION}"')
-    project_install = text.index("pip install -c constraints.txt .")
-    assert torch_install < project_install
+    locked_install = text.index("pip install --require-hashes -r requirements.lock")
+    project_install = text.index("pip install --no-deps .")
+    assert torch_install < locked_install < project_install
     assert 'ENTRYPOINT ["fedpriv"]' in text
     for line in re.findall(r"^COPY (?!--from)(.+) \S+$", text, flags=re.M):
         for source in line.split():
