@@ -193,7 +193,7 @@ def poisson_loader(
         collate_fn=whole_batch,
         generator=torch.Generator().manual_seed(secret_seed() if secret else seed),
     )
-    loader.batch_sampler.steps = steps  # type: ignore[union-attr]
+    loader.batch_sampler.steps = steps
     return loader
 
 
