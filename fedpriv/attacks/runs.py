@@ -74,7 +74,7 @@ def membership(run_dir: Path, config: ExperimentConfig) -> dict[str, Any]:
     if config.family != "horizontal":
         return _impossible(f"membership audits a global model; family={config.family} has none")
     checkpoint = Checkpoint.load(run_dir)  # CheckpointError names a damaged or crafted file
-    if checkpoint is None:
+    if checkpoint is None or checkpoint.round == 0:  # round 0: killed before one was written
         return _impossible(f"no {CHECKPOINT_FILE} with the final model (checkpoint_every=0?)")
     state = checkpoint.family_state
     arrays = state.get("arrays") if isinstance(state, dict) else None

@@ -34,6 +34,8 @@ from fedpriv.runtime.node import partition_id
 from fedpriv.runtime.tree import TreeError, dumps, loads
 
 CHECKPOINT_FILE = "checkpoint.npz"
+#: Each node's spending, written as replies arrive (:mod:`fedpriv.runtime.spending`).
+SPENDING_FILE = "spending.json"
 #: What fedpriv < 0.x wrote: a pickle. It is never read.
 LEGACY_FILE = "checkpoint.pkl"
 FORMAT = 2
@@ -71,7 +73,11 @@ class Checkpoint:
 
     @classmethod
     def load(cls, run_dir: Path) -> Checkpoint | None:
-        """The run's latest checkpoint, or None if it wrote none. Never runs code."""
+        """The run's latest checkpoint, or None if it wrote none. Never runs code.
+
+        A run killed before its first checkpoint but after replies arrived gets a round-0
+        checkpoint (no family state): it runs again from round 1, and its nodes get back
+        what they spent (``spending.json``)."""
         path = run_dir / CHECKPOINT_FILE
         if not path.is_file():
             if (run_dir / LEGACY_FILE).exists():
@@ -81,6 +87,8 @@ class Checkpoint:
                     "code it names. Run the experiment again, or delete the file to resume "
                     "from round 1"
                 )
+            if (run_dir / SPENDING_FILE).is_file():
+                return cls(round=0, elapsed=0.0, history=[], family_state=None, ledger={})
             return None
         try:
             payload = loads(path.read_bytes())

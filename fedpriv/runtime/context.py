@@ -20,10 +20,10 @@ from fedpriv.config import ExperimentConfig
 from fedpriv.errors import SimulationError
 from fedpriv.privacy.ledger import ServerLedger
 from fedpriv.results import RunDirectory
-from fedpriv.runtime.checkpoint import RESTORE, Checkpoint, restore_content
+from fedpriv.runtime.checkpoint import RESTORE, SPENDING_FILE, Checkpoint, restore_content
 from fedpriv.runtime.progress import Progress
 from fedpriv.runtime.records import payload_nbytes
-from fedpriv.runtime.spending import SPENDING_FILE, SpendingRecord
+from fedpriv.runtime.spending import SpendingRecord
 from fedpriv.telemetry import RoundPublisher
 
 log = logging.getLogger("fedpriv")

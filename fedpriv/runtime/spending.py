@@ -33,12 +33,16 @@ from flwr.app import Message
 
 from fedpriv.privacy.accounting import STATE_KEY as DP_RECORD
 from fedpriv.results import write_atomic
-from fedpriv.runtime.checkpoint import NODE_STATE, PARTITION, CheckpointError, unflatten
+from fedpriv.runtime.checkpoint import (
+    NODE_STATE,
+    PARTITION,
+    CheckpointError,
+    unflatten,
+)
 from fedpriv.runtime.tree import from_json, to_json
 
 log = logging.getLogger("fedpriv")
 
-SPENDING_FILE = "spending.json"
 FORMAT = 1
 #: The reply metric record a partition's reported ε and δ come from.
 METRICS = "metrics"

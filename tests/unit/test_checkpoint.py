@@ -21,6 +21,7 @@ from fedpriv.privacy.ledger import ServerLedger
 from fedpriv.runtime.checkpoint import (
     NODE_STATE,
     RESTORE,
+    SPENDING_FILE,
     Checkpoint,
     NodeStateMod,
     restore_content,
@@ -28,7 +29,7 @@ from fedpriv.runtime.checkpoint import (
 )
 from fedpriv.runtime.node import node_counter
 from fedpriv.runtime.progress import Progress
-from fedpriv.runtime.spending import SPENDING_FILE, SpendingRecord
+from fedpriv.runtime.spending import SpendingRecord
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -242,3 +243,50 @@ def test_a_checkpoint_keeps_arrays_that_arrived_as_memoryviews(tmp_path):
     loaded = Checkpoint.load(tmp_path)
     assert loaded is not None
     np.testing.assert_array_equal(loaded.family_state["arrays"]["w"].numpy(), values)
+
+
+def state_reply(node: int, history: list, rounds: int, to: Message) -> Message:
+    """A train reply from ``node`` whose node state holds ``history`` after ``rounds``."""
+    sigmas, rates, steps = ([entry[i] for entry in history] for i in range(3))
+    record = ConfigRecord({
+        "partition-id": node - 10, "fedpriv/rounds_trained": rounds,
+        "fedpriv.dp/noise_multipliers": sigmas, "fedpriv.dp/sample_rates": rates,
+        "fedpriv.dp/steps": steps,
+    })  # fmt: skip
+    reply = Message(RecordDict({NODE_STATE: record}), reply_to=to)
+    reply.metadata.__dict__["_src_node_id"] = node
+    return reply
+
+
+def test_a_late_reply_does_not_take_back_what_a_newer_one_recorded(tmp_path):
+    spending = SpendingRecord(tmp_path / SPENDING_FILE, num_clients=2)
+    request = message("train")
+    newer = state_reply(10, [(1.1, 0.05, 60)], rounds=2, to=request)
+    late = state_reply(10, [(1.1, 0.05, 30)], rounds=1, to=request)
+    spending.harvest([newer, late])
+    assert spending.states[0]["fedpriv.dp"]["steps"] == [60]
+    # A history that is not an extension (σ changed under it) is not kept either.
+    spending.harvest([state_reply(10, [(0.5, 0.05, 90)], rounds=3, to=request)])
+    assert spending.states[0]["fedpriv.dp"]["noise_multipliers"] == [1.1]
+    spending.harvest([state_reply(10, [(1.1, 0.05, 60), (0.9, 0.05, 30)], rounds=3, to=request)])
+    assert spending.states[0]["fedpriv.dp"]["noise_multipliers"] == [1.1, 0.9]
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_with_what_it_spent(tmp_path):
+    assert Checkpoint.load(tmp_path) is None
+    SpendingRecord(tmp_path / SPENDING_FILE, num_clients=2).sending({"releases": 0})
+    checkpoint = Checkpoint.load(tmp_path)
+    assert checkpoint is not None and checkpoint.round == 0 and checkpoint.family_state is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["", "[]", '{"format": 1}', '{"format": 1, "partitions": {"7": {"state": {}}}, '
+     '"contested": [], "ledger": null}'],
+)  # fmt: skip
+def test_a_damaged_spending_record_is_a_clear_error(tmp_path, content):
+    from fedpriv.runtime.checkpoint import CheckpointError
+
+    (tmp_path / SPENDING_FILE).write_text(content)
+    with pytest.raises(CheckpointError, match=rf"{SPENDING_FILE} is damaged"):
+        SpendingRecord.load(tmp_path / SPENDING_FILE, num_clients=2)
