@@ -6,7 +6,8 @@ Layout of one run directory::
     provenance.json  package versions, Python, platform, git commit, command line
     clients.json     per-client sample counts and label histograms
     metrics.jsonl    one JSON object per completed round
-    checkpoint.pkl   the state after the latest checkpointed round (for resume)
+    checkpoint.npz   the state after the latest checkpointed round (for resume; no pickle)
+    spending.json    what each client spent, written as replies arrive (for resume)
     summary.json     the run's outcome (written last, atomically)
 
 Every file is written whole (write to a temporary file, then rename), and each metrics
