@@ -23,8 +23,8 @@ from flwr.app import Array, ArrayRecord
 from fedpriv import resume
 from fedpriv.api import open_run
 from fedpriv.cli import main as cli
-from fedpriv.runtime.checkpoint import CHECKPOINT_FILE, Checkpoint, CheckpointError
-from fedpriv.runtime.spending import SPENDING_FILE, SpendingRecord
+from fedpriv.runtime.checkpoint import CHECKPOINT_FILE, SPENDING_FILE, Checkpoint, CheckpointError
+from fedpriv.runtime.spending import SpendingRecord
 
 
 class Payload:
@@ -40,7 +40,10 @@ class Payload:
 @pytest.fixture
 def run_dir(make_config) -> Path:
     """A real run directory (config.yaml and the rest), before any round ran."""
-    return open_run(make_config("rounds=2")).out.path
+    opened = open_run(make_config("rounds=2"))
+    if hasattr(opened, "close"):  # a run holds its directory until it closes
+        opened.close()
+    return opened.out.path
 
 
 def audit(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
