@@ -187,10 +187,12 @@ class SpendingRecord:
 
     def sending(self, ledger: dict[str, Any]) -> None:
         """Messages are about to leave the server: record the ledger's ``state()`` first
-        (a central-DP release is counted before the model is out)."""
+        (a central-DP release is counted before the model is out). Runs whose nodes
+        report no state (families that do not resume) write no file."""
         if ledger != self.ledger:
             self.ledger = ledger
-            self.save()
+            if self.states:
+                self.save()
 
 
 def _partition(claim: Any) -> int | None:

@@ -121,6 +121,6 @@ def test_a_tree_naming_a_missing_array_is_a_clear_error(run_dir):
 def test_checkpoint_and_spending_files_are_readable_by_the_owner_only(run_dir):
     path = written_checkpoint(run_dir)
     spending = SpendingRecord(run_dir / SPENDING_FILE, num_clients=2)
-    spending.sending({"releases": 0})
+    spending.save()
     for written in (path, spending.path):
         assert stat.S_IMODE(written.stat().st_mode) == 0o600

@@ -274,7 +274,10 @@ def test_a_late_reply_does_not_take_back_what_a_newer_one_recorded(tmp_path):
 
 def test_a_run_killed_before_its_first_checkpoint_resumes_with_what_it_spent(tmp_path):
     assert Checkpoint.load(tmp_path) is None
-    SpendingRecord(tmp_path / SPENDING_FILE, num_clients=2).sending({"releases": 0})
+    spending = SpendingRecord(tmp_path / SPENDING_FILE, num_clients=2)
+    spending.sending({"releases": 0})
+    assert not spending.path.exists()  # nothing spent yet: no file
+    spending.harvest([state_reply(10, [(1.1, 0.05, 30)], rounds=1, to=message("train"))])
     checkpoint = Checkpoint.load(tmp_path)
     assert checkpoint is not None and checkpoint.round == 0 and checkpoint.family_state is None
 
