@@ -18,6 +18,7 @@ from fedpriv.crypto import parallel
 from fedpriv.errors import ConfigError, SimulationError
 from fedpriv.provenance import provenance
 from fedpriv.results import SCHEMA_VERSION, Result, RunDirectory
+from fedpriv.run_lock import RunLock, claim
 from fedpriv.runtime.apps import build_client_app, build_server_app
 from fedpriv.runtime.checkpoint import Checkpoint
 from fedpriv.runtime.context import RunContext
@@ -34,6 +35,10 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
     values, the dataset, the partition, the model on the data's shape), so a bad
     setting fails in a second, not after Ray has started. ``engine=deployment``
     submits the run to a SuperLink and waits for it (docs/deployment.md).
+
+    The run holds its results directory for its life: a directory another run is
+    writing is refused at once, one holding a previous run's results unless
+    ``overwrite=true`` (docs/results.md).
     """
     if not isinstance(config, ExperimentConfig):
         config = from_mapping(config)
@@ -42,7 +47,7 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
         from fedpriv.deployment.submit import submit
 
         return submit(config)
-    return audited(_simulate(config, checkpoint=None), config)
+    return _simulate(config, checkpoint=None)
 
 
 def resume(run_dir: str | os.PathLike[str]) -> Result:
@@ -65,7 +70,7 @@ def resume(run_dir: str | os.PathLike[str]) -> Result:
     if checkpoint is None:
         log.warning("%s has no checkpoint: running it again from round 1", path)
     setup_logging()
-    return audited(_simulate(config, checkpoint), config)
+    return _simulate(config, checkpoint, resuming=True)
 
 
 def audited(result: Result, config: ExperimentConfig) -> Result:
@@ -89,11 +94,25 @@ def run_config(run_dir: Path) -> ExperimentConfig:
     return from_mapping(yaml.safe_load(path.read_text()))
 
 
-def _simulate(config: ExperimentConfig, checkpoint: Checkpoint | None) -> Result:
-    """Run (or continue from ``checkpoint``) on Flower's simulation engine."""
+def _simulate(
+    config: ExperimentConfig, checkpoint: Checkpoint | None, *, resuming: bool = False
+) -> Result:
+    """Run (or continue from ``checkpoint``) on Flower's simulation engine, and audit it;
+    the results directory stays locked until the audit is written."""
     assert isinstance(config.engine, SimulationEngine)
     started = time.perf_counter()
-    opened = open_run(config, checkpoint)
+    opened = open_run(config, checkpoint, resuming=resuming)
+    try:
+        result = _simulate_opened(opened, started)
+        return audited(result, config)
+    finally:
+        opened.close()
+
+
+def _simulate_opened(opened: OpenRun, started: float) -> Result:
+    """Run an opened run on Flower's simulation engine to its ``summary.json``."""
+    config = opened.config
+    assert isinstance(config.engine, SimulationEngine)
     finished: dict[str, Any] = {}
     server_app = build_server_app(
         opened.strategy,
@@ -123,6 +142,8 @@ class OpenRun:
     setup: Setup
     out: RunDirectory
     checkpoint: Checkpoint | None = None
+    #: Held on ``out`` until :meth:`close` (or until the process ends).
+    lock: RunLock | None = None
 
     def context(self) -> RunContext:
         return RunContext(
@@ -144,17 +165,35 @@ class OpenRun:
         self.out.write_json("summary.json", summary)
         return Result(self.out.path, history, summary)
 
+    def close(self) -> None:
+        """Release the results directory for other runs."""
+        if self.lock is not None:
+            self.lock.release()
 
-def open_run(config: ExperimentConfig, checkpoint: Checkpoint | None = None) -> OpenRun:
-    """Prepare the family (data, model, keys) and start the results directory (or, when
-    resuming, cut its metrics back to the checkpoint's rounds)."""
+
+def open_run(
+    config: ExperimentConfig, checkpoint: Checkpoint | None = None, *, resuming: bool = False
+) -> OpenRun:
+    """Lock the results directory (a new run: refusing a previous run's results unless
+    ``config.overwrite``), prepare the family (data, model, keys) and start the directory
+    (or, when ``resuming``, cut its metrics back to the checkpoint's rounds). The caller
+    releases the lock with :meth:`OpenRun.close`."""
     from strategies import FAMILIES
 
-    strategy = FAMILIES.get(config.family).create(config)
-    if checkpoint is not None and not strategy.resumable:
-        raise ConfigError(f"family={config.family} runs cannot be resumed yet")
-    setup = strategy.prepare()
-    out = RunDirectory(config.output_dir or default_output_dir(config))
+    lock = claim(
+        config.output_dir or default_output_dir(config),
+        overwrite=config.overwrite,
+        resuming=resuming,
+    )
+    try:
+        strategy = FAMILIES.get(config.family).create(config)
+        if checkpoint is not None and not strategy.resumable:
+            raise ConfigError(f"family={config.family} runs cannot be resumed yet")
+        setup = strategy.prepare()
+    except BaseException:
+        lock.release()
+        raise
+    out = RunDirectory(lock.directory)
     out.write_config(config.to_dict())
     out.write_json("clients.json", setup.clients)
     out.write_json("provenance.json", provenance())
@@ -168,7 +207,7 @@ def open_run(config: ExperimentConfig, checkpoint: Checkpoint | None = None) -> 
         config.rounds,
         out.path,
     )
-    return OpenRun(config, strategy, setup, out, checkpoint)
+    return OpenRun(config, strategy, setup, out, checkpoint, lock)
 
 
 def summarize(

@@ -192,6 +192,9 @@ class ExperimentConfig:
     checkpoint_every: int = 1
     #: Results directory; None: ``outputs/<date>/<time>-<strategy>``.
     output_dir: str | None = None
+    #: Replace a previous run's results in ``output_dir`` (deleting its files first);
+    #: False: refuse a directory that holds them. Not recorded in config.yaml unless set.
+    overwrite: bool = False
     #: ``family=vertical``'s settings (``vertical.*``); None for other families.
     vertical: VerticalSettings | None = None
     #: ``family=swarm``'s settings (``swarm.*``); None for other families.
@@ -204,6 +207,8 @@ class ExperimentConfig:
             value = getattr(self, field.name)
             if field.name in ("vertical", "swarm") and value is None:
                 continue
+            if field.name == "overwrite" and not value:
+                continue  # how a run started, not what it computes: reports group by the rest
             out[field.name] = value.to_dict() if isinstance(value, Spec) else value
         out["family"] = {"name": self.family}
         return out
@@ -247,6 +252,7 @@ _SCALARS = {
     "seed": int,
     "checkpoint_every": int,
     "output_dir": str | None,
+    "overwrite": bool,
 }
 # Hydra bookkeeping and the run's mode (resume=DIR), not experiment settings.
 _IGNORED = {"experiment", "hydra", "resume"}

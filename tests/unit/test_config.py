@@ -45,6 +45,15 @@ def test_to_dict_round_trips():
     assert from_mapping(cfg.to_dict()) == cfg
 
 
+def test_overwrite_is_recorded_only_when_set():
+    """``overwrite`` is how a run started, not what it computes: config.yaml (which
+    reports group runs by) leaves it out unless it was set."""
+    assert "overwrite" not in load_config().to_dict()
+    cfg = load_config(overrides=["overwrite=true"])
+    assert cfg.overwrite and from_mapping(cfg.to_dict()) == cfg
+    assert "overwrite='maybe' has the wrong type" in problems_of("overwrite=maybe")
+
+
 def test_unknown_group_option_lists_the_available_ones():
     message = problems_of("strategy=nope")
     assert "strategy/nope" in message and "fedavg" in message and "krum" in message
