@@ -1,4 +1,4 @@
-"""A device runs fedpriv's app and no other: the ClientApp guard of the warm executor.
+"""fedpriv's fleet runs fedpriv's app and no other: the guard of the warm executor.
 
 A SuperNode runs whatever app (FAB) its SuperLink hands it. Flower's defence, SuperNode
 ``--trusted-entities``, needs FAB signatures that only Flower's hosted platform issues
@@ -7,13 +7,15 @@ fixed instead: two lines of Python naming the installed :mod:`fedpriv.deployment
 (:func:`fedpriv.deployment.submit.write_app`). Before Flower installs a FAB in a task
 process, the guard rebuilds fedpriv's own FAB with Flower's builder and refuses any FAB
 whose files differ (another module, another ``components`` entry, an extra file, another
-fedpriv version). Flower then answers the SuperLink with an error reply, and no code of
-the foreign app is imported on the device.
+fedpriv version). Flower then answers with an error (a device's reply, a failed run on
+the SuperLink), and no code of the foreign app is imported. The same check guards the
+SuperLink's ServerApp tasks.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import io
 import logging
 import tempfile
@@ -28,6 +30,8 @@ from fedpriv.errors import FedprivError
 log = logging.getLogger("fedpriv")
 
 PYPROJECT, MANIFEST = "pyproject.toml", ".info/CONTENT"
+#: Flower's task runners (modules; their packages export functions of the same names).
+RUNNERS = ("flwr.supernode.runtime.run_clientapp", "flwr.superlink.runtime.run_serverapp")
 
 
 class ForeignAppError(FedprivError, PermissionError):
@@ -97,12 +101,13 @@ def guarded(install: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def install_guard() -> None:
-    """Check every FAB a ClientApp task process of this interpreter would install."""
-    from flwr.supernode.runtime import run_clientapp
-
+    """Check every FAB a ClientApp or ServerApp task process of this interpreter would
+    install (Flower's task runners call ``install_from_fab`` by their module's name)."""
     fedpriv_fab_files()  # built once, before any task is forked
-    if not getattr(run_clientapp.install_from_fab, "__wrapped__", None):
-        run_clientapp.install_from_fab = guarded(run_clientapp.install_from_fab)
+    for runner in map(importlib.import_module, RUNNERS):
+        names = vars(runner)  # the module's namespace, where the runner looks the name up
+        if not hasattr(names["install_from_fab"], "__wrapped__"):
+            names["install_from_fab"] = guarded(names["install_from_fab"])
 
 
 def _toml(content: bytes) -> dict[str, Any]:

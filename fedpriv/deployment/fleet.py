@@ -6,7 +6,8 @@ benchmarks and trying a deployment out).
 from __future__ import annotations
 
 import logging
-import sys
+import secrets
+import tempfile
 from pathlib import Path
 
 from fedpriv.crypto.ckks import CkksParams
@@ -15,12 +16,14 @@ from fedpriv.deployment.enrolment import enrol_exactly
 from fedpriv.deployment.processes import (
     SUPERLINK_HOST,
     FlowerProcess,
+    executor_command,
     free_port,
     superlink_command,
     supernode_command,
     wait_for_port,
 )
 from fedpriv.deployment.proxy import start_fleet_proxy
+from fedpriv.results import write_atomic
 
 log = logging.getLogger("fedpriv")
 
@@ -34,15 +37,15 @@ RUNTIME_PORT = 9094
 
 
 class Superlink:
-    """flower-superlink on 127.0.0.1 and the Fleet proxy on the public address,
-    started and stopped together."""
+    """flower-superlink on 127.0.0.1, the guarded executor that runs its ServerApps, and
+    the Fleet proxy on the public address, started and stopped together."""
 
-    def __init__(self, link: FlowerProcess, proxy: FlowerProcess) -> None:
-        self.link, self.proxy = link, proxy
+    def __init__(self, link: FlowerProcess, executor: FlowerProcess, proxy: FlowerProcess) -> None:
+        self.link, self.executor, self.proxy = link, executor, proxy
 
     @property
     def processes(self) -> list[FlowerProcess]:
-        return [self.link, self.proxy]
+        return [self.link, self.executor, self.proxy]
 
     @property
     def pid(self) -> int:
@@ -66,17 +69,34 @@ def start_superlink(
     log_dir: Path | None = None,
     flwr_home: Path | None = None,
 ) -> Superlink:
-    """Start ``flower-superlink`` on 127.0.0.1:``api_port``, make its registered nodes
-    exactly ``creds``' ``nodes/*.pub``, then open the Fleet proxy on ``host:port``."""
+    """Start ``flower-superlink`` on 127.0.0.1:``api_port`` with fedpriv's guarded
+    executor for its ServerApps, make its registered nodes exactly ``creds``'
+    ``nodes/*.pub``, then open the Fleet proxy on ``host:port``."""
     env = {"FLWR_HOME": str(flwr_home)} if flwr_home else None
+    run_dir = Path(tempfile.mkdtemp(prefix="fedpriv-superlink-"))  # 0700
+    secret = run_dir / "superexec.secret"
+    write_atomic(secret, secrets.token_bytes(32), mode=0o600)
     link = FlowerProcess(
         "flower-superlink",
-        superlink_command(creds, port=api_port, database=database),
+        superlink_command(creds, port=api_port, database=database, superexec_secret=secret),
         log_dir / "superlink.log" if log_dir else None,
         env,
+        cleanup=run_dir,
     )
+    executor: FlowerProcess | None = None
     try:
         wait_for_port(SUPERLINK_HOST, api_port, timeout=120, process=link)
+        executor = FlowerProcess(
+            "fedpriv executor (ServerApp)",
+            executor_command(
+                f"{SUPERLINK_HOST}:{api_port}",
+                root_certificates=None if creds is None else creds.ca_cert.resolve(),
+                parent_pid=link.pid,
+                superexec_secret=secret,
+            ),
+            log_dir / "superlink-executor.log" if log_dir else None,
+            env,
+        )
         if creds is not None:
             enrol_exactly(
                 f"{SUPERLINK_HOST}:{api_port}",
@@ -91,9 +111,11 @@ def start_superlink(
             log_path=log_dir / "fleet-proxy.log" if log_dir else None,
         )
     except BaseException:
+        if executor is not None:
+            executor.stop()
         link.stop()
         raise
-    return Superlink(link, proxy)
+    return Superlink(link, executor, proxy)
 
 
 class Supernode:
@@ -143,12 +165,11 @@ class Supernode:
         self.executor: FlowerProcess | None = None
         if not warm:
             return
-        executor = [sys.executable, "-m", "fedpriv.deployment.executor"]
-        executor += ["--runtime-api-address", f"127.0.0.1:{runtime_port}", "--insecure"]
-        executor += ["--parent-pid", str(self.supernode.pid)]
         self.executor = FlowerProcess(
             f"fedpriv executor ({name})",
-            executor,
+            executor_command(
+                f"127.0.0.1:{runtime_port}", root_certificates=None, parent_pid=self.supernode.pid
+            ),
             log_dir / f"{name}-executor.log" if log_dir else None,
             env,
         )

@@ -136,13 +136,21 @@ SUPERLINK_HOST = "127.0.0.1"
 
 
 def superlink_command(
-    creds: Credentials | None, *, port: int, database: str | None = None
+    creds: Credentials | None,
+    *,
+    port: int,
+    database: str | None = None,
+    superexec_secret: Path | None = None,
 ) -> list[str]:
     """``flower-superlink`` on 127.0.0.1 only, with TLS and registered-node
     authentication (or, with no credentials, insecure). Devices reach its Fleet API
-    through the Fleet proxy (:mod:`fedpriv.deployment.proxy`)."""
+    through the Fleet proxy (:mod:`fedpriv.deployment.proxy`). With ``superexec_secret``
+    it leaves ServerApps to an external SuperExec that proves that secret (fedpriv's
+    guarded executor) instead of starting Flower's own."""
     command = [flower_script("flower-superlink"), "--host", SUPERLINK_HOST, "--port", str(port)]
     command += ["--disable-runtime-dependency-installation"]
+    if superexec_secret is not None:
+        command += ["--isolation", "process", "--superexec-auth-secret-file", str(superexec_secret)]
     if database:
         command += ["--database", database]
     if creds is None:
@@ -187,6 +195,27 @@ def supernode_command(
         "--auth-supernode-private-key",
         str(node_key),
     ]
+
+
+def executor_command(
+    runtime_address: str,
+    *,
+    root_certificates: Path | None,
+    parent_pid: int,
+    superexec_secret: Path | None = None,
+) -> list[str]:
+    """fedpriv's warm, guarded executor (:mod:`fedpriv.deployment.executor`) for the
+    Runtime API at ``runtime_address`` (TLS checked against ``root_certificates``;
+    None: plain HTTP, as a SuperNode's loopback Runtime API is)."""
+    command = [sys.executable, "-m", "fedpriv.deployment.executor"]
+    command += ["--runtime-api-address", runtime_address, "--parent-pid", str(parent_pid)]
+    if root_certificates is None:
+        command.append("--insecure")
+    else:
+        command += ["--root-certificates", str(root_certificates)]
+    if superexec_secret is not None:
+        command += ["--superexec-auth-secret-file", str(superexec_secret)]
+    return command
 
 
 def flower_script(name: str) -> str:

@@ -26,18 +26,22 @@ from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 from flwr.supernode.fleet_http_client import FleetHttpClient
 from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 
-from fedpriv.deployment import LocalFleet, start_superlink, write_fleet_keys
+from fedpriv.deployment import LocalFleet, Supernode, start_superlink, write_fleet_keys
+from fedpriv.deployment.enrolment import enrol_exactly
 from fedpriv.deployment.processes import (
+    FlowerProcess,
     flower_environment,
     flower_script,
     free_port,
+    superlink_command,
+    wait_for_port,
     write_connection,
 )
 
 pytestmark = pytest.mark.deployment
 
-#: An app that is not fedpriv's: its ClientApp writes a file on the device, its
-#: ServerApp records what the devices answered.
+#: An app that is not fedpriv's: its ServerApp writes a file on the server and records
+#: what the devices answered; its ClientApp writes a file on the device.
 FOREIGN_APP = """
 import json
 import time
@@ -61,8 +65,9 @@ server_app = ServerApp()
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
+    Path(str(context.run_config["server-marker"])).write_text("the ServerApp ran")
     nodes = []
-    while len(nodes) < 2:
+    while len(nodes) < int(context.run_config["nodes"]):
         nodes = list(grid.get_node_ids())
         time.sleep(0.5)
     asks = [grid.create_message(RecordDict(), "query", node, "1") for node in nodes]
@@ -85,7 +90,7 @@ def write_foreign_app(directory: Path) -> Path:
                         "serverapp": "foreign:server_app",
                         "clientapp": "foreign:client_app",
                     },
-                    "config": {"marker": "", "report": ""},
+                    "config": {"marker": "", "report": "", "server-marker": "", "nodes": 1},
                 }
             }
         },
@@ -307,26 +312,80 @@ def test_the_proxy_forwards_no_path_but_the_fleet_routes(fleet: LocalFleet, path
     assert "nginx" in response.text or not response.text
 
 
-def test_a_supernode_runs_no_app_but_fedprivs(fleet: LocalFleet, tmp_path: Path) -> None:
-    """The server's operator (or whoever holds the Control API) submits a foreign app:
-    the devices refuse to run its ClientApp."""
+def submit_foreign_app(address: str, ca_cert: Path, tmp_path: Path, nodes: int) -> dict[str, Path]:
+    """``flwr run`` of the foreign app from the server host, until the run ends; the
+    paths its ServerApp and ClientApp would write."""
     app = write_foreign_app(tmp_path / "foreign")
-    marker, report = tmp_path / "marker.json", tmp_path / "report.json"
+    paths = {name: tmp_path / f"{name}.json" for name in ("marker", "report", "server-marker")}
     config = tmp_path / "run-config.toml"
-    config.write_text(tomli_w.dumps({"marker": str(marker), "report": str(report)}))
+    config.write_text(tomli_w.dumps({**{k: str(v) for k, v in paths.items()}, "nodes": nodes}))
     done = flwr(
         ["run", str(app), "--stream", "--run-config", str(config)],
-        address=fleet.api_address,
-        ca_cert=fleet.creds.ca_cert,
+        address=address,
+        ca_cert=ca_cert,
         home=tmp_path / "operator",
     )
-    deadline = time.monotonic() + 300
-    while not report.exists():
-        assert time.monotonic() < deadline, done.stdout + done.stderr
+    assert "Successfully started run" in done.stdout, done.stdout + done.stderr
+    return paths
+
+
+def test_the_superlink_runs_no_serverapp_but_fedprivs(fleet: LocalFleet, tmp_path: Path) -> None:
+    """Whoever reaches the Control API on the server (a local user) submits an app: its
+    ServerApp does not run (it would run as the fleet's user, next to server.key)."""
+    paths = submit_foreign_app(fleet.api_address, fleet.creds.ca_cert, tmp_path, nodes=2)
+    deadline = time.monotonic() + 120
+    while True:
+        (run,) = [r for r in runs(fleet, tmp_path / "operator") if r["fab-name"] == "foreign-app"]
+        if run["status"].startswith("finished") or time.monotonic() > deadline:
+            break
         time.sleep(0.5)
-    answers = json.loads(report.read_text())
-    assert len(answers) == 2 and "ran" not in answers, answers
-    assert not marker.exists(), marker.read_text()
+    assert run["status"] == "finished:failed", run
+    assert not paths["server-marker"].exists() and not paths["marker"].exists()
+    log = (fleet.directory / "logs" / "superlink-executor.log").read_text()
+    assert "refused a foreign app" in log
+
+
+def test_a_supernode_runs_no_app_a_compromised_superlink_hands_it(tmp_path: Path) -> None:
+    """A SuperLink that runs any app (plain Flower, no fedpriv guard: a compromised or
+    impersonated server) sends a foreign ClientApp to a fedpriv device: the device
+    answers with an error and runs none of its code."""
+    keys = write_fleet_keys(tmp_path / "keys", nodes=1)
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    link = FlowerProcess(
+        "flower-superlink (no guard)",
+        superlink_command(keys.superlink, port=port),
+        tmp_path / "logs" / "superlink.log",
+    )
+    node = None
+    try:
+        wait_for_port("127.0.0.1", port, timeout=120, process=link)
+        enrol_exactly(
+            address,
+            ca_cert=keys.superlink.ca_cert,
+            public_keys=keys.superlink.node_public_keys(),
+        )
+        node = Supernode(
+            keys.device(0),
+            superlink=address,
+            partition_id=0,
+            num_partitions=1,
+            runtime_port=free_port(),
+            log_dir=tmp_path / "logs",
+        )
+        paths = submit_foreign_app(address, keys.superlink.ca_cert, tmp_path, nodes=1)
+        deadline = time.monotonic() + 300
+        while not paths["report"].exists():
+            assert time.monotonic() < deadline, "the foreign ServerApp never finished"
+            time.sleep(0.5)
+    finally:
+        if node is not None:
+            node.stop()
+        link.stop()
+    assert paths["server-marker"].exists()  # the compromised server ran it
+    (answer,) = json.loads(paths["report"].read_text())
+    assert "refused a foreign app" in answer
+    assert not paths["marker"].exists()
 
 
 def activates(address: str, ca_cert: Path, private_key: Path) -> bool:

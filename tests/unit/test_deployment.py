@@ -63,6 +63,9 @@ def test_the_superlink_binds_loopback_and_the_proxy_passes_only_fleet_routes(tmp
     keys = write_fleet_keys(tmp_path, nodes=1)
     command = superlink_command(keys.superlink, port=9093)
     assert command[command.index("--host") + 1] == "127.0.0.1"
+    guarded = superlink_command(keys.superlink, port=9093, superexec_secret=tmp_path / "s")
+    assert guarded[guarded.index("--isolation") + 1] == "process"  # fedpriv's executor
+    assert guarded[guarded.index("--superexec-auth-secret-file") + 1] == str(tmp_path / "s")
     config = nginx_config(
         keys.superlink, host="0.0.0.0", port=9092, upstream_port=9093, run_dir=tmp_path
     )
