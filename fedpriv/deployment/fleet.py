@@ -22,7 +22,7 @@ from fedpriv.deployment.processes import (
     supernode_command,
     wait_for_port,
 )
-from fedpriv.deployment.proxy import start_fleet_proxy
+from fedpriv.deployment.proxy import nginx_binary, start_fleet_proxy
 from fedpriv.results import write_atomic
 
 log = logging.getLogger("fedpriv")
@@ -72,6 +72,7 @@ def start_superlink(
     """Start ``flower-superlink`` on 127.0.0.1:``api_port`` with fedpriv's guarded
     executor for its ServerApps, make its registered nodes exactly ``creds``'
     ``nodes/*.pub``, then open the Fleet proxy on ``host:port``."""
+    nginx_binary()  # fail before starting anything when the proxy cannot start
     env = {"FLWR_HOME": str(flwr_home)} if flwr_home else None
     run_dir = Path(tempfile.mkdtemp(prefix="fedpriv-superlink-"))  # 0700
     secret = run_dir / "superexec.secret"

@@ -26,6 +26,8 @@ from fedpriv.deployment.processes import FlowerProcess, wait_for_port
 MAX_BODY = "64m"
 #: A push or pull on a slow device link may stall this long between two reads.
 IO_TIMEOUT = "300s"
+#: Where Debian puts nginx, for a PATH without sbin (a service account's).
+NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
 
 
 def fleet_routes() -> list[str]:
@@ -40,9 +42,7 @@ def fleet_routes() -> list[str]:
 
 def nginx_binary() -> str:
     """Debian's nginx (package nginx-light or nginx); a clear error if it is missing."""
-    found = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).is_file()), None
-    )
+    found = shutil.which("nginx") or next((p for p in NGINX_PATHS if Path(p).is_file()), None)
     if found is None:
         raise FileNotFoundError(
             "nginx not found: `fedpriv superlink` puts nginx in front of the SuperLink so "
