@@ -266,9 +266,14 @@ def test_the_superlinks_own_apis_listen_on_loopback_only(fleet: LocalFleet) -> N
 
 
 def non_loopback_addresses() -> list[str]:
-    """This machine's IPv4 addresses other hosts could use (``hostname -I``)."""
-    done = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=False)
-    return [a for a in done.stdout.split() if "." in a and not a.startswith("127.")]
+    """This machine's IPv4 addresses other hosts could use (its interfaces, as
+    ``hostname -I`` lists them)."""
+    return [
+        address.address
+        for addresses in psutil.net_if_addrs().values()
+        for address in addresses
+        if address.family == socket.AF_INET and not address.address.startswith("127.")
+    ]
 
 
 def test_from_another_interface_only_the_fleet_proxy_answers(fleet: LocalFleet) -> None:
