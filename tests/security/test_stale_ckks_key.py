@@ -10,13 +10,18 @@ holder can copy the run's): docs/security.md.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
-from fedpriv.crypto import Ckks, write_keys
+from fedpriv import run
+from fedpriv.crypto import CRYPTO, Ckks, write_keys
 from fedpriv.crypto.client import CkksClientMod
 from fedpriv.crypto.fingerprint import fingerprint, short, split_server_context
 from fedpriv.crypto.records import KEY, Layout
@@ -138,3 +143,52 @@ def test_a_server_context_without_a_fingerprint_is_refused_at_load(tmp_path):
     (tmp_path / "server.ctx").write_bytes(split_server_context(keys.public)[1])
     with pytest.raises(ConfigError, match=r"no key fingerprint.*fedpriv keys init"):
         scheme.load_keys(server=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class StaleKeyCkks(Ckks):
+    """``crypto=ckks`` where partition 3 still holds a key set of its own (a device that
+    missed a key rotation); every node runs the real CKKS mod."""
+
+    def client_mods(self, config: Any, secret: bytes | None, layout: Layout) -> list[Any]:
+        (honest,) = super().client_mods(config, secret, layout)
+        (stale,) = super().client_mods(config, self.make_keys().secret, layout)
+
+        def by_device(msg: Message, context: Context, call_next: Callable[..., Message]):
+            mod = stale if int(context.node_config["partition-id"]) == 3 else honest
+            return mod(msg, context, call_next)
+
+        return [by_device]
+
+
+@pytest.fixture
+def stale_key_scheme() -> Iterator[str]:
+    """``crypto.name`` of :class:`StaleKeyCkks`, registered for one test and shipped to
+    Ray's workers by value (they cannot import tests/)."""
+    import ray.cloudpickle
+
+    module = sys.modules[__name__]
+    ray.cloudpickle.register_pickle_by_value(module)
+    CRYPTO.register("stale_key_ckks")(StaleKeyCkks)
+    try:
+        yield "stale_key_ckks"
+    finally:
+        CRYPTO._specs.pop("stale_key_ckks")
+        ray.cloudpickle.unregister_pickle_by_value(module)
+
+
+@pytest.mark.simulation
+def test_a_stale_device_in_a_real_simulation_is_left_out_and_the_rounds_go_on(
+    make_config, stale_key_scheme
+):
+    """Four nodes on Flower's engine, one with a stale key: round 1 the server refuses its
+    ciphertexts by fingerprint, round 2 the device refuses the state; the three honest
+    clients carry both rounds, and the model they make stays finite."""
+    result = run(make_config("crypto=ckks", f"crypto.name={stale_key_scheme}"))
+    assert result.summary["rounds"] == 2 and result.summary["rejected_replies"] == 2
+    first, second = (record["rejected"] for record in result.history)
+    assert len(first) == 1 and "ciphertexts made under CKKS key" in first[0]["reason"]
+    assert len(second) == 1 and "client.ctx is stale" in second[0]["reason"]
+    for record in result.history:
+        assert sorted(c["partition-id"] for c in record["clients"]) == [0, 1, 2]
+    assert np.isfinite(result.final["loss"]) and result.final["accuracy"] is not None
