@@ -1,0 +1,97 @@
+"""A hostile client in a real Flower simulation tries to rewrite another client's record.
+
+The same attack as ``test_resume_node_states.py``, on Flower's engine with Opacus
+training: from round 2 on, partition 2's ClientApp (a mod outside fedpriv's, as a
+modified ClientApp would) replaces the node state on its train replies with partition
+0's ID, an empty accountant history and a large round count. What the server records
+for a resume (``spending.json``) must still be each client's own spending, checked
+against the DP steps each client reported in ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message
+
+from fedpriv import run
+from fedpriv.runtime.checkpoint import NODE_STATE, SPENDING_FILE
+from strategies import FAMILIES
+from strategies.base import Setup
+from strategies.horizontal import Horizontal
+
+pytestmark = pytest.mark.simulation
+
+VICTIM, HOSTILE = 0, 2
+
+
+def forge_victims_state(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
+    """Partition 2, from round 2: its node state claims partition 0, having spent nothing."""
+    reply = call_next(msg, context)
+    if (
+        int(context.node_config["partition-id"]) == HOSTILE  # type: ignore[call-overload]
+        and msg.metadata.message_type == "train"
+        and int(msg.content.config_records["config"]["server-round"]) >= 2  # type: ignore[call-overload]
+        and reply.has_content()
+        and NODE_STATE in reply.content.config_records
+    ):
+        reply.content[NODE_STATE] = ConfigRecord(
+            {
+                "partition-id": VICTIM,
+                "fedpriv/rounds_trained": 99,
+                "fedpriv.dp/noise_multipliers": [],
+                "fedpriv.dp/sample_rates": [],
+                "fedpriv.dp/steps": [],
+            }
+        )
+    return reply
+
+
+class HostileStateHorizontal(Horizontal):
+    """The horizontal family with partition 2's ClientApp running the forging mod."""
+
+    family = "hostile_state"
+
+    def prepare(self) -> Setup:
+        setup = super().prepare()
+        setup.client_mods = [*setup.client_mods, forge_victims_state]
+        return setup
+
+
+@pytest.fixture
+def hostile_family() -> Iterator[None]:
+    """Registered for this test, and shipped to Ray's workers by value."""
+    import ray.cloudpickle
+
+    module = sys.modules[__name__]
+    ray.cloudpickle.register_pickle_by_value(module)
+    FAMILIES.register("hostile_state")(HostileStateHorizontal)
+    try:
+        yield
+    finally:
+        FAMILIES._specs.pop("hostile_state")
+        ray.cloudpickle.unregister_pickle_by_value(module)
+
+
+def test_a_hostile_client_cannot_rewrite_another_clients_record(make_config, hostile_family):
+    result = run(
+        make_config("family.name=hostile_state", "num_clients=3", "rounds=3", "privacy=dp_sgd")
+    )
+    steps: dict[int, list[int]] = {}
+    for record in result.history:
+        for client in record["clients"]:
+            steps.setdefault(client["partition-id"], []).append(client["dp-steps"])
+    assert all(len(s) == 3 for s in steps.values())  # every client trained every round
+
+    recorded = json.loads((result.run_dir / SPENDING_FILE).read_text())["partitions"]
+    victim = recorded[str(VICTIM)]["state"]
+    assert sum(victim["fedpriv.dp"]["steps"]) == sum(steps[VICTIM])
+    assert victim["fedpriv"]["rounds_trained"] == 3
+    # The liar's forged states were refused; its round-1 state is what the server kept.
+    liar = recorded[str(HOSTILE)]["state"]
+    assert sum(liar["fedpriv.dp"]["steps"]) == steps[HOSTILE][0]
