@@ -230,10 +230,12 @@ def test_presets_are_valid_and_make_working_keys(preset):
 def test_keys_init_writes_a_secret_client_file_and_a_public_server_file(tmp_path, capsys):
     out = tmp_path / "keys"
     assert cli_main(["keys", "init", "--out", str(out), "--preset", "ckks-128"]) == 0
-    assert stat.S_IMODE((out / "client.ctx").stat().st_mode) == 0o600
-    assert ts.context_from(read_keys(out, secret=True)).has_secret_key()
-    server = split_server_context(read_keys(out, secret=False))[1]
+    device, superlink = out / "device-0", out / "superlink"  # one bundle per host
+    assert stat.S_IMODE((device / "client.ctx").stat().st_mode) == 0o600
+    assert ts.context_from(read_keys(device, secret=True)).has_secret_key()
+    server = split_server_context(read_keys(superlink, secret=False))[1]
     assert not ts.context_from(server).has_secret_key()
+    assert not (superlink / "client.ctx").exists()
     assert "client.ctx" in capsys.readouterr().out
     assert cli_main(["keys", "init", "--out", str(out)]) == 2  # never overwrites silently
     assert "--force" in capsys.readouterr().err
