@@ -9,10 +9,11 @@ moments, an asynchronous rule's state) and the server's privacy ledger. The file
 ``allow_pickle=False``. A run directory is something people hand each other to audit,
 so reading one must never run code: no pickle anywhere.
 
-No random generator state is saved. NumPy's global generator is where Flower's central
-DP wrappers draw noise; a file holding its state would let its reader redraw the noise
-and subtract it. The streams a resumed run needs to repeat (client sampling) are seeded
-from the config and the round, or (asynchronous sampling) kept by the family.
+No process random state is saved. NumPy's global generator is where Flower's central
+DP wrappers drew their noise; a file holding a noise generator's state would let its
+reader redraw the noise and subtract it. The streams a resumed run needs to repeat
+(client sampling) are seeded from the config and the round, or (asynchronous sampling)
+kept by the family; none draws noise.
 
 What each node spent is not in the checkpoint: the server records it as each reply
 arrives (:mod:`fedpriv.runtime.spending`), so noisy updates received after the last
@@ -36,7 +37,7 @@ from fedpriv.runtime.tree import TreeError, dumps, loads
 CHECKPOINT_FILE = "checkpoint.npz"
 #: Each node's spending, written as replies arrive (:mod:`fedpriv.runtime.spending`).
 SPENDING_FILE = "spending.json"
-#: What fedpriv < 0.x wrote: a pickle. It is never read.
+#: What fedpriv wrote before ``checkpoint.npz``: a pickle. It is never read.
 LEGACY_FILE = "checkpoint.pkl"
 FORMAT = 2
 #: Flower strategy attributes that change while a run goes on (everything else is

@@ -75,13 +75,13 @@ class SpendingRecord:
             return record
         try:
             payload = json.loads(path.read_text())
-            assert isinstance(payload, dict) and payload.get("format") == FORMAT
+            _require(isinstance(payload, dict) and payload.get("format") == FORMAT, "format")
             for key, entry in payload["partitions"].items():
                 partition = int(key)
-                assert 0 <= partition < num_clients and isinstance(entry["state"], dict)
-                record.states[partition] = {
-                    str(name): dict(values) for name, values in entry["state"].items()
-                }
+                _require(0 <= partition < num_clients, f"partition {key} of {num_clients}")
+                state = {str(name): dict(values) for name, values in entry["state"].items()}
+                _require(_plain(state), f"partition {key}'s state holds more than numbers")
+                record.states[partition] = state
                 if entry.get("reported") is not None:
                     reported = entry["reported"]
                     record.reported[partition] = {
@@ -90,9 +90,9 @@ class SpendingRecord:
                     }
             record.contested = {int(p) for p in payload["contested"]}
             ledger = from_json(payload["ledger"])
-            assert ledger is None or isinstance(ledger, dict)
+            _require(ledger is None or isinstance(ledger, dict), "ledger")
             record.ledger = ledger
-        except (AssertionError, AttributeError, KeyError, TypeError, ValueError) as error:
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
             raise CheckpointError(
                 f"{path} is damaged or not fedpriv's spending record ({type(error).__name__}: "
                 f"{error}); resuming without it could restart the clients' privacy accounting"
@@ -193,6 +193,11 @@ class SpendingRecord:
             self.ledger = ledger
             if self.states:
                 self.save()
+
+
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        raise ValueError(f"unexpected {what}")
 
 
 def _partition(claim: Any) -> int | None:

@@ -66,9 +66,11 @@ def loads(data: bytes) -> Any:
         raise TreeError(f"no {TREE!r} entry with the JSON structure")
     try:
         structure = json.loads(arrays.pop(TREE).tobytes().decode())
+        return _decode(structure, arrays, "state")
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise TreeError(f"the JSON structure is damaged ({error})") from error
-    return _decode(structure, arrays, "state")
+    except RecursionError as error:
+        raise TreeError("the JSON structure is nested too deeply") from error
 
 
 def to_json(tree: Any) -> Any:
