@@ -124,3 +124,28 @@ def test_checkpoint_and_spending_files_are_readable_by_the_owner_only(run_dir):
     spending.save()
     for written in (path, spending.path):
         assert stat.S_IMODE(written.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("clipping", ["fixed", "adaptive"])
+def test_no_noise_generator_reaches_a_checkpoint(make_config, tmp_path, clipping):
+    """The reader of a checkpoint must not be able to redraw central DP's noise: the
+    wrapper's generator (made at its first release) is not among what is saved, and the
+    codec refuses any object it does not know rather than write it."""
+    from fedpriv.runtime.tree import TreeError, dumps
+    from strategies.horizontal import Horizontal
+
+    config = make_config(
+        "strategy=fedavgm", "privacy=central", "num_clients=40", "privacy.noise_multiplier=0.5",
+        f"privacy.clipping={clipping}",
+    )  # fmt: skip
+    family = Horizontal(config)
+    wrapper = family.flower
+    assert wrapper.rng is not None  # the noise generator exists, as after a release
+    family.arrays = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
+    Checkpoint(round=1, elapsed=0.0, history=[], family_state=family.checkpoint_state(),
+               ledger={}).save(tmp_path)  # fmt: skip
+    with zipfile.ZipFile(tmp_path / CHECKPOINT_FILE) as archive:
+        tree = np.load(io.BytesIO(archive.read("tree.npy"))).tobytes().decode()
+    assert "rng" not in tree and "bit_generator" not in tree
+    with pytest.raises(TreeError, match="Generator cannot be written"):
+        dumps({"rng": wrapper.rng})
