@@ -18,7 +18,7 @@ from fedpriv.crypto import parallel
 from fedpriv.errors import ConfigError, SimulationError
 from fedpriv.provenance import provenance
 from fedpriv.results import SCHEMA_VERSION, Result, RunDirectory
-from fedpriv.run_lock import RunLock, claim
+from fedpriv.run_lock import RunLock, check_free, claim
 from fedpriv.runtime.apps import build_client_app, build_server_app
 from fedpriv.runtime.checkpoint import Checkpoint
 from fedpriv.runtime.context import RunContext
@@ -46,6 +46,8 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
     if isinstance(config.engine, DeploymentEngine):
         from fedpriv.deployment.submit import submit
 
+        if config.output_dir:  # the ServerApp claims it; fail here, not on the fleet
+            check_free(config.output_dir, overwrite=config.overwrite)
         return submit(config)
     return _simulate(config, checkpoint=None)
 

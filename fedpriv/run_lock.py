@@ -103,12 +103,27 @@ def claim(directory: str | os.PathLike[str], *, overwrite: bool, resuming: bool)
     found = [] if resuming else previous_run_files(lock.directory)
     if found and not overwrite:
         lock.release()
-        raise ConfigError(
-            f"output_dir={str(lock.directory)!r} holds a previous run's results "
-            f"({', '.join(found)}); choose another output_dir, set overwrite=true to replace "
-            f"them, or resume={lock.directory} to continue an interrupted run"
-        )
+        raise previous_run_error(lock.directory, found)
     for name in found:
         log.warning("overwrite=true: deleting the previous run's %s", lock.directory / name)
         (lock.directory / name).unlink()
     return lock
+
+
+def check_free(directory: str | os.PathLike[str], *, overwrite: bool) -> None:
+    """Refuse now what the process that will write ``directory`` (a deployed ServerApp)
+    would refuse when it starts: a directory in use, or a previous run's results without
+    ``overwrite``. Deletes nothing; that process claims the directory itself."""
+    with RunLock.acquire(directory) as lock:
+        found = previous_run_files(lock.directory)
+        if found and not overwrite:
+            raise previous_run_error(lock.directory, found)
+
+
+def previous_run_error(directory: Path, found: list[str]) -> ConfigError:
+    """The error for a directory holding a previous run's ``found`` files."""
+    return ConfigError(
+        f"output_dir={str(directory)!r} holds a previous run's results ({', '.join(found)}); "
+        "choose another output_dir, set overwrite=true to replace them, or "
+        f"resume={directory} to continue an interrupted run"
+    )

@@ -128,3 +128,18 @@ def test_overwrite_deletes_the_previous_runs_files_and_nothing_else(tmp_path):
     (tmp_path / ".hydra").mkdir()
     with claim(tmp_path, overwrite=True, resuming=False):
         assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE, ".hydra", "notes.txt"]
+
+
+def test_a_deployed_run_is_refused_before_it_is_submitted(tmp_path):
+    """A deployed run's directory is written by the ServerApp; were the refusal left to
+    it, ``submit`` would find the previous run's summary.json and hand it back as the new
+    run's result. The submitting side refuses first, without touching the fleet."""
+    out = tmp_path / "deployed"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    config = load_config(["engine=deployment", f"output_dir={out}"])
+    with pytest.raises(ConfigError, match=r"previous run's results \(summary\.json\)"):
+        run(config)
+    holder = claim(out, overwrite=True, resuming=False)  # another run holds it now
+    with holder, pytest.raises(ConfigError, match=r"in use by another fedpriv run \(PID"):
+        run(config.replace(overwrite=True))
