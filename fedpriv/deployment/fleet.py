@@ -6,8 +6,6 @@ benchmarks and trying a deployment out).
 from __future__ import annotations
 
 import logging
-import secrets
-import tempfile
 from pathlib import Path
 
 from fedpriv.crypto.ckks import CkksParams
@@ -18,12 +16,12 @@ from fedpriv.deployment.processes import (
     FlowerProcess,
     executor_command,
     free_port,
+    superexec_secret,
     superlink_command,
     supernode_command,
     wait_for_port,
 )
 from fedpriv.deployment.proxy import nginx_binary, start_fleet_proxy
-from fedpriv.results import write_atomic
 
 log = logging.getLogger("fedpriv")
 
@@ -74,15 +72,13 @@ def start_superlink(
     ``nodes/*.pub``, then open the Fleet proxy on ``host:port``."""
     nginx_binary()  # fail before starting anything when the proxy cannot start
     env = {"FLWR_HOME": str(flwr_home)} if flwr_home else None
-    run_dir = Path(tempfile.mkdtemp(prefix="fedpriv-superlink-"))  # 0700
-    secret = run_dir / "superexec.secret"
-    write_atomic(secret, secrets.token_bytes(32), mode=0o600)
+    secret = superexec_secret("fedpriv-superlink-")
     link = FlowerProcess(
         "flower-superlink",
         superlink_command(creds, port=api_port, database=database, superexec_secret=secret),
         log_dir / "superlink.log" if log_dir else None,
         env,
-        cleanup=run_dir,
+        cleanup=secret.parent,
     )
     executor: FlowerProcess | None = None
     try:
@@ -122,6 +118,8 @@ def start_superlink(
 class Supernode:
     """``flower-supernode --isolation process`` and the warm executor that runs its
     ClientApp tasks (:mod:`fedpriv.deployment.executor`), started and stopped together.
+    They share a SuperExec secret: no other process on the device can acquire a task
+    (and its token) from the SuperNode's loopback Runtime API.
 
     ``warm=False`` leaves Flower's default: a fresh ``flwr-clientapp`` process per
     message (the benchmark's baseline).
@@ -150,6 +148,7 @@ class Supernode:
             node_config["keys-dir"] = str(creds.directory.resolve())
         env = {"FLWR_HOME": str(flwr_home)} if flwr_home else None
         name = f"node-{partition_id}"
+        self.runtime_port = runtime_port
         command = supernode_command(
             creds,
             superlink=superlink,
@@ -157,19 +156,31 @@ class Supernode:
             node_key=creds.node_key(partition_id) if creds else None,
             runtime_port=runtime_port,
         )
-        self.supernode = FlowerProcess(
-            f"flower-supernode ({name})",
-            [*command, "--isolation", "process"] if warm else command,
-            log_dir / f"{name}.log" if log_dir else None,
-            env,
-        )
         self.executor: FlowerProcess | None = None
         if not warm:
+            self.supernode = FlowerProcess(
+                f"flower-supernode ({name})",
+                command,
+                log_dir / f"{name}.log" if log_dir else None,
+                env,
+            )
             return
+        secret = superexec_secret(f"fedpriv-{name}-")
+        command += ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
+        self.supernode = FlowerProcess(
+            f"flower-supernode ({name})",
+            command,
+            log_dir / f"{name}.log" if log_dir else None,
+            env,
+            cleanup=secret.parent,
+        )
         self.executor = FlowerProcess(
             f"fedpriv executor ({name})",
             executor_command(
-                f"127.0.0.1:{runtime_port}", root_certificates=None, parent_pid=self.supernode.pid
+                f"127.0.0.1:{runtime_port}",
+                root_certificates=None,
+                parent_pid=self.supernode.pid,
+                superexec_secret=secret,
             ),
             log_dir / f"{name}-executor.log" if log_dir else None,
             env,

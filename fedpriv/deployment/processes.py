@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -116,6 +118,8 @@ class FlowerProcess:
         """SIGKILL, as a device losing power would."""
         _signal_group(self.pid, signal.SIGKILL)
         self.popen.wait()
+        if self.cleanup is not None:
+            shutil.rmtree(self.cleanup, ignore_errors=True)
 
     def tail(self, lines: int = 20) -> str:
         if self.log_path is None:
@@ -195,6 +199,19 @@ def supernode_command(
         "--auth-supernode-private-key",
         str(node_key),
     ]
+
+
+def superexec_secret(prefix: str) -> Path:
+    """A fresh 32-byte secret in a new private folder (0700, the file 0600): the
+    SuperExec secret a SuperLink or SuperNode and fedpriv's executor share, so that no
+    other local process can acquire their tasks (and the tasks' tokens). Remove the
+    folder (``path.parent``) when the processes stop."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    path = folder / "superexec.secret"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secrets.token_bytes(32))
+    return path
 
 
 def executor_command(

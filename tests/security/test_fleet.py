@@ -317,6 +317,37 @@ def test_the_proxy_forwards_no_path_but_the_fleet_routes(fleet: LocalFleet, path
     assert "nginx" in response.text or not response.text
 
 
+def acquire_task(address: str, ca_cert: Path | None) -> int:
+    """A SuperExec's first call, AcquireTask, with Flower's Runtime client and no
+    SuperExec secret: the HTTP status it gets."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.runtime.runtime_http_client import RuntimeHttpClient
+
+    client = RuntimeHttpClient.from_server_address(
+        server_address=address,
+        insecure=ca_cert is None,
+        root_certificates=None if ca_cert is None else str(ca_cert),
+        interceptors=[],
+    )
+    try:
+        client.AcquireTask(AcquireTaskRequest(supported_task_types=list(TaskType)))
+    except httpx.HTTPStatusError as error:
+        return error.response.status_code
+    finally:
+        client.close()
+    return 200
+
+
+def test_a_local_process_cannot_take_the_superlinks_or_a_devices_tasks(fleet: LocalFleet) -> None:
+    """Another user on the server (or on a device) asks the loopback Runtime API for the
+    next ServerApp (ClientApp) task, which would hand over the task's token: refused
+    without the SuperExec secret that fedpriv's executor holds."""
+    assert acquire_task(fleet.api_address, fleet.creds.ca_cert) in (401, 403)
+    for node in fleet.nodes:
+        assert acquire_task(f"127.0.0.1:{node.runtime_port}", None) in (401, 403)
+
+
 def submit_foreign_app(address: str, ca_cert: Path, tmp_path: Path, nodes: int) -> dict[str, Path]:
     """``flwr run`` of the foreign app from the server host, until the run ends; the
     paths its ServerApp and ClientApp would write."""
