@@ -415,7 +415,8 @@ def _scalar(value: Any, tp: Any, key: str) -> Any:
     try:
         return coerce(value, tp)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} has the wrong type; expected {tp}") from None
+        name = getattr(tp, "__name__", None) or str(tp)  # bool, int, float | None...
+        raise ConfigError(f"{key}={value!r} has the wrong type; expected {name}") from None
 
 
 def load_config(overrides: Sequence[str] = ()) -> ExperimentConfig:

@@ -51,7 +51,7 @@ def test_overwrite_is_recorded_only_when_set():
     assert "overwrite" not in load_config().to_dict()
     cfg = load_config(overrides=["overwrite=true"])
     assert cfg.overwrite and from_mapping(cfg.to_dict()) == cfg
-    assert "overwrite='maybe' has the wrong type" in problems_of("overwrite=maybe")
+    assert "overwrite='maybe' has the wrong type; expected bool" in problems_of("overwrite=maybe")
 
 
 def test_unknown_group_option_lists_the_available_ones():
