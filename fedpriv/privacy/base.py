@@ -10,7 +10,7 @@ A privacy spec contributes, without branches inside strategies:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,12 @@ class PrivacySpec(Spec):
             if part is not None
             for mod in part.client_mods(config)
         ]
+
+    def evidence_problem(self, metrics: Mapping[str, Any]) -> str | None:
+        """Why a train reply's metrics do not prove the client applied this mode's
+        client-side privacy (None: they do, or the mode asks nothing of clients)."""
+        local = self.local_dp()
+        return None if local is None else local.evidence_problem(metrics)
 
     def weight_key(self) -> str:
         """The reply metric the aggregate is weighted by (uniform under central DP)."""

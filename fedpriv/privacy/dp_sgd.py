@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,8 @@ log = logging.getLogger("fedpriv")
 NOISE_STREAM = 1
 
 GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks", "functorch")
+#: The ledger entry a DP-SGD client's train reply must carry (PrivacyLedgerMod adds it).
+EVIDENCE = ("dp-noise-multiplier", "dp-sample-rate", "dp-steps", "epsilon", "delta")
 
 
 @PRIVACY.register("dp_sgd")
@@ -131,6 +133,31 @@ class DpSgd(PrivacySpec):
             planned_steps,
             self.accountant,
         )
+
+    def evidence_problem(self, metrics: Mapping[str, Any]) -> str | None:
+        """A DP-SGD client's reply carries its ledger entry: what its accountant composed
+        this round and the ε it reports. A reply without one (a client that trained
+        without DP) or with values no DP-SGD run produces is not private evidence."""
+        missing = [key for key in EVIDENCE if key not in metrics]
+        if missing:
+            return (
+                f"privacy={self.name} but the reply carries no DP-SGD ledger entry "
+                f"(missing {', '.join(missing)}): the client did not train with DP-SGD"
+            )
+        sigma, rate, steps, eps, delta = (metrics[key] for key in EVIDENCE)
+        if not all(
+            isinstance(v, int | float) and math.isfinite(v) for v in (sigma, rate, eps, delta)
+        ):
+            return "the reply's DP-SGD ledger entry holds a value that is not a finite number"
+        if not (sigma > 0 and 0 < rate <= 1 and 0 < delta < 1 and eps >= 0):
+            return (
+                f"the reply's DP-SGD ledger entry is impossible: dp-noise-multiplier={sigma} "
+                f"(> 0), dp-sample-rate={rate} (in (0, 1]), delta={delta} (in (0, 1)), "
+                f"epsilon={eps} (>= 0)"
+            )
+        if not isinstance(steps, int) or steps < 0:
+            return f"the reply's dp-steps={steps!r} is not a step count"
+        return None
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return private_model(model)

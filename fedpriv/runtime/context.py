@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 
 from fedpriv.config import ExperimentConfig
 from fedpriv.errors import SimulationError
-from fedpriv.privacy.ledger import ServerLedger
+from fedpriv.privacy.ledger import ServerLedger, declined_reason
 from fedpriv.results import RunDirectory
 from fedpriv.runtime.checkpoint import RESTORE, SPENDING_FILE, Checkpoint, restore_content
 from fedpriv.runtime.progress import Progress
@@ -190,10 +190,28 @@ class RunContext:
                     f"payload of {size / 1e6:.1f} MB exceeds engine.max_reply_mb="
                     f"{self.config.engine.max_reply_mb:g}",
                 )
+            elif problem := self.privacy_problem(reply):
+                self.reject(reply, problem)
             else:
                 answered.add(to)
                 kept.append(reply)
         return kept
+
+    def privacy_problem(self, reply: Message) -> str | None:
+        """Why a train reply lacks the evidence of the client-side privacy the config
+        asks for (a client that trained without DP-SGD, say); None if it has it. Its
+        ε would otherwise be missing from the ledger while the run reports DP."""
+        if (
+            not reply.metadata.message_type.startswith("train")
+            or reply.has_error()
+            or not reply.has_content()
+            or declined_reason(reply) is not None
+        ):
+            return None
+        records = list(reply.content.metric_records.values())
+        if not records:
+            return self.config.privacy.evidence_problem({})
+        return self.config.privacy.evidence_problem(records[0])
 
     def first_contact(
         self,

@@ -99,3 +99,34 @@ def test_central_dp_books_the_release_a_straggler_left(tmp_path, register_for_te
     assert privacy["user_level_epsilon"] > stepped_epsilon(
         RDPAccountant, 0.8, 1.0, 2, privacy["user_level_delta"]
     )
+
+
+def test_a_client_without_dp_is_rejected_when_the_run_reports_dp(make_config):
+    """Before the fix every update of a client that applied no DP was accepted, and the
+    run printed ε 0.000 and summary.json `epsilon_per_client: {}` under `mode: dp_sgd`."""
+    import plain_flower_client
+    import ray.cloudpickle
+
+    from fedpriv.api import open_run
+    from fedpriv.runtime.apps import build_server_app
+    from fedpriv.runtime.simulation import simulate
+
+    config = make_config("privacy=dp_sgd", "num_clients=2", "rounds=1")
+    opened = open_run(config)
+    finished: dict = {}
+    server_app = build_server_app(
+        opened.strategy,
+        make_context=opened.context,
+        on_done=lambda history, ctx: finished.update(history=history),
+        on_error=lambda error: finished.update(error=error),
+    )
+    ray.cloudpickle.register_pickle_by_value(plain_flower_client)
+    try:
+        simulate(server_app, plain_flower_client.app, config.num_clients, config.engine)
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(plain_flower_client)
+        opened.close()
+    (record,) = finished["history"]
+    assert record["clients"] == [] and len(record["rejected"]) == 2
+    assert all("did not train with DP-SGD" in r["reason"] for r in record["rejected"])
+    assert record["privacy"]["epsilon_per_client"] == {}
