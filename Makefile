@@ -22,7 +22,12 @@ demo: $(STAMP)
 	$(BIN)/python -m benchmarks.centralized --out outputs/demo/centralized.json
 	$(BIN)/fedpriv report outputs/demo --out outputs/demo --reference centralized=outputs/demo/centralized.json
 
+# The fleet tests start `fedpriv superlink`'s Fleet proxy: Debian's nginx (installed here
+# where apt-get can, as on CI).
 test: $(STAMP) lint docs
+	@command -v nginx >/dev/null || { command -v apt-get >/dev/null && \
+	  apt-get update -q >/dev/null && apt-get install -y -q nginx-light >/dev/null; } || \
+	  echo "nginx is not installed: the fleet tests need it (Debian: apt-get install nginx-light)"
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
