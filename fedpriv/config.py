@@ -188,7 +188,7 @@ class ExperimentConfig:
     seed: int = 0
     #: An attack to audit the run with when it ends (``audit.json``; docs/audit.md).
     attack: str = "none"
-    #: Write ``checkpoint.pkl`` every this many rounds (0: never); resumable families only.
+    #: Write ``checkpoint.npz`` every this many rounds (0: never); resumable families only.
     checkpoint_every: int = 1
     #: Results directory; None: ``outputs/<date>/<time>-<strategy>``.
     output_dir: str | None = None

@@ -306,10 +306,26 @@ class RunContext:
         log.warning("rejected reply from node %s: %s", node, reason)
         self._rejected.append({"node_id": node, "reason": reason})
 
+    def partition_of(self, node: int, claimed: Any) -> int | None:
+        """The partition the server holds ``node`` to: the one it named at its first
+        contact (a later claim of another partition is ignored), so no client can
+        change another's ε or budget in the ledger; None for an invalid first claim."""
+        return self.spending.bind(node, claimed)
+
+    def client_reported(self, node: int, metrics: Any) -> None:
+        """A client's reported ε and δ, into the ledger under the node's own partition."""
+        partition = self.partition_of(node, metrics.get("partition-id"))
+        if partition is not None:
+            self.ledger.client_reported(partition, metrics)
+
     def decline(self, reply: Message, reason: str) -> None:
         """Record a client that chose not to train (e.g. its privacy budget is spent)."""
         metrics = reply.content.metric_records["metrics"]
-        partition = int(metrics["partition-id"])  # type: ignore[arg-type]
+        partition = self.partition_of(reply.metadata.src_node_id, metrics.get("partition-id"))
+        if partition is None:
+            self.reject(reply, f"declined for partition {metrics.get('partition-id')!r}, "
+                        "which is not this node's")  # fmt: skip
+            return
         log.info("partition %d declined to train: %s", partition, reason)
         self.ledger.declined(partition)
         self.ledger.client_reported(partition, metrics)
@@ -372,8 +388,8 @@ class RunContext:
     def end_round(self, report: RoundReport) -> dict[str, Any]:
         """Record a finished round: append it to ``metrics.jsonl`` and the history."""
         for client in report.clients:
-            if "partition-id" in client:
-                self.ledger.client_reported(int(client["partition-id"]), client)
+            if "partition-id" in client and "node_id" in client:
+                self.client_reported(int(client["node_id"]), client)
         record = {
             "round": report.server_round,
             "accuracy": report.accuracy,

@@ -175,7 +175,7 @@ class AsyncHorizontal(Horizontal):
         staleness = self.state.version - sent.version
         if not self.spec.accepts(staleness):
             metrics = reply.content.metric_records["metrics"]
-            ctx.ledger.client_reported(int(metrics["partition-id"]), metrics)  # type: ignore[arg-type]
+            ctx.client_reported(reply.metadata.src_node_id, metrics)
             self.dropped_stale += 1
             log.info(
                 "dropped an update from node %d: %d versions old > max_staleness=%d",

@@ -95,3 +95,55 @@ def test_a_hostile_client_cannot_rewrite_another_clients_record(make_config, hos
     # The liar's forged states were refused; its round-1 state is what the server kept.
     liar = recorded[str(HOSTILE)]["state"]
     assert sum(liar["fedpriv.dp"]["steps"]) == steps[HOSTILE][0]
+
+
+FORGED_EPSILON = 1e9
+
+
+def claim_victims_epsilon(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
+    """From round 2, partition 2's train replies say they are partition 0's, with an
+    absurd ε (round 1 is honest: the server binds each node at its first contact)."""
+    reply = call_next(msg, context)
+    if (
+        int(context.node_config["partition-id"]) == HOSTILE  # type: ignore[call-overload]
+        and int(msg.content.config_records["config"]["server-round"]) >= 2  # type: ignore[call-overload]
+        and reply.has_content()
+    ):
+        for metrics in reply.content.metric_records.values():
+            if "epsilon" in metrics:
+                metrics["partition-id"], metrics["epsilon"] = VICTIM, FORGED_EPSILON
+    return reply
+
+
+class HostileMetricsHorizontal(Horizontal):
+    """The horizontal family with partition 2's ClientApp claiming partition 0's ε."""
+
+    family = "hostile_metrics"
+
+    def prepare(self) -> Setup:
+        setup = super().prepare()
+        setup.client_mods = [*setup.client_mods, claim_victims_epsilon]
+        return setup
+
+
+def test_a_client_can_misreport_only_its_own_epsilon(make_config):
+    """Before the fix the ledger took the partition from the reply's metrics: the liar
+    wrote partition 0's ε in the summary (whichever reply came last won)."""
+    import ray.cloudpickle
+
+    module = sys.modules[__name__]
+    ray.cloudpickle.register_pickle_by_value(module)
+    FAMILIES.register("hostile_metrics")(HostileMetricsHorizontal)
+    try:
+        result = run(make_config("family.name=hostile_metrics", "num_clients=3", "rounds=2",
+                                 "privacy=dp_sgd", "checkpoint_every=0"))  # fmt: skip
+    finally:
+        FAMILIES._specs.pop("hostile_metrics")
+        ray.cloudpickle.unregister_pickle_by_value(module)
+    last = result.history[-1]["clients"]
+    (victim,) = [c for c in last if c["partition-id"] == VICTIM and c["epsilon"] < FORGED_EPSILON]
+    reported = result.summary["privacy"]["epsilon_per_client"]
+    assert reported[str(VICTIM)] == victim["epsilon"] < FORGED_EPSILON
+    assert reported[str(HOSTILE)] == FORGED_EPSILON  # it can lie only about itself
