@@ -55,7 +55,7 @@ def run_study(name: str, out: Path) -> str:
     target = out / name
     command = [
         sys.executable, "-m", "experiments.run", "-m", f"+experiment={name}",
-        f"hydra.sweep.dir={target}",
+        f"hydra.sweep.dir={target}", "overwrite=true",  # regenerating replaces the last
     ]  # fmt: skip
     subprocess.run(command, check=True)
     shown = report([target], out=target, markdown=True, by_group=True)

@@ -60,6 +60,8 @@ def _serve(grid: Grid, context: Context) -> None:
     except Exception as error:
         write_atomic(opened.out.path / ERROR_FILE, "".join(traceback.format_exception(error)))
         raise
+    finally:
+        opened.close()  # the results directory's lock, held for the run's life
 
 
 class DeployedClientApp(ClientApp):
