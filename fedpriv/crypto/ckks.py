@@ -12,7 +12,6 @@ forge a ciphertext either.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 from collections.abc import Sequence
@@ -195,18 +194,43 @@ def make_split_keys(params: CkksParams) -> SplitKeys:
 
 def load_context(data: bytes, scale_bits: int) -> Any:
     """The TenSEAL context serialized in ``data``, a server's context headed by its key
-    fingerprint or not (cached per process: a forked worker must not reuse its parent's,
-    whose thread pool did not survive the fork)."""
-    return _load_context(os.getpid(), split_server_context(data)[1], scale_bits)
+    fingerprint or not (cached per process, see :class:`_ContextCache`)."""
+    return _CONTEXTS.get(split_server_context(data)[1], scale_bits)
 
 
-@functools.lru_cache(maxsize=8)
-def _load_context(pid: int, data: bytes, scale_bits: int) -> Any:
-    import tenseal as ts
+class _ContextCache:
+    """This process's last few loaded contexts.
 
-    context = ts.context_from(data, n_threads=1)
-    context.global_scale = 2.0**scale_bits
-    return context
+    A forked worker must not use its parent's contexts, whose thread pools did not
+    survive the fork, and must not destroy them either: the destructor waits on those
+    pools forever (a worker that evicted one from an lru_cache hung). So a child starts
+    its own cache and keeps the inherited one alive, untouched, until it exits.
+    """
+
+    SIZE = 8
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.contexts: dict[tuple[bytes, int], Any] = {}
+        self.inherited: list[dict[tuple[bytes, int], Any]] = []
+
+    def get(self, data: bytes, scale_bits: int) -> Any:
+        import tenseal as ts
+
+        if self.pid != os.getpid():
+            self.inherited.append(self.contexts)
+            self.pid, self.contexts = os.getpid(), {}
+        key = (data, scale_bits)
+        if key not in self.contexts:
+            if len(self.contexts) >= self.SIZE:  # this process's own: safe to destroy
+                del self.contexts[next(iter(self.contexts))]
+            context = ts.context_from(data, n_threads=1)
+            context.global_scale = 2.0**scale_bits
+            self.contexts[key] = context
+        return self.contexts[key]
+
+
+_CONTEXTS = _ContextCache()
 
 
 def encrypt(secret: bytes, params: CkksParams, values: np.ndarray, workers: int = 1) -> list[bytes]:

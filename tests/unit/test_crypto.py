@@ -74,6 +74,26 @@ def test_process_pool_gives_the_same_aggregate():
     assert np.abs(encrypted_fedavg(models, counts, workers=2) - plain).max() < 1e-6
 
 
+def test_a_forked_worker_never_destroys_its_parents_contexts():
+    """A worker forked from a process whose context cache is full loads a new context.
+    With an lru_cache it evicted one of its parent's, whose destructor waits forever on
+    a thread pool that did not survive the fork: the whole suite hung here."""
+    import multiprocessing
+
+    for bits in range(20, 20 + ckks._ContextCache.SIZE):  # fill the parent's cache
+        ckks.load_context(KEYS.secret, bits)
+    worker = multiprocessing.get_context("fork").Process(
+        target=ckks.load_context, args=(KEYS.secret, PARAMS.scale_bits)
+    )
+    worker.start()
+    worker.join(120)  # a guard against a hang, not a timing: loading takes milliseconds
+    hung = worker.is_alive()
+    if hung:
+        worker.kill()
+        worker.join()
+    assert not hung and worker.exitcode == 0
+
+
 def numbered_pids(start: int, stop: int) -> list[tuple[int, int]]:
     return [(i, os.getpid()) for i in range(start, stop)]
 
