@@ -4,7 +4,9 @@ Both paths are fedpriv's own: ``train_local`` (plain SGD) and ``train_dp_sgd`` (
 Poisson sampling, per-sample clipping, noise), one torch thread as on a client, timed
 back to back in the same process (median of ``--repeats``). The ratio is what a client
 pays for privacy. A DP step must at least compute per-sample gradient norms (about one
-extra backward pass), so ~1.5× is near the floor.
+extra backward pass), so ~1.5× is near the floor. ``secure`` is the default path with
+``privacy.secure_mode`` (noise from ChaCha20, four draws per value, as Opacus' secure
+mode), against the same default path with torch's generator.
 
     python -m benchmarks.dp_overhead [--samples 4096] [--repeats 3] [--out FILE.json]
 """
@@ -50,7 +52,9 @@ def load_images(samples: int) -> Dataset:
                        10, (1, 28, 28))  # fmt: skip
 
 
-def epoch_seconds(model_params: dict, data: Dataset, batch: int, mode: str | None) -> float:
+def epoch_seconds(
+    model_params: dict, data: Dataset, batch: int, mode: str | None, secure: bool = False
+) -> float:
     torch.manual_seed(0)
     model = MODELS.create(model_params).build(data.input_shape, data.num_classes)
     train = TrainConfig(local_epochs=1, batch_size=batch, lr=0.05)
@@ -58,7 +62,7 @@ def epoch_seconds(model_params: dict, data: Dataset, batch: int, mode: str | Non
     if mode is None:
         train_local(model, data.x_train, data.y_train, train, seed=0)
     else:
-        dp = DpSgd(noise_multiplier=1.0, grad_sample_mode=mode)
+        dp = DpSgd(noise_multiplier=1.0, grad_sample_mode=mode, secure_mode=secure)
         train_dp_sgd(model, data.x_train, data.y_train, train, dp, seed=0, planned_steps=1)
     return time.perf_counter() - start
 
@@ -75,7 +79,7 @@ def main() -> None:
     data = load_images(args.samples)
     print(f"data: {data.name}, {len(data.y_train)} samples per epoch, 1 torch thread")
     print(f"{'model':7} {'params':>8} {'batch':>5} {'plain s':>8} {'hooks s':>8} {'ghost s':>8} "
-          f"{'hooks ×':>8} {'ghost ×':>8}  default")  # fmt: skip
+          f"{'hooks ×':>8} {'ghost ×':>8} {'secure ×':>8}  default")  # fmt: skip
     rows = []
     for mode in (None, "hooks", "ghost"):  # warm-up: first calls pay one-off imports and caches
         epoch_seconds(MODELS_TIMED["logreg"], data, 64, mode)
@@ -84,19 +88,24 @@ def main() -> None:
         params = sum(p.numel() for p in probe.parameters())
         default = grad_sample_mode(probe, "auto")
         for batch in args.batches:
-            times: dict[str, list[float]] = {"plain": [], "hooks": [], "ghost": []}
+            times: dict[str, list[float]] = {"plain": [], "hooks": [], "ghost": [], "secure": []}
+            paths = (("plain", None, False), ("hooks", "hooks", False), ("ghost", "ghost", False),
+                     ("secure", default, True))  # fmt: skip
             for _ in range(args.repeats):  # interleaved, so drift hits every path alike
-                for label, mode in (("plain", None), ("hooks", "hooks"), ("ghost", "ghost")):
-                    times[label].append(epoch_seconds(MODELS_TIMED[name], data, batch, mode))
+                for label, mode, secure in paths:
+                    times[label].append(
+                        epoch_seconds(MODELS_TIMED[name], data, batch, mode, secure)
+                    )
             med = {k: statistics.median(v) for k, v in times.items()}
             row = {"model": name, "params": params, "batch": batch, "default_mode": default,
                    **{f"{k}_s": v for k, v in med.items()},
                    "hooks_ratio": med["hooks"] / med["plain"],
-                   "ghost_ratio": med["ghost"] / med["plain"]}  # fmt: skip
+                   "ghost_ratio": med["ghost"] / med["plain"],
+                   "secure_ratio": med["secure"] / med[default]}  # fmt: skip
             rows.append(row)
             print(f"{name:7} {params:8d} {batch:5d} {med['plain']:8.3f} {med['hooks']:8.3f} "
-                  f"{med['ghost']:8.3f} {row['hooks_ratio']:8.2f} {row['ghost_ratio']:8.2f}  "
-                  f"{default}")  # fmt: skip
+                  f"{med['ghost']:8.3f} {row['hooks_ratio']:8.2f} {row['ghost_ratio']:8.2f} "
+                  f"{row['secure_ratio']:8.2f}  {default}")  # fmt: skip
     if args.out:
         write_atomic(args.out, json.dumps(rows, indent=2) + "\n")
 

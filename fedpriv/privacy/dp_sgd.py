@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from fedpriv.errors import ConfigError
 from fedpriv.privacy.accounting import ACCOUNTANTS, calibrated_noise, sample_rate
 from fedpriv.privacy.base import PRIVACY, PrivacySpec
+from fedpriv.privacy.secure_random import secure_generator
 from fedpriv.registry import Spec
 from fedpriv.training import TrainStats, secret_seed, seed_for
 
@@ -69,6 +70,11 @@ class DpSgd(PrivacySpec):
     #: steps held each example, so the ε printed does not hold: research in simulation
     #: only; refused with engine=deployment.
     secure_noise: bool = True
+    #: Opacus' secure_mode: the noise from a CSPRNG (ChaCha20 keyed from os.urandom; Opacus'
+    #: own needs torchcsprng, which has no release for any current torch), each value the
+    #: sum of four Gaussians halved against floating-point attacks, as Opacus does. Its
+    #: cost is in benchmarks/dp_overhead.py.
+    secure_mode: bool = False
 
     def local_dp(self) -> DpSgd:
         return self
@@ -97,6 +103,10 @@ class DpSgd(PrivacySpec):
             out.append(("budget_epsilon", "must be > 0 or null"))
         if self.min_clients < 1:
             out.append(("min_clients", "must be >= 1"))
+        if self.secure_mode and not self.secure_noise:
+            out.append(
+                ("secure_mode", "needs secure_noise=true (noise from the seed is not secret)")
+            )
         return out
 
     def problems_for(self, *, num_clients: int, strategy: Spec) -> list[tuple[str, str]]:
@@ -222,6 +232,30 @@ def poisson_loader(
     )
     loader.batch_sampler.steps = steps
     return loader
+
+
+def use_csprng_noise(optimizer: Any) -> None:
+    """Opacus' secure_mode on ``optimizer`` (a DPOptimizer), with ChaCha20 in place of
+    torchcsprng: its ``add_noise`` step, as Opacus writes it, with each noise value the
+    sum of four standard Gaussians from :func:`secure_generator`, scaled by σC/2 (Opacus'
+    defence against floating-point attacks, Holohan et al. 2021). Clipping, accounting
+    and the noise's distribution are unchanged."""
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    rng = secure_generator()
+
+    def add_noise() -> None:
+        sigma = getattr(optimizer, "_adjusted_noise_multiplier", optimizer.noise_multiplier)
+        std = sigma * optimizer.max_grad_norm
+        for p in optimizer.params:
+            _check_processed_flag(p.summed_grad)
+            draws = rng.standard_normal((4, *p.summed_grad.shape), dtype=np.float32)
+            noise = torch.from_numpy(draws.sum(axis=0) * np.float32(std / 2))
+            noise = noise.to(p.summed_grad.dtype)
+            p.grad = (p.summed_grad + noise).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+    optimizer.add_noise = add_noise
 
 
 def _accounted(engine: Any) -> tuple[float, float] | None:
@@ -356,6 +390,8 @@ def train_dp_sgd(
     else:
         private, optimizer, loader = made
         criterion = nn.CrossEntropyLoss()
+    if dp.secure_mode:
+        use_csprng_noise(optimizer)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     private.train()
     loss_sum, correct, seen = 0.0, 0, 0

@@ -95,3 +95,52 @@ def test_reported_sample_rate_is_the_rate_sampled(n, batch):
     _, ran = train_dp_sgd(model, x, y, TrainConfig(local_epochs=1, batch_size=batch), spec,
                           seed=0, planned_steps=math.ceil(n / batch))  # fmt: skip
     assert ran["dp-sample-rate"] == 1 / math.ceil(n / batch)
+
+
+def test_secure_mode_draws_the_noise_from_the_csprng_with_opacus_std():
+    """privacy.secure_mode: the noise is σC-distributed as Opacus' and follows neither
+    torch's global seed nor a noise generator anyone could seed."""
+    from fedpriv.privacy.dp_sgd import use_csprng_noise
+
+    def noise_after_one_step(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        model = nn.Linear(400, 250, bias=False)
+        nn.init.zeros_(model.weight)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        from opacus.optimizers import DPOptimizer
+
+        private = DPOptimizer(optimizer, noise_multiplier=1.5, max_grad_norm=0.5,
+                              expected_batch_size=1, loss_reduction="sum")  # fmt: skip
+        use_csprng_noise(private)
+        model.weight.grad_sample = torch.zeros(1, 250, 400)  # one example, zero gradient
+        private.step()
+        return -model.weight.detach().flatten()  # lr 1 from zero: the noise itself
+
+    first, again = noise_after_one_step(0), noise_after_one_step(0)
+    assert float(first.std()) == pytest.approx(1.5 * 0.5, rel=0.02)
+    assert abs(float(first.mean())) < 0.01
+    assert not torch.equal(first, again)  # the same torch seed, other noise
+
+
+def test_secure_mode_trains_and_accounts_as_the_default_noise():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(256, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    results = {}
+    for secure in (False, True):
+        torch.manual_seed(0)
+        model = nn.Linear(5, 2)
+        spec = PRIVACY.create({"name": "dp_sgd", "noise_multiplier": 0.5,
+                               "secure_mode": secure}, "privacy")  # fmt: skip
+        _, ran = train_dp_sgd(model, x, y, TrainConfig(local_epochs=3, batch_size=64, lr=0.5),
+                              spec, seed=1, planned_steps=12)  # fmt: skip
+        accuracy = float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+        results[secure] = (ran, accuracy)
+    assert results[True][0] == results[False][0]  # the same σ, q and steps accounted
+    assert results[True][1] > 0.85
+
+
+def test_secure_mode_needs_secret_noise():
+    with pytest.raises(ValueError, match=r"secure_mode.*secure_noise=true"):
+        PRIVACY.create({"name": "dp_sgd", "noise_multiplier": 1.0, "secure_mode": True,
+                        "secure_noise": False}, "privacy")  # fmt: skip
