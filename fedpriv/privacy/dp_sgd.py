@@ -259,10 +259,8 @@ def use_csprng_noise(optimizer: Any) -> None:
 
 
 def _accounted(engine: Any) -> tuple[float, float] | None:
-    """The (σ, q) the accountant composed, exactly as it did (None before any step).
-
-    The sampler's q is 1/⌈n/B⌉ while its length is ⌊1/q⌋ batches, so q is read from
-    the accountant rather than derived from the loader's length."""
+    """The (σ, q) the accountant composed, exactly as it did (None before any step):
+    what the reply reports is what ε was computed from, not a value derived again."""
     entries = {(float(sigma), float(rate)) for sigma, rate, _ in engine.accountant.history}
     if not entries:
         return None

@@ -25,6 +25,7 @@ from fedpriv.privacy.accounting import (
     sample_rate,
     save_history,
 )
+from fedpriv.privacy.dp_sgd import EVIDENCE
 from fedpriv.runtime.node import partition_id
 from fedpriv.telemetry.probes import TELEMETRY_KEYS
 
@@ -40,8 +41,7 @@ DECLINED = "declined"
 RELEASED_UNDER_DP = frozenset(
     {
         "num-examples", "partition-id", "party", "steps", "rounds-trained", "train-seconds",
-        "work-seconds", "dp-noise-multiplier", "dp-sample-rate", "dp-steps", "epsilon",
-        "delta", "dp-weight", *TELEMETRY_KEYS,
+        "work-seconds", "dp-weight", *EVIDENCE, *TELEMETRY_KEYS,
     }
 )  # fmt: skip
 #: Keys with this prefix score the trained model on the public test split (swarm peers).

@@ -209,9 +209,7 @@ class RunContext:
         ):
             return None
         records = list(reply.content.metric_records.values())
-        if not records:
-            return self.config.privacy.evidence_problem({})
-        return self.config.privacy.evidence_problem(records[0])
+        return self.config.privacy.evidence_problem(records[0] if records else {})
 
     def first_contact(
         self,
