@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	rm -rf outputs/demo
-	$(BIN)/python -m experiments.run +experiment=demo hydra.run.dir=outputs/demo/federated
-	$(BIN)/python -m benchmarks.centralized --out outputs/demo/centralized.json
+	$(BIN)/python -m fedpriv.experiments.run +experiment=demo hydra.run.dir=outputs/demo/federated
+	$(BIN)/python benchmarks/centralized.py --out outputs/demo/centralized.json
 	$(BIN)/fedpriv report outputs/demo --out outputs/demo --reference centralized=outputs/demo/centralized.json
 
 # The fleet tests start `fedpriv superlink`'s Fleet proxy: Debian's nginx (installed here
@@ -44,23 +44,23 @@ bench: $(STAMP)
 	-command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ] && \
 	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || echo "Fashion-MNIST not installed; benchmarks use digits")
 	mkdir -p outputs/bench
-	$(BIN)/python -m benchmarks.simulation --out outputs/bench/simulation.json
-	$(BIN)/python -m benchmarks.dp_overhead --out outputs/bench/dp_overhead.json
-	$(BIN)/python -m benchmarks.dp_utility --out outputs/bench
-	$(BIN)/python -m benchmarks.he_aggregation --out outputs/bench/he_aggregation.json
-	$(BIN)/python -m benchmarks.vertical --out outputs/bench/vertical.json
-	$(BIN)/python -m benchmarks.swarm --out outputs/bench/swarm.json
-	$(BIN)/python -m benchmarks.selection --out outputs/bench/selection.json
-	$(BIN)/python -m benchmarks.deployment --out outputs/bench/deployment.json
-	$(BIN)/python -m benchmarks.audit --out outputs/bench/audit.json
-	$(BIN)/python -m benchmarks.async --out outputs/bench/async.json --plot outputs/bench/async.png
+	$(BIN)/python benchmarks/simulation.py --out outputs/bench/simulation.json
+	$(BIN)/python benchmarks/dp_overhead.py --out outputs/bench/dp_overhead.json
+	$(BIN)/python benchmarks/dp_utility.py --out outputs/bench
+	$(BIN)/python benchmarks/he_aggregation.py --out outputs/bench/he_aggregation.json
+	$(BIN)/python benchmarks/vertical.py --out outputs/bench/vertical.json
+	$(BIN)/python benchmarks/swarm.py --out outputs/bench/swarm.json
+	$(BIN)/python benchmarks/selection.py --out outputs/bench/selection.json
+	$(BIN)/python benchmarks/deployment.py --out outputs/bench/deployment.json
+	$(BIN)/python benchmarks/audit.py --out outputs/bench/audit.json
+	$(BIN)/python benchmarks/async.py --out outputs/bench/async.json --plot outputs/bench/async.png
 
 # Every study preset in full (conf/experiment/), each a multirun with its report; hours
 # on a laptop. Not in CI (tests run each preset in a reduced form).
 studies: $(STAMP)
 	-command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ] && \
 	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || echo "Fashion-MNIST not installed: the unification study needs it")
-	$(BIN)/python -m experiments.studies --out outputs/studies
+	$(BIN)/python -m fedpriv.experiments.studies --out outputs/studies
 
 # deploy/requirements.lock: every runtime dependency but torch, pinned with SHA-256 hashes
 # for x86_64 and aarch64 (uv's universal resolution); the fleet images install from it.

@@ -11,7 +11,7 @@ accuracy, the time it first reached A as a ratio of T (the target for FedBuff at
 spread: at most 0.6), and the time from which it stayed at or above A. ``--plot``
 draws accuracy against seconds and against updates applied.
 
-    python -m benchmarks.async [--clients 8] [--spreads 4 10] [--rounds 8]
+    python benchmarks/async.py [--clients 8] [--spreads 4 10] [--rounds 8]
         [--out F.json] [--plot F.png]
 """
 
@@ -23,9 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.deployment import _fashion_mnist_installed
 from fedpriv.api import run
 from fedpriv.config import load_config
+from fedpriv.data.datasets import available
 from fedpriv.results import write_atomic
 
 STRATEGIES = {
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--out", help="write the numbers as JSON here")
     parser.add_argument("--plot", help="write the accuracy curves as a PNG here")
     args = parser.parse_args()
-    fashion = _fashion_mnist_installed()
+    fashion = available("fashion_mnist")
     data = ["data=fashion_mnist", "data.limit=8000"] if fashion else ["data=digits"]
     common = [
         *data,

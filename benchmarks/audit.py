@@ -9,7 +9,7 @@ privacy and encryption. Vertical label inference is replayed on a split of digit
 without and with the label owner's gradient noise. "vs baseline" is the attack's
 advantage over chance relative to the unprotected run's (1: no protection; 0: chance).
 
-    python -m benchmarks.audit [--rounds 10] [--out FILE.json]
+    python benchmarks/audit.py [--rounds 10] [--out FILE.json]
 """
 
 from __future__ import annotations

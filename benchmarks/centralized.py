@@ -2,7 +2,7 @@
 optimizer trained on the pooled training split, for as many epochs as each client
 trains in total (rounds × local epochs). ``make demo`` prints it beside the federated run.
 
-    python -m benchmarks.centralized [HYDRA OVERRIDES...] [--out FILE.json]
+    python benchmarks/centralized.py [HYDRA OVERRIDES...] [--out FILE.json]
 """
 
 from __future__ import annotations

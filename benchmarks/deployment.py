@@ -12,7 +12,7 @@ Then one client trains the CNN on Fashion-MNIST (digits if it is not installed) 
 DP-SGD and capped physical batches on the warm fleet; its device telemetry gives the
 peak RSS. Targets (issue 7): overhead <= 0.5 s, peak RSS < 800 MB.
 
-    python -m benchmarks.deployment [--rounds 4] [--nodes 3] [--out FILE.json]
+    python benchmarks/deployment.py [--rounds 4] [--nodes 3] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 from fedpriv.api import run
 from fedpriv.config import load_config
-from fedpriv.data.datasets import DATASETS
+from fedpriv.data.datasets import available
 from fedpriv.deployment import LocalFleet
 from fedpriv.results import write_atomic
 
@@ -64,7 +64,7 @@ def fleet_run(nodes: int, rounds: int, warm: bool, extra: list[str]) -> list[dic
 
 def memory_run() -> dict[str, Any]:
     """Peak RSS of a device training the CNN with DP-SGD (physical batches capped)."""
-    fashion = _fashion_mnist_installed()
+    fashion = available("fashion_mnist")
     data = ["data=fashion_mnist", "data.limit=12000"] if fashion else ["data=digits"]
     extra = [
         *data,
@@ -82,14 +82,6 @@ def memory_run() -> dict[str, Any]:
         "rss_mb": client["rss-mb"],
         "train_seconds": client["train-seconds"],
     }
-
-
-def _fashion_mnist_installed() -> bool:
-    try:
-        DATASETS.create({"name": "fashion_mnist", "limit": 10}, "data").load(0)
-    except Exception:
-        return False
-    return True
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ extra backward pass), so ~1.5× is near the floor. ``secure`` is the default pat
 ``privacy.secure_mode`` (noise from ChaCha20, four draws per value, as Opacus' secure
 mode), against the same default path with torch's generator.
 
-    python -m benchmarks.dp_overhead [--samples 4096] [--repeats 3] [--out FILE.json]
+    python benchmarks/dp_overhead.py [--samples 4096] [--repeats 3] [--out FILE.json]
 """
 
 from __future__ import annotations

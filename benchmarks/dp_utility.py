@@ -7,7 +7,7 @@ model with DP-SGD on the pooled training split for as many epochs (rounds × loc
 epochs), calibrated to the same (ε, δ). Digits always; Fashion-MNIST when its files
 are installed (first ``--fashion-limit`` training images).
 
-    python -m benchmarks.dp_utility [--seeds 0 1 2] [--epsilons 1 3 8] [--out DIR]
+    python benchmarks/dp_utility.py [--seeds 0 1 2] [--epsilons 1 3 8] [--out DIR]
 """
 
 from __future__ import annotations

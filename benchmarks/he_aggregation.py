@@ -9,7 +9,7 @@ plaintext updates as a server accumulates them (``total += n_k * x_k``); a singl
 call (``weights @ updates``) is shown as the floor. The error is measured against a
 float64 weighted mean.
 
-    python -m benchmarks.he_aggregation [--sizes 100000 1000000 10000000] [--out FILE.json]
+    python benchmarks/he_aggregation.py [--sizes 100000 1000000 10000000] [--out FILE.json]
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ The deadline is ``--deadline-fraction`` of the baseline's median round time (whi
 slowest device sets). Printed: median round seconds, wall seconds, final accuracy, and
 the ratios against the baseline.
 
-    python -m benchmarks.selection [--clients 8] [--spread 4] [--rounds 10] [--out FILE.json]
+    python benchmarks/selection.py [--clients 8] [--spread 4] [--rounds 10] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.deployment import _fashion_mnist_installed
 from fedpriv.api import run
 from fedpriv.config import load_config
+from fedpriv.data.datasets import available
 from fedpriv.results import write_atomic
 
 
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--out", help="write the numbers as JSON here")
     args = parser.parse_args()
     data = (
-        ["data=fashion_mnist", "data.limit=8000"] if _fashion_mnist_installed() else ["data=digits"]
+        ["data=fashion_mnist", "data.limit=8000"] if available("fashion_mnist") else ["data=digits"]
     )
     common = [
         *data,

@@ -22,7 +22,7 @@ accounting, the results directory, per-round records); the target is <= 1.10 in 
 state. flower/floor is the engine's own cost, which fedpriv cannot remove. Absolute
 seconds depend on the machine and its load; the ratios, taken in one run, are the result.
 
-    python -m benchmarks.simulation [--clients 10 100] [--rounds 5] [--repeat 1] [--out F]
+    python benchmarks/simulation.py [--clients 10 100] [--rounds 5] [--repeat 1] [--out F]
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ from fedpriv.config import ExperimentConfig
 from fedpriv.data import federate
 from fedpriv.results import write_atomic
 from fedpriv.runtime.simulation import ENVIRONMENT, backend_config, quiet_flower
+from fedpriv.strategies.horizontal.family import initial_arrays
 from fedpriv.training import evaluate, seed_for, train_local
-from strategies.horizontal.family import initial_arrays
 
 IMPLEMENTATIONS = ("floor", "flower", "fedpriv")
 TARGET_FEDPRIV_OVER_FLOWER = 1.10
@@ -429,6 +429,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # Run as the importable module benchmarks.simulation, not as __main__, so that the
-    # ClientApp Ray pickles per message refers to BareClient by name (see BareClient).
-    importlib.import_module("benchmarks.simulation").main()
+    # Run as the importable module `simulation` (this script's folder is on sys.path, and
+    # Ray gives its workers the driver's sys.path), not as __main__, so that the ClientApp
+    # Ray pickles per message refers to BareClient by name (see BareClient).
+    importlib.import_module("simulation").main()

@@ -8,7 +8,7 @@ only a relay of end-to-end encrypted payloads. Accuracy is the global model's fo
 FedAvg, the merged model's for ``leader`` and the mean over peers' own models for
 ``gossip`` and ``dinno`` (min-max in the JSON).
 
-    python -m benchmarks.swarm [--rounds 10] [--clients 10] [--out FILE.json]
+    python benchmarks/swarm.py [--rounds 10] [--clients 10] [--out FILE.json]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ label owner's step; gradients ride on the next batch's message), then the same m
 trained in this process on the joined features with the same initialization, batches
 and optimizer (``train_centrally``). Both in the same run, back to back.
 
-    python -m benchmarks.vertical [--epochs 3] [--out FILE.json]
+    python benchmarks/vertical.py [--epochs 3] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from fedpriv import load_config, run
 from fedpriv.data.vertical import join, vertical_tables
 from fedpriv.errors import DataError
 from fedpriv.results import write_atomic
-from strategies.vertical.model import train_centrally
+from fedpriv.strategies.vertical.model import train_centrally
 
 SETTINGS: dict[str, list[str]] = {
     "breast_cancer, 3 parties, concat": ["data=breast_cancer", "vertical.parties=3"],

@@ -1,1 +1,1 @@
-"""Hydra entry points: ``python -m experiments.run [overrides]``."""
+"""Hydra entry points: ``python -m fedpriv.experiments.run [overrides]``."""

@@ -1,8 +1,8 @@
 """Run one experiment (or a sweep with ``-m``) from the Hydra config tree in ``conf/``.
 
-    python -m experiments.run strategy=fedprox data=digits partition=dirichlet partition.alpha=0.3
-    python -m experiments.run -m strategy=fedavg,fedadam seed=0,1,2
-    python -m experiments.run resume=outputs/2026-11-30/10-00-00   # an interrupted run
+    python -m fedpriv.experiments.run strategy=fedprox partition=dirichlet partition.alpha=0.3
+    python -m fedpriv.experiments.run -m strategy=fedavg,fedadam seed=0,1,2
+    python -m fedpriv.experiments.run resume=outputs/2026-11-30/10-00-00   # an interrupted run
 
 Results go to Hydra's run directory (``outputs/<date>/<time>``, or one subdirectory per
 job under ``multirun/`` for sweeps); ``fedpriv report <dir>`` summarizes them.

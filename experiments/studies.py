@@ -1,9 +1,9 @@
 """The named studies (``conf/experiment/*.yaml`` presets that sweep), run in full.
 
-    python -m experiments.studies                      # every study (`make studies`)
-    python -m experiments.studies unification dp_utility --out outputs/studies
+    python -m fedpriv.experiments.studies                      # every study (`make studies`)
+    python -m fedpriv.experiments.studies unification dp_utility --out outputs/studies
 
-Each study is one Hydra multirun (``python -m experiments.run -m +experiment=NAME``)
+Each study is one Hydra multirun (``python -m fedpriv.experiments.run -m +experiment=NAME``)
 into ``OUT/NAME``, then ``fedpriv report OUT/NAME --by-group --markdown``: report.csv,
 the plots, and the table (one row per setting, mean ± std over seeds) in
 ``OUT/NAME/report.md``.
@@ -54,18 +54,20 @@ def run_study(name: str, out: Path) -> str:
     """One study's multirun and its report; returns the report's table."""
     target = out / name
     command = [
-        sys.executable, "-m", "experiments.run", "-m", f"+experiment={name}",
+        sys.executable, "-m", "fedpriv.experiments.run", "-m", f"+experiment={name}",
         f"hydra.sweep.dir={target}", "overwrite=true",  # regenerating replaces the last
     ]  # fmt: skip
     subprocess.run(command, check=True)
     shown = report([target], out=target, markdown=True, by_group=True)
-    command_line = f"python -m experiments.run -m +experiment={name}"
+    command_line = f"python -m fedpriv.experiments.run -m +experiment={name}"
     write_atomic(target / "report.md", f"`{command_line}`\n\n{shown}\n")
     return shown
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.studies", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m fedpriv.experiments.studies", description=__doc__
+    )
     parser.add_argument("names", nargs="*", help=f"studies (default: all): {', '.join(presets())}")
     parser.add_argument("--out", default="outputs/studies", help="where each study's runs go")
     args = parser.parse_args(argv)

@@ -23,7 +23,7 @@ from fedpriv.runtime.apps import build_client_app, build_server_app
 from fedpriv.runtime.checkpoint import Checkpoint
 from fedpriv.runtime.context import RunContext
 from fedpriv.runtime.simulation import simulate
-from strategies.base import Setup, Strategy
+from fedpriv.strategies.base import Setup, Strategy
 
 log = logging.getLogger("fedpriv")
 
@@ -180,7 +180,7 @@ def open_run(
     ``config.overwrite``), prepare the family (data, model, keys) and start the directory
     (or, when ``resuming``, cut its metrics back to the checkpoint's rounds). The caller
     releases the lock with :meth:`OpenRun.close`."""
-    from strategies import FAMILIES
+    from fedpriv.strategies import FAMILIES
 
     lock = claim(
         config.output_dir or default_output_dir(config),

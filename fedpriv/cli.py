@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command == "run":
-        from experiments.run import main as hydra_main
+        from fedpriv.experiments.run import main as hydra_main
 
         sys.argv = ["fedpriv run", *rest]
         hydra_main()

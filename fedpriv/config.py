@@ -23,8 +23,8 @@ from fedpriv.registry import Registry, Spec, build
 from fedpriv.selection import SELECTIONS, SelectionSpec, Uniform
 
 if TYPE_CHECKING:
-    from strategies.swarm.settings import SwarmSettings
-    from strategies.vertical.settings import VerticalSettings
+    from fedpriv.strategies.swarm.settings import SwarmSettings
+    from fedpriv.strategies.vertical.settings import VerticalSettings
 
 #: Python package holding the Hydra config tree (the repo's ``conf/``).
 CONFIG_MODULE = "fedpriv.conf"
@@ -220,7 +220,7 @@ class ExperimentConfig:
 
 def strategy_registry(family: str) -> Registry[Any]:
     """The strategies of one family (imported lazily: strategies depend on fedpriv)."""
-    from strategies import FAMILIES
+    from fedpriv.strategies import FAMILIES
 
     return FAMILIES.get(family).strategies
 
@@ -263,7 +263,7 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
 
     Every problem is collected and raised together as one :class:`ConfigError`.
     """
-    from strategies import FAMILIES
+    from fedpriv.strategies import FAMILIES
 
     problems: list[str] = []
     values: dict[str, Any] = {}
@@ -423,7 +423,7 @@ def load_config(overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Compose ``conf/config.yaml`` with Hydra override strings and validate it.
 
     ``load_config(overrides=["strategy=fedprox", "rounds=5"])`` gives the same config as
-    ``python -m experiments.run strategy=fedprox rounds=5``.
+    ``python -m fedpriv.experiments.run strategy=fedprox rounds=5``.
     """
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException

@@ -1,10 +1,10 @@
 """Strategy families behind one interface (:mod:`strategies.base`)."""
 
 from fedpriv.registry import Registry
-from strategies.base import Handler, RoundReport, RunContext, Strategy
-from strategies.horizontal import Horizontal
-from strategies.swarm import SwarmFamily
-from strategies.vertical import Vertical
+from fedpriv.strategies.base import Handler, RoundReport, RunContext, Strategy
+from fedpriv.strategies.horizontal import Horizontal
+from fedpriv.strategies.swarm import SwarmFamily
+from fedpriv.strategies.vertical import Vertical
 
 #: Families by name (``family=<name>``); every family registers here.
 FAMILIES: Registry[Strategy] = Registry("family")

@@ -46,8 +46,7 @@ from torch import nn
 
 from fedpriv.config import ExperimentConfig
 from fedpriv.data.vertical import LABEL_OWNER, join, vertical_tables
-from fedpriv.training import seed_for
-from strategies.vertical.model import (
+from fedpriv.strategies.vertical.model import (
     build_bottom,
     build_top,
     epoch_batches,
@@ -56,7 +55,8 @@ from strategies.vertical.model import (
     optimizer,
     torch_threads,
 )
-from strategies.vertical.party import VerticalParty
+from fedpriv.strategies.vertical.party import VerticalParty
+from fedpriv.training import seed_for
 
 
 @dataclasses.dataclass(frozen=True)

@@ -128,7 +128,7 @@ def gradient_inversion(run_dir: Path, config: ExperimentConfig) -> dict[str, Any
     shape, classes = data.dataset.input_shape, data.dataset.num_classes
     x, y = data.client(0)
     example_x, example_y = x[:1], y[:1]
-    from strategies.horizontal.family import initial_arrays
+    from fedpriv.strategies.horizontal.family import initial_arrays
 
     sent = initial_arrays(config, data)
     model = _model(config, shape, classes)

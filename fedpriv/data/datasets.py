@@ -386,3 +386,13 @@ class Npz(DatasetSpec):
             f"{file} must hold arrays x and y, or x_train, y_train, x_test and y_test; "
             f"it holds: {', '.join(sorted(keys))}"
         )
+
+
+def available(name: str) -> bool:
+    """Whether dataset ``name`` loads on this machine: an optional one (Fashion-MNIST from
+    Debian) may be absent, and benchmarks fall back to a bundled set."""
+    try:
+        DATASETS.create({"name": name, "limit": 10}, "data").load(0)
+    except DataError:
+        return False
+    return True

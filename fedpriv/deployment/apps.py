@@ -71,7 +71,7 @@ class DeployedClientApp(ClientApp):
 
     def __call__(self, message: Message, context: Context) -> Message:
         from fedpriv.runtime.apps import build_client_app
-        from strategies import FAMILIES
+        from fedpriv.strategies import FAMILIES
 
         config = config_from(context)
         strategy: Any = FAMILIES.get(config.family).create(config)

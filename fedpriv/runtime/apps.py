@@ -18,8 +18,8 @@ from flwr.serverapp import Grid, ServerApp
 from fedpriv.errors import FedprivError
 from fedpriv.runtime.checkpoint import RESTORE, NodeStateMod, restore_node
 from fedpriv.runtime.context import RunContext
+from fedpriv.strategies.base import Handler, Strategy
 from fedpriv.telemetry import DeviceMonitor
-from strategies.base import Handler, Strategy
 
 log = logging.getLogger("fedpriv")
 

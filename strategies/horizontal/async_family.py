@@ -29,10 +29,9 @@ from fedpriv.privacy.ledger import declined_reason
 from fedpriv.runtime.checkpoint import CheckpointError
 from fedpriv.runtime.context import PULL_INTERVAL_S
 from fedpriv.runtime.records import check_update
-from fedpriv.training import seed_for
-from strategies.base import RoundReport, RunContext
-from strategies.horizontal.asynchronous import Arrival, AsyncSpec, Easgd, ServerState
-from strategies.horizontal.family import (
+from fedpriv.strategies.base import RoundReport, RunContext
+from fedpriv.strategies.horizontal.asynchronous import Arrival, AsyncSpec, Easgd, ServerState
+from fedpriv.strategies.horizontal.family import (
     ARRAYS,
     CLIENT_SAMPLING,
     CONFIG,
@@ -41,6 +40,7 @@ from strategies.horizontal.family import (
     PartitionOrderedGrid,
     client_entry,
 )
+from fedpriv.training import seed_for
 
 log = logging.getLogger("fedpriv")
 

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec
+from fedpriv.strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec
 
 STALENESS_FUNCTIONS = ("constant", "polynomial", "hinge")
 

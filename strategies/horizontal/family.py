@@ -33,10 +33,10 @@ from fedpriv.privacy.ledger import declined_reason
 from fedpriv.runtime.checkpoint import CheckpointError, flower_state, restore_flower_state
 from fedpriv.runtime.node import node_counter, node_data, partition_id
 from fedpriv.selection import MAX_STEPS, WORK_SECONDS
+from fedpriv.strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
+from fedpriv.strategies.horizontal.asynchronous import AsyncSpec, async_problems
+from fedpriv.strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec
 from fedpriv.training import evaluate, seed_for
-from strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
-from strategies.horizontal.asynchronous import AsyncSpec, async_problems
-from strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 #: Train config key: EASGD's elastic rate; the node keeps its own model (ELASTIC_MODEL).
@@ -169,7 +169,7 @@ class Horizontal(Strategy):
     @classmethod
     def create(cls, config: ExperimentConfig) -> Strategy:
         """This family, or AsyncHorizontal for an asynchronous strategy (``fedasync``...)."""
-        from strategies.horizontal.async_family import AsyncHorizontal
+        from fedpriv.strategies.horizontal.async_family import AsyncHorizontal
 
         if isinstance(config.strategy, AsyncSpec) and not issubclass(cls, AsyncHorizontal):
             return AsyncHorizontal(config)

@@ -15,7 +15,11 @@ import numpy as np
 from flwr.serverapp import strategy as flwr_strategies
 
 from fedpriv.registry import Registry, Spec
-from strategies.horizontal.aggregators import ElementwiseMerge, elementwise_absmax, elementwise_max
+from fedpriv.strategies.horizontal.aggregators import (
+    ElementwiseMerge,
+    elementwise_absmax,
+    elementwise_max,
+)
 
 __all__ = ["HORIZONTAL_STRATEGIES", "HorizontalSpec"]
 

@@ -29,11 +29,20 @@ from fedpriv.crypto.scheme import Ckks
 from fedpriv.data.federated import federate
 from fedpriv.errors import ConfigError, SimulationError
 from fedpriv.runtime.records import Traffic, metric, payload_nbytes
-from strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
-from strategies.horizontal.family import initial_arrays
-from strategies.swarm import topology
-from strategies.swarm.peer import CONFIG, INBOX, KEYS, METRICS, OUTBOX, SwarmPeer, elect, entry
-from strategies.swarm.settings import SWARM_STRATEGIES, SwarmSettings
+from fedpriv.strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
+from fedpriv.strategies.horizontal.family import initial_arrays
+from fedpriv.strategies.swarm import topology
+from fedpriv.strategies.swarm.peer import (
+    CONFIG,
+    INBOX,
+    KEYS,
+    METRICS,
+    OUTBOX,
+    SwarmPeer,
+    elect,
+    entry,
+)
+from fedpriv.strategies.swarm.settings import SWARM_STRATEGIES, SwarmSettings
 
 log = logging.getLogger("fedpriv")
 #: CKKS parameters of the consensus measurement (128-bit, ~1e-9 error on a sum).

@@ -31,8 +31,8 @@ from fedpriv.crypto.records import Layout
 from fedpriv.data.federated import federate
 from fedpriv.privacy.accounting import planned_steps
 from fedpriv.runtime.node import partition_id
+from fedpriv.strategies.swarm.settings import SwarmSettings
 from fedpriv.training import evaluate, seed_for
-from strategies.swarm.settings import SwarmSettings
 
 KEY, MODEL, DUAL, MERGED = "swarm.key", "swarm.model", "swarm.dual", "swarm.merged"
 INBOX, OUTBOX, KEYS, CONFIG, METRICS = "inbox", "outbox", "keys", "config", "metrics"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from fedpriv.registry import Registry, Spec
-from strategies.swarm.topology import TOPOLOGIES
+from fedpriv.strategies.swarm.topology import TOPOLOGIES
 
 MODES = ("gossip", "leader", "dinno")
 MIXING = ("metropolis", "data_size")

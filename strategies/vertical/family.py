@@ -27,9 +27,9 @@ from fedpriv.data.vertical import LABEL_OWNER, vertical_tables
 from fedpriv.errors import ConfigError, SimulationError
 from fedpriv.runtime.context import not_answered
 from fedpriv.runtime.records import Traffic, metric, payload_nbytes
-from strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
-from strategies.vertical.model import build_bottom, build_top, epoch_batches
-from strategies.vertical.party import (
+from fedpriv.strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
+from fedpriv.strategies.vertical.model import build_bottom, build_top, epoch_batches
+from fedpriv.strategies.vertical.party import (
     BATCH,
     EMBEDDING,
     GRADIENTS,
@@ -40,7 +40,7 @@ from strategies.vertical.party import (
     one_array,
     values,
 )
-from strategies.vertical.settings import VERTICAL_STRATEGIES, VerticalSettings
+from fedpriv.strategies.vertical.settings import VERTICAL_STRATEGIES, VerticalSettings
 
 #: Message types whose replies carry an embedding, and those delivering merged ones.
 EMBEDS = {"train.step": EMBEDDING, "evaluate.embed": EMBEDDING}

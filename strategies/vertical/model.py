@@ -16,8 +16,8 @@ from flwr.app import ArrayRecord
 from torch import nn
 
 from fedpriv.config import ExperimentConfig, TrainConfig
+from fedpriv.strategies.vertical.settings import VerticalSettings
 from fedpriv.training import evaluate, seed_for
-from strategies.vertical.settings import VerticalSettings
 
 #: Seed stream of the top model (parties use their index).
 TOP = 1_000

@@ -30,8 +30,7 @@ from fedpriv.crypto import psi
 from fedpriv.data.vertical import LABEL_OWNER, PartyTable, vertical_tables
 from fedpriv.errors import ConfigError
 from fedpriv.runtime.node import partition_id
-from fedpriv.training import secret_seed
-from strategies.vertical.model import (
+from fedpriv.strategies.vertical.model import (
     build_bottom,
     build_top,
     from_sum,
@@ -41,6 +40,7 @@ from strategies.vertical.model import (
     restore,
     save,
 )
+from fedpriv.training import secret_seed
 
 #: Record names shared with the coordinator and the CKKS mod.
 EMBEDDING, SUM, GRADIENTS, BATCH, POINTS = (

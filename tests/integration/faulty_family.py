@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
-from strategies.base import Handler
-from strategies.horizontal import Horizontal, HorizontalClient
-from strategies.horizontal.async_family import AsyncHorizontal
+from fedpriv.strategies.base import Handler
+from fedpriv.strategies.horizontal import Horizontal, HorizontalClient
+from fedpriv.strategies.horizontal.async_family import AsyncHorizontal
 
 
 def _each(arrays: ArrayRecord, change: Callable[[np.ndarray], np.ndarray]) -> ArrayRecord:

@@ -10,9 +10,9 @@ from typing import ClassVar
 
 from flwr.app import Context, Message
 
-from strategies.base import Handler
-from strategies.swarm import SwarmFamily
-from strategies.swarm.peer import SwarmPeer
+from fedpriv.strategies.base import Handler
+from fedpriv.strategies.swarm import SwarmFamily
+from fedpriv.strategies.swarm.peer import SwarmPeer
 
 
 class FaultyPeer(SwarmPeer):

@@ -13,9 +13,9 @@ from typing import ClassVar
 
 from flwr.app import Context, Message
 
-from strategies.base import Handler
-from strategies.vertical import Vertical
-from strategies.vertical.party import EMBEDDING, VerticalParty, one_array, values
+from fedpriv.strategies.base import Handler
+from fedpriv.strategies.vertical import Vertical
+from fedpriv.strategies.vertical.party import EMBEDDING, VerticalParty, one_array, values
 
 
 class FaultyParty(VerticalParty):

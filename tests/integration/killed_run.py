@@ -1,5 +1,5 @@
 """A run that is SIGKILLed, with its whole process group (Ray included), at a known point:
-a real kill. Arguments are ``python -m experiments.run`` overrides (``resume=DIR`` too).
+a real kill. Arguments are ``python -m fedpriv.experiments.run`` overrides (``resume=DIR`` too).
 
 Environment variables:
 
@@ -83,7 +83,7 @@ if "KILL_AFTER_REPLIES" in os.environ:
     run_context.RunContext.send_and_receive = receive_then_die  # type: ignore[method-assign]
 
 if __name__ == "__main__":
-    from experiments.run import main
+    from fedpriv.experiments.run import main
 
     sys.argv = ["killed_run", *sys.argv[1:]]
     main()

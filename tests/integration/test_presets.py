@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from experiments.studies import presets, sweep_points
 from fedpriv import load_config, run
+from fedpriv.experiments.studies import presets, sweep_points
 
 pytestmark = pytest.mark.simulation
 

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from fedpriv import Result, run
-from strategies import FAMILIES
-from strategies.horizontal import HORIZONTAL_STRATEGIES
-from strategies.horizontal.asynchronous import AsyncSpec
+from fedpriv.strategies import FAMILIES
+from fedpriv.strategies.horizontal import HORIZONTAL_STRATEGIES
+from fedpriv.strategies.horizontal.asynchronous import AsyncSpec
 
 pytestmark = pytest.mark.simulation
 
@@ -95,8 +95,8 @@ def test_hydra_multirun_and_console_report(tmp_path):
 
     sweep = tmp_path / "sweep"
     command = [
-        sys.executable, "-m", "experiments.run", "-m", "strategy=fedavg,fedprox", "rounds=1",
-        "num_clients=3", "model=logreg", f"hydra.sweep.dir={sweep}",
+        sys.executable, "-m", "fedpriv.experiments.run", "-m", "strategy=fedavg,fedprox",
+        "rounds=1", "num_clients=3", "model=logreg", f"hydra.sweep.dir={sweep}",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

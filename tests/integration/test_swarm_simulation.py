@@ -11,8 +11,8 @@ from fedpriv.config import from_mapping
 from fedpriv.crypto.records import CKKS_STYPE
 from fedpriv.data.federated import federate
 from fedpriv.runtime.context import RunContext
-from strategies import FAMILIES
-from strategies.horizontal.family import initial_arrays
+from fedpriv.strategies import FAMILIES
+from fedpriv.strategies.horizontal.family import initial_arrays
 
 pytestmark = pytest.mark.simulation
 

@@ -12,8 +12,8 @@ from fedpriv.config import from_mapping
 from fedpriv.crypto.records import CKKS_STYPE
 from fedpriv.data.vertical import join, vertical_tables
 from fedpriv.runtime.context import RunContext
-from strategies import FAMILIES
-from strategies.vertical.model import train_centrally
+from fedpriv.strategies import FAMILIES
+from fedpriv.strategies.vertical.model import train_centrally
 
 pytestmark = pytest.mark.simulation
 

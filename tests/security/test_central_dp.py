@@ -17,7 +17,7 @@ from opacus.accountants import RDPAccountant
 from fedpriv.privacy import PRIVACY, Central
 from fedpriv.privacy.central import released_noise_multiplier
 from fedpriv.privacy.ledger import ServerLedger
-from strategies.horizontal import HORIZONTAL_STRATEGIES
+from fedpriv.strategies.horizontal import HORIZONTAL_STRATEGIES
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 

@@ -132,7 +132,7 @@ def test_no_noise_generator_reaches_a_checkpoint(make_config, tmp_path, clipping
     wrapper's generator (made at its first release) is not among what is saved, and the
     codec refuses any object it does not know rather than write it."""
     from fedpriv.runtime.tree import TreeError, dumps
-    from strategies.horizontal import Horizontal
+    from fedpriv.strategies.horizontal import Horizontal
 
     config = make_config(
         "strategy=fedavgm", "privacy=central", "num_clients=40", "privacy.noise_multiplier=0.5",

@@ -18,9 +18,9 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from fedpriv import load_config
 from fedpriv.data import federate
 from fedpriv.runtime.apps import build_client_app
+from fedpriv.strategies import FAMILIES
+from fedpriv.strategies.horizontal.family import initial_arrays
 from fedpriv.telemetry.probes import TELEMETRY_KEYS
-from strategies import FAMILIES
-from strategies.horizontal.family import initial_arrays
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 

@@ -18,7 +18,7 @@ from fedpriv.crypto.base import PlainAggregator
 from fedpriv.crypto.client import CkksClientMod
 from fedpriv.crypto.records import Layout
 from fedpriv.crypto.scheme import Ckks
-from strategies.horizontal import HORIZONTAL_STRATEGIES
+from fedpriv.strategies.horizontal import HORIZONTAL_STRATEGIES
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 

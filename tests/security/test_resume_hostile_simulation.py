@@ -19,9 +19,9 @@ from flwr.app import ConfigRecord, Context, Message
 
 from fedpriv import run
 from fedpriv.runtime.checkpoint import NODE_STATE, SPENDING_FILE
-from strategies import FAMILIES
-from strategies.base import Setup
-from strategies.horizontal import Horizontal
+from fedpriv.strategies import FAMILIES
+from fedpriv.strategies.base import Setup
+from fedpriv.strategies.horizontal import Horizontal
 
 pytestmark = pytest.mark.simulation
 

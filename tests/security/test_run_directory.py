@@ -1,7 +1,7 @@
 """One run per results directory. The adversary is not malicious, just unlucky or
 careless: two runs started in the same second shared Hydra's run directory and
 truncated each other's ``metrics.jsonl``, and reusing ``output_dir`` silently replaced a
-finished run. Real ``python -m experiments.run`` processes race on one directory here.
+finished run. Real ``python -m fedpriv.experiments.run`` processes race on one directory here.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ SMALL = ["rounds=2", "num_clients=3", "model=logreg", "engine.num_cpus=1"]
 
 
 def experiment(log: Path, *overrides: str) -> subprocess.Popen[bytes]:
-    """``python -m experiments.run`` in its own process, as a user starts it; its output
+    """``python -m fedpriv.experiments.run`` in its own process, as a user starts it; its output
     goes to ``log`` (a pipe left unread could stall it)."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(sys.path),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     }
-    command = [sys.executable, "-m", "experiments.run", *SMALL, *overrides]
+    command = [sys.executable, "-m", "fedpriv.experiments.run", *SMALL, *overrides]
     with log.open("wb") as output:
         return subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=output)
 

@@ -26,7 +26,7 @@ from fedpriv.crypto.client import CkksClientMod
 from fedpriv.crypto.fingerprint import fingerprint, short, split_server_context
 from fedpriv.crypto.records import KEY, Layout
 from fedpriv.errors import ConfigError
-from strategies.horizontal import HORIZONTAL_STRATEGIES
+from fedpriv.strategies.horizontal import HORIZONTAL_STRATEGIES
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 

@@ -9,8 +9,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from fedpriv.runtime.records import check_update, payload_nbytes
-from strategies.horizontal import HORIZONTAL_STRATEGIES
-from strategies.horizontal.aggregators import elementwise_absmax
+from fedpriv.strategies.horizontal import HORIZONTAL_STRATEGIES
+from fedpriv.strategies.horizontal.aggregators import elementwise_absmax
 
 RNG = np.random.default_rng(7)
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fedpriv import load_config
 from fedpriv.errors import ConfigError
-from strategies.horizontal.asynchronous import (
+from fedpriv.strategies.horizontal.asynchronous import (
     Arrival,
     Bmuf,
     Easgd,
@@ -20,7 +20,7 @@ from strategies.horizontal.asynchronous import (
     compensate,
     staleness_weight,
 )
-from strategies.horizontal.family import ELASTIC_MODEL, elastic_exchange
+from fedpriv.strategies.horizontal.family import ELASTIC_MODEL, elastic_exchange
 
 RNG = np.random.default_rng(0)
 

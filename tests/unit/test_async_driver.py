@@ -12,8 +12,8 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from fedpriv.crypto.records import Layout
 from fedpriv.results import RunDirectory
 from fedpriv.runtime.context import RunContext
-from strategies.horizontal import Horizontal
-from strategies.horizontal.async_family import AsyncHorizontal
+from fedpriv.strategies.horizontal import Horizontal
+from fedpriv.strategies.horizontal.async_family import AsyncHorizontal
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 

@@ -134,7 +134,7 @@ def test_a_state_the_codec_does_not_hold_is_refused_by_name(tmp_path):
 )  # fmt: skip
 def test_flower_strategy_state_round_trips_without_its_objects(make_config, strategy, privacy):
     from fedpriv.runtime.checkpoint import flower_state, restore_flower_state
-    from strategies.horizontal import Horizontal
+    from fedpriv.strategies.horizontal import Horizontal
 
     overrides = [f"strategy={strategy}"]
     if privacy != "none":

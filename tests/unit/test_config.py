@@ -158,7 +158,7 @@ def test_every_experiment_preset_composes(preset):
 
 
 def test_every_job_of_every_study_preset_composes_and_validates():
-    from experiments.studies import presets, sweep_points
+    from fedpriv.experiments.studies import presets, sweep_points
 
     names = presets()
     assert {"dp_utility", "he_cost", "noniid", "unification", "batch_size",

@@ -18,7 +18,7 @@ from fedpriv.crypto.client import CkksClientMod
 from fedpriv.crypto.fingerprint import split_server_context
 from fedpriv.crypto.parallel import map_spans, map_spans_forked
 from fedpriv.crypto.records import Layout, is_encrypted, to_record
-from strategies.horizontal import HORIZONTAL_STRATEGIES
+from fedpriv.strategies.horizontal import HORIZONTAL_STRATEGIES
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 

@@ -18,7 +18,7 @@ from fedpriv.attacks.label_inference import (
     score,
 )
 from fedpriv.data.vertical import join, vertical_tables
-from strategies.vertical.model import SplitModel, epoch_batches, merge, train_centrally
+from fedpriv.strategies.vertical.model import SplitModel, epoch_batches, merge, train_centrally
 
 DIGITS = ["data=digits", "vertical.split=halves"]  # 10 classes, left/right image halves
 CANCER = ["data=breast_cancer"]  # binary, 2 parties of 15 columns

@@ -7,8 +7,8 @@ import os
 import pytest
 from hydra import compose, initialize_config_module
 
-from experiments.run import cores_per_job
 from fedpriv.config import CONFIG_MODULE
+from fedpriv.experiments.run import cores_per_job
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ from fedpriv import ConfigError, load_config
 from fedpriv.crypto import ckks, peers
 from fedpriv.crypto.embeddings import CkksEmbeddingSum
 from fedpriv.crypto.records import to_record
-from strategies.swarm.family import CONSENSUS_PARAMS
-from strategies.swarm.peer import elect, merge_models
-from strategies.swarm.settings import SwarmSettings
-from strategies.swarm.topology import connected, graph, metropolis_weights, size_weights
+from fedpriv.strategies.swarm.family import CONSENSUS_PARAMS
+from fedpriv.strategies.swarm.peer import elect, merge_models
+from fedpriv.strategies.swarm.settings import SwarmSettings
+from fedpriv.strategies.swarm.topology import connected, graph, metropolis_weights, size_weights
 
 # -- sealing between peers -------------------------------------------------------------------
 
@@ -158,7 +158,7 @@ def test_swarm_settings_follow_the_family():
 
 
 def test_redraw_gives_each_sync_its_own_graph_and_fixed_keeps_one():
-    from strategies.swarm import SwarmFamily
+    from fedpriv.strategies.swarm import SwarmFamily
 
     fixed = SwarmFamily(load_config(["family=swarm", "swarm.topology=random_regular"]))
     assert fixed.graph(1) == fixed.graph(2)

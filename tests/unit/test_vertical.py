@@ -12,7 +12,7 @@ from nacl import bindings as sodium
 from fedpriv import ConfigError, load_config
 from fedpriv.crypto import psi
 from fedpriv.data.vertical import feature_views, holders, join, take, vertical_tables
-from strategies.vertical.model import (
+from fedpriv.strategies.vertical.model import (
     SplitModel,
     build_bottom,
     epoch_batches,

@@ -18,10 +18,14 @@ def test_built_wheel_has_the_config_tree_and_composes_from_it(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for yaml_file in (ROOT / "conf").rglob("*.yaml"):
         assert f"fedpriv/conf/{yaml_file.relative_to(ROOT / 'conf')}" in names
-    for top in ("fedpriv", "strategies", "experiments"):  # every package of the source tree
+    # One namespace: only fedpriv (and its metadata) at the top level, where a generic
+    # name (strategies, experiments, benchmarks) would shadow a user's own package.
+    assert {name.split("/")[0] for name in names} == {"fedpriv", "fedpriv-0.1.0.dist-info"}
+    for top, installed in (("fedpriv", "fedpriv"), ("strategies", "fedpriv/strategies"),
+                           ("experiments", "fedpriv/experiments")):  # fmt: skip
         for init in (ROOT / top).rglob("__init__.py"):
-            assert str(init.relative_to(ROOT)) in names
-    assert "experiments/run.py" in names
+            assert f"{installed}/{init.relative_to(ROOT / top)}" in names
+    assert "fedpriv/experiments/run.py" in names
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
@@ -30,8 +34,8 @@ def test_built_wheel_has_the_config_tree_and_composes_from_it(tmp_path):
         "cfg = load_config(overrides=['strategy=krum', '+experiment=demo']); "
         "print(fedpriv.__file__, cfg.strategy.name, cfg.rounds); "
         # a subpackage missing from the wheel would load from the editable source tree
-        "import fedpriv.crypto.psi, fedpriv.privacy, strategies.vertical; "
-        "print(*(m.__file__ for m in (fedpriv.crypto.psi, fedpriv.privacy, strategies.vertical)))"
+        "import fedpriv.crypto.psi, fedpriv.privacy, fedpriv.strategies.vertical as vertical; "
+        "print(*(m.__file__ for m in (fedpriv.crypto.psi, fedpriv.privacy, vertical)))"
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, env={"PYTHONPATH": str(site)})  # fmt: skip

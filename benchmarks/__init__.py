@@ -1,1 +1,0 @@
-"""Benchmarks: each prints ratios against a baseline measured in the same run."""
