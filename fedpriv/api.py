@@ -13,7 +13,13 @@ from typing import Any
 
 import yaml
 
-from fedpriv.config import DeploymentEngine, ExperimentConfig, SimulationEngine, from_mapping
+from fedpriv.config import (
+    DeploymentEngine,
+    ExperimentConfig,
+    InProcessEngine,
+    SimulationEngine,
+    from_mapping,
+)
 from fedpriv.crypto import parallel
 from fedpriv.errors import ConfigError, SimulationError
 from fedpriv.provenance import provenance
@@ -22,10 +28,14 @@ from fedpriv.run_lock import RunLock, check_free, claim
 from fedpriv.runtime.apps import build_client_app, build_server_app
 from fedpriv.runtime.checkpoint import Checkpoint
 from fedpriv.runtime.context import RunContext
+from fedpriv.runtime.inprocess import run_inprocess
 from fedpriv.runtime.simulation import simulate
 from fedpriv.strategies.base import Setup, Strategy
 
 log = logging.getLogger("fedpriv")
+
+#: Engines that run here, in this process or on its Ray, and can resume a run.
+LOCAL_ENGINES = (SimulationEngine, InProcessEngine)
 
 
 def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
@@ -63,10 +73,10 @@ def resume(run_dir: str | os.PathLike[str]) -> Result:
         log.info("%s already finished; nothing to resume", path)
         return Result.load(path)
     config = run_config(path).replace(output_dir=str(path))
-    if not isinstance(config.engine, SimulationEngine):
+    if not isinstance(config.engine, LOCAL_ENGINES):
         raise ConfigError(
             f"resume={str(path)!r}: engine={config.engine.name} runs cannot be resumed yet; "
-            "resume runs under engine=simulation"
+            "resume runs under engine=simulation or engine=inprocess"
         )
     checkpoint = Checkpoint.load(path)
     if checkpoint is None:
@@ -101,7 +111,7 @@ def _simulate(
 ) -> Result:
     """Run (or continue from ``checkpoint``) on Flower's simulation engine, and audit it;
     the results directory stays locked until the audit is written."""
-    assert isinstance(config.engine, SimulationEngine)
+    assert isinstance(config.engine, LOCAL_ENGINES)
     started = time.perf_counter()
     opened = open_run(config, checkpoint, resuming=resuming)
     try:
@@ -112,9 +122,10 @@ def _simulate(
 
 
 def _simulate_opened(opened: OpenRun, started: float) -> Result:
-    """Run an opened run on Flower's simulation engine to its ``summary.json``."""
+    """Run an opened run on Flower's simulation engine (or, with ``engine=inprocess``,
+    in this process) to its ``summary.json``."""
     config = opened.config
-    assert isinstance(config.engine, SimulationEngine)
+    assert isinstance(config.engine, LOCAL_ENGINES)
     finished: dict[str, Any] = {}
     server_app = build_server_app(
         opened.strategy,
@@ -124,7 +135,10 @@ def _simulate_opened(opened: OpenRun, started: float) -> Result:
     )
     client_app = build_client_app(opened.strategy, opened.setup.client_mods)
     try:
-        simulate(server_app, client_app, config.num_clients, config.engine)
+        if isinstance(config.engine, InProcessEngine):
+            run_inprocess(server_app, client_app, config.num_clients, config.engine)
+        else:
+            simulate(server_app, client_app, config.num_clients, config.engine)
     finally:
         parallel.shutdown()  # crypto worker processes this run started here
     if "error" in finished:

@@ -133,6 +133,15 @@ class SimulationEngine(EngineSpec):
         return out
 
 
+@ENGINES.register("inprocess")
+@dataclasses.dataclass(frozen=True)
+class InProcessEngine(EngineSpec):
+    """The same ServerApp and ClientApp in this one process, nodes one at a time, no Ray
+    (``fedpriv/runtime/inprocess.py``): for tests and quick iterations."""
+
+    torch_threads: int | None = None  # one node works at a time: all cores
+
+
 @ENGINES.register("deployment")
 @dataclasses.dataclass(frozen=True)
 class DeploymentEngine(EngineSpec):
