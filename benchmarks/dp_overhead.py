@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedpriv.config import TrainConfig
 from fedpriv.data import DATASETS, Dataset
 from fedpriv.errors import DataError
 from fedpriv.models import MODELS
 from fedpriv.privacy import DpSgd, grad_sample_mode, train_dp_sgd
 from fedpriv.results import write_atomic
-from fedpriv.training import train_local
+from fedpriv.training import TrainConfig, train_local
 
 MODELS_TIMED: dict[str, dict[str, Any]] = {
     "logreg": {"name": "logreg"},

@@ -55,8 +55,8 @@ from fedpriv import load_config
 from fedpriv.config import ExperimentConfig
 from fedpriv.data import federate
 from fedpriv.results import write_atomic
+from fedpriv.runtime.models import initial_arrays
 from fedpriv.runtime.simulation import ENVIRONMENT, backend_config, quiet_flower
-from fedpriv.strategies.horizontal.family import initial_arrays
 from fedpriv.training import evaluate, seed_for, train_local
 
 IMPLEMENTATIONS = ("floor", "flower", "fedpriv")

@@ -25,6 +25,7 @@ from fedpriv.data.vertical import join, vertical_tables
 from fedpriv.errors import DataError
 from fedpriv.results import write_atomic
 from fedpriv.strategies.vertical.model import train_centrally
+from fedpriv.strategies.vertical.settings import vertical_settings
 
 SETTINGS: dict[str, list[str]] = {
     "breast_cancer, 3 parties, concat": ["data=breast_cancer", "vertical.parties=3"],
@@ -56,8 +57,7 @@ def measure(name: str, overrides: list[str], epochs: int, out_dir: Path) -> dict
     config = load_config(
         ["family=vertical", f"rounds={epochs}", f"output_dir={out_dir}", *overrides]
     )
-    s = config.vertical
-    assert s is not None
+    s = vertical_settings(config)
     dataset, tables = vertical_tables(
         config.data, s.parties, s.split, s.columns, s.overlap, config.seed
     )

@@ -5,12 +5,11 @@
 >>> result.final["accuracy"]  # doctest: +SKIP
 """
 
+from fedpriv._version import __version__
 from fedpriv.api import resume, run
 from fedpriv.config import ExperimentConfig, from_mapping, load_config
 from fedpriv.errors import ConfigError, DataError, FedprivError, SimulationError
 from fedpriv.results import Result
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",

@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
 
+from fedpriv.node import partition_id
 from fedpriv.registry import Registry, Spec
-from fedpriv.runtime.node import partition_id
 from fedpriv.training import seed_for
 
 ADVERSARIES: Registry[AdversarySpec] = Registry("adversary")

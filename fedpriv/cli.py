@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from fedpriv import __version__
+from fedpriv._version import __version__
 
 USAGE = """fedpriv run [HYDRA OVERRIDES...]      run an experiment (e.g. strategy=fedavg data=wine)
 fedpriv report DIR... [--out DIR] [--markdown] [--by-group]

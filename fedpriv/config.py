@@ -10,67 +10,26 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
 
 from fedpriv.adversary import ADVERSARIES, AdversarySpec, NoAdversary
 from fedpriv.crypto import CRYPTO, CryptoSpec, NoCrypto
 from fedpriv.data.datasets import DATASETS, DatasetSpec
 from fedpriv.data.partition import PARTITIONS, PartitionSpec
 from fedpriv.errors import ConfigError
+from fedpriv.families import FAMILIES, StrategySpec
 from fedpriv.models import MODELS, ModelSpec
 from fedpriv.privacy import PRIVACY, NoPrivacy, PrivacySpec
 from fedpriv.registry import Registry, Spec, build
 from fedpriv.selection import SELECTIONS, SelectionSpec, Uniform
-
-if TYPE_CHECKING:
-    from fedpriv.strategies.swarm.settings import SwarmSettings
-    from fedpriv.strategies.vertical.settings import VerticalSettings
+from fedpriv.telemetry.settings import TelemetryConfig
+from fedpriv.training import TrainConfig
 
 #: Python package holding the Hydra config tree (the repo's ``conf/``).
 CONFIG_MODULE = "fedpriv.conf"
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig(Spec):
-    """Local training on each client, per round."""
-
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-
-    def problems(self) -> list[tuple[str, str]]:
-        out = []
-        if self.local_epochs < 1:
-            out.append(("local_epochs", "must be >= 1"))
-        if self.batch_size < 1:
-            out.append(("batch_size", "must be >= 1"))
-        if not self.lr > 0:
-            out.append(("lr", "must be > 0, e.g. 0.05"))
-        if not 0.0 <= self.momentum < 1.0:
-            out.append(("momentum", "must be in [0, 1)"))
-        if self.weight_decay < 0:
-            out.append(("weight_decay", "must be >= 0"))
-        return out
-
-
-@dataclasses.dataclass(frozen=True)
-class TelemetryConfig(Spec):
-    """What clients report about their devices, and where the server publishes it."""
-
-    #: Clients add CPU %, RSS, free memory, disk, GPU and temperature to each reply.
-    device: bool = True
-    #: Serve Prometheus text at http://<host>:<port>/metrics during a run; None: off.
-    prometheus_port: int | None = None
-    prometheus_host: str = "0.0.0.0"
-    #: Also write ``metrics.influx`` (InfluxDB line protocol) into the results directory.
-    influx: bool = False
-
-    def problems(self) -> list[tuple[str, str]]:
-        if self.prometheus_port is not None and not 0 <= self.prometheus_port <= 65535:
-            return [("prometheus_port", "must be in 0..65535 (0: a free port) or null (off)")]
-        return []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,10 +140,10 @@ class ExperimentConfig:
     data: DatasetSpec
     partition: PartitionSpec
     model: ModelSpec
-    strategy: Spec
+    strategy: StrategySpec
     family: str = "horizontal"
-    train: TrainConfig = TrainConfig()
-    telemetry: TelemetryConfig = TelemetryConfig()
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    telemetry: TelemetryConfig = dataclasses.field(default_factory=TelemetryConfig)
     selection: SelectionSpec = dataclasses.field(default_factory=Uniform)
     adversary: AdversarySpec = dataclasses.field(default_factory=NoAdversary)
     engine: EngineSpec = SimulationEngine()
@@ -204,17 +163,18 @@ class ExperimentConfig:
     #: Replace a previous run's results in ``output_dir`` (deleting its files first);
     #: False: refuse a directory that holds them. Not recorded in config.yaml unless set.
     overwrite: bool = False
-    #: ``family=vertical``'s settings (``vertical.*``); None for other families.
-    vertical: VerticalSettings | None = None
-    #: ``family=swarm``'s settings (``swarm.*``); None for other families.
-    swarm: SwarmSettings | None = None
+    #: The family's own settings (``vertical.*``, ``swarm.*``: the family's
+    #: ``settings_key``); None for a family without any.
+    family_settings: Spec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what ``config.yaml`` holds); :func:`from_mapping` reads it back."""
         out: dict[str, Any] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name in ("vertical", "swarm") and value is None:
+            if field.name == "family_settings":
+                if value is not None:
+                    out[FAMILIES.get(self.family).settings_key] = value.to_dict()
                 continue
             if field.name == "overwrite" and not value:
                 continue  # how a run started, not what it computes: reports group by the rest
@@ -228,9 +188,7 @@ class ExperimentConfig:
 
 
 def strategy_registry(family: str) -> Registry[Any]:
-    """The strategies of one family (imported lazily: strategies depend on fedpriv)."""
-    from fedpriv.strategies import FAMILIES
-
+    """The strategies of one family."""
     return FAMILIES.get(family).strategies
 
 
@@ -272,8 +230,6 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
 
     Every problem is collected and raised together as one :class:`ConfigError`.
     """
-    from fedpriv.strategies import FAMILIES
-
     problems: list[str] = []
     values: dict[str, Any] = {}
 
@@ -290,10 +246,9 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
         *_SCALARS,
         "strategy",
         "family",
-        "vertical",
-        "swarm",
+        *(FAMILIES.get(name).settings_key for name in FAMILIES),
         *_IGNORED,
-    }
+    } - {""}
     for key in mapping:
         if key not in known:
             problems.append(
@@ -332,8 +287,8 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
         chosen = FAMILIES.get(family)
         if chosen.settings is not None:
             key, settings = chosen.settings_key, chosen.settings
-            attempt(key, lambda: build(settings, _group(mapping, key), key))
-            parties = getattr(values.get(key), "parties", None)
+            attempt("family_settings", lambda: build(settings, _group(mapping, key), key))
+            parties = getattr(values.get("family_settings"), "parties", None)
             if "num_clients" not in mapping and parties is not None:
                 values["num_clients"] = parties
         for other in FAMILIES:
@@ -405,6 +360,14 @@ def deployment_problems(config: ExperimentConfig) -> list[str]:
             "from files: set crypto.keys_dir=<the directory of `fedpriv keys init`>"
         )
     return out
+
+
+def run_config(run_dir: Path) -> ExperimentConfig:
+    """The validated config a run directory was made with (its ``config.yaml``)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not a fedpriv run directory (no config.yaml)")
+    return from_mapping(yaml.safe_load(path.read_text()))
 
 
 def _group(mapping: Mapping[str, Any], key: str, *, required: bool = False) -> dict[str, Any]:

@@ -64,16 +64,22 @@ class Registry(Generic[T]):
 
         return add
 
+    def _ready(self) -> None:
+        """Called before every read: a registry filled from plugins loads them here."""
+
     def names(self) -> list[str]:
+        self._ready()
         return sorted(self._specs)
 
     def __contains__(self, name: object) -> bool:
+        self._ready()
         return name in self._specs
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def get(self, name: str) -> type[T]:
+        self._ready()
         if name not in self._specs:
             raise ConfigError(self.unknown(name))
         return self._specs[name]
@@ -88,6 +94,7 @@ class Registry(Generic[T]):
         Raises :class:`ConfigError` listing every problem, keys prefixed by ``key``
         (the config group, e.g. ``partition``).
         """
+        self._ready()
         key = key or self.kind
         params = dict(params)
         name = params.pop("name", None)

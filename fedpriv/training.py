@@ -6,14 +6,37 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from fedpriv.config import TrainConfig
+from fedpriv.registry import Spec
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Spec):
+    """Local training on each client, per round."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.local_epochs < 1:
+            out.append(("local_epochs", "must be >= 1"))
+        if self.batch_size < 1:
+            out.append(("batch_size", "must be >= 1"))
+        if not self.lr > 0:
+            out.append(("lr", "must be > 0, e.g. 0.05"))
+        if not 0.0 <= self.momentum < 1.0:
+            out.append(("momentum", "must be in [0, 1)"))
+        if self.weight_decay < 0:
+            out.append(("weight_decay", "must be >= 0"))
+        return out
 
 
 @dataclasses.dataclass(frozen=True)

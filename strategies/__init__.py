@@ -1,15 +1,9 @@
-"""Strategy families behind one interface (:mod:`strategies.base`)."""
+"""Strategy families behind one interface (:mod:`fedpriv.strategies.base`).
 
-from fedpriv.registry import Registry
+Each family is installed as a ``fedpriv.families`` entry point (pyproject.toml) and
+found through :data:`fedpriv.families.FAMILIES`.
+"""
+
 from fedpriv.strategies.base import Handler, RoundReport, RunContext, Strategy
-from fedpriv.strategies.horizontal import Horizontal
-from fedpriv.strategies.swarm import SwarmFamily
-from fedpriv.strategies.vertical import Vertical
 
-#: Families by name (``family=<name>``); every family registers here.
-FAMILIES: Registry[Strategy] = Registry("family")
-FAMILIES.register("horizontal")(Horizontal)
-FAMILIES.register("vertical")(Vertical)
-FAMILIES.register("swarm")(SwarmFamily)
-
-__all__ = ["FAMILIES", "Handler", "RoundReport", "RunContext", "Strategy"]
+__all__ = ["Handler", "RoundReport", "RunContext", "Strategy"]

@@ -57,7 +57,7 @@ def on_files(files: Any, config: Any) -> Any:
 def render() -> str:
     """The whole config reference, as Markdown."""
     from fedpriv import config as cfg
-    from fedpriv.strategies import FAMILIES
+    from fedpriv.families import FAMILIES
 
     groups = _private(cfg, "_GROUPS")
     optional = {key: registry for key, (registry, _) in _private(cfg, "_OPTIONAL_GROUPS").items()}

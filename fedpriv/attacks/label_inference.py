@@ -56,6 +56,7 @@ from fedpriv.strategies.vertical.model import (
     torch_threads,
 )
 from fedpriv.strategies.vertical.party import VerticalParty
+from fedpriv.strategies.vertical.settings import vertical_settings
 from fedpriv.training import seed_for
 
 
@@ -125,9 +126,7 @@ def collect_gradients(
     ``noise_seed`` (default: ``config.seed``) so audits repeat, where a run uses OS
     randomness. No Flower: a few seconds for small tabular data.
     """
-    s = config.vertical
-    if s is None:
-        raise ValueError("collect_gradients needs family=vertical (config.vertical is None)")
+    s = vertical_settings(config)  # a ConfigError for any other family
     if not LABEL_OWNER < party < s.parties:
         raise ValueError(
             f"party={party} must be a passive party, in [1, {s.parties}) "

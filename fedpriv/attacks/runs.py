@@ -29,19 +29,18 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from torch import nn
 
-from fedpriv.api import run_config
 from fedpriv.attacks.inversion import Dlg, invert_update
 from fedpriv.attacks.label_inference import audit as label_audit
 from fedpriv.attacks.membership import calibrated, loss_threshold
 from fedpriv.config import ATTACKS as CONFIG_ATTACKS
-from fedpriv.config import ExperimentConfig, TrainConfig
+from fedpriv.config import ExperimentConfig, run_config
 from fedpriv.crypto.records import Layout
 from fedpriv.data.federated import federate
 from fedpriv.errors import ConfigError
 from fedpriv.privacy.dp_sgd import DpSgd
 from fedpriv.results import write_atomic
 from fedpriv.runtime.checkpoint import CHECKPOINT_FILE, Checkpoint, CheckpointError
-from fedpriv.training import seed_for, train_local
+from fedpriv.training import TrainConfig, seed_for, train_local
 
 ATTACKS = tuple(name for name in CONFIG_ATTACKS if name != "none")
 AUDIT_FILE = "audit.json"
@@ -128,7 +127,7 @@ def gradient_inversion(run_dir: Path, config: ExperimentConfig) -> dict[str, Any
     shape, classes = data.dataset.input_shape, data.dataset.num_classes
     x, y = data.client(0)
     example_x, example_y = x[:1], y[:1]
-    from fedpriv.strategies.horizontal.family import initial_arrays
+    from fedpriv.runtime.models import initial_arrays
 
     sent = initial_arrays(config, data)
     model = _model(config, shape, classes)

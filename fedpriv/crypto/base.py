@@ -23,8 +23,8 @@ from flwr.serverapp.strategy import Strategy as FlowerStrategy
 from fedpriv.crypto.ckks import KeyPair, SplitKeys
 from fedpriv.crypto.embeddings import CkksEmbeddingSum
 from fedpriv.crypto.records import Layout
+from fedpriv.records import DeclaredWeights, cast_like, check_update
 from fedpriv.registry import Registry, Spec
-from fedpriv.runtime.records import DeclaredWeights, cast_like, check_update
 
 
 @dataclasses.dataclass

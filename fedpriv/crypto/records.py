@@ -19,7 +19,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from fedpriv.crypto.fingerprint import SIZE
-from fedpriv.runtime.records import payload_values
+from fedpriv.records import payload_values
 
 CKKS_STYPE = "tenseal.ckks"
 WEIGHT = "ckks-weight"

@@ -24,7 +24,7 @@ from fedpriv.crypto.records import (
     key_of,
     to_record,
 )
-from fedpriv.runtime.records import DeclaredWeights
+from fedpriv.records import DeclaredWeights
 
 
 class CkksAggregator:

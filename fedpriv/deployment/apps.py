@@ -46,8 +46,9 @@ server_app = ServerApp()
 
 @server_app.main()
 def _serve(grid: Grid, context: Context) -> None:
-    from fedpriv.api import open_run, setup_logging
+    from fedpriv.logs import setup_logging
     from fedpriv.results import write_atomic
+    from fedpriv.runtime.runs import open_run
 
     setup_logging()
     started = time.perf_counter()
@@ -70,8 +71,8 @@ class DeployedClientApp(ClientApp):
     lives in ``context.state``)."""
 
     def __call__(self, message: Message, context: Context) -> Message:
+        from fedpriv.families import FAMILIES
         from fedpriv.runtime.apps import build_client_app
-        from fedpriv.strategies import FAMILIES
 
         config = config_from(context)
         strategy: Any = FAMILIES.get(config.family).create(config)

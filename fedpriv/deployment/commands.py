@@ -146,6 +146,6 @@ def _hold(process: Superlink | Supernode) -> int:
 
 
 def _log_to_terminal() -> None:
-    from fedpriv.api import setup_logging
+    from fedpriv.logs import setup_logging
 
     setup_logging()

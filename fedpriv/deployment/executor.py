@@ -48,8 +48,10 @@ def warm_up() -> None:
     from flwr.superlink.cli import flwr_serverapp  # noqa: F401
     from flwr.supernode.cli import flwr_clientapp  # noqa: F401
 
-    import fedpriv.deployment.apps
-    import fedpriv.strategies  # noqa: F401
+    import fedpriv.deployment.apps  # noqa: F401
+    from fedpriv.families import FAMILIES
+
+    FAMILIES.names()  # imports every installed family
 
 
 class ForkExecutor(SubprocessExecutor):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tomli_w
 
-from fedpriv import __version__
+from fedpriv._version import __version__
 from fedpriv.config import DeploymentEngine, ExperimentConfig
 from fedpriv.deployment.apps import CONFIG_KEY, ERROR_FILE, OUTPUT_KEY
 from fedpriv.deployment.processes import (
@@ -69,7 +69,7 @@ def write_app(directory: Path) -> Path:
 
 def submit(config: ExperimentConfig) -> Result:
     """Run ``config`` on the fleet behind ``config.engine`` and return its results."""
-    from fedpriv.api import default_output_dir
+    from fedpriv.runtime.runs import default_output_dir
 
     engine = config.engine
     assert isinstance(engine, DeploymentEngine)

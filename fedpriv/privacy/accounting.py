@@ -69,12 +69,7 @@ def calibrated_noise(
 def planned_steps(config: Any, num_examples: int) -> int:
     """Noisy steps a client takes over the whole planned training (every round)."""
     per_epoch = math.ceil(num_examples / config.train.batch_size)
-    swarm = getattr(config, "swarm", None)
-    if swarm is not None and swarm.mode == "dinno":  # more primal epochs as syncs go on
-        epochs = sum(swarm.primal_epochs_at(sync) for sync in range(1, config.rounds + 1))
-    else:
-        epochs = config.rounds * config.train.local_epochs
-    return int(epochs * per_epoch)
+    return int(config.strategy.planned_epochs(config) * per_epoch)
 
 
 def load_history(context: Context) -> History:

@@ -16,6 +16,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedpriv.data.federated import federate
+from fedpriv.node import partition_id
 from fedpriv.privacy.accounting import (
     History,
     compose,
@@ -26,7 +27,6 @@ from fedpriv.privacy.accounting import (
     save_history,
 )
 from fedpriv.privacy.dp_sgd import EVIDENCE
-from fedpriv.runtime.node import partition_id
 from fedpriv.telemetry.probes import TELEMETRY_KEYS
 
 log = logging.getLogger("fedpriv")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from flwr.app import Context, Message
@@ -18,8 +18,10 @@ from flwr.serverapp import Grid, ServerApp
 from fedpriv.errors import FedprivError
 from fedpriv.runtime.checkpoint import RESTORE, NodeStateMod, restore_node
 from fedpriv.runtime.context import RunContext
-from fedpriv.strategies.base import Handler, Strategy
 from fedpriv.telemetry import DeviceMonitor
+
+if TYPE_CHECKING:  # the interface the families implement, one layer up
+    from fedpriv.strategies.base import Handler, Strategy
 
 log = logging.getLogger("fedpriv")
 

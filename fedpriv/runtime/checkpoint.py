@@ -30,8 +30,8 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedpriv.errors import FedprivError
+from fedpriv.node import partition_id
 from fedpriv.results import write_atomic
-from fedpriv.runtime.node import partition_id
 from fedpriv.runtime.tree import TreeError, dumps, loads
 
 CHECKPOINT_FILE = "checkpoint.npz"

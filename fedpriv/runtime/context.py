@@ -19,10 +19,10 @@ from flwr.serverapp import Grid
 from fedpriv.config import ExperimentConfig
 from fedpriv.errors import SimulationError
 from fedpriv.privacy.ledger import ServerLedger, declined_reason
+from fedpriv.records import payload_nbytes
 from fedpriv.results import RunDirectory
 from fedpriv.runtime.checkpoint import RESTORE, SPENDING_FILE, Checkpoint, restore_content
 from fedpriv.runtime.progress import Progress
-from fedpriv.runtime.records import payload_nbytes
 from fedpriv.runtime.spending import SpendingRecord
 from fedpriv.telemetry import RoundPublisher
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fedpriv.telemetry.influx import InfluxFile
 from fedpriv.telemetry.prometheus import MetricsServer
-
-if TYPE_CHECKING:
-    from fedpriv.config import TelemetryConfig
+from fedpriv.telemetry.settings import TelemetryConfig
 
 log = logging.getLogger("fedpriv")
 

@@ -26,9 +26,9 @@ from flwr.serverapp import Grid
 from fedpriv.config import ExperimentConfig
 from fedpriv.crypto.records import Layout
 from fedpriv.privacy.ledger import declined_reason
+from fedpriv.records import check_update
 from fedpriv.runtime.checkpoint import CheckpointError
 from fedpriv.runtime.context import PULL_INTERVAL_S
-from fedpriv.runtime.records import check_update
 from fedpriv.strategies.base import RoundReport, RunContext
 from fedpriv.strategies.horizontal.asynchronous import Arrival, AsyncSpec, Easgd, ServerState
 from fedpriv.strategies.horizontal.family import (

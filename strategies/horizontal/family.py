@@ -26,12 +26,12 @@ from fedpriv.config import ExperimentConfig
 from fedpriv.crypto import Aggregator
 from fedpriv.crypto.records import Layout
 from fedpriv.data.federated import FederatedData, federate
-from fedpriv.errors import ConfigError
+from fedpriv.node import node_counter, node_data, partition_id
 from fedpriv.privacy.accounting import planned_steps
 from fedpriv.privacy.central import released_noise_multiplier
 from fedpriv.privacy.ledger import declined_reason
 from fedpriv.runtime.checkpoint import CheckpointError, flower_state, restore_flower_state
-from fedpriv.runtime.node import node_counter, node_data, partition_id
+from fedpriv.runtime.models import evaluate_arrays, initial_arrays
 from fedpriv.selection import MAX_STEPS, WORK_SECONDS
 from fedpriv.strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
 from fedpriv.strategies.horizontal.asynchronous import AsyncSpec, async_problems
@@ -393,28 +393,6 @@ class PartitionOrderedGrid:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
-
-
-def initial_arrays(config: ExperimentConfig, data: FederatedData) -> ArrayRecord:
-    """The seeded initial global model; a model that does not fit the data is a ConfigError."""
-    torch.manual_seed(config.seed)
-    try:
-        model = config.model.build(data.dataset.input_shape, data.dataset.num_classes)
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
-    model = config.privacy.prepare_model(model)
-    return ArrayRecord(model.state_dict())
-
-
-def evaluate_arrays(
-    config: ExperimentConfig, data: FederatedData, arrays: ArrayRecord
-) -> dict[str, float]:
-    """Accuracy and loss of a global model on the held-out test split."""
-    model = config.privacy.prepare_model(
-        config.model.build(data.dataset.input_shape, data.dataset.num_classes)
-    )
-    model.load_state_dict(arrays.to_torch_state_dict())
-    return evaluate(model, data.dataset.x_test, data.dataset.y_test)
 
 
 def _get_path(spec: Any, dotted: str) -> Any:

@@ -14,7 +14,8 @@ from typing import Any, ClassVar
 import numpy as np
 from flwr.serverapp import strategy as flwr_strategies
 
-from fedpriv.registry import Registry, Spec
+from fedpriv.families import StrategySpec
+from fedpriv.registry import Registry
 from fedpriv.strategies.horizontal.aggregators import (
     ElementwiseMerge,
     elementwise_absmax,
@@ -25,7 +26,7 @@ __all__ = ["HORIZONTAL_STRATEGIES", "HorizontalSpec"]
 
 
 @dataclasses.dataclass(frozen=True)
-class HorizontalSpec(Spec):
+class HorizontalSpec(StrategySpec):
     """Common parameters: the fraction of clients sampled for training each round."""
 
     flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = flwr_strategies.FedAvg
@@ -38,10 +39,6 @@ class HorizontalSpec(Spec):
     def problems(self) -> list[tuple[str, str]]:
         if not 0.0 < self.fraction_train <= 1.0:
             return [("fraction_train", "must be in (0, 1]")]
-        return []
-
-    def problems_for(self, num_clients: int) -> list[tuple[str, str]]:
-        """Problems that depend on the number of clients (checked with the whole config)."""
         return []
 
     def state_parts(self) -> int:

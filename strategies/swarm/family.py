@@ -28,9 +28,9 @@ from fedpriv.crypto.records import Layout
 from fedpriv.crypto.scheme import Ckks
 from fedpriv.data.federated import federate
 from fedpriv.errors import ConfigError, SimulationError
-from fedpriv.runtime.records import Traffic, metric, payload_nbytes
+from fedpriv.records import Traffic, metric, payload_nbytes
+from fedpriv.runtime.models import initial_arrays
 from fedpriv.strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
-from fedpriv.strategies.horizontal.family import initial_arrays
 from fedpriv.strategies.swarm import topology
 from fedpriv.strategies.swarm.peer import (
     CONFIG,
@@ -42,7 +42,7 @@ from fedpriv.strategies.swarm.peer import (
     elect,
     entry,
 )
-from fedpriv.strategies.swarm.settings import SWARM_STRATEGIES, SwarmSettings
+from fedpriv.strategies.swarm.settings import SWARM_STRATEGIES, SwarmSettings, swarm_settings
 
 log = logging.getLogger("fedpriv")
 #: CKKS parameters of the consensus measurement (128-bit, ~1e-9 error on a sum).
@@ -59,9 +59,7 @@ class SwarmFamily(Strategy):
 
     def __init__(self, config: ExperimentConfig) -> None:
         super().__init__(config)
-        if config.swarm is None:
-            raise ConfigError("family=swarm needs the swarm.* settings")
-        self.swarm: SwarmSettings = config.swarm
+        self.swarm = swarm_settings(config)
         self.nodes: dict[int, int] = {}
         self.public: dict[int, bytes] = {}
         self.sizes: dict[int, int] = {}
@@ -76,8 +74,7 @@ class SwarmFamily(Strategy):
 
     @classmethod
     def config_problems(cls, config: ExperimentConfig) -> list[str]:
-        s = config.swarm
-        assert s is not None
+        s = swarm_settings(config)
         out = []
         if config.num_clients < 2:
             out.append(f"num_clients={config.num_clients}: a swarm needs at least 2 peers")

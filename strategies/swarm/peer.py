@@ -29,9 +29,9 @@ from fedpriv.config import ExperimentConfig
 from fedpriv.crypto import peers
 from fedpriv.crypto.records import Layout
 from fedpriv.data.federated import federate
+from fedpriv.node import partition_id
 from fedpriv.privacy.accounting import planned_steps
-from fedpriv.runtime.node import partition_id
-from fedpriv.strategies.swarm.settings import SwarmSettings
+from fedpriv.strategies.swarm.settings import SwarmSettings, swarm_settings
 from fedpriv.training import evaluate, seed_for
 
 KEY, MODEL, DUAL, MERGED = "swarm.key", "swarm.model", "swarm.dual", "swarm.merged"
@@ -70,9 +70,8 @@ class SwarmPeer:
     """The handlers every swarm node registers (picklable: config and layout only)."""
 
     def __init__(self, config: ExperimentConfig, layout: Layout, initial: np.ndarray) -> None:
-        assert config.swarm is not None
         self.config = config
-        self.settings: SwarmSettings = config.swarm
+        self.settings = swarm_settings(config)
         self.layout = layout
         self.initial = initial
 

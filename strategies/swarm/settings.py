@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 
+from fedpriv.config import ExperimentConfig
+from fedpriv.errors import ConfigError
+from fedpriv.families import StrategySpec
+from fedpriv.merge import MergeRule, merge_choices, merge_rule
 from fedpriv.registry import Registry, Spec
 from fedpriv.strategies.swarm.topology import TOPOLOGIES
 
 MODES = ("gossip", "leader", "dinno")
 MIXING = ("metropolis", "data_size")
-MERGES = ("mean", "weighted_mean", "coordinate_median", "trimmed_mean")
+#: Leader mode: the rules a leader may merge the peers' models with.
+MERGES = merge_choices("mean", "weighted_mean", "coordinate_median", "trimmed_mean")
 ELECTIONS = ("rotating", "random")
 
 
@@ -80,18 +85,30 @@ class SwarmSettings(Spec):
         """DiNNO's adaptive schedule: more primal epochs as communication rounds go on."""
         return min(self.primal_max, self.primal_epochs + int((sync - 1) * self.primal_growth))
 
-
-class SwarmSpec(Spec):
-    """A swarm strategy (``strategy=<name>`` with ``family=swarm``)."""
-
-    def problems_for(self, num_clients: int) -> list[tuple[str, str]]:
-        return []
+    def merge_rule(self) -> MergeRule:
+        """The rule ``swarm.merge`` names, cutting ``swarm.trim`` if it trims."""
+        return merge_rule(self.merge, trim=self.trim)
 
 
-SWARM_STRATEGIES: Registry[SwarmSpec] = Registry("swarm strategy")
+#: Swarm strategies (``strategy=<name>`` with ``family=swarm``).
+SWARM_STRATEGIES: Registry[StrategySpec] = Registry("swarm strategy")
 
 
 @SWARM_STRATEGIES.register("swarm")
 @dataclasses.dataclass(frozen=True)
-class Swarm(SwarmSpec):
+class Swarm(StrategySpec):
     """Decentralized learning: peers merge with each other; the server only relays."""
+
+    def planned_epochs(self, config: ExperimentConfig) -> int:
+        settings = swarm_settings(config)
+        if settings.mode == "dinno":  # more primal epochs as syncs go on
+            return sum(settings.primal_epochs_at(sync) for sync in range(1, config.rounds + 1))
+        return super().planned_epochs(config)
+
+
+def swarm_settings(config: ExperimentConfig) -> SwarmSettings:
+    """The ``swarm.*`` settings of a ``family=swarm`` config."""
+    settings = config.family_settings
+    if not isinstance(settings, SwarmSettings):
+        raise ConfigError(f"family={config.family} has no swarm.* settings")
+    return settings

@@ -25,8 +25,8 @@ from fedpriv.crypto import psi
 from fedpriv.crypto.embeddings import CkksEmbeddingSum
 from fedpriv.data.vertical import LABEL_OWNER, vertical_tables
 from fedpriv.errors import ConfigError, SimulationError
+from fedpriv.records import Traffic, metric, payload_nbytes
 from fedpriv.runtime.context import not_answered
-from fedpriv.runtime.records import Traffic, metric, payload_nbytes
 from fedpriv.strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
 from fedpriv.strategies.vertical.model import build_bottom, build_top, epoch_batches
 from fedpriv.strategies.vertical.party import (
@@ -40,7 +40,11 @@ from fedpriv.strategies.vertical.party import (
     one_array,
     values,
 )
-from fedpriv.strategies.vertical.settings import VERTICAL_STRATEGIES, VerticalSettings
+from fedpriv.strategies.vertical.settings import (
+    VERTICAL_STRATEGIES,
+    VerticalSettings,
+    vertical_settings,
+)
 
 #: Message types whose replies carry an embedding, and those delivering merged ones.
 EMBEDS = {"train.step": EMBEDDING, "evaluate.embed": EMBEDDING}
@@ -118,9 +122,7 @@ class Vertical(Strategy):
 
     def __init__(self, config: ExperimentConfig) -> None:
         super().__init__(config)
-        if config.vertical is None:
-            raise ConfigError("family=vertical needs the vertical.* settings")
-        self.vertical: VerticalSettings = config.vertical
+        self.vertical = vertical_settings(config)
         self.nodes: dict[int, int] = {}  # party -> node ID
         self.train_count = self.test_count = 0
         self.alignment: dict[str, Any] = {}
@@ -130,8 +132,7 @@ class Vertical(Strategy):
 
     @classmethod
     def config_problems(cls, config: ExperimentConfig) -> list[str]:
-        s = config.vertical
-        assert s is not None
+        s = vertical_settings(config)
         out = []
         if config.num_clients != s.parties:
             out.append(

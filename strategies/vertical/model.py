@@ -15,9 +15,9 @@ import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
-from fedpriv.config import ExperimentConfig, TrainConfig
-from fedpriv.strategies.vertical.settings import VerticalSettings
-from fedpriv.training import evaluate, seed_for
+from fedpriv.config import ExperimentConfig
+from fedpriv.strategies.vertical.settings import VerticalSettings, vertical_settings
+from fedpriv.training import TrainConfig, evaluate, seed_for
 
 #: Seed stream of the top model (parties use their index).
 TOP = 1_000
@@ -69,15 +69,13 @@ def merged_width(settings: VerticalSettings) -> int:
 
 def build_bottom(config: ExperimentConfig, party: int, input_shape: tuple[int, ...]) -> nn.Module:
     """Party ``party``'s bottom model (``model=``), ending in ``embedding_dim`` outputs."""
-    assert config.vertical is not None
     torch.manual_seed(seed_for(config.seed, party))
-    return config.model.build(input_shape, config.vertical.embedding_dim)
+    return config.model.build(input_shape, vertical_settings(config).embedding_dim)
 
 
 def build_top(config: ExperimentConfig, num_classes: int) -> nn.Module:
     """The label owner's MLP from the merged embedding to the class logits."""
-    settings = config.vertical
-    assert settings is not None
+    settings = vertical_settings(config)
     torch.manual_seed(seed_for(config.seed, TOP))
     widths = [merged_width(settings), *settings.top_hidden]
     layers: list[nn.Module] = []
@@ -122,8 +120,7 @@ class SplitModel(nn.Module):
 
     def __init__(self, config: ExperimentConfig, shapes: Sequence[tuple[int, ...]], classes: int):
         super().__init__()
-        assert config.vertical is not None
-        self.rule = config.vertical.merge
+        self.rule = vertical_settings(config).merge
         self.bottoms = nn.ModuleList(
             build_bottom(config, party, shape) for party, shape in enumerate(shapes)
         )

@@ -29,7 +29,7 @@ from fedpriv.config import ExperimentConfig
 from fedpriv.crypto import psi
 from fedpriv.data.vertical import LABEL_OWNER, PartyTable, vertical_tables
 from fedpriv.errors import ConfigError
-from fedpriv.runtime.node import partition_id
+from fedpriv.node import partition_id
 from fedpriv.strategies.vertical.model import (
     build_bottom,
     build_top,
@@ -40,6 +40,7 @@ from fedpriv.strategies.vertical.model import (
     restore,
     save,
 )
+from fedpriv.strategies.vertical.settings import vertical_settings
 from fedpriv.training import secret_seed
 
 #: Record names shared with the coordinator and the CKKS mod.
@@ -75,9 +76,8 @@ class VerticalParty:
     """The handlers every vertical node registers (picklable: config only)."""
 
     def __init__(self, config: ExperimentConfig) -> None:
-        assert config.vertical is not None
         self.config = config
-        self.settings = config.vertical
+        self.settings = vertical_settings(config)
 
     # -- this party's data ------------------------------------------------------
     def table(self, context: Context) -> tuple[int, PartyTable, int]:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from fedpriv.config import ExperimentConfig
 from fedpriv.data.vertical import SPLITS
+from fedpriv.errors import ConfigError
+from fedpriv.families import StrategySpec
 from fedpriv.registry import Registry, Spec
 
 #: How the label owner combines the parties' embeddings (the V-environment merge rules).
@@ -61,17 +64,19 @@ class VerticalSettings(Spec):
         return out
 
 
-class VerticalSpec(Spec):
-    """A vertical strategy (``strategy=<name>`` with ``family=vertical``)."""
-
-    def problems_for(self, num_clients: int) -> list[tuple[str, str]]:
-        return []
-
-
-VERTICAL_STRATEGIES: Registry[VerticalSpec] = Registry("vertical strategy")
+#: Vertical strategies (``strategy=<name>`` with ``family=vertical``).
+VERTICAL_STRATEGIES: Registry[StrategySpec] = Registry("vertical strategy")
 
 
 @VERTICAL_STRATEGIES.register("splitnn")
 @dataclasses.dataclass(frozen=True)
-class SplitNN(VerticalSpec):
+class SplitNN(StrategySpec):
     """Split learning: bottom models at the parties, top model and loss at the label owner."""
+
+
+def vertical_settings(config: ExperimentConfig) -> VerticalSettings:
+    """The ``vertical.*`` settings of a ``family=vertical`` config."""
+    settings = config.family_settings
+    if not isinstance(settings, VerticalSettings):
+        raise ConfigError(f"family={config.family} has no vertical.* settings")
+    return settings

@@ -75,7 +75,7 @@ def test_bad_replies_are_rejected_and_the_others_keep_updating(tmp_path, registe
     no new work until the next round, so the honest two make every update."""
     import faulty_family
 
-    from fedpriv.strategies import FAMILIES
+    from fedpriv.families import FAMILIES
 
     register_for_test(FAMILIES, "faulty_async", faulty_family.FaultyAsyncHorizontal)
     config = load_config(

@@ -50,7 +50,7 @@ def test_preset_runs_in_reduced_form(name, point, tmp_path):
     if config.family == "swarm":
         assert record["swarm"]["consensus_distance"] is not None
     if config.family == "vertical":
-        assert summary["family"] == "vertical" and config.vertical.split == "halves"
+        assert summary["family"] == "vertical" and config.family_settings.split == "halves"
     if config.partition.name == "replicate":
         clients = json.loads((result.run_dir / "clients.json").read_text())
         assert len(set(clients["num_examples"])) == 1  # every device holds the whole set

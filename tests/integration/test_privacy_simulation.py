@@ -107,8 +107,8 @@ def test_a_client_without_dp_is_rejected_when_the_run_reports_dp(make_config):
     import plain_flower_client
     import ray.cloudpickle
 
-    from fedpriv.api import open_run
     from fedpriv.runtime.apps import build_server_app
+    from fedpriv.runtime.runs import open_run
     from fedpriv.runtime.simulation import simulate
 
     config = make_config("privacy=dp_sgd", "num_clients=2", "rounds=1")

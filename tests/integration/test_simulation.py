@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from fedpriv import Result, run
-from fedpriv.strategies import FAMILIES
+from fedpriv.families import FAMILIES
 from fedpriv.strategies.horizontal import HORIZONTAL_STRATEGIES
 from fedpriv.strategies.horizontal.asynchronous import AsyncSpec
 

@@ -10,9 +10,9 @@ from fedpriv import load_config, run
 from fedpriv.config import from_mapping
 from fedpriv.crypto.records import CKKS_STYPE
 from fedpriv.data.federated import federate
+from fedpriv.families import FAMILIES
 from fedpriv.runtime.context import RunContext
-from fedpriv.strategies import FAMILIES
-from fedpriv.strategies.horizontal.family import initial_arrays
+from fedpriv.runtime.models import initial_arrays
 
 pytestmark = pytest.mark.simulation
 

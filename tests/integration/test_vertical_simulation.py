@@ -11,9 +11,10 @@ from fedpriv import load_config, run
 from fedpriv.config import from_mapping
 from fedpriv.crypto.records import CKKS_STYPE
 from fedpriv.data.vertical import join, vertical_tables
+from fedpriv.families import FAMILIES
 from fedpriv.runtime.context import RunContext
-from fedpriv.strategies import FAMILIES
 from fedpriv.strategies.vertical.model import train_centrally
+from fedpriv.strategies.vertical.settings import vertical_settings
 
 pytestmark = pytest.mark.simulation
 
@@ -49,7 +50,7 @@ def messages(monkeypatch):
 
 def central(config):
     """Test accuracy and loss per epoch of the same split model trained centrally."""
-    s = config.vertical
+    s = vertical_settings(config)
     dataset, tables = vertical_tables(
         config.data, s.parties, s.split, s.columns, s.overlap, config.seed
     )

@@ -21,9 +21,9 @@ import pytest
 from flwr.app import Array, ArrayRecord
 
 from fedpriv import resume
-from fedpriv.api import open_run
 from fedpriv.cli import main as cli
 from fedpriv.runtime.checkpoint import CHECKPOINT_FILE, SPENDING_FILE, Checkpoint, CheckpointError
+from fedpriv.runtime.runs import open_run
 from fedpriv.runtime.spending import SpendingRecord
 
 

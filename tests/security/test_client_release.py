@@ -17,9 +17,9 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedpriv import load_config
 from fedpriv.data import federate
+from fedpriv.families import FAMILIES
 from fedpriv.runtime.apps import build_client_app
-from fedpriv.strategies import FAMILIES
-from fedpriv.strategies.horizontal.family import initial_arrays
+from fedpriv.runtime.models import initial_arrays
 from fedpriv.telemetry.probes import TELEMETRY_KEYS
 
 pytestmark = pytest.mark.usefixtures("task_identity")

@@ -16,10 +16,9 @@ import torch
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
-from fedpriv.config import TrainConfig
 from fedpriv.privacy import PRIVACY, train_dp_sgd
 from fedpriv.privacy.dp_sgd import poisson_loader
-from fedpriv.training import seed_for
+from fedpriv.training import TrainConfig, seed_for
 
 N, BATCH, EPOCHS = 60, 10, 2
 

@@ -18,8 +18,8 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message
 
 from fedpriv import run
+from fedpriv.families import FAMILIES
 from fedpriv.runtime.checkpoint import NODE_STATE, SPENDING_FILE
-from fedpriv.strategies import FAMILIES
 from fedpriv.strategies.base import Setup
 from fedpriv.strategies.horizontal import Horizontal
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
-from fedpriv.runtime.records import check_update, payload_nbytes
+from fedpriv.records import check_update, payload_nbytes
 from fedpriv.strategies.horizontal import HORIZONTAL_STRATEGIES
 from fedpriv.strategies.horizontal.aggregators import elementwise_absmax
 
@@ -181,7 +181,7 @@ def test_good_reply_passes_and_payload_is_counted():
 @pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad"])
 def test_fedopt_aggregates_keep_the_global_models_dtypes(name):
     """Flower's FedOpt computes in float64; the global model must stay float32."""
-    from fedpriv.runtime.records import cast_like
+    from fedpriv.records import cast_like
 
     flower = HORIZONTAL_STRATEGIES.create({"name": name}).build(2)
     start = ArrayRecord({k: Array(np.zeros(s, np.float32)) for k, s in SHAPES.items()})

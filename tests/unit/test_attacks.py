@@ -26,13 +26,12 @@ from fedpriv.attacks import (
     recover_label,
 )
 from fedpriv.attacks.membership import Examples
-from fedpriv.config import TrainConfig
 from fedpriv.crypto import PRESETS, CkksParams, ckks, make_keys
 from fedpriv.crypto.records import Layout, to_record
 from fedpriv.data.datasets import Digits
 from fedpriv.models import MODELS
 from fedpriv.privacy import PRIVACY, train_dp_sgd
-from fedpriv.training import train_local
+from fedpriv.training import TrainConfig, train_local
 
 SHAPE, CLASSES = (1, 8, 8), 10
 

@@ -12,9 +12,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fedpriv import ConfigError, from_mapping
+from fedpriv.records import check_update
 from fedpriv.results import RunDirectory
 from fedpriv.runtime.context import RunContext
-from fedpriv.runtime.records import check_update
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 

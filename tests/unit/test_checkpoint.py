@@ -15,7 +15,7 @@ import yaml
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedpriv import ConfigError, load_config
-from fedpriv.api import open_run
+from fedpriv.node import node_counter
 from fedpriv.privacy.accounting import load_history, save_history
 from fedpriv.privacy.ledger import ServerLedger
 from fedpriv.runtime.checkpoint import (
@@ -27,8 +27,8 @@ from fedpriv.runtime.checkpoint import (
     restore_content,
     restore_node,
 )
-from fedpriv.runtime.node import node_counter
 from fedpriv.runtime.progress import Progress
+from fedpriv.runtime.runs import open_run
 from fedpriv.runtime.spending import SpendingRecord
 
 pytestmark = pytest.mark.usefixtures("task_identity")

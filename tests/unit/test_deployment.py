@@ -18,7 +18,7 @@ from fedpriv.deployment.enrolment import node_key_bytes
 from fedpriv.deployment.processes import superlink_command
 from fedpriv.deployment.proxy import fleet_routes, nginx_config
 from fedpriv.errors import ConfigError, DataError
-from fedpriv.runtime.node import load_node_file
+from fedpriv.node import load_node_file
 from fedpriv.selection import Planner, ResourceAware, Uniform
 
 

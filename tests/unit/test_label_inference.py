@@ -19,6 +19,7 @@ from fedpriv.attacks.label_inference import (
 )
 from fedpriv.data.vertical import join, vertical_tables
 from fedpriv.strategies.vertical.model import SplitModel, epoch_batches, merge, train_centrally
+from fedpriv.strategies.vertical.settings import vertical_settings
 
 DIGITS = ["data=digits", "vertical.split=halves"]  # 10 classes, left/right image halves
 CANCER = ["data=breast_cancer"]  # binary, 2 parties of 15 columns
@@ -90,7 +91,7 @@ def test_a_recorded_step_message_becomes_a_gradient_batch():
 
 def test_collected_gradients_are_those_of_the_split_model():
     config = vertical(*CANCER)
-    s = config.vertical
+    s = vertical_settings(config)
     collected = collect_gradients(config, party=1, epochs=1)
     _, tables = vertical_tables(config.data, s.parties, s.split, s.columns, s.overlap, 0)
     joined = join(tables)

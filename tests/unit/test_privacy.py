@@ -13,7 +13,6 @@ from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
 from torch import nn
 
 from fedpriv import ConfigError, load_config
-from fedpriv.config import TrainConfig
 from fedpriv.data import federate
 from fedpriv.models import MODELS
 from fedpriv.privacy import (
@@ -28,7 +27,7 @@ from fedpriv.privacy import (
 )
 from fedpriv.privacy.accounting import epsilon, planned_steps, sample_rate
 from fedpriv.privacy.central import uniform_weight_mod
-from fedpriv.training import evaluate
+from fedpriv.training import TrainConfig, evaluate
 
 ACCOUNTANT_CLASSES = {"rdp": RDPAccountant, "prv": PRVAccountant, "gdp": GaussianAccountant}
 

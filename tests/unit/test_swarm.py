@@ -152,7 +152,7 @@ def test_swarm_misconfigurations_are_refused(overrides, message):
 
 def test_swarm_settings_follow_the_family():
     config = load_config(["family=swarm", "swarm.mode=leader", "num_clients=6"])
-    assert config.swarm.mode == "leader" and config.strategy.name == "swarm"
+    assert config.family_settings.mode == "leader" and config.strategy.name == "swarm"
     assert config.num_clients == 6 and config.to_dict()["swarm"]["mode"] == "leader"
     assert "swarm" not in load_config([]).to_dict()
 

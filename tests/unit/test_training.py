@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedpriv.config import TrainConfig
 from fedpriv.models import MODELS
-from fedpriv.training import evaluate, seed_for, train_local
+from fedpriv.training import TrainConfig, evaluate, seed_for, train_local
 
 
 def separable(n=200, seed=0):
