@@ -50,7 +50,6 @@ from fedpriv.strategies.vertical.model import (
     build_bottom,
     build_top,
     epoch_batches,
-    merge,
     noisy_gradient,
     optimizer,
     torch_threads,
@@ -142,6 +141,7 @@ def collect_gradients(
     batches, ratios = [], []
     with torch_threads(config.engine.torch_threads):
         bottoms = [build_bottom(config, p, t.input_shape) for p, t in enumerate(tables)]
+        rule = s.merge_rule()
         top = build_top(config, dataset.num_classes)
         bottom_opts = [optimizer(b, config.train) for b in bottoms]
         top_opt = optimizer(top, config.train)
@@ -158,7 +158,9 @@ def collect_gradients(
                     for p, (b, x) in enumerate(zip(bottoms, joined.train, strict=True))
                 ]
                 top_opt.zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(top(merge(leaves, s.merge)), labels[batch])
+                loss = nn.functional.cross_entropy(
+                    top(rule.torch(torch.stack(leaves))), labels[batch]
+                )
                 loss.backward()
                 top_opt.step()
                 returned = []
@@ -176,7 +178,7 @@ def collect_gradients(
                     opt.step()
         with torch.no_grad():
             test = [b(torch.from_numpy(x)) for b, x in zip(bottoms, joined.test, strict=True)]
-            predicted = top(merge(test, s.merge)).argmax(1).numpy()
+            predicted = top(rule.torch(torch.stack(test))).argmax(1).numpy()
     return Collected(
         batches=batches,
         labels=dict(zip(joined.ids_train, joined.y_train.tolist(), strict=True)),

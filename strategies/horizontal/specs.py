@@ -15,12 +15,9 @@ import numpy as np
 from flwr.serverapp import strategy as flwr_strategies
 
 from fedpriv.families import StrategySpec
+from fedpriv.merge import merge_rule
 from fedpriv.registry import Registry
-from fedpriv.strategies.horizontal.aggregators import (
-    ElementwiseMerge,
-    elementwise_absmax,
-    elementwise_max,
-)
+from fedpriv.strategies.horizontal.aggregators import ElementwiseMerge
 
 __all__ = ["HORIZONTAL_STRATEGIES", "HorizontalSpec"]
 
@@ -273,10 +270,11 @@ class MultiKrum(Krum):
 class _Elementwise(HorizontalSpec):
     flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = ElementwiseMerge
     linear: ClassVar[bool] = False
-    rule: ClassVar[Any] = None
+    #: The rule's name in :data:`fedpriv.merge.MERGE_RULES`.
+    rule: ClassVar[str]
 
     def flower_kwargs(self) -> dict[str, Any]:
-        return {"merge": type(self).rule}
+        return {"merge": merge_rule(self.rule)}
 
 
 @HORIZONTAL_STRATEGIES.register("max")
@@ -284,7 +282,7 @@ class _Elementwise(HorizontalSpec):
 class Max(_Elementwise):
     """Element-wise maximum of client models (the Max unification rule)."""
 
-    rule: ClassVar[Any] = staticmethod(elementwise_max)
+    rule: ClassVar[str] = "max"
 
 
 @HORIZONTAL_STRATEGIES.register("absmax")
@@ -292,4 +290,4 @@ class Max(_Elementwise):
 class AbsMax(_Elementwise):
     """Element-wise value of largest magnitude over client models (the AbsMax rule)."""
 
-    rule: ClassVar[Any] = staticmethod(elementwise_absmax)
+    rule: ClassVar[str] = "absmax"

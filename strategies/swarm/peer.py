@@ -7,8 +7,9 @@ Messages (the relay's side is :mod:`strategies.swarm.family`):
 * ``train.swarm`` -- open the sealed models addressed to this peer (neighbours' models
   in ``gossip``/``dinno``, the last merged model in ``leader`` mode), merge, train
   locally, evaluate, and seal the new model for each recipient the relay names.
-* ``train.lead`` -- the elected leader opens every peer's model, merges them (Flower's
-  aggregate functions), evaluates the merge and seals it for every peer.
+* ``train.lead`` -- the elected leader opens every peer's model, merges them
+  (``swarm.merge``, a rule of :data:`fedpriv.merge.MERGE_RULES`), evaluates the merge
+  and seals it for every peer.
 
 Models travel as sealed float32 vectors (ChaCha20-Poly1305, a key per pair of peers);
 the relay sees ciphertexts, sizes and who talks to whom.
@@ -23,7 +24,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.server.strategy.aggregate import aggregate, aggregate_median, aggregate_trimmed_avg
 
 from fedpriv.config import ExperimentConfig
 from fedpriv.crypto import peers
@@ -31,7 +31,7 @@ from fedpriv.crypto.records import Layout
 from fedpriv.data.federated import federate
 from fedpriv.node import partition_id
 from fedpriv.privacy.accounting import planned_steps
-from fedpriv.strategies.swarm.settings import SwarmSettings, swarm_settings
+from fedpriv.strategies.swarm.settings import swarm_settings
 from fedpriv.training import evaluate, seed_for
 
 KEY, MODEL, DUAL, MERGED = "swarm.key", "swarm.model", "swarm.dual", "swarm.merged"
@@ -268,8 +268,8 @@ class SwarmPeer:
         received = self.open_inbox(msg, seal, lambda label: label == f"r{sync}")
         received[party] = self.model_vector(context)  # the leader's own, trained this sync
         sizes = {int(k): int(v) for k, v in msg.content.config_records["sizes"].items()}  # type: ignore[arg-type]
-        merged = merge_models(
-            [received[p] for p in sorted(received)], [sizes[p] for p in sorted(received)], s
+        merged = s.merge_rule().numpy(
+            np.stack([received[p] for p in sorted(received)]), [sizes[p] for p in sorted(received)]
         )
         self.keep(context, merged)
         recipients = [int(r) for r in settings["to"]]  # type: ignore[union-attr]
@@ -307,17 +307,3 @@ class SwarmPeer:
             "query.consensus": self.consensus,
             "query.distance": self.distance,
         }
-
-
-def merge_models(
-    vectors: list[np.ndarray], sizes: list[int], settings: SwarmSettings
-) -> np.ndarray:
-    """The leader's merge rule, by Flower's aggregate functions."""
-    results = [([v], n) for v, n in zip(vectors, sizes, strict=True)]
-    if settings.merge == "mean":
-        return aggregate([([v], 1) for v in vectors])[0]
-    if settings.merge == "weighted_mean":
-        return aggregate(results)[0]
-    if settings.merge == "coordinate_median":
-        return aggregate_median(results)[0]
-    return aggregate_trimmed_avg(results, settings.trim)[0]

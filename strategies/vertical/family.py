@@ -41,6 +41,7 @@ from fedpriv.strategies.vertical.party import (
     values,
 )
 from fedpriv.strategies.vertical.settings import (
+    LINEAR_MERGES,
     VERTICAL_STRATEGIES,
     VerticalSettings,
     vertical_settings,
@@ -145,10 +146,10 @@ class Vertical(Strategy):
                 "accounting assumes one model per client; protect embeddings and gradients "
                 "with vertical.embedding_noise / vertical.gradient_noise (no ε is claimed)"
             )
-        if config.crypto.name != "none" and s.merge not in ("sum", "mean"):
+        if config.crypto.name != "none" and not s.merge_rule().linear:
             out.append(
-                f"crypto={config.crypto.name} needs vertical.merge=sum or mean (the coordinator "
-                f"can only add ciphertexts); got vertical.merge={s.merge}"
+                f"crypto={config.crypto.name} needs vertical.merge={' or '.join(LINEAR_MERGES)} "
+                f"(the coordinator can only add ciphertexts); got vertical.merge={s.merge}"
             )
         return out
 

@@ -23,33 +23,6 @@ from fedpriv.training import TrainConfig, evaluate, seed_for
 TOP = 1_000
 
 
-def merge(embeddings: Sequence[torch.Tensor], rule: str) -> torch.Tensor:
-    """Combine the parties' ``(batch, dim)`` embeddings; autograd routes the gradient
-    (``max``/``absmax``: to the party whose value was kept, element by element)."""
-    if rule == "concat":
-        return torch.cat(list(embeddings), dim=1)
-    stacked = torch.stack(list(embeddings))
-    if rule == "sum":
-        return stacked.sum(0)
-    if rule == "mean":
-        return stacked.mean(0)
-    if rule == "max":
-        return stacked.max(0).values
-    if rule == "absmax":
-        keep = stacked.abs().argmax(0, keepdim=True)
-        return stacked.gather(0, keep).squeeze(0)
-    raise ValueError(f"merge rule {rule!r} is unknown")
-
-
-def from_sum(total: torch.Tensor, rule: str, parties: int) -> torch.Tensor:
-    """The merged embedding from the sum of all embeddings (what encryption delivers)."""
-    if rule == "sum":
-        return total
-    if rule == "mean":
-        return total / parties
-    raise ValueError(f"merge={rule!r} cannot be computed from a sum; use sum or mean")
-
-
 def noisy_gradient(
     grad: torch.Tensor, sigma: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, float | None]:
@@ -64,7 +37,7 @@ def noisy_gradient(
 
 
 def merged_width(settings: VerticalSettings) -> int:
-    return settings.embedding_dim * (settings.parties if settings.merge == "concat" else 1)
+    return settings.merge_rule().width(settings.parties, settings.embedding_dim)
 
 
 def build_bottom(config: ExperimentConfig, party: int, input_shape: tuple[int, ...]) -> nn.Module:
@@ -120,7 +93,7 @@ class SplitModel(nn.Module):
 
     def __init__(self, config: ExperimentConfig, shapes: Sequence[tuple[int, ...]], classes: int):
         super().__init__()
-        self.rule = vertical_settings(config).merge
+        self.rule = vertical_settings(config).merge_rule()
         self.bottoms = nn.ModuleList(
             build_bottom(config, party, shape) for party, shape in enumerate(shapes)
         )
@@ -128,7 +101,7 @@ class SplitModel(nn.Module):
 
     def forward(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
         embeddings = [bottom(x) for bottom, x in zip(self.bottoms, parts, strict=True)]
-        return self.top(merge(embeddings, self.rule))
+        return self.top(self.rule.torch(torch.stack(embeddings)))
 
 
 class _Joined(nn.Module):

@@ -33,8 +33,6 @@ from fedpriv.node import partition_id
 from fedpriv.strategies.vertical.model import (
     build_bottom,
     build_top,
-    from_sum,
-    merge,
     noisy_gradient,
     optimizer,
     restore,
@@ -216,14 +214,15 @@ class VerticalParty:
         """The merged embedding and the leaves gradients are taken for: one per party,
         or the sum alone when only the sum arrived (encrypted aggregation)."""
         s = self.settings
+        rule = s.merge_rule()
         if SUM in records:
             total = torch.from_numpy(values(records[SUM])).float().requires_grad_()
-            return from_sum(total, s.merge, s.parties), [total]
+            return rule.from_sum(total, s.parties), [total]
         leaves = [
             torch.from_numpy(values(records[embedding_of(p)])).requires_grad_()
             for p in range(s.parties)
         ]
-        return merge(leaves, s.merge), leaves
+        return rule.torch(torch.stack(leaves)), leaves
 
     def top(self, msg: Message, context: Context) -> Message:
         table, model, opt = self.label_owner(context)

@@ -8,10 +8,13 @@ from fedpriv.config import ExperimentConfig
 from fedpriv.data.vertical import SPLITS
 from fedpriv.errors import ConfigError
 from fedpriv.families import StrategySpec
+from fedpriv.merge import MergeRule, merge_choices, merge_rule
 from fedpriv.registry import Registry, Spec
 
 #: How the label owner combines the parties' embeddings (the V-environment merge rules).
-MERGES = ("concat", "sum", "mean", "max", "absmax")
+MERGES = merge_choices("concat", "sum", "mean", "max", "absmax")
+#: Those computable from the sum of the embeddings: the ones encrypted aggregation allows.
+LINEAR_MERGES = tuple(name for name in MERGES if merge_rule(name).linear)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +65,10 @@ class VerticalSettings(Spec):
         if self.gradient_noise < 0:
             out.append(("gradient_noise", "must be >= 0"))
         return out
+
+    def merge_rule(self) -> MergeRule:
+        """The rule ``vertical.merge`` names."""
+        return merge_rule(self.merge)
 
 
 #: Vertical strategies (``strategy=<name>`` with ``family=vertical``).

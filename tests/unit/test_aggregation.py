@@ -10,7 +10,6 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 
 from fedpriv.records import check_update, payload_nbytes
 from fedpriv.strategies.horizontal import HORIZONTAL_STRATEGIES
-from fedpriv.strategies.horizontal.aggregators import elementwise_absmax
 
 RNG = np.random.default_rng(7)
 
@@ -78,15 +77,6 @@ def test_max_and_absmax_merge_element_wise():
     ]
     np.testing.assert_array_equal(aggregate("max", models, [1, 1])["w"], [1.0, 4.0, 2.5])
     np.testing.assert_array_equal(aggregate("absmax", models, [1, 1])["w"], [-3.0, -5.0, 2.5])
-
-
-def test_absmax_against_a_loop():
-    stack = RNG.normal(size=(4, 6, 5))
-    got = elementwise_absmax(stack)
-    for i in range(6):
-        for j in range(5):
-            column = stack[:, i, j]
-            assert got[i, j] == column[np.argmax(np.abs(column))]
 
 
 def test_krum_picks_the_model_closest_to_the_others():

@@ -18,7 +18,7 @@ from fedpriv.attacks.label_inference import (
     score,
 )
 from fedpriv.data.vertical import join, vertical_tables
-from fedpriv.strategies.vertical.model import SplitModel, epoch_batches, merge, train_centrally
+from fedpriv.strategies.vertical.model import SplitModel, epoch_batches, train_centrally
 from fedpriv.strategies.vertical.settings import vertical_settings
 
 DIGITS = ["data=digits", "vertical.split=halves"]  # 10 classes, left/right image halves
@@ -104,7 +104,7 @@ def test_collected_gradients_are_those_of_the_split_model():
     ]
     for e in embeddings:
         e.retain_grad()
-    logits = model.top(merge(embeddings, s.merge))
+    logits = model.top(model.rule.torch(torch.stack(embeddings)))
     nn.functional.cross_entropy(logits, torch.from_numpy(joined.y_train[first])).backward()
     assert collected.batches[0].entity_ids == tuple(joined.ids_train[i] for i in first)
     np.testing.assert_allclose(collected.batches[0].gradients, embeddings[1].grad, atol=1e-7)

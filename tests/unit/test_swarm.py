@@ -10,7 +10,7 @@ from fedpriv.crypto import ckks, peers
 from fedpriv.crypto.embeddings import CkksEmbeddingSum
 from fedpriv.crypto.records import to_record
 from fedpriv.strategies.swarm.family import CONSENSUS_PARAMS
-from fedpriv.strategies.swarm.peer import elect, merge_models
+from fedpriv.strategies.swarm.peer import elect
 from fedpriv.strategies.swarm.settings import SwarmSettings
 from fedpriv.strategies.swarm.topology import connected, graph, metropolis_weights, size_weights
 
@@ -101,7 +101,7 @@ def test_leader_merges_match_numpy(rule):
         "coordinate_median": np.median(stacked, axis=0),
         "trimmed_mean": np.sort(stacked, axis=0)[2:-2].mean(0),
     }[rule]
-    np.testing.assert_allclose(merge_models(vectors, sizes, settings), expected, rtol=1e-6)
+    np.testing.assert_allclose(settings.merge_rule().numpy(stacked, sizes), expected, rtol=1e-6)
 
 
 def test_dinno_primal_schedule_grows_to_its_cap():

@@ -1,4 +1,4 @@
-"""Vertical pieces without Flower: PSI, the feature and entity split, merges, node state."""
+"""Vertical pieces without Flower: PSI, the feature and entity split, node state."""
 
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ from fedpriv.strategies.vertical.model import (
     SplitModel,
     build_bottom,
     epoch_batches,
-    from_sum,
-    merge,
     optimizer,
     restore,
     save,
@@ -158,41 +156,7 @@ def test_party_tables_hold_their_own_rows_and_join_on_ids():
     assert x.shape[1] == dataset.x_train.shape[1]
 
 
-# -- merges, state, batches ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("rule", ["concat", "sum", "mean", "max", "absmax"])
-def test_merge_values_and_gradient_routing_match_numpy(rule):
-    rng = np.random.default_rng(3)
-    parts = [rng.normal(size=(4, 5)).astype(np.float32) for _ in range(3)]
-    leaves = [torch.from_numpy(p).requires_grad_() for p in parts]
-    upstream = rng.normal(size=(4, 15 if rule == "concat" else 5)).astype(np.float32)
-    merged = merge(leaves, rule)
-    merged.backward(torch.from_numpy(upstream))
-    stacked = np.stack(parts)
-    if rule == "concat":
-        expected = np.concatenate(parts, axis=1)
-        grads = np.split(upstream, 3, axis=1)
-    elif rule in ("sum", "mean"):
-        expected = stacked.sum(0) / (3 if rule == "mean" else 1)
-        grads = [upstream / (3 if rule == "mean" else 1)] * 3
-    else:
-        score = stacked if rule == "max" else np.abs(stacked)
-        winner = score.argmax(0)
-        expected = np.take_along_axis(stacked, winner[None], 0)[0]
-        grads = [np.where(winner == p, upstream, 0) for p in range(3)]
-    np.testing.assert_allclose(merged.detach().numpy(), expected, rtol=1e-6)
-    for leaf, grad in zip(leaves, grads, strict=True):
-        np.testing.assert_allclose(leaf.grad.numpy(), grad, rtol=1e-6)
-
-
-def test_the_merge_from_a_sum_equals_the_merge_of_the_parts():
-    parts = [torch.randn(3, 4) for _ in range(3)]
-    total = sum(parts)
-    for rule in ("sum", "mean"):
-        torch.testing.assert_close(from_sum(total, rule, 3), merge(parts, rule))
-    with pytest.raises(ValueError, match="use sum or mean"):
-        from_sum(total, "max", 3)
+# -- state, batches ----------------------------------------------------------------------
 
 
 def test_saved_state_resumes_sgd_with_momentum_exactly():
@@ -232,7 +196,7 @@ def test_central_baseline_learns_and_uses_the_split_model():
     _, tables = vertical_tables(config.data, 3, "columns", None, 1.0, 0)
     joined = join(tables)
     model = SplitModel(config, [p.shape[1:] for p in joined.train], 2)
-    assert len(model.bottoms) == 3 and model.rule == "concat"
+    assert len(model.bottoms) == 3 and model.rule.name == "concat"
     history = train_centrally(
         config, joined.train, joined.y_train, joined.test, joined.y_test, 2, epochs=2
     )
