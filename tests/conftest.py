@@ -1,9 +1,19 @@
-"""Shared fixtures: small experiment configs that write into pytest's tmp_path."""
+"""Shared fixtures: small experiment configs that write into pytest's tmp_path, and the
+engine each test runs its experiments on.
+
+A test marked ``simulation`` runs on Flower's Ray engine (one Ray for the session); one
+marked ``inprocess`` runs on fedpriv's in-process engine, and ``make_config`` gives it
+``engine=inprocess``. Any other test (a unit test) must not start Ray: starting it fails
+the test, so ``make test-fast`` (``-m "not simulation and not deployment and not
+processes"``) never does.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -18,12 +28,16 @@ settings.load_profile("fedpriv")
 
 
 @pytest.fixture
-def make_config(tmp_path) -> Callable[..., ExperimentConfig]:
-    """``make_config("strategy=krum", ...)``: the default config plus overrides, small and fast."""
+def make_config(tmp_path, request) -> Callable[..., ExperimentConfig]:
+    """``make_config("strategy=krum", ...)``: the default config plus overrides, small and
+    fast; on the in-process engine for a test marked ``inprocess`` (and not ``simulation``,
+    which wins: a module of in-process tests can keep one test on Ray)."""
+    marked = request.node.get_closest_marker
+    engine = ["engine=inprocess"] if marked("inprocess") and not marked("simulation") else []
 
     def make(*overrides: str) -> ExperimentConfig:
         base = ["num_clients=4", "rounds=2", "model=logreg", f"output_dir={tmp_path / 'run'}"]
-        return load_config(overrides=[*base, *overrides])
+        return load_config(overrides=[*base, *engine, *overrides])
 
     return make
 
@@ -35,3 +49,52 @@ def task_identity() -> None:
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+
+
+@pytest.fixture(autouse=True)
+def engine_for_marker(request, monkeypatch) -> None:
+    """Ray for a test marked ``simulation`` (started once, on its first use); for any
+    other test, starting Flower's Ray simulation is an error."""
+    if request.node.get_closest_marker("simulation"):
+        request.getfixturevalue("one_ray_per_session")
+        return
+    if request.node.get_closest_marker("deployment"):
+        return
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(
+            "this test started Ray: mark it `simulation`, or run it with engine=inprocess"
+        )
+
+    monkeypatch.setattr("fedpriv.runtime.simulation.simulate", refuse)
+    monkeypatch.setattr("fedpriv.api.simulate", refuse)
+
+
+@pytest.fixture(scope="session")
+def one_ray_per_session() -> Iterator[None]:
+    """Every simulation of the session on one Ray instance, started as Flower's backend
+    starts it (Flower starts Ray only when none runs, and stops it after each run; its
+    stop is held back until the session ends). Each simulation still creates and kills
+    its own ClientApp actors. Saves Ray's start and stop, seconds per simulation."""
+    import ray
+
+    from fedpriv.runtime.simulation import ENVIRONMENT
+
+    for key, value in ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    pythonpath = os.pathsep.join(sys.path)
+    ray.init(
+        num_cpus=os.cpu_count(),
+        num_gpus=0,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+    )
+    shutdown = ray.shutdown
+    ray.shutdown = lambda *args, **kwargs: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        ray.shutdown = shutdown  # type: ignore[assignment]
+        shutdown()

@@ -1,4 +1,4 @@
-"""Malicious clients on real Flower simulations: 20 % of the clients send their update
+"""Malicious clients in whole in-process runs: 20 % of the clients send their update
 reversed and boosted (adversary=sign_flip). FedAvg collapses; the robust aggregates
 (coordinate median, trimmed mean, Krum) end within 5 points of clean FedAvg."""
 
@@ -10,11 +10,11 @@ import pytest
 
 from fedpriv import load_config, run
 
-pytestmark = pytest.mark.simulation
+pytestmark = pytest.mark.inprocess
 
 BASE = [
-    "num_clients=10", "rounds=5", "model=logreg", "train.local_epochs=2", "train.lr=0.1",
-    "train.momentum=0.9",
+    "engine=inprocess", "num_clients=10", "rounds=5", "model=logreg", "train.local_epochs=2",
+    "train.lr=0.1", "train.momentum=0.9",
 ]  # fmt: skip
 ROBUST = {
     "fedmedian": ["strategy=fedmedian"],

@@ -1,5 +1,6 @@
-"""Asynchronous strategies on real Flower simulations: no round barrier, so a slow
-device delays only its own (stale) updates while the others keep the model moving."""
+"""Asynchronous strategies: no round barrier, so a slow device delays only its own
+(stale) updates while the others keep the model moving. The slow-device runs need
+nodes that work at the same time (Ray); the others run in-process."""
 
 from __future__ import annotations
 
@@ -7,13 +8,11 @@ import collections
 
 import pytest
 from opacus.accountants import PRVAccountant
-from test_resume import KILL_AFTER, kill_during_run
-from test_simulation import check_run_directory
 
 from fedpriv import load_config, resume, run
 from fedpriv.runtime.checkpoint import Checkpoint
 
-pytestmark = pytest.mark.simulation
+pytestmark = pytest.mark.inprocess
 
 #: Three devices, each on its own actor; the last one 10x slower than the others.
 FLEET = [
@@ -41,8 +40,9 @@ def updates(history: list[dict]) -> list[dict]:
     ],
     ids=["fedasync", "fedbuff"],
 )
+@pytest.mark.simulation
 def test_asynchronous_servers_keep_updating_while_a_10x_slower_client_trains(
-    tmp_path, strategy, min_staleness, updates_per_version
+    tmp_path, strategy, min_staleness, updates_per_version, check_run_directory
 ) -> None:
     config = load_config(
         [*FLEET, *strategy, "rounds=2", "strategy.updates_per_round=12", f"output_dir={tmp_path}"]
@@ -62,6 +62,7 @@ def test_asynchronous_servers_keep_updating_while_a_10x_slower_client_trains(
     assert result.final["accuracy"] > 0.8
 
 
+@pytest.mark.simulation
 def test_synchronous_fedavg_waits_for_the_slow_client_every_round(tmp_path) -> None:
     result = run(load_config([*FLEET, "rounds=2", f"output_dir={tmp_path}"]))
     for record in result.history:
@@ -69,20 +70,15 @@ def test_synchronous_fedavg_waits_for_the_slow_client_every_round(tmp_path) -> N
         assert sorted(int(c["partition-id"]) for c in record["clients"]) == [0, 1, SLOW]
 
 
-def test_bad_replies_are_rejected_and_the_others_keep_updating(tmp_path, register_for_test):
+def test_bad_replies_are_rejected_and_the_others_keep_updating(tmp_path, register_spec):
     """faulty_family.py: partitions 0-6 each send one kind of bad reply, 7 and 8 are
     honest. Each bad reply is rejected with its reason; a client whose reply failed gets
     no new work until the next round, so the honest two make every update."""
-    import faulty_family
-
-    from fedpriv.families import FAMILIES
-
-    register_for_test(FAMILIES, "faulty_async", faulty_family.FaultyAsyncHorizontal)
     config = load_config(
         [
-            "family.name=faulty_async", "strategy=fedasync", "data=digits", "model=logreg",
-            "num_clients=9", "rounds=2", "strategy.updates_per_round=4",
-            "engine.max_reply_mb=1", f"output_dir={tmp_path}",
+            f"family.name={register_spec('faulty_async')}", "engine=inprocess",
+            "strategy=fedasync", "data=digits", "model=logreg", "num_clients=9", "rounds=2",
+            "strategy.updates_per_round=4", "engine.max_reply_mb=1", f"output_dir={tmp_path}",
         ]
     )  # fmt: skip
     result = run(config)
@@ -99,10 +95,10 @@ def test_easgd_with_dp_sgd_accounts_every_local_step(tmp_path) -> None:
     sigma = 1.0
     config = load_config(
         [
-            "data=digits", "model=logreg", "num_clients=2", "rounds=4", "strategy=easgd",
-            "strategy.rho=0.5", "privacy=dp_sgd", f"privacy.noise_multiplier={sigma}",
-            "privacy.target_epsilon=null", "privacy.secure_noise=false", "train.lr=0.2",
-            f"output_dir={tmp_path}",
+            "engine=inprocess", "data=digits", "model=logreg", "num_clients=2", "rounds=4",
+            "strategy=easgd", "strategy.rho=0.5", "privacy=dp_sgd",
+            f"privacy.noise_multiplier={sigma}", "privacy.target_epsilon=null",
+            "privacy.secure_noise=false", "train.lr=0.2", f"output_dir={tmp_path}",
         ]
     )  # fmt: skip
     result = run(config)
@@ -124,8 +120,9 @@ def test_easgd_with_dp_sgd_accounts_every_local_step(tmp_path) -> None:
 def test_bmuf_block_momentum_trains_through_blocks(tmp_path) -> None:
     config = load_config(
         [
-            "data=digits", "model=logreg", "num_clients=2", "rounds=3", "strategy=bmuf",
-            "strategy.block_momentum=0.5", "strategy.nesterov=true", f"output_dir={tmp_path}",
+            "engine=inprocess", "data=digits", "model=logreg", "num_clients=2", "rounds=3",
+            "strategy=bmuf", "strategy.block_momentum=0.5", "strategy.nesterov=true",
+            f"output_dir={tmp_path}",
         ]
     )  # fmt: skip
     result = run(config)
@@ -136,18 +133,21 @@ def test_bmuf_block_momentum_trains_through_blocks(tmp_path) -> None:
     assert result.final["accuracy"] > 0.8
 
 
-def test_a_killed_asynchronous_run_resumes_its_model_version_and_privacy_spent(tmp_path) -> None:
+@pytest.mark.processes
+def test_a_killed_asynchronous_run_resumes_its_model_version_and_privacy_spent(
+    tmp_path, kill_during_run
+) -> None:
     killed = tmp_path / "killed"
-    kill_during_run(
+    kill_after = kill_during_run(
         killed,
         [
-            "data=digits", "model=logreg", "num_clients=2", "rounds=4", "strategy=fedbuff",
-            "strategy.buffer_size=2", "privacy=dp_sgd", "privacy.noise_multiplier=1.0",
-            "privacy.target_epsilon=null",
+            "engine=inprocess", "data=digits", "model=logreg", "num_clients=2", "rounds=4",
+            "strategy=fedbuff", "strategy.buffer_size=2", "privacy=dp_sgd",
+            "privacy.noise_multiplier=1.0", "privacy.target_epsilon=null",
         ],
     )  # fmt: skip
     checkpoint = Checkpoint.load(killed)
-    assert checkpoint is not None and checkpoint.round == KILL_AFTER
+    assert checkpoint is not None and checkpoint.round == kill_after
     result = resume(killed)
     history = result.history
     assert [r["round"] for r in history] == [1, 2, 3, 4]
@@ -155,8 +155,8 @@ def test_a_killed_asynchronous_run_resumes_its_model_version_and_privacy_spent(t
     # The update count and the model version go on from the checkpoint's.
     assert [u["update"] for u in applied] == list(range(1, len(applied) + 1))
     versions = [r["version"] for r in history]
-    assert versions == sorted(versions) and versions[KILL_AFTER] > versions[KILL_AFTER - 1]
+    assert versions == sorted(versions) and versions[kill_after] > versions[kill_after - 1]
     # Each client's accountant was given back: ε goes on growing from what was spent.
     for partition in ("0", "1"):
         spent = [r["privacy"]["epsilon_per_client"][partition] for r in history]
-        assert spent[-1] > spent[KILL_AFTER - 1] > 0
+        assert spent[-1] > spent[kill_after - 1] > 0

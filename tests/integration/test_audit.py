@@ -1,4 +1,4 @@
-"""Audits of real runs (attack=..., fedpriv audit): each attack reads what the run
+"""Audits of whole in-process runs (attack=..., fedpriv audit): each attack reads what the run
 produced, and encryption leaves the server nothing to attack."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import pytest
 from fedpriv import load_config, run
 from fedpriv.attacks.runs import audit_run
 
-pytestmark = pytest.mark.simulation
+pytestmark = pytest.mark.inprocess
 
-SMALL = ["num_clients=3", "rounds=2", "model=logreg"]
+SMALL = ["engine=inprocess", "num_clients=3", "rounds=2", "model=logreg"]
 
 
+@pytest.mark.processes
 def test_dp_run_is_audited_for_membership_and_gradient_inversion(tmp_path):
     config = load_config([*SMALL, "privacy=dp_sgd", "attack=membership", f"output_dir={tmp_path}"])
     result = run(config)
@@ -50,8 +51,9 @@ def test_encrypted_run_leaves_the_server_nothing_to_attack(tmp_path):
 
 
 def test_vertical_run_is_audited_for_label_inference(tmp_path):
-    result = run(load_config(["family=vertical", "data=breast_cancer", "rounds=1",
-                              "attack=label_inference", f"output_dir={tmp_path}"]))  # fmt: skip
+    result = run(load_config(["engine=inprocess", "family=vertical", "data=breast_cancer",
+                              "rounds=1", "attack=label_inference",
+                              f"output_dir={tmp_path}"]))  # fmt: skip
     found = result.summary["audit"]["label_inference"]
     assert found["possible"]
     assert found["inference"]["accuracy"] > found["inference"]["chance"] + 0.2

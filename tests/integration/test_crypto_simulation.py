@@ -1,5 +1,6 @@
-"""CKKS aggregation in real Flower simulations: same results as plaintext, no secret on
-the server, DP and HE together, tampered ciphertexts rejected while the round goes on."""
+"""CKKS aggregation in whole runs: same results as plaintext, no secret on the server,
+DP and HE together, tampered ciphertexts rejected while the round goes on. In-process
+but for the secret-key run, on Ray (its keys cross real process boundaries)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import pytest
 import tenseal as ts
 
 from fedpriv import run
-from fedpriv.crypto import CRYPTO, Ckks
+from fedpriv.crypto import Ckks
 from fedpriv.crypto.fingerprint import split_server_context
 from fedpriv.runtime.context import RunContext
 
-pytestmark = pytest.mark.simulation
+pytestmark = pytest.mark.inprocess
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedavgm"])
@@ -41,6 +42,7 @@ def test_ckks_run_matches_the_plaintext_run(strategy, make_config, tmp_path):
         assert all(c["ckks-encrypt-seconds"] > 0 for c in record["clients"])
 
 
+@pytest.mark.simulation
 def test_server_never_handles_a_secret_key(make_config, monkeypatch):
     seen, keys, server_keys = [], [], []
     make_keys, send_and_receive = Ckks.make_keys, RunContext.send_and_receive
@@ -89,11 +91,8 @@ def test_dp_sgd_and_ckks_together(make_config):
     assert all("epsilon" in c and "ckks-error" in c for c in result.history[-1]["clients"])
 
 
-def test_tampered_ciphertexts_are_rejected_and_the_round_goes_on(make_config, register_for_test):
-    import tampering_crypto
-
-    register_for_test(CRYPTO, "tampering_ckks", tampering_crypto.TamperingCkks)
-    result = run(make_config("crypto=ckks", "crypto.name=tampering_ckks"))
+def test_tampered_ciphertexts_are_rejected_and_the_round_goes_on(make_config, register_spec):
+    result = run(make_config("crypto=ckks", f"crypto.name={register_spec('tampering_ckks')}"))
     assert result.summary["rounds"] == 2 and result.summary["rejected_replies"] == 4
     for record in result.history:
         reasons = sorted(r["reason"] for r in record["rejected"])

@@ -1,7 +1,7 @@
 """Every study preset (conf/experiment/) runs to completion in a reduced form: one
 round, at most 3 clients, digits; the sweep's last job, and the first as well where
 the first runs another family (unification) or partition (replicate_vs_split).
-`make studies` runs them in full."""
+`make studies` runs them in full. In-process: the presets' settings are under test."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 from fedpriv import load_config, run
 from fedpriv.experiments.studies import presets, sweep_points
 
-pytestmark = pytest.mark.simulation
+pytestmark = pytest.mark.inprocess
 
 
 def reduced(name: str) -> list[str]:
     full = load_config([f"+experiment={name}"])
-    overrides = ["rounds=1", "data=digits"]
+    overrides = ["rounds=1", "data=digits", "engine=inprocess"]
     if getattr(full.data, "limit", None) is not None:
         overrides.append("~data.limit")  # Fashion-MNIST's subset size; digits has none
     if full.num_clients > 3:

@@ -1,4 +1,5 @@
-"""Differential privacy in real Flower simulations: the ledger, budgets, central DP."""
+"""Differential privacy in whole runs: the ledger, budgets, central DP. In-process but
+for one run with both kinds of DP and the deadline run, on Ray."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from fedpriv import load_config, run
 from fedpriv.data import federate
 
-pytestmark = pytest.mark.simulation
+pytestmark = pytest.mark.inprocess
 
 
 def stepped_epsilon(accountant, sigma: float, rate: float, steps: int, delta: float) -> float:
@@ -56,6 +57,7 @@ def test_ledger_composes_per_client_and_budget_ends_the_run_cleanly(make_config)
     assert privacy["epsilon_max"] == max(c["epsilon"] for c in history[1]["clients"]) <= budget
 
 
+@pytest.mark.simulation
 def test_local_and_central_dp_together(make_config):
     result = run(make_config("privacy=dp_sgd+central", "rounds=2"))
     privacy = result.summary["privacy"]
@@ -73,19 +75,16 @@ def test_central_dp_with_client_side_adaptive_clipping(make_config):
     assert result.summary["privacy"]["user_level_epsilon"] > 0
 
 
-def test_central_dp_books_the_release_a_straggler_left(tmp_path, register_for_test):
+@pytest.mark.simulation
+def test_central_dp_books_the_release_a_straggler_left(tmp_path, register_spec):
     """Two clients sampled, one stalls past the deadline every round: each release
     averages one update under noise sized for two, so the ledger books σ·1/2."""
-    import stalled_device
-
-    from fedpriv.selection import SELECTIONS
-
-    register_for_test(SELECTIONS, "stalled_device", stalled_device.StalledDevice)
+    stalled = register_spec("stalled_device")
     result = run(
         load_config(
             [
                 "data=digits", "model=logreg", "num_clients=2", "rounds=2",
-                "engine.cpus_per_client=0.5", "selection.name=stalled_device",
+                "engine.cpus_per_client=0.5", f"selection.name={stalled}",
                 "selection.round_deadline_s=3", "privacy=central", "privacy.shortfall=account",
                 f"output_dir={tmp_path}",
             ]
@@ -101,15 +100,12 @@ def test_central_dp_books_the_release_a_straggler_left(tmp_path, register_for_te
     )
 
 
-def test_a_client_without_dp_is_rejected_when_the_run_reports_dp(make_config):
+def test_a_client_without_dp_is_rejected_when_the_run_reports_dp(make_config, plain_flower_app):
     """Before the fix every update of a client that applied no DP was accepted, and the
     run printed ε 0.000 and summary.json `epsilon_per_client: {}` under `mode: dp_sgd`."""
-    import plain_flower_client
-    import ray.cloudpickle
-
     from fedpriv.runtime.apps import build_server_app
+    from fedpriv.runtime.inprocess import run_inprocess
     from fedpriv.runtime.runs import open_run
-    from fedpriv.runtime.simulation import simulate
 
     config = make_config("privacy=dp_sgd", "num_clients=2", "rounds=1")
     opened = open_run(config)
@@ -120,11 +116,9 @@ def test_a_client_without_dp_is_rejected_when_the_run_reports_dp(make_config):
         on_done=lambda history, ctx: finished.update(history=history),
         on_error=lambda error: finished.update(error=error),
     )
-    ray.cloudpickle.register_pickle_by_value(plain_flower_client)
     try:
-        simulate(server_app, plain_flower_client.app, config.num_clients, config.engine)
+        run_inprocess(server_app, plain_flower_app, config.num_clients, config.engine)
     finally:
-        ray.cloudpickle.unregister_pickle_by_value(plain_flower_client)
         opened.close()
     (record,) = finished["history"]
     assert record["clients"] == [] and len(record["rejected"]) == 2

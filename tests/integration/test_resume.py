@@ -12,22 +12,17 @@ Flower strategy's state), sampling 2 of 3 clients a round (random states), DP-SG
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from fedpriv import load_config, resume, run
 
-pytestmark = pytest.mark.simulation
+pytestmark = [pytest.mark.simulation, pytest.mark.processes]
 
 OVERRIDES = [
     "rounds=4", "num_clients=3", "model=logreg", "strategy=fedavgm",
     "strategy.fraction_train=0.6", "privacy=dp_sgd", "privacy.secure_noise=false",
 ]  # fmt: skip
-KILL_AFTER = 2
 
 
 def assert_same_rounds(these: list[dict], those: list[dict]) -> None:
@@ -48,27 +43,14 @@ def participants(record: dict) -> list[tuple[int, int]]:
     return sorted((c["partition-id"], c["rounds-trained"]) for c in record["clients"])
 
 
-def kill_during_run(run_dir: Path, overrides: list[str] = OVERRIDES) -> None:
-    """The experiment in a new process group, SIGKILLed after its round-2 checkpoint."""
-    here = Path(__file__).parent
-    command = [
-        sys.executable, str(here / "killed_run.py"), *overrides, f"hydra.run.dir={run_dir}",
-    ]  # fmt: skip
-    env = {**os.environ, "KILL_AFTER": str(KILL_AFTER), "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=600, start_new_session=True
-    )
-    assert done.returncode == -9, done.stderr[-3000:]
-
-
-def test_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_path):
+def test_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_path, kill_during_run):
     uninterrupted = run(load_config([*OVERRIDES, f"output_dir={tmp_path / 'whole'}"]))
     killed = tmp_path / "killed"
-    kill_during_run(killed)
+    kill_after = kill_during_run(killed, OVERRIDES)
 
     assert not (killed / "summary.json").exists()
     done_before_kill = [json.loads(line) for line in (killed / "metrics.jsonl").open()]
-    assert_same_rounds(done_before_kill, uninterrupted.history[:KILL_AFTER])
+    assert_same_rounds(done_before_kill, uninterrupted.history[:kill_after])
     sampled = [len(r["clients"]) for r in uninterrupted.history]
     assert sampled == [2, 2, 2, 2]
 

@@ -1,5 +1,6 @@
 """Device-aware rounds in real Flower simulations: simulated slow devices, deadlines that
-drop stragglers, and resource-aware sizing of local work."""
+drop stragglers, and resource-aware sizing of local work. They stay on Ray: a deadline
+means something only while the other devices work at the same time."""
 
 from __future__ import annotations
 
@@ -25,14 +26,7 @@ def steps_by_partition(record: dict) -> dict[int, int]:
     return {int(c["partition-id"]): int(c["steps"]) for c in record["clients"]}
 
 
-def test_a_deadline_drops_a_stalled_device_and_the_round_goes_on(
-    tmp_path, register_for_test
-) -> None:
-    import stalled_device
-
-    from fedpriv.selection import SELECTIONS
-
-    register_for_test(SELECTIONS, "stalled_device", stalled_device.StalledDevice)
+def test_a_deadline_drops_a_stalled_device_and_the_round_goes_on(tmp_path, register_spec) -> None:
     result = run(
         load_config(
             [
@@ -41,7 +35,7 @@ def test_a_deadline_drops_a_stalled_device_and_the_round_goes_on(
                 "num_clients=2",
                 "rounds=2",
                 "engine.cpus_per_client=0.5",
-                "selection.name=stalled_device",
+                f"selection.name={register_spec('stalled_device')}",
                 "selection.round_deadline_s=3",
                 f"output_dir={tmp_path}",
             ]

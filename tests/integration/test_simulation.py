@@ -1,50 +1,22 @@
-"""Real Flower simulations (Ray engine): every strategy, bad clients, a Hydra sweep.
+"""Whole runs on the in-process engine (fedavg on Ray too): every strategy, bad
+clients, a Hydra sweep.
 
 Same config and seed giving the same metrics is tested across processes in
 test_resume.py."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from fedpriv import Result, run
-from fedpriv.families import FAMILIES
+from fedpriv import run
 from fedpriv.strategies.horizontal import HORIZONTAL_STRATEGIES
 from fedpriv.strategies.horizontal.asynchronous import AsyncSpec
 
-pytestmark = pytest.mark.simulation
-
-SUMMARY_KEYS = {
-    "strategy", "family", "rounds", "final", "bytes", "seconds", "privacy", "crypto",
-    "dataset", "num_clients", "seed", "stop_reason",
-}  # fmt: skip
-ROUND_KEYS = {"round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "clients"}
-
-
-def check_run_directory(result: Result, clients: int, rounds: int) -> None:
-    """The results directory holds the documented files with the documented fields."""
-    files = {p.name for p in result.run_dir.iterdir()}
-    assert {"config.yaml", "metrics.jsonl", "summary.json", "clients.json"} <= files
-    summary = json.loads((result.run_dir / "summary.json").read_text())
-    assert set(summary) >= SUMMARY_KEYS and summary["rounds"] == rounds
-    assert summary["privacy"] is None and summary["crypto"] is None
-    lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == rounds
-    for number, line in enumerate(lines, start=1):
-        record = json.loads(line)
-        assert set(record) >= ROUND_KEYS and record["round"] == number
-        assert 0.0 <= record["accuracy"] <= 1.0
-        assert record["bytes_up"] > 0 and record["bytes_down"] > 0
-    histograms = json.loads((result.run_dir / "clients.json").read_text())["label_histograms"]
-    assert len(histograms) == clients
-    config = yaml.safe_load((result.run_dir / "config.yaml").read_text())
-    assert config["strategy"]["name"] == summary["strategy"]
-
+pytestmark = pytest.mark.inprocess
 
 #: The synchronous strategies: one update per client per round (test_async_simulation
 #: runs the asynchronous ones).
@@ -55,8 +27,11 @@ SYNCHRONOUS = [
 ]
 
 
-@pytest.mark.parametrize("strategy", SYNCHRONOUS)
-def test_every_strategy_runs_a_real_simulation(strategy, make_config):
+@pytest.mark.parametrize(
+    "strategy",
+    [pytest.param(s, marks=pytest.mark.simulation) if s == "fedavg" else s for s in SYNCHRONOUS],
+)
+def test_every_strategy_runs_a_whole_run(strategy, make_config, check_run_directory):
     result = run(make_config(f"strategy={strategy}"))
     check_run_directory(result, clients=4, rounds=2)
     for record in result.history:
@@ -67,15 +42,11 @@ def test_every_strategy_runs_a_real_simulation(strategy, make_config):
     assert result.summary["strategy"] == strategy
 
 
-def test_bad_client_replies_are_rejected_and_the_round_goes_on(make_config, register_for_test):
+def test_bad_client_replies_are_rejected_and_the_round_goes_on(make_config, register_spec):
     """One misbehaving client per kind of bad reply (faulty_family.py); every kind is
     rejected with its reason, counted, and the round aggregates the honest two."""
-    import faulty_family
-
-    register_for_test(FAMILIES, "faulty_horizontal", faulty_family.FaultyHorizontal)
-    result = run(
-        make_config("family.name=faulty_horizontal", "num_clients=9", "engine.max_reply_mb=1")
-    )
+    family = register_spec("faulty_horizontal")
+    result = run(make_config(f"family.name={family}", "num_clients=9", "engine.max_reply_mb=1"))
     assert result.summary["rounds"] == 2 and result.summary["rejected_replies"] == 2 * 7
     expected = [
         "NaN or Inf", "client error", "NaN or Inf", "is float32[1], expected float32",
@@ -90,13 +61,15 @@ def test_bad_client_replies_are_rejected_and_the_round_goes_on(make_config, regi
     assert result.final["accuracy"] > 0.2
 
 
+@pytest.mark.processes
 def test_hydra_multirun_and_console_report(tmp_path):
     import subprocess
 
     sweep = tmp_path / "sweep"
     command = [
         sys.executable, "-m", "fedpriv.experiments.run", "-m", "strategy=fedavg,fedprox",
-        "rounds=1", "num_clients=3", "model=logreg", f"hydra.sweep.dir={sweep}",
+        "rounds=1", "num_clients=3", "model=logreg", "engine=inprocess",
+        f"hydra.sweep.dir={sweep}",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -108,6 +81,7 @@ def test_hydra_multirun_and_console_report(tmp_path):
     assert (sweep / "report.csv").read_text().count("\n") == 3  # header + 2 runs × 1 round
 
 
+@pytest.mark.processes
 def test_console_script_runs_and_reports_bad_config(tmp_path):
     import subprocess
 

@@ -1,5 +1,6 @@
-"""Swarm learning in real Flower simulations: every mode and topology, a relay that
-sees no parameters, peers that drop out, and convergence against FedAvg."""
+"""Swarm learning in whole runs: every mode and topology, a relay that sees no
+parameters, peers that drop out, and convergence against FedAvg. In-process but for the
+late peer, on Ray (late means something only while the others work meanwhile)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,21 @@ from fedpriv import load_config, run
 from fedpriv.config import from_mapping
 from fedpriv.crypto.records import CKKS_STYPE
 from fedpriv.data.federated import federate
-from fedpriv.families import FAMILIES
 from fedpriv.runtime.context import RunContext
 from fedpriv.runtime.models import initial_arrays
 
-pytestmark = pytest.mark.simulation
+pytestmark = pytest.mark.inprocess
 
 
 @pytest.fixture
 def swarm(tmp_path):
-    """``swarm("swarm.mode=leader", ...)``: a small swarm config writing into tmp_path."""
+    """``swarm("swarm.mode=leader", ...)``: a small in-process swarm config writing into
+    tmp_path."""
 
     def make(*overrides: str, name: str = "run"):
         return load_config(
             ["family=swarm", "model=logreg", "train.lr=0.1", f"output_dir={tmp_path / name}",
-             *overrides]
+             "engine=inprocess", *overrides]
         )  # fmt: skip
 
     return make
@@ -48,7 +49,7 @@ def relayed(monkeypatch):
 
 
 def test_leader_matches_fedavg_and_gossip_on_a_ring_catches_up(swarm, tmp_path, relayed):
-    common = ["num_clients=10", "model=logreg", "train.lr=0.1"]
+    common = ["num_clients=10", "model=logreg", "train.lr=0.1", "engine=inprocess"]
     fedavg = run(load_config([*common, "rounds=5", f"output_dir={tmp_path / 'fedavg'}"]))
     leader = run(swarm(*common, "swarm.mode=leader", "swarm.topology=full", "rounds=5",
                        name="leader"))  # fmt: skip
@@ -107,15 +108,13 @@ def faulty(config, family):
     return from_mapping(mapping)
 
 
-def test_a_late_peer_is_left_out_and_catches_up_from_the_last_merge(
-    swarm, register_for_test, relayed
-):
-    from faulty_swarm import Late
-
-    register_for_test(FAMILIES, Late.family, Late)
-    config = swarm("num_clients=5", "swarm.mode=leader", "swarm.topology=small_world",
-                   "swarm.degree=2", "swarm.min_peers=4", "rounds=4")  # fmt: skip
-    result = run(faulty(config, Late.family))
+@pytest.mark.simulation
+def test_a_late_peer_is_left_out_and_catches_up_from_the_last_merge(swarm, register_spec, relayed):
+    late = register_spec("late_swarm")
+    config = swarm("engine=simulation", "num_clients=5", "swarm.mode=leader",
+                   "swarm.topology=small_world", "swarm.degree=2", "swarm.min_peers=4",
+                   "rounds=4")  # fmt: skip
+    result = run(faulty(config, late))
     assert len(result.history) == 4 and result.summary["stop_reason"] is None
     assert 3 not in result.history[1]["swarm"]["live"]
     leader_of_sync_2 = result.history[1]["swarm"]["leader"]
@@ -128,12 +127,10 @@ def test_a_late_peer_is_left_out_and_catches_up_from_the_last_merge(
     assert f"from-{leader_of_sync_2}-merged000002" in delivered
 
 
-def test_a_swarm_below_min_peers_stops_cleanly_with_the_reason(swarm, register_for_test):
-    from faulty_swarm import Crashing
-
-    register_for_test(FAMILIES, Crashing.family, Crashing)
+def test_a_swarm_below_min_peers_stops_cleanly_with_the_reason(swarm, register_spec):
+    crashing = register_spec("crashing_swarm")
     config = swarm("num_clients=4", "swarm.mode=gossip", "swarm.topology=full", "rounds=3",
                    "swarm.consensus=false")  # fmt: skip
-    result = run(faulty(config, Crashing.family))
+    result = run(faulty(config, crashing))
     assert len(result.history) == 2
     assert result.summary["stop_reason"] == "sync 2: 3 peers answered, swarm.min_peers=4"

@@ -1,5 +1,6 @@
-"""Vertical learning in real Flower simulations: PSI alignment, split training as good
-as the same model trained centrally, every merge rule, CKKS sums, misbehaving parties."""
+"""Vertical learning in whole runs: PSI alignment, split training as good as the same
+model trained centrally, every merge rule, CKKS sums, misbehaving parties. In-process but
+for the silent party, on Ray (a party that hangs would hold up the in-process engine)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,20 @@ from fedpriv import load_config, run
 from fedpriv.config import from_mapping
 from fedpriv.crypto.records import CKKS_STYPE
 from fedpriv.data.vertical import join, vertical_tables
-from fedpriv.families import FAMILIES
 from fedpriv.runtime.context import RunContext
 from fedpriv.strategies.vertical.model import train_centrally
 from fedpriv.strategies.vertical.settings import vertical_settings
 
-pytestmark = pytest.mark.simulation
+pytestmark = pytest.mark.inprocess
 
 
 @pytest.fixture
 def vertical(tmp_path):
-    """``vertical("data=wine", ...)``: a vertical config writing into tmp_path."""
+    """``vertical("data=wine", ...)``: an in-process vertical config writing into tmp_path."""
 
     def make(*overrides: str):
-        return load_config(["family=vertical", f"output_dir={tmp_path / 'run'}", *overrides])
+        base = ["family=vertical", f"output_dir={tmp_path / 'run'}", "engine=inprocess"]
+        return load_config([*base, *overrides])
 
     return make
 
@@ -143,30 +144,30 @@ def faulty(config, family):
     return from_mapping(mapping)
 
 
-def test_a_malformed_embedding_is_rejected_and_training_goes_on(vertical, register_for_test):
-    from faulty_vertical import Truncating
-
-    register_for_test(FAMILIES, Truncating.family, Truncating)
+def test_a_malformed_embedding_is_rejected_and_training_goes_on(vertical, register_spec):
+    truncating = register_spec("truncating_vertical")
     config = vertical("data=breast_cancer", "vertical.merge=max", "vertical.psi=false", "rounds=2")
-    result = run(faulty(config, Truncating.family))
+    result = run(faulty(config, truncating))
     (rejected,) = result.history[0]["rejected"]
     assert "party 1, batch 2: embedding has shape (31, 16)" in rejected["reason"]
     assert result.history[0]["vertical"]["skipped_batches"] == 1
     assert result.history[1]["rejected"] == [] and result.final["accuracy"] > 0.85
 
 
-@pytest.mark.parametrize("family,reason", [("crash", "party 1 failed train.step: "),
-                                           ("silent", "party 1 (node ")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("family", "engine", "reason"),
+    [
+        ("crash", "inprocess", "failed train.step: "),
+        pytest.param("silent", "simulation", "party 1 (node ", marks=pytest.mark.simulation),
+    ],
+)
 def test_a_party_that_drops_out_mid_epoch_stops_the_run_with_the_reason(
-    vertical, register_for_test, family, reason
+    vertical, register_spec, family, engine, reason
 ):
-    from faulty_vertical import Crashing, Silent
-
-    cls = {"crash": Crashing, "silent": Silent}[family]
-    register_for_test(FAMILIES, cls.family, cls)
-    config = vertical("data=breast_cancer", "vertical.psi=false", "rounds=3",
-                      "engine.round_timeout_s=5")  # fmt: skip
-    result = run(faulty(config, cls.family))
+    name = register_spec(f"{'crashing' if family == 'crash' else 'silent'}_vertical")
+    config = vertical(f"engine={engine}", "data=breast_cancer", "vertical.psi=false",
+                      "rounds=3", "engine.round_timeout_s=5")  # fmt: skip
+    result = run(faulty(config, name))
     assert len(result.history) == 1 and result.history[0]["accuracy"] is None
     assert reason in result.summary["stop_reason"]
     if family == "silent":

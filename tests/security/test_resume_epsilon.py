@@ -4,12 +4,13 @@ The updates the server received after the last checkpoint were released: whoever
 the server has them. If the resumed run took each client's accountant back from that
 checkpoint, it would train those rounds again with fresh noise and report an ε that
 leaves the first releases out. The run here checkpoints every 2 rounds and is
-SIGKILLed (Ray and all) right after round 3's replies reached the server (between
+SIGKILLed right after round 3's replies reached the server (between
 checkpoints), or round 1's (before the first); it is then resumed. An independent
 record of every train reply the server received, before and after the kill
 (``tests/integration/killed_run.py``'s ``REPLY_LOG``, read off the messages), goes
 through Opacus' own accountant step by step; the ε the resumed run reports must be
-that one.
+that one. Runs on the in-process engine (tests/integration/test_resume.py kills and
+resumes a run on Ray).
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from pathlib import Path
 import pytest
 from opacus.accountants import create_accountant
 
-pytestmark = pytest.mark.simulation
+pytestmark = [pytest.mark.inprocess, pytest.mark.processes]
 
 KILLED_RUN = Path(__file__).parents[1] / "integration" / "killed_run.py"
 OVERRIDES = [
-    "rounds=4", "num_clients=3", "model=logreg", "strategy=fedavg",
+    "engine=inprocess", "rounds=4", "num_clients=3", "model=logreg", "strategy=fedavg",
     "strategy.fraction_train=0.6", "privacy=dp_sgd", "checkpoint_every=2",
 ]  # fmt: skip
 ROUNDS, EVERY, PER_ROUND = 4, 2, 2  # 2 of 3 clients train each round

@@ -1,6 +1,6 @@
-"""A hostile client in a real Flower simulation tries to rewrite another client's record.
+"""A hostile client in a whole run tries to rewrite another client's record.
 
-The same attack as ``test_resume_node_states.py``, on Flower's engine with Opacus
+The same attack as ``test_resume_node_states.py``, in an in-process run with Opacus
 training: from round 2 on, partition 2's ClientApp (a mod outside fedpriv's, as a
 modified ClientApp would) replaces the node state on its train replies with partition
 0's ID, an empty accountant history and a large round count. What the server records
@@ -11,7 +11,6 @@ against the DP steps each client reported in ``metrics.jsonl``.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -23,7 +22,7 @@ from fedpriv.runtime.checkpoint import NODE_STATE, SPENDING_FILE
 from fedpriv.strategies.base import Setup
 from fedpriv.strategies.horizontal import Horizontal
 
-pytestmark = pytest.mark.simulation
+pytestmark = pytest.mark.inprocess
 
 VICTIM, HOSTILE = 0, 2
 
@@ -65,17 +64,12 @@ class HostileStateHorizontal(Horizontal):
 
 @pytest.fixture
 def hostile_family() -> Iterator[None]:
-    """Registered for this test, and shipped to Ray's workers by value."""
-    import ray.cloudpickle
-
-    module = sys.modules[__name__]
-    ray.cloudpickle.register_pickle_by_value(module)
+    """Registered for this test."""
     FAMILIES.register("hostile_state")(HostileStateHorizontal)
     try:
         yield
     finally:
         FAMILIES._specs.pop("hostile_state")
-        ray.cloudpickle.unregister_pickle_by_value(module)
 
 
 def test_a_hostile_client_cannot_rewrite_another_clients_record(make_config, hostile_family):
@@ -131,17 +125,12 @@ class HostileMetricsHorizontal(Horizontal):
 def test_a_client_can_misreport_only_its_own_epsilon(make_config):
     """Before the fix the ledger took the partition from the reply's metrics: the liar
     wrote partition 0's ε in the summary (whichever reply came last won)."""
-    import ray.cloudpickle
-
-    module = sys.modules[__name__]
-    ray.cloudpickle.register_pickle_by_value(module)
     FAMILIES.register("hostile_metrics")(HostileMetricsHorizontal)
     try:
         result = run(make_config("family.name=hostile_metrics", "num_clients=3", "rounds=2",
                                  "privacy=dp_sgd", "checkpoint_every=0"))  # fmt: skip
     finally:
         FAMILIES._specs.pop("hostile_metrics")
-        ray.cloudpickle.unregister_pickle_by_value(module)
     last = result.history[-1]["clients"]
     (victim,) = [c for c in last if c["partition-id"] == VICTIM and c["epsilon"] < FORGED_EPSILON]
     reported = result.summary["privacy"]["epsilon_per_client"]

@@ -8,14 +8,14 @@ back on resume and its ε would restart at zero; if the restore message carried 
 node's state, each node would read everybody's history.
 
 The nodes here run the real node side (``NodeStateMod``, ``restore_node``, Flower
-``Context`` s) and the server the real ``RunContext``, over a grid that delivers each
-message to its node's handlers and returns the replies in the order the test sets (the
-hostile reply last, after the victim's).
+``Context`` s) and the server the real ``RunContext``, over the in-process grid, which
+delivers each message to its node's handlers; the replies arrive in the order the test
+sets (the hostile reply last, after the victim's).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -25,6 +25,7 @@ from fedpriv.privacy.accounting import compose, load_history, save_history
 from fedpriv.results import RunDirectory
 from fedpriv.runtime.checkpoint import NODE_STATE, RESTORE, Checkpoint, NodeStateMod, restore_node
 from fedpriv.runtime.context import RunContext
+from fedpriv.runtime.inprocess import InProcessGrid
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -32,8 +33,6 @@ VICTIM, HOSTILE = 0, 2
 #: Each partition's DP-SGD round: a σ no other partition has, so a message that
 #: carries another partition's history is easy to see.
 ROUND = {0: (1.25, 0.1, 30), 1: (2.5, 0.1, 30), 2: (5.0, 0.1, 30)}
-
-Handler = Callable[[Message, Context], Message]
 
 
 def train(msg: Message, context: Context) -> Message:
@@ -57,42 +56,29 @@ def forge(reply: Message) -> Message:
     return reply
 
 
-class NodeGrid:
-    """A grid whose nodes run the real node-side handlers; the replies to each pull come
-    back in partition order (the hostile one last). The hostile node forges its state
-    in ``lying_rounds``."""
+class NodeGrid(InProcessGrid):
+    """In-process nodes ``first_node + p`` for the partitions ``p`` in ``ROUND``, running
+    the real node side; the replies to each pull come back in partition order (the
+    hostile one last). The hostile node forges its state in ``lying_rounds``. Keeps
+    what was sent."""
 
     def __init__(self, first_node: int, lying_rounds: frozenset[int] = frozenset()) -> None:
-        self.contexts = {
-            first_node + p: Context(
-                run_id=1, node_id=first_node + p, node_config={"partition-id": p},
-                state=RecordDict(), run_config={},
-            )
-            for p in ROUND
-        }  # fmt: skip
-        self.lying_rounds = lying_rounds
-        self.pending: dict[str, Message] = {}
+        self.first_node, self.lying_rounds = first_node, lying_rounds
+        nodes = [first_node + p for p in ROUND]
+        super().__init__(
+            self.node, len(nodes), node_ids=nodes, order=lambda m: sorted(m, key=self.partition)
+        )
         self.sent: list[Message] = []
 
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages: list[Message]) -> list[str]:
-        for message in messages:
-            message.metadata.__dict__["_message_id"] = f"m{len(self.sent)}"
-            self.pending[message.metadata.message_id] = message
-            self.sent.append(message)
-        return [m.metadata.message_id for m in messages]
-
-    def pull_messages(self, message_ids: set[str]) -> list[Message]:
-        asked = sorted((self.pending.pop(i) for i in message_ids), key=self.partition)
-        return [self.deliver(message) for message in asked]
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        self.sent += messages
+        return super().push_messages(messages)
 
     def partition(self, message: Message) -> int:
-        return int(self.contexts[message.metadata.dst_node_id].node_config["partition-id"])
+        return message.metadata.dst_node_id - self.first_node
 
-    def deliver(self, message: Message) -> Message:
-        context = self.contexts[message.metadata.dst_node_id]
+    def node(self, message: Message, context: Context) -> Message:
         if message.metadata.message_type == RESTORE:
             return restore_node(message, context)
         reply = NodeStateMod()(message, context, train)

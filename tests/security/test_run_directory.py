@@ -18,7 +18,7 @@ from fedpriv.results import read_metrics
 from fedpriv.run_lock import LOCK_FILE, claim
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = ["rounds=2", "num_clients=3", "model=logreg", "engine.num_cpus=1"]
+SMALL = ["rounds=2", "num_clients=3", "model=logreg", "engine=inprocess"]
 
 
 def experiment(log: Path, *overrides: str) -> subprocess.Popen[bytes]:
@@ -34,7 +34,8 @@ def experiment(log: Path, *overrides: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=output)
 
 
-@pytest.mark.simulation
+@pytest.mark.inprocess
+@pytest.mark.processes
 def test_two_runs_racing_on_one_directory_one_runs_and_the_other_is_refused(tmp_path):
     """Both are given the same Hydra run directory, as two runs started in the same
     second were. Before the fix both ran and wrote into it; now exactly one does, and its
@@ -55,6 +56,7 @@ def test_two_runs_racing_on_one_directory_one_runs_and_the_other_is_refused(tmp_
     assert (shared / "summary.json").is_file()
 
 
+@pytest.mark.processes
 def test_a_run_on_a_directory_in_use_fails_at_once_naming_the_pid(tmp_path):
     """Another process holds the directory (as a running run does); a run started on it
     stops before touching anything and names that process. Before the fix it ran."""
@@ -85,7 +87,7 @@ def test_a_run_on_a_directory_in_use_fails_at_once_naming_the_pid(tmp_path):
     assert holder.returncode == 0
 
 
-@pytest.mark.simulation
+@pytest.mark.inprocess
 def test_a_finished_run_is_replaced_only_with_overwrite_and_resume_still_works(tmp_path):
     out = tmp_path / "run"
     first = run(load_config([*SMALL, f"output_dir={out}"]))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -163,25 +162,19 @@ class StaleKeyCkks(Ckks):
 
 @pytest.fixture
 def stale_key_scheme() -> Iterator[str]:
-    """``crypto.name`` of :class:`StaleKeyCkks`, registered for one test and shipped to
-    Ray's workers by value (they cannot import tests/)."""
-    import ray.cloudpickle
-
-    module = sys.modules[__name__]
-    ray.cloudpickle.register_pickle_by_value(module)
+    """``crypto.name`` of :class:`StaleKeyCkks`, registered for one test."""
     CRYPTO.register("stale_key_ckks")(StaleKeyCkks)
     try:
         yield "stale_key_ckks"
     finally:
         CRYPTO._specs.pop("stale_key_ckks")
-        ray.cloudpickle.unregister_pickle_by_value(module)
 
 
-@pytest.mark.simulation
-def test_a_stale_device_in_a_real_simulation_is_left_out_and_the_rounds_go_on(
+@pytest.mark.inprocess
+def test_a_stale_device_in_a_whole_run_is_left_out_and_the_rounds_go_on(
     make_config, stale_key_scheme
 ):
-    """Four nodes on Flower's engine, one with a stale key: round 1 the server refuses its
+    """Four nodes in a whole in-process run, one with a stale key: round 1 the server refuses its
     ciphertexts by fingerprint, round 2 the device refuses the state; the three honest
     clients carry both rounds, and the model they make is evaluated and finite.
 

@@ -1,17 +1,21 @@
 """The asynchronous driver's bookkeeping (bases, staleness, drops, benching, the time
-budget) on a scripted grid: each pull answers one node's oldest message, in an order
-the test chooses, so every arrival order is exact and repeatable. The simulations in
+budget) on the in-process grid with scripted nodes and a scripted delivery order: each
+pull answers one node's oldest message, in an order the test chooses, so every arrival
+order is exact and repeatable. The simulations in
 tests/integration/test_async_simulation.py run the same driver on Flower's engine."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from fedpriv.crypto.records import Layout
 from fedpriv.results import RunDirectory
 from fedpriv.runtime.context import RunContext
+from fedpriv.runtime.inprocess import InProcessGrid
 from fedpriv.strategies.horizontal import Horizontal
 from fedpriv.strategies.horizontal.async_family import AsyncHorizontal
 
@@ -19,50 +23,37 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 
 #: What every scripted client adds to the model it was sent.
 STEP = 0.01
+#: The node holding partition 0; partition p is on node FIRST_NODE + p.
+FIRST_NODE = 100
 
 
-class ScriptedGrid:
-    """Nodes 100, 101, ... hold partitions 0, 1, ...; queries are answered at once, and
-    each pull answers the oldest train message of the next partition in ``order``."""
+class Arrivals:
+    """The delivery order of a scripted grid: queries are answered at once, and each
+    pull answers the oldest train message of the next partition in ``order``."""
 
-    def __init__(self, partitions: int, order: list[int], bad: frozenset[int] = frozenset()):
-        self.partition = {100 + p: p for p in range(partitions)}
-        self.order, self.bad = list(order), bad
-        self.pending: dict[str, Message] = {}
-        self.sent: list[Message] = []
+    def __init__(self, order: list[int]) -> None:
+        self.order = order
 
-    def get_node_ids(self) -> list[int]:
-        return list(self.partition)
-
-    def push_messages(self, messages: list[Message]) -> list[str]:
-        for message in messages:
-            message.metadata.__dict__["_message_id"] = f"m{len(self.sent)}"
-            self.pending[message.metadata.message_id] = message
-            self.sent.append(message)
-        return [m.metadata.message_id for m in messages]
-
-    def pull_messages(self, message_ids: set[str]) -> list[Message]:
-        asked = [self.pending[i] for i in sorted(message_ids, key=lambda i: int(i[1:]))]
-        queries = [m for m in asked if m.metadata.message_type.startswith("query")]
-        if queries:
-            return [self.answer(m) for m in queries]
-        if not self.order:
-            return []
-        mine = [m for m in asked if self.partition[m.metadata.dst_node_id] == self.order[0]]
+    def __call__(self, pending: list[Message]) -> list[Message]:
+        queries = [m for m in pending if m.metadata.message_type.startswith("query")]
+        if queries or not self.order:
+            return queries
+        mine = [m for m in pending if m.metadata.dst_node_id - FIRST_NODE == self.order[0]]
         if not mine:
             return []
         self.order.pop(0)
-        return [self.answer(mine[0])]
+        return mine[:1]
 
-    def answer(self, message: Message) -> Message:
-        del self.pending[message.metadata.message_id]
-        partition = self.partition[message.metadata.dst_node_id]
+
+def scripted_client(bad: frozenset[int]) -> Callable[[Message, Context], Message]:
+    """A node that adds ``STEP`` to the model it was sent (NaN for ``bad`` partitions)."""
+
+    def answer(message: Message, context: Context) -> Message:
+        partition = int(context.node_config["partition-id"])
         metrics = {"partition-id": partition, "steps": 1, "work-seconds": 0.01}
         if message.metadata.message_type.startswith("query"):
             return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=message)
-        change = (
-            (lambda v: np.full_like(v, np.nan)) if partition in self.bad else (lambda v: v + STEP)
-        )
+        change = (lambda v: np.full_like(v, np.nan)) if partition in bad else (lambda v: v + STEP)
         arrays = ArrayRecord(
             {k: Array(change(v.numpy())) for k, v in message.content["arrays"].items()}
         )
@@ -70,10 +61,27 @@ class ScriptedGrid:
         content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
         return Message(content, reply_to=message)
 
+    return answer
+
+
+class ScriptedGrid(InProcessGrid):
+    """Nodes 100, 101, ... hold partitions 0, 1, ... and run :func:`scripted_client`;
+    replies arrive in the order :class:`Arrivals` scripts. Keeps what was sent."""
+
+    def __init__(self, partitions: int, order: list[int], bad: frozenset[int] = frozenset()):
+        self.arrivals = Arrivals(order)
+        nodes = [FIRST_NODE + p for p in range(partitions)]
+        super().__init__(scripted_client(bad), partitions, node_ids=nodes, order=self.arrivals)
+        self.sent: list[Message] = []
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        self.sent += messages
+        return super().push_messages(messages)
+
     def trains_to(self, partition: int) -> int:
         return sum(
-            m.metadata.message_type == "train"
-            and self.partition[m.metadata.dst_node_id] == partition
+            m.metadata.message_type == "train" and m.metadata.dst_node_id == FIRST_NODE + partition
             for m in self.sent
         )
 
@@ -82,8 +90,8 @@ def started(make_config, tmp_path, grid: ScriptedGrid, *overrides: str):
     config = make_config("num_clients=3", "engine.round_timeout_s=2", *overrides)
     driver = Horizontal.create(config)
     assert isinstance(driver, AsyncHorizontal)
-    setup = driver.prepare()
-    ctx = RunContext(config, RunDirectory(tmp_path / "run"), setup.evaluate, setup.initial_arrays)
+    driver.prepare()
+    ctx = RunContext(config, RunDirectory(tmp_path / "run"))
     driver.start(grid, ctx)
     ctx.start_clock()
     return driver, ctx
@@ -142,7 +150,7 @@ def test_a_client_whose_reply_is_rejected_waits_for_the_next_round(make_config, 
     assert grid.trains_to(2) == 1  # not sent new work after its bad reply
     assert report.extra["version"] == 2  # two full buffers of two
     ctx.start_round(2)
-    grid.order = [2]
+    grid.arrivals.order = [2]
     driver.round(2, grid, ctx)
     assert grid.trains_to(2) == 2  # a new round: it gets work again
 
