@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO := 0
 
-.PHONY: demo test lint docs format bench studies lock clean
+.PHONY: demo test test-fast lint docs format bench studies lock clean
 
 # torch first, pinned to the CPU wheel; the constraint keeps every later step from
 # swapping it for a multi-GB CUDA build.
@@ -29,6 +29,10 @@ test: $(STAMP) lint docs
 	  apt-get update -q >/dev/null && apt-get install -y -q nginx-light >/dev/null; } || \
 	  echo "nginx is not installed: the fleet tests need it (Debian: apt-get install nginx-light)"
 	$(BIN)/python -m pytest
+
+# Unit tests and whole runs on the in-process engine: no Ray, no fleets, no child processes.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not simulation and not deployment and not processes"
 
 lint: $(STAMP)
 	PATH=$(BIN):$$PATH .ci/lint
