@@ -15,14 +15,13 @@ import torch
 
 from fedpriv import load_config
 from fedpriv.config import ExperimentConfig
-from fedpriv.data import federate
 from fedpriv.results import write_atomic
 from fedpriv.training import evaluate, seed_for, train_local
 
 
 def train_centrally(config: ExperimentConfig) -> dict[str, float]:
     """Test accuracy and loss of the model trained on all training data in one place."""
-    data = federate(config.data, config.partition, config.num_clients, config.seed).dataset
+    data = config.federated_data().dataset
     torch.manual_seed(config.seed)
     model = config.model.build(data.input_shape, data.num_classes)
     for epoch in range(config.rounds):

@@ -22,7 +22,6 @@ import torch
 
 from fedpriv import load_config, run
 from fedpriv.config import ExperimentConfig
-from fedpriv.data import federate
 from fedpriv.errors import DataError
 from fedpriv.privacy import NoPrivacy, train_dp_sgd
 from fedpriv.results import write_atomic
@@ -36,7 +35,7 @@ DATASETS = {
 
 def centralized_dp(config: ExperimentConfig) -> float:
     """Test accuracy of DP-SGD on the pooled data at the config's (ε, δ)."""
-    data = federate(config.data, config.partition, config.num_clients, config.seed).dataset
+    data = config.federated_data().dataset
     torch.manual_seed(config.seed)
     model = config.model.build(data.input_shape, data.num_classes)
     epochs = config.rounds * config.train.local_epochs

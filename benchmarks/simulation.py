@@ -117,7 +117,7 @@ def run_floor(cfg: ExperimentConfig) -> Timing:
     federate.cache_clear()
     threads = torch.get_num_threads()
     started = time.perf_counter()
-    data = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
+    data = cfg.federated_data()
     shape, classes = data.dataset.input_shape, data.dataset.num_classes
     global_state: dict[str, torch.Tensor] = dict(initial_arrays(cfg, data).to_torch_state_dict())
     ends: list[float] = []
@@ -175,7 +175,7 @@ class BareClient:
     def train(self, msg: Message, context: Context) -> Message:
         cfg = self.cfg
         torch.set_num_threads(cfg.engine.torch_threads or 1)
-        data = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
+        data = cfg.federated_data()
         pid = int(context.node_config["partition-id"])
         x, y = data.client(pid)
         model = cfg.model.build(data.dataset.input_shape, data.dataset.num_classes)
@@ -206,7 +206,7 @@ def run_flower(cfg: ExperimentConfig) -> Timing:
     ends: list[float] = []
     accuracy: list[float] = []
     started = time.perf_counter()
-    data = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
+    data = cfg.federated_data()
     initial = initial_arrays(cfg, data)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

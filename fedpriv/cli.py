@@ -18,6 +18,8 @@ fedpriv audit RUN --attack NAME       attack a finished run: membership,
 fedpriv keys init --out DIR [--nodes N] [--host NAME]... [--preset ckks-128]
                                       a fleet's keys, one bundle per host: DIR/ca,
                                       DIR/superlink, DIR/device-<k>
+fedpriv capabilities                  what each family and strategy can run with, and why
+                                      not where it cannot (the one compatibility table)
 fedpriv partition OUT [HYDRA OVERRIDES...]
                                       each client's data as OUT/part-<k>.npz (for --data)
 fedpriv superlink KEYS [--host H] [--port 9092] [--api-port 9093] [--database F]
@@ -92,13 +94,19 @@ def main(argv: list[str] | None = None) -> int:
         return _keys(rest)
     if command == "partition":
         return _partition(rest)
+    if command == "capabilities":
+        from fedpriv.compatibility import render, table
+        from fedpriv.families import FAMILIES
+
+        print(render(list(table(FAMILIES))))
+        return 0
     if command in ("superlink", "supernode"):
         from fedpriv.deployment.commands import superlink, supernode
 
         return (superlink if command == "superlink" else supernode)(rest)
     print(
-        f"error: unknown command {command!r}; choose one of: run, report, audit, keys, partition, "
-        f"superlink, supernode\n\n{USAGE}",
+        f"error: unknown command {command!r}; choose one of: run, report, audit, keys, "
+        f"capabilities, partition, superlink, supernode\n\n{USAGE}",
         file=sys.stderr,
     )
     return 2
@@ -181,14 +189,13 @@ def _partition(argv: list[str]) -> int:
     import numpy as np
 
     from fedpriv.config import load_config
-    from fedpriv.data.federated import federate
     from fedpriv.errors import FedprivError
     from fedpriv.results import write_atomic
 
     out = Path(argv[0])
     try:
         config = load_config(argv[1:])
-        data = federate(config.data, config.partition, config.num_clients, config.seed)
+        data = config.federated_data()
     except FedprivError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,9 +15,11 @@ from typing import Any, ClassVar
 
 import yaml
 
+from fedpriv import compatibility
 from fedpriv.adversary import ADVERSARIES, AdversarySpec, NoAdversary
 from fedpriv.crypto import CRYPTO, CryptoSpec, NoCrypto
 from fedpriv.data.datasets import DATASETS, DatasetSpec
+from fedpriv.data.federated import FederatedData, federate
 from fedpriv.data.partition import PARTITIONS, PartitionSpec
 from fedpriv.errors import ConfigError
 from fedpriv.families import FAMILIES, StrategySpec
@@ -38,6 +40,8 @@ class EngineSpec(Spec):
 
     #: True when keys come from files (``fedpriv keys init``), not made per run.
     keys_provisioned: ClassVar[bool] = False
+    #: True when the nodes are real devices (what :mod:`fedpriv.compatibility` calls fleet).
+    fleet: ClassVar[bool] = False
 
     #: Seconds to wait for replies in one round before going on without the missing.
     round_timeout_s: float = 600.0
@@ -111,6 +115,7 @@ class DeploymentEngine(EngineSpec):
     """
 
     keys_provisioned: ClassVar[bool] = True
+    fleet: ClassVar[bool] = True
 
     #: The SuperLink, ``host:port`` (``fedpriv superlink`` listens on 9093).
     address: str = "127.0.0.1:9093"
@@ -181,6 +186,11 @@ class ExperimentConfig:
             out[field.name] = value.to_dict() if isinstance(value, Spec) else value
         out["family"] = {"name": self.family}
         return out
+
+    def federated_data(self) -> FederatedData:
+        """The dataset split into this run's partitions (cached: every caller in a
+        process shares one copy)."""
+        return federate(self.data, self.partition, self.num_clients, self.seed)
 
     def replace(self, **changes: Any) -> ExperimentConfig:
         """A copy with some top-level fields changed (the original is never mutated)."""
@@ -321,45 +331,11 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
     if problems:
         raise ConfigError(problems)
     config = ExperimentConfig(**values)
-    problems = deployment_problems(config) + FAMILIES.get(family).config_problems(config)
-    if config.adversary.name != "none" and family != "horizontal":
-        problems.append(
-            f"adversary={config.adversary.name} attacks family=horizontal updates; "
-            f"family={family} has no adversaries yet: use adversary=none"
-        )
+    family_spec = FAMILIES.get(family)
+    problems = compatibility.problems(config, family_spec) + family_spec.config_problems(config)
     if problems:
         raise ConfigError(problems)
     return config
-
-
-def deployment_problems(config: ExperimentConfig) -> list[str]:
-    """What a fleet cannot run yet, said before anything is submitted."""
-    if not isinstance(config.engine, DeploymentEngine):
-        return []
-    out = []
-    if config.selection.device_profiles != "none":
-        out.append(
-            f"selection.device_profiles={config.selection.device_profiles} simulates slow "
-            "devices; a fleet's devices are as fast as they are: use device_profiles=none"
-        )
-    if config.family != "horizontal":
-        out.append(
-            f"engine=deployment runs family=horizontal; family={config.family} needs keys "
-            "and roles provisioned per party, which fedpriv's fleet tooling does not make "
-            "yet: run it with engine=simulation"
-        )
-    local = config.privacy.local_dp()
-    if local is not None and not local.secure_noise:
-        out.append(
-            "privacy secure_noise=false draws DP noise from the run's seed, which anyone "
-            "holding the config can redraw and subtract: use secure_noise=true on a fleet"
-        )
-    if config.crypto.name != "none" and getattr(config.crypto, "keys_dir", None) is None:
-        out.append(
-            f"crypto={config.crypto.name} with engine=deployment reads the server's key "
-            "from files: set crypto.keys_dir=<the directory of `fedpriv keys init`>"
-        )
-    return out
 
 
 def run_config(run_dir: Path) -> ExperimentConfig:

@@ -31,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.serverapp import Grid
 
 from fedpriv.config import ExperimentConfig
@@ -54,10 +54,6 @@ class Setup:
     client_mods: list[Callable[..., Any]] = dataclasses.field(default_factory=list)
     #: The server's crypto context (it cannot decrypt), if any.
     server_key: bytes | None = None
-    #: The server's evaluation of a global model it can read, if there is one.
-    evaluate: Callable[[ArrayRecord], dict[str, float]] | None = None
-    #: The seeded initial global model, if there is one.
-    initial_arrays: Callable[[], ArrayRecord] | None = None
 
 
 class Strategy(ABC):
@@ -72,6 +68,9 @@ class Strategy(ABC):
     settings_key: ClassVar[str] = ""
     #: Whether the family checkpoints (implements checkpoint_state/restore_state).
     resumable: ClassVar[bool] = False
+    #: Features of :data:`fedpriv.compatibility.FEATURES` this family cannot run, each
+    #: with the reason and what to use instead (the compatibility table reads it).
+    unsupported: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
@@ -83,7 +82,8 @@ class Strategy(ABC):
 
     @classmethod
     def config_problems(cls, config: ExperimentConfig) -> list[str]:
-        """Problems of the whole config for this family (checked before anything runs)."""
+        """Problems of the family's own settings against the rest of the config (checked
+        before anything runs; what combines with what is :mod:`fedpriv.compatibility`'s)."""
         return []
 
     @abstractmethod

@@ -63,7 +63,6 @@ def render() -> str:
     optional = {key: registry for key, (registry, _) in _private(cfg, "_OPTIONAL_GROUPS").items()}
     plain = _private(cfg, "_PLAIN")
     scalars = _private(cfg, "_SCALARS")
-    settings_keys = {FAMILIES.get(f).settings_key for f in FAMILIES} - {""}
     top = _conf_yaml(CONF / "config.yaml") or {}
     choices = _defaults_list(top)
 
@@ -114,8 +113,8 @@ def render() -> str:
             out += _strategies(FAMILIES, choices.get(key))
         elif key == "family":
             out += _families(FAMILIES, choices.get(key))
-        elif key in scalars or key in settings_keys:
-            pass  # the top-level table, or under "family"
+        elif key in scalars or key == "family_settings":
+            pass  # the top-level table, or under "family" (each family's settings key)
         else:
             raise RuntimeError(
                 f"ExperimentConfig.{key} is neither a group, a scalar nor a family's settings: "

@@ -35,11 +35,11 @@ from fedpriv.attacks.membership import calibrated, loss_threshold
 from fedpriv.config import ATTACKS as CONFIG_ATTACKS
 from fedpriv.config import ExperimentConfig, run_config
 from fedpriv.crypto.records import Layout
-from fedpriv.data.federated import federate
 from fedpriv.errors import ConfigError
 from fedpriv.privacy.dp_sgd import DpSgd
 from fedpriv.results import write_atomic
 from fedpriv.runtime.checkpoint import CHECKPOINT_FILE, Checkpoint, CheckpointError
+from fedpriv.runtime.models import fresh_model, initial_arrays
 from fedpriv.training import TrainConfig, seed_for, train_local
 
 ATTACKS = tuple(name for name in CONFIG_ATTACKS if name != "none")
@@ -65,10 +65,6 @@ def _impossible(reason: str) -> dict[str, Any]:
     return {"possible": False, "reason": reason}
 
 
-def _model(config: ExperimentConfig, input_shape: tuple[int, ...], classes: int) -> nn.Module:
-    return config.privacy.prepare_model(config.model.build(input_shape, classes))
-
-
 def membership(run_dir: Path, config: ExperimentConfig) -> dict[str, Any]:
     if config.family != "horizontal":
         return _impossible(f"membership audits a global model; family={config.family} has none")
@@ -84,9 +80,9 @@ def membership(run_dir: Path, config: ExperimentConfig) -> dict[str, Any]:
             "the server holds the global model only as CKKS ciphertexts; the attack needs "
             "the model the clients decrypt"
         )
-    data = federate(config.data, config.partition, config.num_clients, config.seed)
+    data = config.federated_data()
     shape, classes = data.dataset.input_shape, data.dataset.num_classes
-    model = _model(config, shape, classes)
+    model = fresh_model(config, data.dataset)
     model.load_state_dict(arrays.to_torch_state_dict())
     parts = [data.client(k) for k in range(config.num_clients)]
     members_x = np.concatenate([x for x, _ in parts])
@@ -123,17 +119,15 @@ def gradient_inversion(run_dir: Path, config: ExperimentConfig) -> dict[str, Any
         return _impossible(
             f"gradient inversion attacks horizontal updates, not family={config.family}"
         )
-    data = federate(config.data, config.partition, config.num_clients, config.seed)
-    shape, classes = data.dataset.input_shape, data.dataset.num_classes
+    data = config.federated_data()
+    shape = data.dataset.input_shape
     x, y = data.client(0)
     example_x, example_y = x[:1], y[:1]
-    from fedpriv.runtime.models import initial_arrays
-
     sent = initial_arrays(config, data)
-    model = _model(config, shape, classes)
+    model = fresh_model(config, data.dataset)
     model.load_state_dict(sent.to_torch_state_dict())
     one_step = TrainConfig(local_epochs=1, batch_size=1, lr=config.train.lr)
-    local = _model(config, shape, classes)
+    local = fresh_model(config, data.dataset)
     local.load_state_dict(sent.to_torch_state_dict())
     dp = config.privacy.local_dp()
     seed = seed_for(config.seed, 1, 0)

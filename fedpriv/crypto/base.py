@@ -75,10 +75,6 @@ class CryptoSpec(Spec):
     #: False when the server holds only ciphertexts of the global model.
     server_reads_model: ClassVar[bool] = True
 
-    def problems_for(self, *, strategy: Spec, privacy: Any) -> list[tuple[str, str]]:
-        """Problems that depend on the rest of the experiment."""
-        return []
-
     def make_keys(self) -> KeyPair | None:
         """Fresh keys for a run (None: nothing to keep secret)."""
         return None

@@ -18,7 +18,6 @@ from fedpriv.crypto.parallel import default_workers
 from fedpriv.crypto.records import Layout
 from fedpriv.crypto.server import CkksAggregator
 from fedpriv.errors import ConfigError
-from fedpriv.registry import Spec
 
 SECURITY_BITS = 128
 SYMMETRIC = "symmetric (clients' shared secret key); server holds parameters only"
@@ -64,29 +63,6 @@ class Ckks(CryptoSpec):
         out = self.params.problems()
         if self.workers is not None and self.workers < 1:
             out.append(("workers", "must be >= 1 or null (the cores available)"))
-        return out
-
-    def problems_for(self, *, strategy: Spec, privacy: Any) -> list[tuple[str, str]]:
-        out = []
-        if not getattr(strategy, "linear", False):
-            out.append(
-                (
-                    "name",
-                    f"cannot aggregate strategy={strategy.name}: it needs the plaintext updates "
-                    "(a median, a distance, a square root), and the server holds only "
-                    "ciphertexts it can add; with crypto=ckks use strategy=fedavg, fedprox "
-                    "or fedavgm",
-                )
-            )
-        if privacy.central_dp() is not None:
-            out.append(
-                (
-                    "name",
-                    f"cannot be combined with privacy={privacy.name}: central DP adds noise "
-                    "to the aggregate on the server, which cannot read it under CKKS; use "
-                    "privacy=dp_sgd (local DP-SGD on each client) with crypto=ckks",
-                )
-            )
         return out
 
     def make_keys(self) -> ckks.KeyPair:

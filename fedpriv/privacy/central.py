@@ -47,9 +47,6 @@ log = logging.getLogger("fedpriv")
 
 #: The reply metric that weights the aggregate uniformly under central DP.
 UNIFORM_WEIGHT = "dp-weight"
-#: Strategies whose aggregate is a uniform mean Flower's DP wrappers can noise.
-CENTRAL_STRATEGIES = ("fedavg", "fedprox", "fedavgm")
-
 SHORTFALLS = ("rescale", "account", "refuse")
 
 
@@ -219,14 +216,6 @@ class Central(PrivacySpec):
 
     def problems_for(self, *, num_clients: int, strategy: Spec) -> list[tuple[str, str]]:
         out = []
-        if strategy.name not in CENTRAL_STRATEGIES:
-            out.append(
-                (
-                    "noise_multiplier",
-                    f"central DP needs a uniform-mean aggregate, and strategy={strategy.name} "
-                    f"is not one; use one of: {', '.join(CENTRAL_STRATEGIES)}",
-                )
-            )
         if self.delta is not None and self.delta >= 1 / num_clients:
             out.append(("delta", f"must be < 1/num_clients = {1 / num_clients:.3g}"))
         if self.clipping == "adaptive":

@@ -15,7 +15,6 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedpriv.data.federated import federate
 from fedpriv.node import partition_id
 from fedpriv.privacy.accounting import (
     History,
@@ -71,7 +70,7 @@ class PrivacyLedgerMod:
         if not msg.metadata.message_type.startswith("train"):
             return call_next(msg, context)
         cfg, dp = self.config, self.config.privacy.local_dp()
-        data = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
+        data = cfg.federated_data()
         n = len(data.parts[partition_id(context)])
         delta = dp.delta_for(n)
         history = load_history(context)

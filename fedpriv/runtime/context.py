@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedpriv.config import ExperimentConfig
@@ -81,8 +81,6 @@ class RunContext:
         self,
         config: ExperimentConfig,
         out: RunDirectory,
-        evaluate: Callable[[ArrayRecord], dict[str, float]] | None = None,
-        initial_arrays: Callable[[], ArrayRecord] | None = None,
         server_key: bytes | None = None,
         checkpoint: Checkpoint | None = None,
     ) -> None:
@@ -92,8 +90,6 @@ class RunContext:
         #: The server's crypto context (parameters only: it cannot decrypt), if any.
         self.server_key = server_key
         self.out = out
-        self._evaluate = evaluate
-        self._initial_arrays = initial_arrays
         self.history: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
         self.ledger = ServerLedger(config)
@@ -328,37 +324,6 @@ class RunContext:
         self.ledger.declined(partition)
         self.ledger.client_reported(partition, metrics)
         self._declined.append({"partition-id": partition, "reason": reason})
-
-    # -- models ---------------------------------------------------------------
-    def initial_arrays(self) -> ArrayRecord:
-        """The seeded initial global model."""
-        if self._initial_arrays is None:
-            raise RuntimeError(f"family={self.config.family} has no global model")
-        return self._initial_arrays()
-
-    def evaluate(self, arrays: ArrayRecord, grid: Grid) -> dict[str, float | None]:
-        """Accuracy and loss of a global model on the held-out test split.
-
-        The server evaluates when it can read the model; under encryption it asks a
-        key holder (the node with the lowest ID), which decrypts and evaluates.
-        """
-        if self.config.crypto.server_reads_model:
-            if self._evaluate is None:
-                raise RuntimeError(f"family={self.config.family} has no global model")
-            return dict(self._evaluate(arrays))
-        node = min(grid.get_node_ids())
-        message = Message(
-            content=RecordDict({"arrays": arrays}),
-            dst_node_id=node,
-            message_type=MessageType.EVALUATE,
-        )
-        replies = self.send_and_receive(grid, [message])
-        if not replies or replies[0].has_error():
-            reason = replies[0].error.reason if replies else "no reply"
-            log.warning("evaluation by key holder node %s failed: %s", node, reason)
-            return {"accuracy": None, "loss": None}
-        metrics = replies[0].content.metric_records["metrics"]
-        return {"accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}  # type: ignore[arg-type]
 
     # -- the round clock -------------------------------------------------------
     def start_clock(self) -> None:

@@ -46,8 +46,6 @@ class OpenRun:
         return RunContext(
             self.config,
             self.out,
-            evaluate=self.setup.evaluate,
-            initial_arrays=self.setup.initial_arrays,
             server_key=self.setup.server_key,
             checkpoint=self.checkpoint,
         )

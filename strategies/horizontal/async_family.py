@@ -112,7 +112,7 @@ class AsyncHorizontal(Horizontal):
         # Start every ClientApp first, so no update is stale by a node's start-up.
         self.warm_up(grid, ctx)
         if not len(self.arrays):
-            self.arrays = ctx.initial_arrays()
+            self.arrays = self.initial
         self.layout = Layout.of(self.arrays)
         if self.state is None:
             self.state = self.spec.start(self.layout.flatten(self.arrays), self.config.num_clients)
@@ -241,7 +241,7 @@ class AsyncHorizontal(Horizontal):
         assert self.state is not None
         if stop_reason is None:
             self.dispatch(grid, ctx)  # idle clients train while the server evaluates
-        evaluation = ctx.evaluate(self.arrays, grid)
+        evaluation = self.evaluate(grid, ctx)
         extra: dict[str, Any] = {
             "updates": self.updates_applied,
             "version": self.state.version,

@@ -29,7 +29,7 @@ update weighs 2^-a under the polynomial; here that constant is part of α.)
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -98,6 +98,8 @@ class AsyncSpec(HorizontalSpec):
     """
 
     linear: ClassVar[bool] = False
+    uniform_mean: ClassVar[bool] = False
+    asynchronous: ClassVar[bool] = True
 
     #: Client updates applied between two evaluations (a "round"); None: num_clients.
     updates_per_round: int | None = None
@@ -288,31 +290,3 @@ class Bmuf(_Buffered):
         state.model = (
             state.anchor + self.block_momentum * state.momentum if self.nesterov else state.anchor
         )
-
-
-def async_problems(config: Any) -> list[str]:
-    """What an asynchronous strategy cannot be combined with (yet), and why."""
-    out = []
-    name = config.strategy.name
-    if config.crypto.name != "none":
-        out.append(
-            f"crypto={config.crypto.name} cannot run strategy={name}: an asynchronous server "
-            "scales the model it holds by every update's staleness weight, and each such "
-            "product uses up one level of a CKKS ciphertext's modulus chain; use crypto=none "
-            "(or a synchronous strategy: fedavg, fedprox, fedavgm)"
-        )
-    if config.privacy.central_dp() is not None:
-        out.append(
-            f"privacy={config.privacy.name} cannot run strategy={name}: central DP noises "
-            "one aggregate of a round's clients, and asynchronous updates arrive one at a "
-            "time; use privacy=dp_sgd (each client's own DP-SGD)"
-        )
-    local = config.privacy.local_dp()
-    if local is not None and local.target_epsilon is not None:
-        out.append(
-            f"privacy.target_epsilon cannot calibrate σ for strategy={name}: it plans "
-            "rounds × local_epochs of training per client, and an asynchronous client trains "
-            "as often as its speed allows; set privacy.noise_multiplier, and "
-            "privacy.budget_epsilon to cap each client's ε"
-        )
-    return out

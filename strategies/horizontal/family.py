@@ -17,7 +17,15 @@ from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import strategy_utils
 from torch import nn
@@ -25,16 +33,16 @@ from torch import nn
 from fedpriv.config import ExperimentConfig
 from fedpriv.crypto import Aggregator
 from fedpriv.crypto.records import Layout
-from fedpriv.data.federated import FederatedData, federate
+from fedpriv.data.federated import FederatedData
 from fedpriv.node import node_counter, node_data, partition_id
 from fedpriv.privacy.accounting import planned_steps
 from fedpriv.privacy.central import released_noise_multiplier
 from fedpriv.privacy.ledger import declined_reason
 from fedpriv.runtime.checkpoint import CheckpointError, flower_state, restore_flower_state
-from fedpriv.runtime.models import evaluate_arrays, initial_arrays
+from fedpriv.runtime.models import evaluate_arrays, fresh_model, initial_arrays
 from fedpriv.selection import MAX_STEPS, WORK_SECONDS
 from fedpriv.strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
-from fedpriv.strategies.horizontal.asynchronous import AsyncSpec, async_problems
+from fedpriv.strategies.horizontal.asynchronous import AsyncSpec
 from fedpriv.strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec
 from fedpriv.training import evaluate, seed_for
 
@@ -57,10 +65,8 @@ class HorizontalClient:
     def model(self, msg: Message) -> tuple[FederatedData, nn.Module]:
         """This run's data, and the model in ``msg`` (built as the privacy mode trains it)."""
         cfg = self.config
-        data = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
-        model = cfg.privacy.prepare_model(
-            cfg.model.build(data.dataset.input_shape, data.dataset.num_classes)
-        )
+        data = cfg.federated_data()
+        model = fresh_model(cfg, data.dataset)
         model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
         return data, model
 
@@ -79,7 +85,7 @@ class HorizontalClient:
         inputs of the data's shape: warm, and the device's speed without touching its data."""
         cfg = self.config
         pid = partition_id(context)
-        data = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
+        data = cfg.federated_data()
         shape, classes = data.dataset.input_shape, data.dataset.num_classes
         model = cfg.model.build(shape, classes)
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr)
@@ -161,6 +167,9 @@ class Horizontal(Strategy):
         self.weight_key = config.privacy.weight_key()
         self.flower = self.flower_strategy()
         self.arrays = ArrayRecord()
+        #: The seeded initial model and the data it is evaluated on, from prepare().
+        self.initial = ArrayRecord()
+        self.data: FederatedData | None = None
         self.aggregator: Aggregator | None = None
         self.planner = config.selection.planner()
         #: Each node's partition (learned at warm-up), when clients are sampled.
@@ -185,29 +194,21 @@ class Horizontal(Strategy):
 
     @classmethod
     def config_problems(cls, config: ExperimentConfig) -> list[str]:
-        """Whether the privacy and crypto settings fit this strategy and client count."""
-        if isinstance(config.strategy, AsyncSpec):
-            return async_problems(config)
-        privacy = [
+        """Whether the privacy settings fit this strategy's sampling and client count."""
+        return [
             f"privacy.{field}={_get_path(config.privacy, field)!r} {rule}"
             for field, rule in config.privacy.problems_for(
                 num_clients=config.num_clients, strategy=config.strategy
             )
         ]
-        crypto = [
-            f"crypto.{field}={getattr(config.crypto, field)!r} {rule}"
-            for field, rule in config.crypto.problems_for(
-                strategy=config.strategy, privacy=config.privacy
-            )
-        ]
-        return privacy + crypto
 
     def prepare(self) -> Setup:
         """Partition the data, build the initial model, make the keys."""
         config = self.config
-        data = federate(config.data, config.partition, config.num_clients, config.seed)
+        data = config.federated_data()
         config.privacy.check_clients([len(p) for p in data.parts])
-        initial = initial_arrays(config, data)
+        self.data, self.initial = data, initial_arrays(config, data)
+        initial = self.initial
         if config.engine.keys_provisioned:
             # Deployment: key files from `fedpriv keys init`; the server reads only its own.
             server_key = config.crypto.load_keys(server=True)
@@ -225,19 +226,36 @@ class Horizontal(Strategy):
             "test_examples": len(data.dataset.y_test),
             "adversaries": config.adversary.attackers(config.num_clients, config.seed),
         }
-        return Setup(
-            clients=clients,
-            client_mods=mods,
-            server_key=server_key,
-            evaluate=lambda arrays: evaluate_arrays(config, data, arrays),
-            initial_arrays=lambda: initial,
+        return Setup(clients=clients, client_mods=mods, server_key=server_key)
+
+    def evaluate(self, grid: Grid, ctx: RunContext) -> dict[str, float | None]:
+        """Accuracy and loss of the global model on the held-out test split.
+
+        The server evaluates when it can read the model; under encryption it asks a
+        key holder (the node with the lowest ID), which decrypts and evaluates.
+        """
+        if self.config.crypto.server_reads_model:
+            assert self.data is not None, "prepare() comes first"
+            return dict(evaluate_arrays(self.config, self.data, self.arrays))
+        node = min(grid.get_node_ids())
+        message = Message(
+            content=RecordDict({"arrays": self.arrays}),
+            dst_node_id=node,
+            message_type=MessageType.EVALUATE,
         )
+        replies = ctx.send_and_receive(grid, [message])
+        if not replies or replies[0].has_error():
+            reason = replies[0].error.reason if replies else "no reply"
+            log.warning("evaluation by key holder node %s failed: %s", node, reason)
+            return {"accuracy": None, "loss": None}
+        metrics = replies[0].content.metric_records["metrics"]
+        return {"accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}  # type: ignore[arg-type]
 
     def client_mods(self, secret: bytes | None, initial: ArrayRecord | None = None) -> list[Any]:
         """The crypto mods of a ClientApp holding ``secret`` (the clients' key)."""
         config = self.config
         if initial is None:
-            data = federate(config.data, config.partition, config.num_clients, config.seed)
+            data = config.federated_data()
             initial = initial_arrays(config, data)
         return config.crypto.client_mods(config, secret, Layout.of(initial))
 
@@ -266,7 +284,7 @@ class Horizontal(Strategy):
         if selection.round_deadline_s is not None or sampled or selection.device_profiles != "none":
             self.warm_up(grid, ctx)
         if not len(self.arrays):  # a resumed run already holds its global model
-            self.arrays = ctx.initial_arrays()
+            self.arrays = self.initial
         self.aggregator = self.config.crypto.aggregator(
             self.flower,
             weight_key=self.weight_key,
@@ -331,7 +349,7 @@ class Horizontal(Strategy):
             extra = result.record
         if stragglers:
             extra = {**extra, "stragglers": stragglers}
-        evaluation = ctx.evaluate(self.arrays, grid)
+        evaluation = self.evaluate(grid, ctx)
         return RoundReport(
             server_round=server_round,
             accuracy=evaluation["accuracy"],

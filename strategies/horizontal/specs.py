@@ -27,9 +27,8 @@ class HorizontalSpec(StrategySpec):
     """Common parameters: the fraction of clients sampled for training each round."""
 
     flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = flwr_strategies.FedAvg
-    #: True when the aggregate is a linear function of the updates (sums suffice):
-    #: those are the strategies that can aggregate ciphertexts.
-    linear: ClassVar[bool] = True
+    linear: ClassVar[bool] = True  # FedAvg, and any strategy that does not say otherwise
+    uniform_mean: ClassVar[bool] = True
 
     fraction_train: float = 1.0
 
@@ -143,6 +142,7 @@ class _FedOpt(HorizontalSpec):
     """Adaptive server optimizers on the pseudo-gradient (Reddi et al. 2021)."""
 
     linear: ClassVar[bool] = False
+    uniform_mean: ClassVar[bool] = False
     eta: float = 0.1
     tau: float = 1e-3
 
@@ -194,6 +194,7 @@ class FedMedian(HorizontalSpec):
 
     flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = flwr_strategies.FedMedian
     linear: ClassVar[bool] = False
+    uniform_mean: ClassVar[bool] = False
 
 
 @HORIZONTAL_STRATEGIES.register("fedtrimmedavg")
@@ -203,6 +204,7 @@ class FedTrimmedAvg(HorizontalSpec):
 
     flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = flwr_strategies.FedTrimmedAvg
     linear: ClassVar[bool] = False
+    uniform_mean: ClassVar[bool] = False
     beta: float = 0.2
 
     def problems(self) -> list[tuple[str, str]]:
@@ -219,6 +221,7 @@ class Krum(HorizontalSpec):
 
     flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = flwr_strategies.Krum
     linear: ClassVar[bool] = False
+    uniform_mean: ClassVar[bool] = False
     num_malicious_nodes: int = 0
 
     def problems(self) -> list[tuple[str, str]]:
@@ -270,6 +273,7 @@ class MultiKrum(Krum):
 class _Elementwise(HorizontalSpec):
     flower_class: ClassVar[Callable[..., flwr_strategies.Strategy]] = ElementwiseMerge
     linear: ClassVar[bool] = False
+    uniform_mean: ClassVar[bool] = False
     #: The rule's name in :data:`fedpriv.merge.MERGE_RULES`.
     rule: ClassVar[str]
 

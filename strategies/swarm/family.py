@@ -15,21 +15,22 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedpriv.compatibility import NO_ADVERSARIES_YET, NOT_ON_A_FLEET_YET
 from fedpriv.config import ExperimentConfig
 from fedpriv.crypto import ckks, peers
 from fedpriv.crypto.embeddings import CkksEmbeddingMod, CkksEmbeddingSum
 from fedpriv.crypto.records import Layout
 from fedpriv.crypto.scheme import Ckks
-from fedpriv.data.federated import federate
-from fedpriv.errors import ConfigError, SimulationError
-from fedpriv.records import Traffic, metric, payload_nbytes
+from fedpriv.errors import ConfigError
+from fedpriv.records import Traffic, metric
 from fedpriv.runtime.models import initial_arrays
+from fedpriv.runtime.parties import Parties
 from fedpriv.strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
 from fedpriv.strategies.swarm import topology
 from fedpriv.strategies.swarm.peer import (
@@ -56,18 +57,25 @@ class SwarmFamily(Strategy):
     strategies = SWARM_STRATEGIES
     settings = SwarmSettings
     settings_key = "swarm"
+    unsupported: ClassVar[Mapping[str, str]] = {
+        "ckks": "every peer would hold the key, so a leader could read what it merges; peer "
+        "payloads are already end-to-end encrypted (X25519 + ChaCha20-Poly1305)",
+        "central_dp": "central DP needs a server that aggregates; use privacy=dp_sgd (each "
+        "peer's training is DP)",
+        "adversary": NO_ADVERSARIES_YET,
+        "fleet": NOT_ON_A_FLEET_YET,
+    }
 
     def __init__(self, config: ExperimentConfig) -> None:
         super().__init__(config)
         self.swarm = swarm_settings(config)
-        self.nodes: dict[int, int] = {}
+        self.parties = Parties(config.num_clients)
         self.public: dict[int, bytes] = {}
         self.sizes: dict[int, int] = {}
         self.mailbox: dict[int, dict[str, Array]] = defaultdict(dict)
         self.mixing: list[dict[int, float]] = []
         self.live: list[int] = []
         self.payload_bytes = 0
-        self.traffic = Traffic()
         self.layout: Layout | None = None
         self.adder: CkksEmbeddingSum | None = None
         self.initial: np.ndarray | None = None
@@ -80,17 +88,6 @@ class SwarmFamily(Strategy):
             out.append(f"num_clients={config.num_clients}: a swarm needs at least 2 peers")
         if s.min_peers is not None and s.min_peers > config.num_clients:
             out.append(f"swarm.min_peers={s.min_peers} exceeds num_clients={config.num_clients}")
-        if config.crypto.name != "none":
-            out.append(
-                f"crypto={config.crypto.name} is not available with family=swarm: every peer "
-                "would hold the key, so a leader could read what it merges; peer payloads are "
-                "already end-to-end encrypted (X25519 + ChaCha20-Poly1305)"
-            )
-        if config.privacy.central_dp() is not None:
-            out.append(
-                f"privacy={config.privacy.name}: central DP needs a server that aggregates; "
-                "use privacy=dp_sgd (each peer's training is DP)"
-            )
         if not out and config.num_clients >= 2:
             try:
                 topology.graph(s.topology, config.num_clients, s.degree, s.rewire, config.seed)
@@ -102,7 +99,7 @@ class SwarmFamily(Strategy):
         """Partition the data and build the initial model; for the consensus metric, a
         CKKS key shared by the peers (the relay gets the parameters only)."""
         config = self.config
-        data = federate(config.data, config.partition, config.num_clients, config.seed)
+        data = config.federated_data()
         config.privacy.check_clients([len(p) for p in data.parts])
         initial = initial_arrays(config, data)
         self.layout = Layout.of(initial)
@@ -130,8 +127,7 @@ class SwarmFamily(Strategy):
         assert self.layout is not None and self.initial is not None, "prepare() comes first"
         return SwarmPeer(self.config, self.layout, self.initial).handlers()  # type: ignore[return-value]
 
-    # -- messages ---------------------------------------------------------------------------
-    def exchange(
+    def send(
         self,
         grid: Grid,
         ctx: RunContext,
@@ -139,41 +135,17 @@ class SwarmFamily(Strategy):
         contents: Mapping[int, RecordDict],
         timeout: float | None = None,
     ) -> dict[int, Message]:
-        """Send one message per peer; return the replies that came back without error."""
-        messages = {
-            p: Message(content=c, dst_node_id=self.nodes[p], message_type=message_type)
-            for p, c in contents.items()
-        }
-        for p, message in messages.items():
-            self.traffic.down[p] += payload_nbytes(message.content)
-        party_of = {node: p for p, node in self.nodes.items()}
-        replies = {}
-        for reply in ctx.send_and_receive(grid, messages.values(), timeout):
-            party = party_of[reply.metadata.src_node_id]
-            if reply.has_error():
-                log.warning("peer %d failed %s: %s", party, message_type, reply.error.reason)
-                continue
-            self.traffic.up[party] += payload_nbytes(reply.content)
-            replies[party] = reply
-        for party in sorted(set(messages) - set(replies)):
-            log.warning("peer %d: no usable answer to %s this sync", party, message_type)
-        return replies
+        """One message per peer; a peer that fails is left out of this sync."""
+        return self.parties.send(
+            grid, ctx, message_type, contents, timeout=timeout, require_all=False
+        )
 
     # -- set-up ------------------------------------------------------------------------------
     def start(self, grid: Grid, ctx: RunContext) -> None:
-        nodes = sorted(grid.get_node_ids())
-        replies = ctx.first_contact(grid, nodes, "query.keys")
-        good = [r for r in replies if not r.has_error()]
-        if len(good) < len(nodes):
-            raise SimulationError(f"only {len(good)} of {len(nodes)} peers published their keys")
-        for reply in good:
-            party = int(metric(reply, "party"))
-            self.nodes[party] = reply.metadata.src_node_id
+        for party, reply in self.parties.first_contact(grid, ctx, "query.keys").items():
             self.public[party] = bytes(reply.content.config_records[KEYS]["public"])  # type: ignore[arg-type]
             self.sizes[party] = int(metric(reply, "num-examples"))
-        if sorted(self.nodes) != list(range(self.config.num_clients)):
-            raise SimulationError(f"peers report partitions {sorted(self.nodes)}")
-        self.live = sorted(self.nodes)
+        self.live = sorted(self.parties.nodes)
         if self.swarm.consensus:
             assert ctx.server_key is not None and self.initial is not None
             self.adder = CkksEmbeddingSum(CONSENSUS_PARAMS, ctx.server_key, len(self.initial))
@@ -192,8 +164,8 @@ class SwarmFamily(Strategy):
     # -- one sync -----------------------------------------------------------------------------
     def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
         s = self.swarm
-        self.traffic = Traffic()
-        everyone = set(self.nodes)
+        self.parties.traffic = Traffic()
+        everyone = set(self.parties.nodes)
         graph = self.graph(server_round)
         leader = (
             elect(self.live, server_round, s.election, self.config.seed)
@@ -223,7 +195,7 @@ class SwarmFamily(Strategy):
             if s.mode == "gossip" and senders:
                 content["weights"] = self.weights(party, senders)
             contents[party] = content
-        replies = self.exchange(grid, ctx, "train.swarm", contents)
+        replies = self.send(grid, ctx, "train.swarm", contents)
         if s.mode == "leader":  # a peer that missed this sync gets the last merge next time
             for party in everyone - set(replies):
                 if party not in self.mailbox:
@@ -239,9 +211,9 @@ class SwarmFamily(Strategy):
             else topology.metropolis_weights(graph)
         )
         extra: dict[str, Any] = {}
-        before = self.traffic.total
+        before = self.parties.traffic.total
         distance = self.consensus(grid, ctx, sorted(replies)) if self.adder else None
-        measured = self.traffic.total - before
+        measured = self.parties.traffic.total - before
         merged = None
         if s.mode == "leader":
             merged = (
@@ -278,17 +250,17 @@ class SwarmFamily(Strategy):
         clients = [
             {
                 "party": p,
-                "node_id": self.nodes[p],
-                "bytes_up": self.traffic.up[p],
-                "bytes_down": self.traffic.down[p],
+                "node_id": self.parties.nodes[p],
+                "bytes_up": self.parties.traffic.up[p],
+                "bytes_down": self.parties.traffic.down[p],
                 **{k: v for k, v in replies[p].content.metric_records[METRICS].items()},
             }
             if p in replies
             else {
                 "party": p,
-                "node_id": self.nodes[p],
+                "node_id": self.parties.nodes[p],
                 "bytes_up": 0,
-                "bytes_down": self.traffic.down[p],
+                "bytes_down": self.parties.traffic.down[p],
             }
             for p in sorted(everyone)
         ]
@@ -302,7 +274,7 @@ class SwarmFamily(Strategy):
         assert self.adder is not None
         if len(live) < 2:
             return None
-        replies = self.exchange(grid, ctx, "query.consensus", {p: RecordDict() for p in live})
+        replies = self.send(grid, ctx, "query.consensus", {p: RecordDict() for p in live})
         records = {}
         for party, reply in replies.items():
             record = reply.content.array_records.get("model")
@@ -317,7 +289,7 @@ class SwarmFamily(Strategy):
         if total is None:
             return None
         count = ConfigRecord({"count": len(records)})
-        answers = self.exchange(
+        answers = self.send(
             grid,
             ctx,
             "query.distance",
@@ -356,16 +328,16 @@ class SwarmFamily(Strategy):
             for p, reply in replies.items()
             if p != leader
         }
-        recipients = sorted(set(self.nodes) - {leader})
+        recipients = sorted(set(self.parties.nodes) - {leader})
         content = RecordDict(
             {
                 CONFIG: ConfigRecord({"round": sync, "to": recipients}),
                 INBOX: ArrayRecord(inbox),
-                KEYS: self.keys_for(set(self.nodes)),
+                KEYS: self.keys_for(set(self.parties.nodes)),
                 "sizes": ConfigRecord({str(p): self.sizes[p] for p in replies}),
             }
         )
-        answer = self.exchange(grid, ctx, "train.lead", {leader: content}).get(leader)
+        answer = self.send(grid, ctx, "train.lead", {leader: content}).get(leader)
         if answer is None:
             return None
         for name, array in answer.content.array_records[OUTBOX].items():

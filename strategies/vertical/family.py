@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedpriv.compatibility import NO_ADVERSARIES_YET, NOT_ON_A_FLEET_YET
 from fedpriv.config import ExperimentConfig
 from fedpriv.crypto import psi
 from fedpriv.crypto.embeddings import CkksEmbeddingSum
 from fedpriv.data.vertical import LABEL_OWNER, vertical_tables
 from fedpriv.errors import ConfigError, SimulationError
-from fedpriv.records import Traffic, metric, payload_nbytes
-from fedpriv.runtime.context import not_answered
+from fedpriv.records import Traffic, metric
+from fedpriv.runtime.parties import Parties, PartyFailure
 from fedpriv.strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
 from fedpriv.strategies.vertical.model import build_bottom, build_top, epoch_batches
 from fedpriv.strategies.vertical.party import (
@@ -50,10 +51,6 @@ from fedpriv.strategies.vertical.settings import (
 #: Message types whose replies carry an embedding, and those delivering merged ones.
 EMBEDS = {"train.step": EMBEDDING, "evaluate.embed": EMBEDDING}
 MERGED = {"train.top": SUM, "evaluate.top": SUM}
-
-
-class PartyFailure(Exception):
-    """A party did not answer, or answered with an error: the protocol cannot go on."""
 
 
 class PlainRelay:
@@ -113,6 +110,13 @@ class SumRelay:
         return out
 
 
+#: Why neither DP mode is offered for split learning.
+NO_DP_ACCOUNTING = (
+    "DP-SGD accounting assumes one model per client; protect embeddings and gradients "
+    "with vertical.embedding_noise / vertical.gradient_noise (no ε is claimed)"
+)
+
+
 class Vertical(Strategy):
     """Split learning over privately aligned entities (``family=vertical``)."""
 
@@ -120,16 +124,21 @@ class Vertical(Strategy):
     strategies = VERTICAL_STRATEGIES
     settings = VerticalSettings
     settings_key = "vertical"
+    unsupported: ClassVar[Mapping[str, str]] = {
+        "dp_sgd": NO_DP_ACCOUNTING,
+        "central_dp": NO_DP_ACCOUNTING,
+        "adversary": NO_ADVERSARIES_YET,
+        "fleet": NOT_ON_A_FLEET_YET,
+    }
 
     def __init__(self, config: ExperimentConfig) -> None:
         super().__init__(config)
         self.vertical = vertical_settings(config)
-        self.nodes: dict[int, int] = {}  # party -> node ID
+        self.parties = Parties(self.vertical.parties)
         self.train_count = self.test_count = 0
         self.alignment: dict[str, Any] = {}
         self.psi_seconds: list[float] = []
         self.relay: PlainRelay | SumRelay = PlainRelay(self.vertical.embedding_dim)
-        self.traffic = Traffic()
 
     @classmethod
     def config_problems(cls, config: ExperimentConfig) -> list[str]:
@@ -139,12 +148,6 @@ class Vertical(Strategy):
             out.append(
                 f"num_clients={config.num_clients} must equal vertical.parties={s.parties} "
                 "(one node per party)"
-            )
-        if config.privacy.name != "none":
-            out.append(
-                f"privacy={config.privacy.name} is not available with family=vertical: DP-SGD "
-                "accounting assumes one model per client; protect embeddings and gradients "
-                "with vertical.embedding_noise / vertical.gradient_noise (no ε is claimed)"
             )
         if config.crypto.name != "none" and not s.merge_rule().linear:
             out.append(
@@ -182,44 +185,12 @@ class Vertical(Strategy):
     def client_handlers(self) -> Mapping[str, Handler]:
         return VerticalParty(self.config).handlers()  # type: ignore[return-value]
 
-    # -- messages ------------------------------------------------------------------------
-    def exchange(
-        self, grid: Grid, ctx: RunContext, message_type: str, contents: Mapping[int, RecordDict]
-    ) -> dict[int, Message]:
-        """Send one message per party; every party must answer without error."""
-        messages = {
-            party: Message(
-                content=content, dst_node_id=self.nodes[party], message_type=message_type
-            )
-            for party, content in contents.items()
-        }
-        for party, message in messages.items():
-            self.traffic.down[party] += payload_nbytes(message.content)
-        by_node = {r.metadata.src_node_id: r for r in ctx.send_and_receive(grid, messages.values())}
-        replies = {}
-        for party, message in messages.items():
-            reply = by_node.get(message.metadata.dst_node_id)
-            if reply is None:
-                raise PartyFailure(
-                    f"party {party} (node {self.nodes[party]}) did not answer {message_type} "
-                    f"within engine.round_timeout_s={self.config.engine.round_timeout_s}"
-                )
-            if reply.has_error():
-                raise PartyFailure(f"party {party} failed {message_type}: {reply.error.reason}")
-            self.traffic.up[party] += payload_nbytes(reply.content)
-            replies[party] = reply
-        return replies
-
     # -- alignment -----------------------------------------------------------------------
     def start(self, grid: Grid, ctx: RunContext) -> None:
         started = time.perf_counter()
-        nodes = sorted(grid.get_node_ids())
         try:
-            if self.vertical.psi:
-                members = self.psi(grid, ctx, nodes)
-            else:
-                members = self.plain_ids(grid, ctx, nodes)
-            replies = self.exchange(
+            members = self.psi(grid, ctx) if self.vertical.psi else self.plain_ids(grid, ctx)
+            replies = self.parties.send(
                 grid,
                 ctx,
                 "query.align",
@@ -242,49 +213,26 @@ class Vertical(Strategy):
             "test_entities": self.test_count,
             "seconds": time.perf_counter() - started,  # includes starting the ClientApps
             "party_mask_seconds": self.psi_seconds,
-            "bytes": self.traffic.total,
+            "bytes": self.parties.traffic.total,
         }
         ctx.out.write_json("alignment.json", self.alignment)
-        self.traffic = Traffic()
+        self.parties.traffic = Traffic()
         adder = self.config.crypto.embedding_sum(ctx.server_key, self.vertical.embedding_dim)
         if adder is not None:
             self.relay = SumRelay(adder)
 
-    def identify(self, replies: list[Message]) -> dict[int, Message]:
-        """Replies by the party index each node reports (its ``partition-id``)."""
-        by_party = {int(metric(r, "party")): r for r in replies}
-        if sorted(by_party) != list(range(self.vertical.parties)):
-            raise SimulationError(
-                f"nodes report parties {sorted(by_party)}; expected 0..{self.vertical.parties - 1}"
-            )
-        self.nodes = {p: r.metadata.src_node_id for p, r in by_party.items()}
-        return by_party
-
-    def first_contact(
-        self, grid: Grid, ctx: RunContext, nodes: list[int], message_type: str, content: RecordDict
-    ) -> dict[int, Message]:
-        replies = ctx.first_contact(grid, nodes, message_type, content)
-        if (unanswered := not_answered(nodes, replies)) is not None:
-            count, reason = unanswered
-            raise PartyFailure(f"{count} node(s) failed {message_type}: {reason}")
-        by_party = self.identify(replies)
-        for party, reply in by_party.items():
-            self.traffic.down[party] += payload_nbytes(content)
-            self.traffic.up[party] += payload_nbytes(reply.content)
-        return by_party
-
-    def plain_ids(self, grid: Grid, ctx: RunContext, nodes: list[int]) -> dict[int, np.ndarray]:
+    def plain_ids(self, grid: Grid, ctx: RunContext) -> dict[int, np.ndarray]:
         """Without PSI: every party sends its IDs and the coordinator intersects them."""
-        replies = self.first_contact(grid, ctx, nodes, "query.ids", RecordDict())
+        replies = self.parties.first_contact(grid, ctx, "query.ids")
         sets = [list(replies[p].content["ids"]["ids"]) for p in range(self.vertical.parties)]  # type: ignore[arg-type]
         return dict(enumerate(psi.align(sets)))
 
-    def psi(self, grid: Grid, ctx: RunContext, nodes: list[int]) -> dict[int, np.ndarray]:
+    def psi(self, grid: Grid, ctx: RunContext) -> dict[int, np.ndarray]:
         """Ring ECDH-PSI: each party masks its IDs, every other party re-masks them in
         turn, and the coordinator intersects the fully masked sets."""
         m = self.vertical.parties
         mask = RecordDict({"config": ConfigRecord({"step": "mask"})})
-        replies = self.first_contact(grid, ctx, nodes, "query.psi", mask)
+        replies = self.parties.first_contact(grid, ctx, "query.psi", mask)
         points = {p: values(replies[p].content.array_records[POINTS]) for p in range(m)}
         work = {p: metric(replies[p], "seconds") for p in range(m)}
         for hop in range(1, m):
@@ -294,7 +242,7 @@ class Vertical(Strategy):
                 )
                 for owner in range(m)
             }
-            answers = self.exchange(grid, ctx, "query.psi", contents)
+            answers = self.parties.send(grid, ctx, "query.psi", contents)
             for party, answer in answers.items():
                 work[party] += metric(answer, "seconds")
             points = {
@@ -307,7 +255,7 @@ class Vertical(Strategy):
     # -- one epoch -------------------------------------------------------------------------
     def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
         s = self.vertical
-        self.traffic = Traffic()
+        self.parties.traffic = Traffic()
         batches = epoch_batches(
             self.train_count, self.config.train.batch_size, self.config.seed, server_round
         )
@@ -325,7 +273,7 @@ class Vertical(Strategy):
                     if batch is not None:
                         content[BATCH] = one_array(batch.astype(np.int64))
                     contents[party] = content
-                replies = self.exchange(grid, ctx, "train.step", contents)
+                replies = self.parties.send(grid, ctx, "train.step", contents)
                 pending = {}
                 if batch is None:
                     break
@@ -341,7 +289,7 @@ class Vertical(Strategy):
                         **merged,
                     }
                 )
-                reply = self.exchange(grid, ctx, "train.top", {LABEL_OWNER: top})[LABEL_OWNER]
+                reply = self.parties.send(grid, ctx, "train.top", {LABEL_OWNER: top})[LABEL_OWNER]
                 for key in totals:
                     totals[key] += metric(reply, key)
                 gradient_noise.append(metric(reply, "noise-ratio"))
@@ -407,14 +355,14 @@ class Vertical(Strategy):
 
     def evaluate(self, grid: Grid, ctx: RunContext) -> dict[str, float | None]:
         """Embed the test entities at every party; the label owner scores them."""
-        replies = self.exchange(
+        replies = self.parties.send(
             grid, ctx, "evaluate.embed", {p: RecordDict() for p in range(self.vertical.parties)}
         )
         merged = self.merge(ctx, replies, self.test_count, "evaluation")
         if merged is None:
             return {"accuracy": None, "loss": None}
         top = {LABEL_OWNER: RecordDict(dict(merged))}
-        reply = self.exchange(grid, ctx, "evaluate.top", top)[LABEL_OWNER]
+        reply = self.parties.send(grid, ctx, "evaluate.top", top)[LABEL_OWNER]
         return {"accuracy": metric(reply, "accuracy"), "loss": metric(reply, "loss")}
 
     def party_entries(self) -> list[dict[str, Any]]:
@@ -422,9 +370,9 @@ class Vertical(Strategy):
         return [
             {
                 "party": p,
-                "node_id": self.nodes.get(p),
-                "bytes_down": self.traffic.down[p],
-                "bytes_up": self.traffic.up[p],
+                "node_id": self.parties.nodes.get(p),
+                "bytes_down": self.parties.traffic.down[p],
+                "bytes_up": self.parties.traffic.up[p],
             }
             for p in range(self.vertical.parties)
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from fedpriv.config import ExperimentConfig
 from fedpriv.data.vertical import SPLITS
@@ -79,6 +80,10 @@ VERTICAL_STRATEGIES: Registry[StrategySpec] = Registry("vertical strategy")
 @dataclasses.dataclass(frozen=True)
 class SplitNN(StrategySpec):
     """Split learning: bottom models at the parties, top model and loss at the label owner."""
+
+    #: The coordinator's aggregate is the merge of the parties' embeddings; crypto=ckks
+    #: also needs a merge computable from their sum (the family checks vertical.merge).
+    linear: ClassVar[bool] = True
 
 
 def vertical_settings(config: ExperimentConfig) -> VerticalSettings:

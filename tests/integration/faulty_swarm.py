@@ -47,7 +47,7 @@ class Late(FaultySwarm):
     family = "late_swarm"
     mode = "late"
 
-    def exchange(self, grid, ctx, message_type, contents, timeout=None):
+    def send(self, grid, ctx, message_type, contents, timeout=None):
         if message_type == "train.swarm" and ctx.history and len(ctx.history) == 1:
             timeout = 4.0  # sync 2
-        return super().exchange(grid, ctx, message_type, contents, timeout)
+        return super().send(grid, ctx, message_type, contents, timeout)

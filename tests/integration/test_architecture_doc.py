@@ -18,7 +18,7 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
 
-@pytest.mark.simulation
+@pytest.mark.inprocess
 def test_the_toy_family_of_the_walk_through_runs(tmp_path, monkeypatch):
     blocks = python_blocks(DOC.read_text())
     assert len(blocks) == 4, "the walk-through's four blocks"

@@ -16,7 +16,6 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedpriv import load_config
-from fedpriv.data import federate
 from fedpriv.families import FAMILIES
 from fedpriv.runtime.apps import build_client_app
 from fedpriv.runtime.models import initial_arrays
@@ -47,7 +46,7 @@ def train_reply(mode: str, tmp_path: Path) -> Message:
     config = load_config(["num_clients=2", "rounds=1", "model=logreg",
                           f"output_dir={tmp_path}", *privacy])  # fmt: skip
     strategy = FAMILIES.get(config.family).create(config)
-    data = federate(config.data, config.partition, config.num_clients, config.seed)
+    data = config.federated_data()
     app = build_client_app(strategy)
     content = RecordDict(
         {"arrays": initial_arrays(config, data), "config": ConfigRecord({"server-round": 1})}

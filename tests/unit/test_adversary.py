@@ -46,7 +46,7 @@ def test_label_flip_poisons_labels_only():
     [
         (["adversary=scale", "adversary.fraction=1.5"], "adversary.fraction=1.5 must be in [0, 1]"),
         (["adversary=sign_flip", "adversary.factor=0"], "adversary.factor=0.0 must be > 0"),
-        (["adversary=noise", "family=vertical"], "family=vertical has no adversaries yet"),
+        (["adversary=noise", "family=vertical"], "not available with family=vertical"),
     ],
 )
 def test_bad_adversary_settings_are_refused(overrides, message):

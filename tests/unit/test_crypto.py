@@ -219,7 +219,7 @@ def test_client_refuses_an_update_that_could_wrap_around():
     ("overrides", "message"),
     [
         (["strategy=krum"], "cannot aggregate strategy=krum"),
-        (["strategy=fedadam"], "use strategy=fedavg, fedprox or fedavgm"),
+        (["strategy=fedadam"], "use one of: fedavg, fedavgm, fedprox"),
         (["privacy=central"], "central DP adds noise to the aggregate on the server"),
         (["crypto.coeff_mod_bit_sizes=[60,60]"], "120 bits, which is not 128-bit secure"),
         (["crypto.poly_modulus_degree=2048"], "allows at most 54"),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fedpriv import ConfigError, DataError, load_config
-from fedpriv.data import DATASETS, federate, read_idx, write_idx
+from fedpriv.data import DATASETS, read_idx, write_idx
 from fedpriv.data.idx import parse_idx
 
 
@@ -117,7 +117,7 @@ def test_npz_dataset_with_and_without_a_test_split(tmp_path):
 
 def test_federate_keeps_test_split_out_of_every_partition():
     cfg = load_config(overrides=["num_clients=7"])
-    fed = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
+    fed = cfg.federated_data()
     assert sum(len(p) for p in fed.parts) == len(fed.dataset.y_train)
     x0, _ = fed.client(0)
     assert len(x0) == len(fed.parts[0])

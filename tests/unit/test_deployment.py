@@ -96,7 +96,7 @@ def test_fedpriv_superlink_says_what_is_missing(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["family=vertical"], "engine=deployment runs family=horizontal"),
+        (["family=vertical"], "engine=deployment is not available with family=vertical"),
         (["crypto=ckks"], "set crypto.keys_dir"),
         (["selection.device_profiles=heterogeneous"], "device_profiles=none"),
         (["engine.address=server"], "must be host:port"),

@@ -177,7 +177,7 @@ def test_central_dp_refuses_strategies_without_a_uniform_mean():
     with pytest.raises(ConfigError, match="strategy=fedmedian is not one; use one of: fedavg"):
         load_config(overrides=["privacy=central", "strategy=fedmedian"])
     with pytest.raises(
-        ConfigError, match=r"privacy\.central\.noise_multiplier=0\.8 central DP needs"
+        ConfigError, match=r"privacy=dp_sgd\+central: central DP needs a uniform-mean"
     ):
         load_config(overrides=["privacy=dp_sgd+central", "strategy=krum"])
     with pytest.raises(ConfigError, match=r"privacy.delta=0.5 must be < 1/num_clients"):

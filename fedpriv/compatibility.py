@@ -1,0 +1,281 @@
+"""What combines with what: one table, checked once when a config is validated and
+printed by ``fedpriv capabilities``.
+
+The parts of a config declare themselves, and only this module reads the
+declarations together:
+
+- a strategy spec declares its traits (``linear``, ``uniform_mean``, ``asynchronous``);
+- a family declares the features it cannot run, and why (``unsupported``);
+- the privacy, crypto, adversary, selection and engine specs say what a run uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedpriv.config import ExperimentConfig
+
+#: Features a family may lack, with the setting that asks for each.
+FEATURES = {
+    "dp_sgd": "privacy=dp_sgd",
+    "central_dp": "privacy=central",
+    "ckks": "crypto=ckks",
+    "adversary": "adversary=<attack>",
+    "fleet": "engine=deployment",
+}
+
+#: Reasons more than one family gives for a feature it lacks.
+NOT_ON_A_FLEET_YET = (
+    "it needs keys and roles provisioned per party, which fedpriv's fleet tooling does not "
+    "make yet: run it with engine=simulation"
+)
+NO_ADVERSARIES_YET = "it has no adversaries yet: use adversary=none"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """``when`` every property in it holds, the config is refused with ``why``.
+
+    ``why`` is formatted with the config's names: family, strategy, privacy, crypto,
+    and the strategies of the family that have a trait (``{linear}``, ``{uniform_mean}``).
+    """
+
+    when: frozenset[str]
+    why: str
+    #: The reason without the names of one config, for the table's cells.
+    short: str | None = None
+
+
+def rule(*when: str, why: str, short: str | None = None) -> Rule:
+    return Rule(frozenset(when), why, short)
+
+
+#: Every combination fedpriv refuses that is not about one family (see ``unsupported``).
+RULES = (
+    rule(
+        "ckks",
+        "nonlinear",
+        why="crypto={crypto} cannot aggregate strategy={strategy}: it needs the plaintext "
+        "updates (a median, a distance, a square root), and the server holds only "
+        "ciphertexts it can add; with crypto=ckks use one of: {linear}",
+        short="its aggregate needs the plaintext updates, and under CKKS the server holds "
+        "only ciphertexts it can add",
+    ),
+    rule(
+        "central_dp",
+        "not_uniform_mean",
+        why="privacy={privacy}: central DP needs a uniform-mean aggregate, and "
+        "strategy={strategy} is not one; use one of: {uniform_mean}",
+        short="central DP's noise is sized for a uniform mean of clipped updates, and this "
+        "aggregate is not one",
+    ),
+    rule(
+        "ckks",
+        "central_dp",
+        why="crypto={crypto} cannot be combined with privacy={privacy}: central DP adds "
+        "noise to the aggregate on the server, which cannot read it under CKKS; use "
+        "privacy=dp_sgd (local DP-SGD on each client) with crypto=ckks",
+    ),
+    rule(
+        "asynchronous",
+        "ckks",
+        why="crypto={crypto} cannot run strategy={strategy}: an asynchronous server scales "
+        "the model it holds by every update's staleness weight, and each such product "
+        "uses up one level of a CKKS ciphertext's modulus chain; use crypto=none (or a "
+        "synchronous strategy: {linear})",
+        short="each staleness-weighted step uses up a level of a CKKS ciphertext",
+    ),
+    rule(
+        "asynchronous",
+        "central_dp",
+        why="privacy={privacy} cannot run strategy={strategy}: central DP noises one "
+        "aggregate of a round's clients, and asynchronous updates arrive one at a time; "
+        "use privacy=dp_sgd (each client's own DP-SGD)",
+        short="central DP noises one aggregate of a round, and asynchronous updates arrive "
+        "one at a time",
+    ),
+    rule(
+        "asynchronous",
+        "target_epsilon",
+        why="privacy.target_epsilon cannot calibrate σ for strategy={strategy}: it plans "
+        "rounds × local_epochs of training per client, and an asynchronous client trains "
+        "as often as its speed allows; set privacy.noise_multiplier, and "
+        "privacy.budget_epsilon to cap each client's ε",
+    ),
+    rule(
+        "fleet",
+        "simulated_devices",
+        why="selection.device_profiles={device_profiles} simulates slow devices; a fleet's "
+        "devices are as fast as they are: use device_profiles=none",
+    ),
+    rule(
+        "fleet",
+        "seeded_noise",
+        why="privacy secure_noise=false draws DP noise from the run's seed, which anyone "
+        "holding the config can redraw and subtract: use secure_noise=true on a fleet",
+    ),
+    rule(
+        "fleet",
+        "ckks",
+        "generated_keys",
+        why="crypto={crypto} with engine=deployment reads the server's key from files: set "
+        "crypto.keys_dir=<the directory of `fedpriv keys init`>",
+    ),
+)
+
+
+#: What a strategy spec is, as the rules name it (the rest of a rule's names are uses).
+TRAITS = frozenset({"linear", "nonlinear", "uniform_mean", "not_uniform_mean", "asynchronous"})
+
+
+def strategy_traits(strategy: Any) -> set[str]:
+    """A strategy spec's traits, each with its negation where a rule needs that."""
+    linear = bool(getattr(strategy, "linear", False))
+    uniform = bool(getattr(strategy, "uniform_mean", False))
+    return {
+        "linear" if linear else "nonlinear",
+        "uniform_mean" if uniform else "not_uniform_mean",
+        *(["asynchronous"] if getattr(strategy, "asynchronous", False) else []),
+    }
+
+
+def uses(config: ExperimentConfig) -> set[str]:
+    """The features and settings a config uses, as the rules name them."""
+    out = set()
+    local, central = config.privacy.local_dp(), config.privacy.central_dp()
+    if local is not None:
+        out.add("dp_sgd")
+        if local.target_epsilon is not None:
+            out.add("target_epsilon")
+        if not local.secure_noise:
+            out.add("seeded_noise")
+    if central is not None:
+        out.add("central_dp")
+    if config.crypto.name != "none":
+        out.add("ckks")
+        if getattr(config.crypto, "keys_dir", None) is None:
+            out.add("generated_keys")
+    if config.adversary.name != "none":
+        out.add("adversary")
+    if config.engine.fleet:
+        out.add("fleet")
+    if config.selection.device_profiles != "none":
+        out.add("simulated_devices")
+    return out
+
+
+def problems(config: ExperimentConfig, family: Any) -> list[str]:
+    """Every rule and family limit the config breaks, each with what would work."""
+    used = uses(config)
+    out = []
+    for feature in sorted(used & family.unsupported.keys()):
+        out.append(
+            f"{_setting(feature, config)} is not available with family={config.family}: "
+            f"{family.unsupported[feature]}"
+        )
+        used.discard(feature)  # one reason per setting is enough
+    properties = used | strategy_traits(config.strategy)
+    names = _names(config, family)
+    out += [r.why.format(**names) for r in RULES if r.when <= properties]
+    return out
+
+
+def _setting(feature: str, config: ExperimentConfig) -> str:
+    """The setting that asked for ``feature``, as the user wrote it."""
+    return {
+        "dp_sgd": f"privacy={config.privacy.name}",
+        "central_dp": f"privacy={config.privacy.name}",
+        "ckks": f"crypto={config.crypto.name}",
+        "adversary": f"adversary={config.adversary.name}",
+        "fleet": f"engine={config.engine.name}",
+    }[feature]
+
+
+def _names(config: ExperimentConfig, family: Any) -> dict[str, str]:
+    return _format_names(
+        family,
+        family=config.family,
+        strategy=config.strategy.name,
+        privacy=config.privacy.name,
+        crypto=config.crypto.name,
+        device_profiles=config.selection.device_profiles,
+    )
+
+
+def _format_names(spec: Any, **names: str) -> dict[str, str]:
+    """``names`` plus, per trait, the strategies of family ``spec`` that have it."""
+    specs = spec.strategies
+    for trait in ("linear", "uniform_mean"):
+        having = [n for n in specs.names() if trait in strategy_traits(specs.get(n))]
+        names[trait] = ", ".join(having) or f"none of family={names['family']}'s strategies"
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One family × strategy line of the table: per feature, None where it works, else
+    the reason it does not."""
+
+    family: str
+    strategy: str
+    cells: dict[str, str | None]
+
+
+#: The table's columns: the family features, then resuming from a checkpoint.
+COLUMNS = (*FEATURES, "resume")
+
+
+def table(families: Any) -> Iterator[Row]:
+    """What each family × strategy can run, as the declarations and rules decide it."""
+    for name in families:
+        family = families.get(name)
+        for strategy in family.strategies.names():
+            traits = strategy_traits(family.strategies.get(strategy))
+            cells: dict[str, str | None] = {}
+            for feature in FEATURES:
+                cells[feature] = family.unsupported.get(feature) or next(
+                    (
+                        r.short or r.why
+                        for r in RULES
+                        if feature in r.when and r.when <= traits | {feature}
+                    ),
+                    None,
+                )
+            cells["resume"] = None if family.resumable else "no checkpoints for this family yet"
+            yield Row(name, strategy, cells)
+
+
+def render(rows: list[Row]) -> str:
+    """The table as text: a yes/no grid, then each reason once with the cells it covers,
+    then the rules between settings that no grid cell shows."""
+    head = ["family", "strategy", *COLUMNS]
+    lines = [[r.family, r.strategy, *("yes" if r.cells[c] is None else "no" for c in COLUMNS)]
+             for r in rows]  # fmt: skip
+    widths = [max(len(x) for x in column) for column in zip(head, *lines, strict=True)]
+    out = ["  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)).rstrip()
+           for line in (head, *lines)]  # fmt: skip
+    reasons: dict[str, list[str]] = {}
+    for r in rows:
+        for column, why in r.cells.items():
+            if why is not None:
+                reasons.setdefault(why, []).append(f"{r.family}/{r.strategy} {column}")
+    out += ["", "Why not:"]
+    for why, cells in reasons.items():
+        out.append(f"- {', '.join(cells)}: {why}")
+    out += ["", "Other combinations refused:"]
+    for refused in RULES:
+        settings = refused.when - TRAITS
+        if not (len(settings) == 1 and settings <= FEATURES.keys()):  # not a cell above
+            why = refused.why.format_map(_Placeholders())
+            out.append(f"- {' + '.join(sorted(refused.when))}: {why}")
+    return "\n".join(out)
+
+
+class _Placeholders(dict[str, str]):
+    """Names a rule's reason mentions, shown as placeholders outside any one config."""
+
+    def __missing__(self, key: str) -> str:
+        return f"<{key}>"

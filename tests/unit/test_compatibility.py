@@ -1,0 +1,63 @@
+"""The compatibility table is what config validation does: every cell `fedpriv
+capabilities` prints as yes builds, every no is refused with the cell's reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedpriv import ConfigError, from_mapping, load_config
+from fedpriv.cli import main
+from fedpriv.compatibility import FEATURES, render, table
+from fedpriv.families import FAMILIES
+
+#: A config using each feature, otherwise as plain as possible (σ given, so that no
+#: rule about calibrating it applies).
+USING = {
+    "dp_sgd": ["privacy=dp_sgd", "privacy.target_epsilon=null", "privacy.noise_multiplier=1.0"],
+    "central_dp": ["privacy=central"],
+    "ckks": ["crypto=ckks"],
+    "adversary": ["adversary=noise"],
+    "fleet": ["engine=deployment"],
+}
+#: What a family needs besides (vertical adds ciphertexts only under a sum-able merge).
+ALSO = {("vertical", "ckks"): ["vertical.merge=sum"]}
+ROWS = list(table(FAMILIES))
+#: The setting each feature's refusal must name.
+NAMED = {"dp_sgd": "privacy=dp_sgd", "central_dp": "privacy=central", "ckks": "crypto=ckks",
+         "adversary": "adversary=noise", "fleet": "engine=deployment"}  # fmt: skip
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: f"{r.family}-{r.strategy}")
+def test_each_cell_is_what_validation_decides(row):
+    for feature in FEATURES:
+        overrides = [f"family={row.family}", f"strategy={row.strategy}", *USING[feature],
+                     *ALSO.get((row.family, feature), [])]  # fmt: skip
+        if row.cells[feature] is None:
+            assert load_config(overrides).strategy.name == row.strategy, feature
+        else:
+            with pytest.raises(ConfigError) as refused:
+                load_config(overrides)
+            assert NAMED[feature] in str(refused.value), feature
+
+
+def test_the_grid_is_what_the_command_prints(capsys):
+    assert main(["capabilities"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.strip() == render(ROWS)
+    assert "horizontal  fedavg" in printed and "Other combinations refused:" in printed
+
+
+def test_linear_strategies_alone_aggregate_ciphertexts():
+    ckks = {
+        row.strategy for row in ROWS if row.family == "horizontal" and row.cells["ckks"] is None
+    }
+    assert ckks == {"fedavg", "fedprox", "fedavgm"}
+
+
+def test_a_refused_pair_of_settings_names_both_and_what_works():
+    mapping = load_config(["privacy=central"]).to_dict()
+    with pytest.raises(ConfigError) as refused:
+        from_mapping({**mapping, "crypto": {"name": "ckks"}})
+    message = str(refused.value)
+    assert "crypto=ckks cannot be combined with privacy=central" in message
+    assert "use privacy=dp_sgd" in message
