@@ -3,7 +3,7 @@ round, bytes per peer.
 
 Four runs on Flower's simulation engine, same data, partition, model, training and
 seed: FedAvg (a server aggregates), and the swarm's ``leader`` (full graph, mean),
-``gossip`` (ring, Metropolis-Hastings) and ``dinno`` (ring) modes, where the server is
+``gossip`` (ring, Metropolis-Hastings) and ``dinno`` (ring) strategies, where the server is
 only a relay of end-to-end encrypted payloads. Accuracy is the global model's for
 FedAvg, the merged model's for ``leader`` and the mean over peers' own models for
 ``gossip`` and ``dinno`` (min-max in the JSON).
@@ -25,9 +25,9 @@ from fedpriv.results import write_atomic
 
 RUNS: dict[str, list[str]] = {
     "fedavg": [],
-    "leader": ["family=swarm", "swarm.mode=leader", "swarm.topology=full"],
-    "gossip": ["family=swarm", "swarm.mode=gossip", "swarm.topology=ring"],
-    "dinno": ["family=swarm", "swarm.mode=dinno", "swarm.topology=ring"],
+    "leader": ["family=swarm", "strategy=leader", "swarm.topology=full"],
+    "gossip": ["family=swarm", "strategy=gossip", "swarm.topology=ring"],
+    "dinno": ["family=swarm", "strategy=dinno", "swarm.topology=ring"],
 }
 
 

@@ -286,7 +286,11 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
             attempt(key, lambda key=key, tp=tp: _scalar(mapping[key], tp, key))
 
     family = _group(mapping, "family").get("name", "horizontal")
-    if family in FAMILIES:
+    if family not in FAMILIES:
+        problems.append(FAMILIES.unknown(family, "family"))
+    elif outdated := FAMILIES.get(family).outdated(mapping):
+        problems += outdated  # the keys that moved; building on them would only add noise
+    else:
         values["family"] = family
         attempt(
             "strategy",
@@ -305,8 +309,6 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
             key = FAMILIES.get(other).settings_key
             if key and key != chosen.settings_key and mapping.get(key) is not None:
                 problems.append(f"{key}.* settings apply to family={other}, not family={family}")
-    else:
-        problems.append(FAMILIES.unknown(family, "family"))
 
     num_clients = values.get("num_clients", ExperimentConfig.num_clients)
     if isinstance(num_clients, int) and num_clients < 1:

@@ -2,7 +2,7 @@
 
 Every family merges something: the horizontal server merges client models (``max``,
 ``absmax``), the vertical label owner merges the parties' embeddings (``vertical.merge``),
-a swarm leader merges the peers' models (``swarm.merge``). One registry holds the rules,
+a swarm leader merges the peers' models (``strategy.merge``). One registry holds the rules,
 so a rule means the same thing wherever it is named.
 
 A rule reads a stack of contributions along axis 0, with optional weights (example
@@ -66,7 +66,7 @@ class MergeRule(Spec, abc.ABC):
         return width
 
 
-#: Every merge rule; ``swarm.merge`` / ``vertical.merge`` name one of them.
+#: Every merge rule; ``strategy.merge`` (swarm leader) / ``vertical.merge`` name one of them.
 MERGE_RULES: Registry[MergeRule] = Registry("merge rule")
 
 

@@ -86,6 +86,13 @@ class Strategy(ABC):
         before anything runs; what combines with what is :mod:`fedpriv.compatibility`'s)."""
         return []
 
+    @classmethod
+    def outdated(cls, mapping: Mapping[str, Any]) -> list[str]:
+        """What a config mapping from an older fedpriv (a results directory's
+        ``config.yaml``) must write now, one line per key that moved; empty: nothing.
+        Checked before the family's strategy and settings are built."""
+        return []
+
     @abstractmethod
     def prepare(self) -> Setup:
         """Load and check data and models, make keys: all before the engine starts."""

@@ -2,8 +2,8 @@
 
 Each sync (round) the relay sends every peer one ``train.swarm`` message carrying the
 sealed payloads addressed to it and the list of peers it must seal its new model for:
-its neighbours in this sync's graph (``gossip``, ``dinno``; they merge next sync) or
-the elected leader (``leader``, which then merges in a ``train.lead`` message and
+its neighbours in this sync's graph (``strategy=gossip``, ``dinno``; they merge next
+sync) or the elected leader (``strategy=leader``, which then merges in a ``train.lead`` message and
 seals the result for every peer, delivered at the next sync -- also to peers that
 missed this one). The relay never holds a key: it forwards ciphertexts, counts bytes
 and tracks who is live. A peer that fails or is late is left out of the sync; the run
@@ -40,10 +40,16 @@ from fedpriv.strategies.swarm.peer import (
     METRICS,
     OUTBOX,
     SwarmPeer,
-    elect,
     entry,
 )
-from fedpriv.strategies.swarm.settings import SWARM_STRATEGIES, SwarmSettings, swarm_settings
+from fedpriv.strategies.swarm.settings import (
+    SWARM_STRATEGIES,
+    Gossip,
+    SwarmSettings,
+    outdated,
+    swarm_settings,
+    swarm_strategy,
+)
 
 log = logging.getLogger("fedpriv")
 #: CKKS parameters of the consensus measurement (128-bit, ~1e-9 error on a sum).
@@ -69,16 +75,22 @@ class SwarmFamily(Strategy):
     def __init__(self, config: ExperimentConfig) -> None:
         super().__init__(config)
         self.swarm = swarm_settings(config)
+        self.strategy = swarm_strategy(config)
         self.parties = Parties(config.num_clients)
         self.public: dict[int, bytes] = {}
         self.sizes: dict[int, int] = {}
         self.mailbox: dict[int, dict[str, Array]] = defaultdict(dict)
+        #: Gossip weights of the last sync's graph, for the payloads sent along it.
         self.mixing: list[dict[int, float]] = []
         self.live: list[int] = []
         self.payload_bytes = 0
         self.layout: Layout | None = None
         self.adder: CkksEmbeddingSum | None = None
         self.initial: np.ndarray | None = None
+
+    @classmethod
+    def outdated(cls, mapping: Mapping[str, Any]) -> list[str]:
+        return outdated(mapping)
 
     @classmethod
     def config_problems(cls, config: ExperimentConfig) -> list[str]:
@@ -163,24 +175,20 @@ class SwarmFamily(Strategy):
 
     # -- one sync -----------------------------------------------------------------------------
     def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
-        s = self.swarm
+        s, strategy = self.swarm, self.strategy
         self.parties.traffic = Traffic()
         everyone = set(self.parties.nodes)
         graph = self.graph(server_round)
-        leader = (
-            elect(self.live, server_round, s.election, self.config.seed)
-            if s.mode == "leader"
-            else -1
-        )
+        leader = strategy.leader(self.live, server_round, self.config.seed)
         contents = {}
         for party in sorted(everyone):
             inbox = self.mailbox.pop(party, {})
             senders = {int(name.split("-")[1]) for name in inbox}
-            recipients = {leader} if s.mode == "leader" else graph[party]
+            recipients = graph[party] if leader is None else {leader}
             config = ConfigRecord(
                 {
                     "round": server_round,
-                    "leader": leader,
+                    "leader": -1 if leader is None else leader,
                     "live": list(self.live),
                     "to": sorted(recipients - {party}),
                 }
@@ -192,11 +200,11 @@ class SwarmFamily(Strategy):
                     KEYS: self.keys_for(senders | recipients | {party}),
                 }
             )
-            if s.mode == "gossip" and senders:
+            if isinstance(strategy, Gossip) and senders:
                 content["weights"] = self.weights(party, senders)
             contents[party] = content
         replies = self.send(grid, ctx, "train.swarm", contents)
-        if s.mode == "leader":  # a peer that missed this sync gets the last merge next time
+        if leader is not None:  # a peer that missed this sync gets the last merge next time
             for party in everyone - set(replies):
                 if party not in self.mailbox:
                     self.mailbox[party] = dict(contents[party].array_records[INBOX].items())
@@ -205,28 +213,23 @@ class SwarmFamily(Strategy):
             if reason:
                 ctx.reject(reply, f"peer {party}: {reason}")
                 del replies[party]
-        self.mixing = (
-            topology.size_weights(graph, [self.sizes[p] for p in range(len(graph))])
-            if s.mixing == "data_size"
-            else topology.metropolis_weights(graph)
-        )
+        if isinstance(strategy, Gossip):
+            self.mixing = strategy.mixing_weights(graph, [self.sizes[p] for p in range(len(graph))])
         extra: dict[str, Any] = {}
         before = self.parties.traffic.total
         distance = self.consensus(grid, ctx, sorted(replies)) if self.adder else None
         measured = self.parties.traffic.total - before
         merged = None
-        if s.mode == "leader":
-            merged = (
-                self.lead(grid, ctx, server_round, leader, replies) if leader in replies else None
-            )
-            if leader not in replies:
-                log.warning(
-                    "sync %d: leader %d did not answer; no merge this sync", server_round, leader
-                )
-        else:
+        if leader is None:  # neighbours merge next sync
             for sender, reply in replies.items():
                 for name, array in reply.content.array_records[OUTBOX].items():
                     self.mailbox[int(name[3:])][entry(sender, f"r{server_round}")] = array
+        elif leader in replies:
+            merged = self.lead(grid, ctx, server_round, leader, replies)
+        else:
+            log.warning(
+                "sync %d: leader %d did not answer; no merge this sync", server_round, leader
+            )
         self.live = sorted(replies) or self.live
         needed = s.required_peers(self.config.num_clients)
         stop = None
@@ -235,9 +238,9 @@ class SwarmFamily(Strategy):
         accuracies = [metric(r, "test-accuracy") for r in replies.values()]
         losses = [metric(r, "test-loss") for r in replies.values()]
         extra["swarm"] = {
-            "mode": s.mode,
+            "mode": strategy.name,  # the key of the results schema from before strategy=
             "live": sorted(replies),
-            "leader": leader if s.mode == "leader" else None,
+            "leader": leader,
             "accuracy_mean": float(np.mean(accuracies)) if accuracies else None,
             "accuracy_min": min(accuracies, default=None),
             "accuracy_max": max(accuracies, default=None),

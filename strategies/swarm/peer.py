@@ -5,10 +5,10 @@ Messages (the relay's side is :mod:`strategies.swarm.family`):
 * ``query.keys`` -- make an X25519 key pair (the private half stays in
   ``context.state``) and publish the public half and the example count.
 * ``train.swarm`` -- open the sealed models addressed to this peer (neighbours' models
-  in ``gossip``/``dinno``, the last merged model in ``leader`` mode), merge, train
+  with ``strategy=gossip``/``dinno``, the last merged model with ``leader``), merge, train
   locally, evaluate, and seal the new model for each recipient the relay names.
 * ``train.lead`` -- the elected leader opens every peer's model, merges them
-  (``swarm.merge``, a rule of :data:`fedpriv.merge.MERGE_RULES`), evaluates the merge
+  (``strategy.merge``, a rule of :data:`fedpriv.merge.MERGE_RULES`), evaluates the merge
   and seals it for every peer.
 
 Models travel as sealed float32 vectors (ChaCha20-Poly1305, a key per pair of peers);
@@ -18,7 +18,6 @@ the relay sees ciphertexts, sizes and who talks to whom.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -31,20 +30,11 @@ from fedpriv.crypto.records import Layout
 from fedpriv.data.federated import federate
 from fedpriv.node import partition_id
 from fedpriv.privacy.accounting import planned_steps
-from fedpriv.strategies.swarm.settings import swarm_settings
+from fedpriv.strategies.swarm.settings import DiNNO, Leader, swarm_strategy
 from fedpriv.training import evaluate, seed_for
 
 KEY, MODEL, DUAL, MERGED = "swarm.key", "swarm.model", "swarm.dual", "swarm.merged"
 INBOX, OUTBOX, KEYS, CONFIG, METRICS = "inbox", "outbox", "keys", "config", "metrics"
-
-
-def elect(live: Sequence[int], sync: int, election: str, seed: int) -> int:
-    """The leader of a sync among the live peers; every peer can recompute it."""
-    ordered = sorted(live)
-    if election == "rotating":
-        return ordered[(sync - 1) % len(ordered)]
-    digest = hashlib.sha256(f"{seed}:{sync}:{','.join(map(str, ordered))}".encode()).digest()
-    return ordered[int.from_bytes(digest[:8], "big") % len(ordered)]
 
 
 def entry(sender: int, label: str) -> str:
@@ -71,7 +61,7 @@ class SwarmPeer:
 
     def __init__(self, config: ExperimentConfig, layout: Layout, initial: np.ndarray) -> None:
         self.config = config
-        self.settings = swarm_settings(config)
+        self.strategy = swarm_strategy(config)
         self.layout = layout
         self.initial = initial
 
@@ -163,44 +153,35 @@ class SwarmPeer:
 
     def sync(self, msg: Message, context: Context) -> Message:
         """One sync of this peer: merge what arrived, train, evaluate, seal."""
-        s, cfg = self.settings, self.config
+        strategy, cfg = self.strategy, self.config
         party, x, y = self.data(context)
         seal = self.sealing(msg, context, party)
         settings = msg.content.config_records[CONFIG]
         sync = int(settings["round"])  # type: ignore[arg-type]
-        if s.mode == "leader":  # a merge newer than the last one adopted, from a past sync
-            last = int(context.state.config_records.get(MERGED, ConfigRecord({"sync": 0}))["sync"])  # type: ignore[arg-type]
-            accept = lambda label: label.startswith("merged") and last < int(label[6:]) < sync  # noqa: E731
-        else:  # gossip, dinno: what neighbours sealed in the previous sync
-            accept = lambda label: label == f"r{sync - 1}"  # noqa: E731
-        received = self.open_inbox(msg, seal, accept)
-        vector = self.model_vector(context)
-        if s.mode == "leader":
-            leader = int(settings["leader"])  # type: ignore[arg-type]
-            live = [int(p) for p in settings["live"]]  # type: ignore[union-attr]
-            expected = elect(live, sync, s.election, cfg.seed)
-            if leader != expected:
-                raise ValueError(
-                    f"sync {sync}: relay names leader {leader}, election gives {expected}"
-                )
-            if received:  # the latest merge (a peer that missed syncs catches up here)
-                if len(received) != 1:
-                    raise ValueError(f"expected one merged model, got {len(received)}")
-                (name,) = msg.content.array_records[INBOX]
-                context.state[MERGED] = ConfigRecord({"sync": int(parse_entry(name)[1][6:])})
-                vector = next(iter(received.values()))
-        elif s.mode == "gossip" and received:
-            weights = {int(k): float(v) for k, v in msg.content.config_records["weights"].items()}  # type: ignore[arg-type]
-            if set(weights) != {party, *received} or abs(sum(weights.values()) - 1) > 1e-6:
-                raise ValueError(
-                    f"mixing weights {weights} do not cover self and senders or sum to 1"
-                )
-            vector = weights[party] * vector + sum(weights[j] * received[j] for j in received)
+        last = int(context.state.config_records.get(MERGED, ConfigRecord({"sync": 0}))["sync"])  # type: ignore[arg-type]
+        received = self.open_inbox(msg, seal, lambda label: strategy.accepts(label, sync, last))
+        live = [int(p) for p in settings["live"]]  # type: ignore[union-attr]
+        expected = strategy.leader(live, sync, cfg.seed)
+        named = int(settings["leader"])  # type: ignore[arg-type]
+        if expected is not None and named != expected:
+            raise ValueError(f"sync {sync}: relay names leader {named}, election gives {expected}")
+        weights = msg.content.config_records.get("weights", ConfigRecord())
+        vector = strategy.combine(
+            party,
+            self.model_vector(context),
+            received,
+            {int(k): float(v) for k, v in weights.items()},  # type: ignore[arg-type]
+        )
+        if expected is not None and received:  # the merge adopted; older ones are refused
+            (name,) = msg.content.array_records[INBOX]
+            context.state[MERGED] = ConfigRecord({"sync": int(parse_entry(name)[1][6:])})
         model = self.module(vector)
-        train, after_step = cfg.train, None
-        if s.mode == "dinno":
-            train = dataclasses.replace(cfg.train, local_epochs=s.primal_epochs_at(sync))
-            after_step = self.dinno_pull(context, model, vector, received)
+        train = dataclasses.replace(cfg.train, local_epochs=strategy.local_epochs(cfg, sync))
+        after_step = (
+            self.dinno_pull(context, model, vector, received)
+            if isinstance(strategy, DiNNO)
+            else None
+        )
         stats, privacy_metrics = cfg.privacy.train(
             model,
             x,
@@ -236,7 +217,8 @@ class SwarmPeer:
     ):
         """DiNNO: update the dual with the disagreement with neighbours, then return the
         primal step's data-independent part: p ← p − lr·(λ + 2ρ·Σ_j (p − (θ_i+θ_j)/2))."""
-        s = self.settings
+        s = self.strategy
+        assert isinstance(s, DiNNO), "DiNNO's primal step only"
         record = context.state.array_records.get(DUAL)
         dual = (
             np.zeros_like(start) if record is None else record["values"].numpy().astype(np.float64)
@@ -260,7 +242,8 @@ class SwarmPeer:
 
     def lead(self, msg: Message, context: Context) -> Message:
         """The leader's merge: open every peer's model, merge, evaluate, seal for all."""
-        s = self.settings
+        if not isinstance(self.strategy, Leader):
+            raise ValueError(f"train.lead sent to a peer of strategy={self.strategy.name}")
         party, _, _ = self.data(context)
         seal = self.sealing(msg, context, party)
         settings = msg.content.config_records[CONFIG]
@@ -268,7 +251,7 @@ class SwarmPeer:
         received = self.open_inbox(msg, seal, lambda label: label == f"r{sync}")
         received[party] = self.model_vector(context)  # the leader's own, trained this sync
         sizes = {int(k): int(v) for k, v in msg.content.config_records["sizes"].items()}  # type: ignore[arg-type]
-        merged = s.merge_rule().numpy(
+        merged = self.strategy.merge_rule().numpy(
             np.stack([received[p] for p in sorted(received)]), [sizes[p] for p in sorted(received)]
         )
         self.keep(context, merged)

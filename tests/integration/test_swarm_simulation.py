@@ -1,4 +1,4 @@
-"""Swarm learning in whole runs: every mode and topology, a relay that sees no
+"""Swarm learning in whole runs: every strategy and topology, a relay that sees no
 parameters, peers that drop out, and convergence against FedAvg. In-process but for the
 late peer, on Ray (late means something only while the others work meanwhile)."""
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.inprocess
 
 @pytest.fixture
 def swarm(tmp_path):
-    """``swarm("swarm.mode=leader", ...)``: a small in-process swarm config writing into
+    """``swarm("strategy=leader", ...)``: a small in-process swarm config writing into
     tmp_path."""
 
     def make(*overrides: str, name: str = "run"):
@@ -51,10 +51,10 @@ def relayed(monkeypatch):
 def test_leader_matches_fedavg_and_gossip_on_a_ring_catches_up(swarm, tmp_path, relayed):
     common = ["num_clients=10", "model=logreg", "train.lr=0.1", "engine=inprocess"]
     fedavg = run(load_config([*common, "rounds=5", f"output_dir={tmp_path / 'fedavg'}"]))
-    leader = run(swarm(*common, "swarm.mode=leader", "swarm.topology=full", "rounds=5",
+    leader = run(swarm(*common, "strategy=leader", "swarm.topology=full", "rounds=5",
                        name="leader"))  # fmt: skip
     relayed.clear()
-    gossip = run(swarm(*common, "swarm.mode=gossip", "swarm.topology=ring", "rounds=10",
+    gossip = run(swarm(*common, "strategy=gossip", "swarm.topology=ring", "rounds=10",
                        name="gossip"))  # fmt: skip
     target = fedavg.history[-1]["accuracy"]
     assert abs(leader.history[-1]["accuracy"] - target) <= 0.01
@@ -91,8 +91,8 @@ def test_leader_matches_fedavg_and_gossip_on_a_ring_catches_up(swarm, tmp_path, 
 
 
 def test_dinno_on_a_random_regular_graph_with_dp_sgd(swarm):
-    config = swarm("num_clients=4", "swarm.mode=dinno", "swarm.topology=random_regular",
-                   "swarm.degree=2", "swarm.primal_growth=1", "privacy=dp_sgd",
+    config = swarm("num_clients=4", "strategy=dinno", "swarm.topology=random_regular",
+                   "swarm.degree=2", "strategy.primal_growth=1", "privacy=dp_sgd",
                    "privacy.target_epsilon=8", "rounds=2")  # fmt: skip
     result = run(config)
     assert result.history[-1]["swarm"]["accuracy_mean"] > 0.15  # ten classes
@@ -111,7 +111,7 @@ def faulty(config, family):
 @pytest.mark.simulation
 def test_a_late_peer_is_left_out_and_catches_up_from_the_last_merge(swarm, register_spec, relayed):
     late = register_spec("late_swarm")
-    config = swarm("engine=simulation", "num_clients=5", "swarm.mode=leader",
+    config = swarm("engine=simulation", "num_clients=5", "strategy=leader",
                    "swarm.topology=small_world", "swarm.degree=2", "swarm.min_peers=4",
                    "rounds=4")  # fmt: skip
     result = run(faulty(config, late))
@@ -129,7 +129,7 @@ def test_a_late_peer_is_left_out_and_catches_up_from_the_last_merge(swarm, regis
 
 def test_a_swarm_below_min_peers_stops_cleanly_with_the_reason(swarm, register_spec):
     crashing = register_spec("crashing_swarm")
-    config = swarm("num_clients=4", "swarm.mode=gossip", "swarm.topology=full", "rounds=3",
+    config = swarm("num_clients=4", "strategy=gossip", "swarm.topology=full", "rounds=3",
                    "swarm.consensus=false")  # fmt: skip
     result = run(faulty(config, crashing))
     assert len(result.history) == 2

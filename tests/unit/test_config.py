@@ -8,6 +8,7 @@ import pytest
 
 from fedpriv import ConfigError, ExperimentConfig, from_mapping, load_config, run
 from fedpriv.config import strategy_registry
+from fedpriv.families import FAMILIES
 
 CONF = Path(__file__).parents[2] / "conf"
 
@@ -143,13 +144,12 @@ def test_every_config_option_composes(group, option, tmp_path):
     overrides = [f"+{group}={option}" if group == "unify" else f"{group}={option}"]
     if (group, option) in (("data", "csv"), ("data", "npz")):
         overrides.append(f"data.path={tmp_path / 'file'}")
-    family = {"splitnn": "vertical", "swarm": "swarm"}.get(option, "horizontal")
-    if group == "strategy" and family != "horizontal":
+    if group == "strategy":  # the family whose registry holds the strategy
+        (family,) = [name for name in FAMILIES if option in strategy_registry(name)]
         overrides.append(f"family={family}")
     cfg = load_config(overrides=overrides)
     if group == "strategy":
-        assert cfg.strategy.name == option
-        assert option in strategy_registry(family)
+        assert cfg.strategy.name == option and cfg.family == family
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))

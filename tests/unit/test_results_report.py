@@ -311,7 +311,7 @@ def test_by_group_table_gives_mean_and_std_over_seeds(tmp_path, capsys):
 
 def test_swarm_runs_get_a_consensus_plot_and_column(tmp_path):
     distances = {1: 0.5, 2: 0.05, 3: 0.005}
-    swarm = config(strategy={"name": "swarm"}, family__name="swarm", swarm__mode="gossip")
+    swarm = config(strategy={"name": "gossip"}, family__name="swarm")
     fake_run(
         tmp_path / "runs" / "swarm",
         "swarm",
@@ -327,7 +327,7 @@ def test_swarm_runs_get_a_consensus_plot_and_column(tmp_path):
         assert float(by_run["swarm", round_]["consensus_distance"]) == distance
         assert by_run["fedavg", round_]["consensus_distance"] == ""
     assert {r["group"] for r in rows} == {
-        "strategy=swarm family=swarm",
+        "strategy=gossip family=swarm",
         "strategy=fedavg family=horizontal",
     }
     assert_png(tmp_path / "out" / "consensus.png")
