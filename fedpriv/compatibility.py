@@ -18,14 +18,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fedpriv.config import ExperimentConfig
 
-#: Features a family may lack, with the setting that asks for each.
-FEATURES = {
-    "dp_sgd": "privacy=dp_sgd",
-    "central_dp": "privacy=central",
-    "ckks": "crypto=ckks",
-    "adversary": "adversary=<attack>",
-    "fleet": "engine=deployment",
-}
+#: Features a family may lack (:func:`_setting` names the setting that asks for each).
+FEATURES = ("dp_sgd", "central_dp", "ckks", "adversary", "fleet")
 
 #: Reasons more than one family gives for a feature it lacks.
 NOT_ON_A_FLEET_YET = (
@@ -195,22 +189,19 @@ def _setting(feature: str, config: ExperimentConfig) -> str:
 
 
 def _names(config: ExperimentConfig, family: Any) -> dict[str, str]:
-    return _format_names(
-        family,
-        family=config.family,
-        strategy=config.strategy.name,
-        privacy=config.privacy.name,
-        crypto=config.crypto.name,
-        device_profiles=config.selection.device_profiles,
-    )
-
-
-def _format_names(spec: Any, **names: str) -> dict[str, str]:
-    """``names`` plus, per trait, the strategies of family ``spec`` that have it."""
-    specs = spec.strategies
+    """What a rule's reason names: the config's choices and, per trait, the family's
+    strategies that have it (what would work instead)."""
+    names = {
+        "family": config.family,
+        "strategy": config.strategy.name,
+        "privacy": config.privacy.name,
+        "crypto": config.crypto.name,
+        "device_profiles": config.selection.device_profiles,
+    }
+    specs = family.strategies
     for trait in ("linear", "uniform_mean"):
         having = [n for n in specs.names() if trait in strategy_traits(specs.get(n))]
-        names[trait] = ", ".join(having) or f"none of family={names['family']}'s strategies"
+        names[trait] = ", ".join(having) or f"none of family={config.family}'s strategies"
     return names
 
 
@@ -268,7 +259,7 @@ def render(rows: list[Row]) -> str:
     out += ["", "Other combinations refused:"]
     for refused in RULES:
         settings = refused.when - TRAITS
-        if not (len(settings) == 1 and settings <= FEATURES.keys()):  # not a cell above
+        if not (len(settings) == 1 and settings <= set(FEATURES)):  # not a cell above
             why = refused.why.format_map(_Placeholders())
             out.append(f"- {' + '.join(sorted(refused.when))}: {why}")
     return "\n".join(out)

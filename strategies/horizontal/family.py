@@ -207,8 +207,8 @@ class Horizontal(Strategy):
         config = self.config
         data = config.federated_data()
         config.privacy.check_clients([len(p) for p in data.parts])
-        self.data, self.initial = data, initial_arrays(config, data)
-        initial = self.initial
+        self.data = data
+        self.initial = initial = initial_arrays(config, data)
         if config.engine.keys_provisioned:
             # Deployment: key files from `fedpriv keys init`; the server reads only its own.
             server_key = config.crypto.load_keys(server=True)

@@ -27,11 +27,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from fedpriv.config import ExperimentConfig
 from fedpriv.crypto import peers
 from fedpriv.crypto.records import Layout
-from fedpriv.data.federated import federate
 from fedpriv.node import partition_id
 from fedpriv.privacy.accounting import planned_steps
+from fedpriv.runtime.models import evaluate_arrays, fresh_model
 from fedpriv.strategies.swarm.settings import DiNNO, Leader, swarm_strategy
-from fedpriv.training import evaluate, seed_for
+from fedpriv.training import seed_for
 
 KEY, MODEL, DUAL, MERGED = "swarm.key", "swarm.model", "swarm.dual", "swarm.merged"
 INBOX, OUTBOX, KEYS, CONFIG, METRICS = "inbox", "outbox", "keys", "config", "metrics"
@@ -67,9 +67,8 @@ class SwarmPeer:
 
     # -- state ---------------------------------------------------------------------
     def data(self, context: Context) -> tuple[int, np.ndarray, np.ndarray]:
-        cfg = self.config
         party = partition_id(context)
-        x, y = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed).client(party)
+        x, y = self.config.federated_data().client(party)
         return party, x, y
 
     def model_vector(self, context: Context) -> np.ndarray:
@@ -125,18 +124,13 @@ class SwarmPeer:
         )
 
     def module(self, vector: np.ndarray) -> torch.nn.Module:
-        cfg = self.config
-        data = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
-        model = cfg.privacy.prepare_model(
-            cfg.model.build(data.dataset.input_shape, data.dataset.num_classes)
-        )
+        model = fresh_model(self.config, self.config.federated_data().dataset)
         model.load_state_dict(self.layout.unflatten(vector).to_torch_state_dict())
         return model
 
     def score(self, vector: np.ndarray) -> dict[str, float]:
-        cfg = self.config
-        data = federate(cfg.data, cfg.partition, cfg.num_clients, cfg.seed)
-        return evaluate(self.module(vector), data.dataset.x_test, data.dataset.y_test)
+        data = self.config.federated_data()
+        return evaluate_arrays(self.config, data, self.layout.unflatten(vector))
 
     # -- handlers -----------------------------------------------------------------------
     def keys(self, msg: Message, context: Context) -> Message:
