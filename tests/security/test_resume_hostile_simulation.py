@@ -10,6 +10,7 @@ against the DP steps each client reported in ``metrics.jsonl``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 
@@ -51,31 +52,29 @@ def forge_victims_state(
     return reply
 
 
-class HostileStateHorizontal(Horizontal):
-    """The horizontal family with partition 2's ClientApp running the forging mod."""
+@contextlib.contextmanager
+def hostile_family(name: str, mod: Callable[..., Message]) -> Iterator[str]:
+    """The horizontal family with ``mod`` outermost on every ClientApp (the mods decide
+    which partition misbehaves), registered as family ``name`` while the block runs."""
 
-    family = "hostile_state"
+    class Hostile(Horizontal):
+        family = name
 
-    def prepare(self) -> Setup:
-        setup = super().prepare()
-        setup.client_mods = [*setup.client_mods, forge_victims_state]
-        return setup
+        def prepare(self) -> Setup:
+            setup = super().prepare()
+            setup.client_mods = [*setup.client_mods, mod]
+            return setup
 
-
-@pytest.fixture
-def hostile_family() -> Iterator[None]:
-    """Registered for this test."""
-    FAMILIES.register("hostile_state")(HostileStateHorizontal)
+    FAMILIES.register(name)(Hostile)
     try:
-        yield
+        yield f"family.name={name}"
     finally:
-        FAMILIES._specs.pop("hostile_state")
+        FAMILIES._specs.pop(name)
 
 
-def test_a_hostile_client_cannot_rewrite_another_clients_record(make_config, hostile_family):
-    result = run(
-        make_config("family.name=hostile_state", "num_clients=3", "rounds=3", "privacy=dp_sgd")
-    )
+def test_a_hostile_client_cannot_rewrite_another_clients_record(make_config):
+    with hostile_family("hostile_state", forge_victims_state) as family:
+        result = run(make_config(family, "num_clients=3", "rounds=3", "privacy=dp_sgd"))
     steps: dict[int, list[int]] = {}
     for record in result.history:
         for client in record["clients"]:
@@ -111,26 +110,12 @@ def claim_victims_epsilon(
     return reply
 
 
-class HostileMetricsHorizontal(Horizontal):
-    """The horizontal family with partition 2's ClientApp claiming partition 0's ε."""
-
-    family = "hostile_metrics"
-
-    def prepare(self) -> Setup:
-        setup = super().prepare()
-        setup.client_mods = [*setup.client_mods, claim_victims_epsilon]
-        return setup
-
-
 def test_a_client_can_misreport_only_its_own_epsilon(make_config):
     """Before the fix the ledger took the partition from the reply's metrics: the liar
     wrote partition 0's ε in the summary (whichever reply came last won)."""
-    FAMILIES.register("hostile_metrics")(HostileMetricsHorizontal)
-    try:
-        result = run(make_config("family.name=hostile_metrics", "num_clients=3", "rounds=2",
-                                 "privacy=dp_sgd", "checkpoint_every=0"))  # fmt: skip
-    finally:
-        FAMILIES._specs.pop("hostile_metrics")
+    with hostile_family("hostile_metrics", claim_victims_epsilon) as family:
+        result = run(make_config(family, "num_clients=3", "rounds=2", "privacy=dp_sgd",
+                                 "checkpoint_every=0"))  # fmt: skip
     last = result.history[-1]["clients"]
     (victim,) = [c for c in last if c["partition-id"] == VICTIM and c["epsilon"] < FORGED_EPSILON]
     reported = result.summary["privacy"]["epsilon_per_client"]
