@@ -31,7 +31,7 @@ def metric(message: Message, key: str) -> float:
 
 @dataclasses.dataclass
 class Traffic:
-    """Payload bytes to and from each party (by party index) over some exchanges."""
+    """Payload bytes to and from each node (or party) over some exchanges."""
 
     down: dict[int, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
     up: dict[int, int] = dataclasses.field(default_factory=lambda: defaultdict(int))

@@ -18,8 +18,9 @@ above Flower's configure/aggregate hooks:
 * :meth:`Strategy.checkpoint_state` / :meth:`Strategy.restore_state` -- optional: the
   server-side state a resumed run needs (families without them cannot be resumed).
 
-Shared machinery (node waiting, bytes, the round clock, rejecting bad replies,
-evaluation, results) lives in :class:`~fedpriv.runtime.context.RunContext`.
+Shared machinery (messages to nodes, bytes, rejecting bad replies, the round clock,
+the privacy ledger, results) lives in the parts of
+:class:`~fedpriv.runtime.context.RunContext`; checkpoints in :mod:`fedpriv.runtime.resume`.
 Privacy and encryption wrap strategies or attach as Flower mods; they are not branches
 inside a family.
 """
@@ -37,6 +38,7 @@ from flwr.serverapp import Grid
 from fedpriv.config import ExperimentConfig
 from fedpriv.registry import Registry, Spec
 from fedpriv.runtime.context import RoundReport, RunContext
+from fedpriv.runtime.resume import resume, save_checkpoint
 
 #: A node-side message handler, as Flower's ClientApp calls it.
 Handler = Callable[[Message, Context], Message]
@@ -121,19 +123,19 @@ class Strategy(ABC):
     def run(self, grid: Grid, ctx: RunContext) -> list[dict[str, Any]]:
         """The coordinator's loop (template method); returns the per-round history."""
         try:
-            ctx.wait_for_nodes(grid)
+            ctx.exchange.wait_for_nodes(grid)
             if ctx.checkpoint is not None:
                 self.restore_state(ctx.checkpoint.family_state)
             self.start(grid, ctx)
             if ctx.checkpoint is not None:
-                ctx.resume(grid)
-            ctx.start_clock()
+                resume(ctx, grid)
+            ctx.clock.start()
             for server_round in range(ctx.first_round, self.config.rounds + 1):
-                ctx.start_round(server_round)
+                ctx.start_round()
                 report = self.round(server_round, grid, ctx)
                 ctx.end_round(report)
                 last = bool(ctx.stop_reason) or server_round == self.config.rounds
-                ctx.save_checkpoint(server_round, self.checkpoint_state(), last=last)
+                save_checkpoint(ctx, server_round, self.checkpoint_state(), last=last)
                 if ctx.stop_reason:
                     break
         finally:

@@ -1,3 +1,5 @@
 """Flower glue: apps (:mod:`.apps`), opening and finishing a run (:mod:`.runs`), the
-shared server context (:mod:`.context`), checkpoints and engines (:mod:`.simulation`).
-What travels in messages is :mod:`fedpriv.records`; a node's identity, :mod:`fedpriv.node`."""
+shared server context (:mod:`.context`, made of :mod:`.exchange`, :mod:`.client_reports`,
+:mod:`.clock` and :mod:`.rounds`), checkpoints (:mod:`.checkpoint`, :mod:`.resume`) and
+engines (:mod:`.simulation`, :mod:`.inprocess`). What travels in messages is
+:mod:`fedpriv.records`; a node's identity, :mod:`fedpriv.node`."""

@@ -1,10 +1,11 @@
 """Messages addressed to parties rather than to node IDs, for the families whose
 protocol names its parties (vertical: the label owner is party 0; swarm: peer k).
 
-A node says which party it is (its ``partition-id``) in its reply to the first message.
-:class:`Parties` learns the node↔party map from that reply, once, and counts the bytes
-each party sent and received. Both families use the same exchange; a horizontal round
-uses Flower's strategies on node IDs instead.
+A node says which party it is (its ``party`` metric) in its reply to the first message.
+:class:`Parties` learns the node↔party map from that reply, once; the bytes each party
+sent and received are the run's :class:`~fedpriv.runtime.exchange.Exchange` counts for
+its node. Both families use the same exchange; a horizontal round uses Flower's
+strategies on node IDs instead.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedpriv.errors import SimulationError
-from fedpriv.records import Traffic, metric, payload_nbytes
-from fedpriv.runtime.context import RunContext, not_answered
+from fedpriv.records import Traffic, metric
+from fedpriv.runtime.context import RunContext
+from fedpriv.runtime.exchange import not_answered
 
 log = logging.getLogger("fedpriv")
 
@@ -30,22 +32,28 @@ class PartyFailure(SimulationError):
 
 
 class Parties:
-    """The parties of one run: who is which node, and the bytes each exchanged."""
+    """The parties of one run: who is which node."""
 
     def __init__(self, count: int) -> None:
         self.count = count
         #: Party -> node ID, from :meth:`first_contact`.
         self.nodes: dict[int, int] = {}
-        self.traffic = Traffic()
+
+    def traffic(self, ctx: RunContext) -> Traffic:
+        """Payload bytes to and from each party this round (by party)."""
+        counted, by_party = ctx.exchange.traffic, Traffic()
+        for party, node in self.nodes.items():
+            by_party.up[party] = counted.up[node]
+            by_party.down[party] = counted.down[node]
+        return by_party
 
     def first_contact(
         self, grid: Grid, ctx: RunContext, message_type: str, content: RecordDict | None = None
     ) -> dict[int, Message]:
         """Send every node the same first message; learn each node's party from its
         reply. Every party 0..count-1 must answer, once, without error."""
-        content = RecordDict() if content is None else content
         nodes = sorted(grid.get_node_ids())
-        replies = ctx.first_contact(grid, nodes, message_type, content)
+        replies = ctx.exchange.first_contact(grid, nodes, message_type, content)
         if (unanswered := not_answered(nodes, replies)) is not None:
             count, reason = unanswered
             raise PartyFailure(f"{count} node(s) failed {message_type}: {reason}")
@@ -54,9 +62,6 @@ class Parties:
             named = sorted(int(metric(reply, PARTY)) for reply in replies)
             raise PartyFailure(f"nodes report parties {named}; expected 0..{self.count - 1}")
         self.nodes = {party: reply.metadata.src_node_id for party, reply in by_party.items()}
-        for party, reply in by_party.items():
-            self.traffic.down[party] += payload_nbytes(content)
-            self.traffic.up[party] += payload_nbytes(reply.content)
         return by_party
 
     def send(
@@ -76,17 +81,14 @@ class Parties:
             party: Message(content=c, dst_node_id=self.nodes[party], message_type=message_type)
             for party, c in contents.items()
         }
-        for party, message in messages.items():
-            self.traffic.down[party] += payload_nbytes(message.content)
         party_of = {node: party for party, node in self.nodes.items()}
         replies: dict[int, Message] = {}
         failures: dict[int, str] = {}
-        for reply in ctx.send_and_receive(grid, messages.values(), timeout):
+        for reply in ctx.exchange.send_and_receive(grid, messages.values(), timeout):
             party = party_of[reply.metadata.src_node_id]
             if reply.has_error():
                 failures[party] = f"failed {message_type}: {reply.error.reason}"
                 continue
-            self.traffic.up[party] += payload_nbytes(reply.content)
             replies[party] = reply
         wait = (
             f"{timeout:g} s"

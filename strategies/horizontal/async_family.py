@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import time
 from typing import Any, cast
 
@@ -28,19 +27,12 @@ from fedpriv.crypto.records import Layout
 from fedpriv.privacy.ledger import declined_reason
 from fedpriv.records import check_update
 from fedpriv.runtime.checkpoint import CheckpointError
-from fedpriv.runtime.context import PULL_INTERVAL_S
+from fedpriv.runtime.exchange import PULL_INTERVAL_S
 from fedpriv.strategies.base import RoundReport, RunContext
-from fedpriv.strategies.horizontal.asynchronous import Arrival, AsyncSpec, Easgd, ServerState
-from fedpriv.strategies.horizontal.family import (
-    ARRAYS,
-    CLIENT_SAMPLING,
-    CONFIG,
-    ELASTIC_RHO,
-    Horizontal,
-    PartitionOrderedGrid,
-    client_entry,
-)
-from fedpriv.training import seed_for
+from fedpriv.strategies.horizontal.asynchronous import Arrival, AsyncSpec, ServerState
+from fedpriv.strategies.horizontal.client import ARRAYS, CONFIG
+from fedpriv.strategies.horizontal.common import HorizontalDriver, client_entry
+from fedpriv.strategies.horizontal.sampling import partition_order, sampling_rng
 
 log = logging.getLogger("fedpriv")
 
@@ -54,7 +46,7 @@ class Dispatch:
     sent_at: float
 
 
-class AsyncHorizontal(Horizontal):
+class AsyncHorizontal(HorizontalDriver):
     """FedAsync, FedBuff, EASGD and BMUF on Flower's grid, without a round barrier."""
 
     def __init__(self, config: ExperimentConfig) -> None:
@@ -75,10 +67,7 @@ class AsyncHorizontal(Horizontal):
         self.dispatched = 0
         self.updates_applied = 0
         self.dropped_stale = 0
-        self.rng = random.Random(seed_for(config.seed, CLIENT_SAMPLING))
-
-    def flower_strategy(self) -> Any:
-        return None  # the asynchronous rules are fedpriv's own (Flower has none)
+        self.rng = sampling_rng(config.seed)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The model, the rule's state and the counters. Updates in flight are not
@@ -127,7 +116,7 @@ class AsyncHorizontal(Horizontal):
     def idle_nodes(self, grid: Grid) -> list[int]:
         """Nodes with no work in flight and budget left, in partition order."""
         busy = {d.node for d in self.in_flight.values()} | self.retired | self.benched
-        nodes = PartitionOrderedGrid(grid, self.partition_of or {}).get_node_ids()
+        nodes = partition_order(list(grid.get_node_ids()), self.partition_of)
         return [node for node in nodes if node not in busy]
 
     def dispatch(self, grid: Grid, ctx: RunContext) -> None:
@@ -144,14 +133,12 @@ class AsyncHorizontal(Horizontal):
         messages = []
         for node in chosen:
             self.dispatched += 1
-            settings: dict[str, Any] = {"server-round": self.dispatched}
-            if isinstance(self.spec, Easgd):
-                settings[ELASTIC_RHO] = self.spec.rho
-            content = RecordDict({ARRAYS: self.arrays, CONFIG: ConfigRecord(settings)})
+            settings = ConfigRecord({"server-round": self.dispatched})
+            content = RecordDict({ARRAYS: self.arrays, CONFIG: settings})
             messages.append(
                 Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN)
             )
-        pushed, now = set(ctx.push(grid, messages)), time.monotonic()
+        pushed, now = set(ctx.exchange.push(grid, messages)), time.monotonic()
         for message, node in zip(messages, chosen, strict=True):
             if message.metadata.message_id in pushed:
                 self.in_flight[message.metadata.message_id] = Dispatch(node, version, now)
@@ -165,17 +152,17 @@ class AsyncHorizontal(Horizontal):
         assert self.state is not None and self.layout is not None
         sent = self.in_flight.pop(reply.metadata.reply_to_message_id)
         if (declined := declined_reason(reply)) is not None:
-            ctx.decline(reply, declined)
+            ctx.reports.decline(reply, declined)
             self.retired.add(sent.node)
             return None
         if (reason := check_update(reply, self.arrays, self.weight_key)) is not None:
-            ctx.reject(reply, reason)
+            ctx.exchange.reject(reply, reason)
             self.benched.add(sent.node)
             return None
         staleness = self.state.version - sent.version
         if not self.spec.accepts(staleness):
             metrics = reply.content.metric_records["metrics"]
-            ctx.client_reported(reply.metadata.src_node_id, metrics)
+            ctx.reports.reported(reply.metadata.src_node_id, metrics)
             self.dropped_stale += 1
             log.info(
                 "dropped an update from node %d: %d versions old > max_staleness=%d",
@@ -195,7 +182,7 @@ class AsyncHorizontal(Horizontal):
             "staleness-weight": self.spec.weight(staleness),
             "version": self.state.version,
             "update": self.updates_applied,
-            "elapsed": ctx.elapsed(),
+            "elapsed": ctx.clock.elapsed(),
         }
 
     def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
@@ -214,17 +201,17 @@ class AsyncHorizontal(Horizontal):
                 else:
                     stop_reason = "no client is left to train (every budget is spent)"
                 break
-            replies, answered = ctx.pull(grid, set(self.in_flight))
+            replies, answered = ctx.exchange.pull(grid, set(self.in_flight))
             for reply in replies:
                 entry = self.receive(reply, ctx)
                 if entry is not None:
                     applied.append(entry)
                     last_update = time.monotonic()
-            for message_id in answered & set(self.in_flight):  # screened out by ctx.pull
+            for message_id in answered & set(self.in_flight):  # screened out by the exchange
                 self.benched.add(self.in_flight.pop(message_id).node)
             if answered:  # bases no message in flight was sent are not needed any more
                 self.bases = {v: b for v, b in self.bases.items() if self.in_use(v)}
-            if (stop_reason := ctx.budget_reason()) is not None:
+            if (stop_reason := ctx.clock.budget_reason()) is not None:
                 break
             if time.monotonic() - last_update > patience:
                 log.warning(

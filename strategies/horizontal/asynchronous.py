@@ -29,11 +29,16 @@ update weighs 2^-a under the polynomial; here that constant is part of α.)
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
+from flwr.app import ArrayRecord, Context
+from torch import nn
 
-from fedpriv.strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec
+from fedpriv.strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec, StateDict
+
+#: The ``context.state`` record in which an EASGD node keeps its own model.
+ELASTIC_MODEL = "fedpriv.elastic"
 
 STALENESS_FUNCTIONS = ("constant", "polynomial", "hinge")
 
@@ -205,6 +210,17 @@ class Easgd(AsyncSpec):
         state.version += 1
         return True
 
+    def local_start(self, model: nn.Module, context: Context) -> StateDict:
+        """The node trains its own model (the center it first received, at first); the
+        center it received now is what the elastic step pulls toward."""
+        center = {name: value.clone() for name, value in model.state_dict().items()}
+        if (own := context.state.array_records.get(ELASTIC_MODEL)) is not None:
+            model.load_state_dict(own.to_torch_state_dict())
+        return center
+
+    def local_reply(self, trained: StateDict, started: Any, context: Context) -> StateDict:
+        return elastic_exchange(trained, started, context, self.rho)
+
 
 @dataclasses.dataclass(frozen=True)
 class _Buffered(AsyncSpec):
@@ -290,3 +306,21 @@ class Bmuf(_Buffered):
         state.model = (
             state.anchor + self.block_momentum * state.momentum if self.nesterov else state.anchor
         )
+
+
+def elastic_exchange(
+    trained: StateDict, center: StateDict, context: Context, rho: float
+) -> StateDict:
+    """EASGD's elastic step on a node. The difference ``rho·(trained − center)`` pulls
+    the node's own model toward the center it received (kept in ``context.state`` for
+    its next exchange) and is what the center moves by: the reply is ``center + diff``,
+    so the server adds the same difference with the opposite sign."""
+    own, reply = {}, {}
+    for name, value in trained.items():
+        if not value.is_floating_point():
+            own[name] = reply[name] = value
+            continue
+        diff = rho * (value - center[name])
+        own[name], reply[name] = value - diff, center[name] + diff
+    context.state[ELASTIC_MODEL] = ArrayRecord(own)
+    return reply

@@ -12,12 +12,18 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
+from flwr.app import Context
 from flwr.serverapp import strategy as flwr_strategies
+from torch import nn
 
 from fedpriv.families import StrategySpec
 from fedpriv.merge import merge_rule
 from fedpriv.registry import Registry
 from fedpriv.strategies.horizontal.aggregators import ElementwiseMerge
+
+#: A model's parameters and buffers by name, as torch's ``state_dict`` holds them.
+StateDict = dict[str, torch.Tensor]
 
 __all__ = ["HORIZONTAL_STRATEGIES", "HorizontalSpec"]
 
@@ -55,6 +61,18 @@ class HorizontalSpec(StrategySpec):
         """Clients trained per round."""
         return max(1, math.ceil(self.fraction_train * num_clients))
 
+    # -- node side: a strategy whose clients keep more than the global model ------------
+    def local_start(self, model: nn.Module, context: Context) -> Any:
+        """Before a node trains ``model`` (the global model it received): load what this
+        strategy trains instead, and return what :meth:`local_reply` needs. Default:
+        train the global model itself."""
+        return None
+
+    def local_reply(self, trained: StateDict, started: Any, context: Context) -> StateDict:
+        """What a node's reply carries after training (``started``: what
+        :meth:`local_start` returned). Default: the trained model."""
+        return trained
+
     def flower_kwargs(self) -> dict[str, Any]:
         """The spec's own parameters, as Flower's constructor names them."""
         return {
@@ -63,18 +81,18 @@ class HorizontalSpec(StrategySpec):
             if f.name != "fraction_train"
         }
 
-    def build(
-        self, num_clients: int, weighted_by_key: str = "num-examples"
-    ) -> flwr_strategies.Strategy:
-        """A fresh Flower strategy; federated evaluation is off (the server evaluates).
+    def build(self, weighted_by_key: str = "num-examples") -> flwr_strategies.Strategy:
+        """A fresh Flower strategy that trains every node its grid lists (fedpriv
+        samples the clients, seeded: :mod:`.sampling`); federated evaluation is off (the
+        server evaluates).
 
         ``weighted_by_key`` names the reply metric that weights the mean (central DP
         weights uniformly).
         """
         return self.flower_class(
-            fraction_train=self.fraction_train,
-            min_train_nodes=self.sampled(num_clients),
-            min_available_nodes=num_clients,
+            fraction_train=1.0,
+            min_train_nodes=1,
+            min_available_nodes=1,
             min_evaluate_nodes=0,
             weighted_by_key=weighted_by_key,
             **self.flower_kwargs(),

@@ -28,7 +28,7 @@ from fedpriv.crypto.embeddings import CkksEmbeddingMod, CkksEmbeddingSum
 from fedpriv.crypto.records import Layout
 from fedpriv.crypto.scheme import Ckks
 from fedpriv.errors import ConfigError
-from fedpriv.records import Traffic, metric
+from fedpriv.records import metric
 from fedpriv.runtime.models import initial_arrays
 from fedpriv.runtime.parties import Parties
 from fedpriv.strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
@@ -176,7 +176,6 @@ class SwarmFamily(Strategy):
     # -- one sync -----------------------------------------------------------------------------
     def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
         s, strategy = self.swarm, self.strategy
-        self.parties.traffic = Traffic()
         everyone = set(self.parties.nodes)
         graph = self.graph(server_round)
         leader = strategy.leader(self.live, server_round, self.config.seed)
@@ -211,14 +210,14 @@ class SwarmFamily(Strategy):
         for party, reply in list(replies.items()):
             reason = self.check_outbox(reply, set(contents[party][CONFIG]["to"]))  # type: ignore[arg-type]
             if reason:
-                ctx.reject(reply, f"peer {party}: {reason}")
+                ctx.exchange.reject(reply, f"peer {party}: {reason}")
                 del replies[party]
         if isinstance(strategy, Gossip):
             self.mixing = strategy.mixing_weights(graph, [self.sizes[p] for p in range(len(graph))])
         extra: dict[str, Any] = {}
-        before = self.parties.traffic.total
+        before = self.parties.traffic(ctx).total
         distance = self.consensus(grid, ctx, sorted(replies)) if self.adder else None
-        measured = self.parties.traffic.total - before
+        measured = self.parties.traffic(ctx).total - before
         merged = None
         if leader is None:  # neighbours merge next sync
             for sender, reply in replies.items():
@@ -250,12 +249,13 @@ class SwarmFamily(Strategy):
         }
         accuracy = merged["accuracy"] if merged else extra["swarm"]["accuracy_mean"]
         loss = merged["loss"] if merged else (float(np.mean(losses)) if losses else None)
+        traffic = self.parties.traffic(ctx)
         clients = [
             {
                 "party": p,
                 "node_id": self.parties.nodes[p],
-                "bytes_up": self.parties.traffic.up[p],
-                "bytes_down": self.parties.traffic.down[p],
+                "bytes_up": traffic.up[p],
+                "bytes_down": traffic.down[p],
                 **{k: v for k, v in replies[p].content.metric_records[METRICS].items()},
             }
             if p in replies
@@ -263,7 +263,7 @@ class SwarmFamily(Strategy):
                 "party": p,
                 "node_id": self.parties.nodes[p],
                 "bytes_up": 0,
-                "bytes_down": self.parties.traffic.down[p],
+                "bytes_down": traffic.down[p],
             }
             for p in sorted(everyone)
         ]
@@ -283,12 +283,12 @@ class SwarmFamily(Strategy):
             record = reply.content.array_records.get("model")
             reason = "no model" if record is None else self.adder.check(record, 1)
             if record is None or reason:
-                ctx.reject(reply, f"peer {party}, consensus: {reason}")
+                ctx.exchange.reject(reply, f"peer {party}, consensus: {reason}")
                 continue
             records[party] = record
         total, bad = self.adder.combine(records, 1) if records else (None, {})
         for party, reason in bad.items():
-            ctx.reject(replies[party], f"peer {party}, consensus: {reason}")
+            ctx.exchange.reject(replies[party], f"peer {party}, consensus: {reason}")
         if total is None:
             return None
         count = ConfigRecord({"count": len(records)})

@@ -26,7 +26,7 @@ from fedpriv.crypto import psi
 from fedpriv.crypto.embeddings import CkksEmbeddingSum
 from fedpriv.data.vertical import LABEL_OWNER, vertical_tables
 from fedpriv.errors import ConfigError, SimulationError
-from fedpriv.records import Traffic, metric
+from fedpriv.records import metric
 from fedpriv.runtime.parties import Parties, PartyFailure
 from fedpriv.strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
 from fedpriv.strategies.vertical.model import build_bottom, build_top, epoch_batches
@@ -213,10 +213,9 @@ class Vertical(Strategy):
             "test_entities": self.test_count,
             "seconds": time.perf_counter() - started,  # includes starting the ClientApps
             "party_mask_seconds": self.psi_seconds,
-            "bytes": self.parties.traffic.total,
+            "bytes": self.parties.traffic(ctx).total,
         }
         ctx.out.write_json("alignment.json", self.alignment)
-        self.parties.traffic = Traffic()
         adder = self.config.crypto.embedding_sum(ctx.server_key, self.vertical.embedding_dim)
         if adder is not None:
             self.relay = SumRelay(adder)
@@ -255,7 +254,6 @@ class Vertical(Strategy):
     # -- one epoch -------------------------------------------------------------------------
     def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
         s = self.vertical
-        self.parties.traffic = Traffic()
         batches = epoch_batches(
             self.train_count, self.config.train.batch_size, self.config.seed, server_round
         )
@@ -307,7 +305,9 @@ class Vertical(Strategy):
                     )
             evaluation = self.evaluate(grid, ctx)
         except PartyFailure as failure:
-            return RoundReport(server_round, clients=self.party_entries(), stop_reason=str(failure))
+            return RoundReport(
+                server_round, clients=self.party_entries(ctx), stop_reason=str(failure)
+            )
         count = max(totals["count"], 1)
         extra: dict[str, Any] = {
             "vertical": {
@@ -330,7 +330,7 @@ class Vertical(Strategy):
             server_round,
             accuracy=evaluation["accuracy"],
             loss=evaluation["loss"],
-            clients=self.party_entries(),
+            clients=self.party_entries(ctx),
             extra=extra,
         )
 
@@ -345,12 +345,12 @@ class Vertical(Strategy):
                 "no embedding in the reply" if record is None else self.relay.check(record, rows)
             )
             if record is None or reason is not None:
-                ctx.reject(reply, f"party {party}, {what}: {reason}")
+                ctx.exchange.reject(reply, f"party {party}, {what}: {reason}")
                 return None
             records[party] = record
         combined, bad = self.relay.combine(records, rows)
         for party, reason in bad.items():
-            ctx.reject(replies[party], f"party {party}, {what}: {reason}")
+            ctx.exchange.reject(replies[party], f"party {party}, {what}: {reason}")
         return None if bad else combined
 
     def evaluate(self, grid: Grid, ctx: RunContext) -> dict[str, float | None]:
@@ -365,14 +365,15 @@ class Vertical(Strategy):
         reply = self.parties.send(grid, ctx, "evaluate.top", top)[LABEL_OWNER]
         return {"accuracy": metric(reply, "accuracy"), "loss": metric(reply, "loss")}
 
-    def party_entries(self) -> list[dict[str, Any]]:
+    def party_entries(self, ctx: RunContext) -> list[dict[str, Any]]:
         """Each party's line in the round record: its node and bytes this epoch."""
+        traffic = self.parties.traffic(ctx)
         return [
             {
                 "party": p,
                 "node_id": self.parties.nodes.get(p),
-                "bytes_down": self.parties.traffic.down[p],
-                "bytes_up": self.parties.traffic.up[p],
+                "bytes_down": traffic.down[p],
+                "bytes_up": traffic.up[p],
             }
             for p in range(self.vertical.parties)
         ]

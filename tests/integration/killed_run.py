@@ -21,7 +21,7 @@ import signal
 import sys
 from typing import Any
 
-from fedpriv.runtime import context as run_context
+from fedpriv.runtime import exchange as run_exchange
 from fedpriv.runtime.checkpoint import Checkpoint
 
 SPENT_KEYS = ("partition-id", "dp-noise-multiplier", "dp-sample-rate", "dp-steps", "delta")
@@ -52,10 +52,10 @@ if "KILL_AFTER" in os.environ:
 
 if "REPLY_LOG" in os.environ:
     log_path = os.environ["REPLY_LOG"]
-    exchange = run_context.exchange
+    push_and_pull = run_exchange.push_and_pull
 
     def logged_exchange(grid, messages, timeout):  # type: ignore[no-untyped-def]
-        sent, replies = exchange(grid, messages, timeout)
+        sent, replies = push_and_pull(grid, messages, timeout)
         if train_round(messages) is not None:
             with open(log_path, "a") as log:
                 for reply in replies:
@@ -67,11 +67,11 @@ if "REPLY_LOG" in os.environ:
                 os.fsync(log.fileno())
         return sent, replies
 
-    run_context.exchange = logged_exchange  # type: ignore[assignment]
+    run_exchange.push_and_pull = logged_exchange  # type: ignore[assignment]
 
 if "KILL_AFTER_REPLIES" in os.environ:
     kill_round = int(os.environ["KILL_AFTER_REPLIES"])
-    send_and_receive = run_context.RunContext.send_and_receive
+    send_and_receive = run_exchange.Exchange.send_and_receive
 
     def receive_then_die(self, grid, messages, timeout=None):  # type: ignore[no-untyped-def]
         messages = list(messages)
@@ -80,7 +80,7 @@ if "KILL_AFTER_REPLIES" in os.environ:
             die()
         return replies
 
-    run_context.RunContext.send_and_receive = receive_then_die  # type: ignore[method-assign]
+    run_exchange.Exchange.send_and_receive = receive_then_die  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     from fedpriv.experiments.run import main

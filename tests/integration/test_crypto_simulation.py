@@ -14,6 +14,7 @@ from fedpriv import run
 from fedpriv.crypto import Ckks
 from fedpriv.crypto.fingerprint import split_server_context
 from fedpriv.runtime.context import RunContext
+from fedpriv.runtime.exchange import Exchange
 
 pytestmark = pytest.mark.inprocess
 
@@ -45,7 +46,8 @@ def test_ckks_run_matches_the_plaintext_run(strategy, make_config, tmp_path):
 @pytest.mark.simulation
 def test_server_never_handles_a_secret_key(make_config, monkeypatch):
     seen, keys, server_keys = [], [], []
-    make_keys, send_and_receive = Ckks.make_keys, RunContext.send_and_receive
+    make_keys, send_and_receive = Ckks.make_keys, Exchange.send_and_receive
+    open_context = RunContext.__init__
 
     def spy_keys(self):
         keys.append(make_keys(self))
@@ -54,12 +56,16 @@ def test_server_never_handles_a_secret_key(make_config, monkeypatch):
     def spy_messages(self, grid, messages, timeout=None):
         messages = list(messages)
         replies = send_and_receive(self, grid, messages, timeout)
-        server_keys.append(self.server_key)
         seen.extend(m.content for m in messages + [r for r in replies if r.has_content()])
         return replies
 
+    def spy_context(self, *args, **kwargs):
+        open_context(self, *args, **kwargs)
+        server_keys.append(self.server_key)
+
     monkeypatch.setattr(Ckks, "make_keys", spy_keys)
-    monkeypatch.setattr(RunContext, "send_and_receive", spy_messages)
+    monkeypatch.setattr(RunContext, "__init__", spy_context)
+    monkeypatch.setattr(Exchange, "send_and_receive", spy_messages)
     result = run(make_config("crypto=ckks"))
     assert result.final["accuracy"] > 0.3
     secret = keys[0].secret
@@ -71,7 +77,7 @@ def test_server_never_handles_a_secret_key(make_config, monkeypatch):
     assert len(blobs) >= 2 * 4 * 2  # every train message and reply of two rounds
     for blob in blobs:
         assert not any(window in blob for window in windows)
-    assert {key for key in server_keys} == {keys[0].public}
+    assert server_keys == [keys[0].public]  # the one context the ServerApp holds
     server = ts.context_from(split_server_context(keys[0].public)[1])
     assert not server.has_secret_key()
     state = [c for c in seen if "arrays" in c.array_records][-1]["arrays"]

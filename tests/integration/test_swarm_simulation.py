@@ -11,7 +11,7 @@ from fedpriv import load_config, run
 from fedpriv.config import from_mapping
 from fedpriv.crypto.records import CKKS_STYPE
 from fedpriv.data.federated import federate
-from fedpriv.runtime.context import RunContext
+from fedpriv.runtime.exchange import Exchange
 from fedpriv.runtime.models import initial_arrays
 
 pytestmark = pytest.mark.inprocess
@@ -35,7 +35,7 @@ def swarm(tmp_path):
 def relayed(monkeypatch):
     """Every message content the relay sends or receives."""
     seen = []
-    send_and_receive = RunContext.send_and_receive
+    send_and_receive = Exchange.send_and_receive
 
     def spy(self, grid, outgoing, timeout=None):
         outgoing = list(outgoing)
@@ -44,7 +44,7 @@ def relayed(monkeypatch):
         seen.extend((r.metadata.message_type, r.content) for r in replies if r.has_content())
         return replies
 
-    monkeypatch.setattr(RunContext, "send_and_receive", spy)
+    monkeypatch.setattr(Exchange, "send_and_receive", spy)
     return seen
 
 

@@ -12,7 +12,7 @@ from fedpriv import load_config, run
 from fedpriv.config import from_mapping
 from fedpriv.crypto.records import CKKS_STYPE
 from fedpriv.data.vertical import join, vertical_tables
-from fedpriv.runtime.context import RunContext
+from fedpriv.runtime.exchange import Exchange
 from fedpriv.strategies.vertical.model import train_centrally
 from fedpriv.strategies.vertical.settings import vertical_settings
 
@@ -34,7 +34,7 @@ def vertical(tmp_path):
 def messages(monkeypatch):
     """Every (message type, sent content, reply content) the coordinator exchanges."""
     seen = []
-    send_and_receive = RunContext.send_and_receive
+    send_and_receive = Exchange.send_and_receive
 
     def spy(self, grid, outgoing, timeout=None):
         outgoing = list(outgoing)
@@ -45,7 +45,7 @@ def messages(monkeypatch):
             seen.append((message.metadata.message_type, message.content, reply and reply.content))
         return replies
 
-    monkeypatch.setattr(RunContext, "send_and_receive", spy)
+    monkeypatch.setattr(Exchange, "send_and_receive", spy)
     return seen
 
 

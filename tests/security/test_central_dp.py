@@ -40,9 +40,7 @@ def central(**params) -> Central:
 
 
 def wrapped(spec: Central):
-    fedavg = HORIZONTAL_STRATEGIES.create({"name": "fedavg"}).build(
-        SAMPLED, weighted_by_key="dp-weight"
-    )
+    fedavg = HORIZONTAL_STRATEGIES.create({"name": "fedavg"}).build(weighted_by_key="dp-weight")
     strategy = spec.wrap_strategy(fedavg, SAMPLED)
     zeros = ArrayRecord({"w": Array(np.zeros(SIZE, np.float32))})
     strategy.configure_train(1, zeros, ConfigRecord(), Grid())

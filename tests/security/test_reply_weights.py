@@ -41,7 +41,7 @@ def reply(node: int, values: np.ndarray, weight: object) -> Message:
 def fedavg_round(replies: list[Message]) -> tuple[np.ndarray | None, list[str]]:
     """One round of the plaintext path: screen each reply, aggregate the rest with
     Flower's FedAvg. Returns the new global values and the rejection reasons."""
-    flower = HORIZONTAL_STRATEGIES.create({"name": "fedavg"}).build(len(replies))
+    flower = HORIZONTAL_STRATEGIES.create({"name": "fedavg"}).build()
     aggregator = PlainAggregator(flower, "num-examples")
     accepted, reasons = [], []
     for r in replies:
@@ -81,7 +81,7 @@ def test_a_forged_example_count_is_rejected_and_the_model_stays_the_honest_mean(
 def test_a_client_cannot_raise_its_weight_after_its_first_reply():
     """A client declares its real count first, then claims a huge one to take the round
     over: an honest client's data is fixed for a run, so a changed count is refused."""
-    flower = HORIZONTAL_STRATEGIES.create({"name": "fedavg"}).build(3)
+    flower = HORIZONTAL_STRATEGIES.create({"name": "fedavg"}).build()
     aggregator = PlainAggregator(flower, "num-examples")
     values = np.full(6, 100.0, np.float32)
     assert aggregator.check(reply(3, values, 20), GLOBAL) is None  # round 1: its real count
@@ -106,7 +106,7 @@ def test_the_ckks_server_refuses_an_infinite_weight_it_would_divide_the_sum_by()
     keys = spec.make_keys()
     layout = Layout.of(GLOBAL)
     aggregator = spec.aggregator(
-        HORIZONTAL_STRATEGIES.create({"name": "fedavg"}).build(2),
+        HORIZONTAL_STRATEGIES.create({"name": "fedavg"}).build(),
         weight_key="num-examples",
         strategy=HORIZONTAL_STRATEGIES.create({"name": "fedavg"}),
         layout=layout,

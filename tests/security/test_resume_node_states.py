@@ -26,6 +26,7 @@ from fedpriv.results import RunDirectory
 from fedpriv.runtime.checkpoint import NODE_STATE, RESTORE, Checkpoint, NodeStateMod, restore_node
 from fedpriv.runtime.context import RunContext
 from fedpriv.runtime.inprocess import InProcessGrid
+from fedpriv.runtime.resume import resume, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -96,20 +97,20 @@ def rounds_then_resume(make_config, tmp_path, rounds: int, lying_rounds: set[int
     ctx = RunContext(config, out)
     grid = NodeGrid(first_node=100, lying_rounds=frozenset(lying_rounds))
     for server_round in range(1, rounds + 1):
-        ctx.start_round(server_round)
+        ctx.start_round()
         settings = ConfigRecord({"server-round": server_round})
         messages = [
             Message(RecordDict({"config": settings}), dst_node_id=node, message_type="train")
             for node in grid.contexts
         ]
-        ctx.send_and_receive(grid, messages)
-    ctx.save_checkpoint(rounds, {"arrays": ArrayRecord()})
+        ctx.exchange.send_and_receive(grid, messages)
+    save_checkpoint(ctx, rounds, {"arrays": ArrayRecord()})
 
     checkpoint = Checkpoint.load(out.path)
     assert checkpoint is not None
     resumed = RunContext(config, out, checkpoint=checkpoint)
     fresh = NodeGrid(first_node=200)  # a resumed run's nodes: new IDs, empty state
-    resumed.resume(fresh)
+    resume(resumed, fresh)
     return fresh
 
 

@@ -35,7 +35,7 @@ def client_models(n: int) -> list[dict[str, np.ndarray]]:
 
 
 def aggregate(name: str, models, weights, **params) -> dict[str, np.ndarray]:
-    flower = HORIZONTAL_STRATEGIES.create({"name": name, **params}).build(len(models))
+    flower = HORIZONTAL_STRATEGIES.create({"name": name, **params}).build()
     replies = [reply(m, w, i) for i, (m, w) in enumerate(zip(models, weights, strict=True))]
     arrays, _ = flower.aggregate_train(1, replies)
     return {k: v.numpy() for k, v in arrays.items()}
@@ -90,7 +90,7 @@ def test_fedavgm_without_momentum_is_fedavg():
     models, weights = client_models(3), [5, 5, 10]
     flower = HORIZONTAL_STRATEGIES.create(
         {"name": "fedavgm", "server_momentum": 0.0, "server_learning_rate": 1.0}
-    ).build(3)
+    ).build()
     start = ArrayRecord({k: Array(np.zeros(s, np.float32)) for k, s in SHAPES.items()})
 
     class OneNodeGrid:  # configure_train only asks the grid for node ids
@@ -173,7 +173,7 @@ def test_fedopt_aggregates_keep_the_global_models_dtypes(name):
     """Flower's FedOpt computes in float64; the global model must stay float32."""
     from fedpriv.records import cast_like
 
-    flower = HORIZONTAL_STRATEGIES.create({"name": name}).build(2)
+    flower = HORIZONTAL_STRATEGIES.create({"name": name}).build()
     start = ArrayRecord({k: Array(np.zeros(s, np.float32)) for k, s in SHAPES.items()})
 
     class Grid:

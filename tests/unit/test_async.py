@@ -12,15 +12,16 @@ from hypothesis import strategies as st
 from fedpriv import load_config
 from fedpriv.errors import ConfigError
 from fedpriv.strategies.horizontal.asynchronous import (
+    ELASTIC_MODEL,
     Arrival,
     Bmuf,
     Easgd,
     FedAsync,
     FedBuff,
     compensate,
+    elastic_exchange,
     staleness_weight,
 )
-from fedpriv.strategies.horizontal.family import ELASTIC_MODEL, elastic_exchange
 
 RNG = np.random.default_rng(0)
 
@@ -173,3 +174,24 @@ def test_an_easgd_node_and_the_center_move_by_one_elastic_difference() -> None:
 def test_settings_an_asynchronous_run_cannot_use_are_refused(overrides, message) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config(["strategy=fedasync", *overrides])
+
+
+def test_an_easgd_node_trains_its_own_model_and_replies_the_elastic_step() -> None:
+    """The node-side hooks the shared train handler calls: EASGD trains the node's own
+    model from its second exchange on; other strategies train the global model."""
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    spec = Easgd(rho=0.5)
+    model = torch.nn.Linear(2, 1)
+    received = {k: v.clone() for k, v in model.state_dict().items()}
+    center = spec.local_start(model, context)  # first exchange: no own model yet
+    torch.testing.assert_close(center, received)
+    trained = {k: v + 2.0 for k, v in received.items()}
+    reply = spec.local_reply(trained, center, context)
+    torch.testing.assert_close(reply["weight"], received["weight"] + 1.0)
+    # The next exchange trains the node's own model (half-way back), not the new center.
+    fresh = torch.nn.Linear(2, 1)
+    spec.local_start(fresh, context)
+    torch.testing.assert_close(fresh.state_dict()["weight"], received["weight"] + 1.0)
+    plain = FedAsync()
+    assert plain.local_start(fresh, context) is None
+    assert plain.local_reply(trained, None, context) is trained

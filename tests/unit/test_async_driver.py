@@ -93,7 +93,7 @@ def started(make_config, tmp_path, grid: ScriptedGrid, *overrides: str):
     driver.prepare()
     ctx = RunContext(config, RunDirectory(tmp_path / "run"))
     driver.start(grid, ctx)
-    ctx.start_clock()
+    ctx.clock.start()
     return driver, ctx
 
 
@@ -149,7 +149,7 @@ def test_a_client_whose_reply_is_rejected_waits_for_the_next_round(make_config, 
     assert len(reasons) == 1 and reasons[0].endswith("holds NaN or Inf")
     assert grid.trains_to(2) == 1  # not sent new work after its bad reply
     assert report.extra["version"] == 2  # two full buffers of two
-    ctx.start_round(2)
+    ctx.start_round()
     grid.arrivals.order = [2]
     driver.round(2, grid, ctx)
     assert grid.trains_to(2) == 2  # a new round: it gets work again

@@ -39,13 +39,13 @@ def test_replies_to_other_exchanges_duplicates_and_oversized_payloads_are_reject
     honest = reply_to(first)
     stale = reply_to(request("m0", 3))  # a message an earlier round sent
     replies = [honest, reply_to(first), stale, reply_to(second, floats=1000)]
-    kept = ctx.screen(replies, sent={"m1", "m2"})
+    kept = ctx.exchange.screen(replies, sent={"m1", "m2"})
     assert kept == [honest]
-    reasons = [r["reason"] for r in ctx._rejected]
+    reasons = [r["reason"] for r in ctx.exchange.rejected]
     assert reasons[0] == "duplicate reply to message m1"
     assert reasons[1] == "reply to message m0, which this exchange did not send"
     assert reasons[2].startswith("payload of 0.0 MB exceeds engine.max_reply_mb=0.001")
-    assert ctx._bytes_up > 4000  # every reply's bytes are counted, kept or not
+    assert sum(ctx.exchange.traffic.up.values()) > 4000  # every reply's, kept or not
 
 
 GLOBAL = ArrayRecord(

@@ -221,15 +221,16 @@ def test_progress_bar_is_silent_off_a_terminal():
 def test_checkpoints_are_written_when_due_and_after_the_last_round(make_config, tmp_path):
     from fedpriv.results import RunDirectory
     from fedpriv.runtime.context import RunContext
+    from fedpriv.runtime.resume import save_checkpoint
 
     ctx = RunContext(make_config("checkpoint_every=3", "rounds=4"), RunDirectory(tmp_path))
-    ctx.save_checkpoint(2, {"model": 2})
+    save_checkpoint(ctx, 2, {"model": 2})
     assert Checkpoint.load(tmp_path) is None
-    ctx.save_checkpoint(3, {"model": 3})
+    save_checkpoint(ctx, 3, {"model": 3})
     assert Checkpoint.load(tmp_path).family_state == {"model": 3}
-    ctx.save_checkpoint(4, {"model": 4}, last=True)
+    save_checkpoint(ctx, 4, {"model": 4}, last=True)
     assert Checkpoint.load(tmp_path).round == 4
-    ctx.save_checkpoint(4, None, last=True)  # a family that cannot checkpoint: nothing
+    save_checkpoint(ctx, 4, None, last=True)  # a family that cannot checkpoint: nothing
     assert Checkpoint.load(tmp_path).family_state == {"model": 4}
 
 

@@ -58,7 +58,7 @@ def test_encrypted_aggregate_equals_plaintext_fedavg_within_1e_6():
 def test_encrypted_aggregate_equals_flowers_fedavg():
     models = [{k: v * 3 for k, v in m.items()} for m in client_models(4)]
     counts = [10, 200, 35, 7]
-    flower = HORIZONTAL_STRATEGIES.create({"name": "fedavg"}).build(4)
+    flower = HORIZONTAL_STRATEGIES.create({"name": "fedavg"}).build()
     replies = [reply(m, n, i) for i, (m, n) in enumerate(zip(models, counts, strict=True))]
     arrays, _ = flower.aggregate_train(1, replies)
     layout = Layout.of(ArrayRecord({k: v for k, v in replies[0].content["arrays"].items()}))
@@ -168,7 +168,7 @@ def test_fedavgm_shares_reproduce_flowers_fedavgm_over_rounds():
     spec = HORIZONTAL_STRATEGIES.create(
         {"name": "fedavgm", "server_momentum": 0.8, "server_learning_rate": 0.7}
     )
-    flower = spec.build(3)
+    flower = spec.build()
     start = {k: RNG.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
     arrays = ArrayRecord({k: reply(start).content["arrays"][k] for k in SHAPES})
     layout = Layout.of(arrays)

@@ -1,0 +1,103 @@
+"""A finished round, as the family reports it and as the run records it: one line of
+``metrics.jsonl``, the history, the telemetry publisher, the progress bar and the log."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from fedpriv.records import Traffic
+from fedpriv.results import RunDirectory
+from fedpriv.runtime.progress import Progress
+from fedpriv.telemetry import RoundPublisher
+
+log = logging.getLogger("fedpriv")
+
+
+@dataclasses.dataclass
+class RoundReport:
+    """What a family's round produced; the context adds bytes, seconds and rejections."""
+
+    server_round: int
+    accuracy: float | None = None
+    loss: float | None = None
+    clients: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Set to end the run after this round; the reason goes into the summary.
+    stop_reason: str | None = None
+
+
+class RoundRecorder:
+    """Where finished rounds go; ``history`` holds them all (a resumed run's too)."""
+
+    def __init__(
+        self,
+        rounds: int,
+        out: RunDirectory,
+        publisher: RoundPublisher,
+        history: list[dict[str, Any]],
+    ) -> None:
+        self.rounds = rounds
+        self.out = out
+        self.publisher = publisher
+        self.history = history
+        self.progress = Progress(rounds, done=len(history))
+
+    def record(
+        self,
+        report: RoundReport,
+        *,
+        traffic: Traffic,
+        seconds: float,
+        elapsed: float,
+        rejected: list[dict[str, Any]],
+        declined: list[dict[str, Any]],
+        privacy: dict[str, Any],
+    ) -> dict[str, Any]:
+        """The round's record: the family's report and what the run measured, written
+        everywhere it goes."""
+        record = {
+            "round": report.server_round,
+            "accuracy": report.accuracy,
+            "loss": report.loss,
+            "bytes_up": sum(traffic.up.values()),
+            "bytes_down": sum(traffic.down.values()),
+            "seconds": seconds,
+            "elapsed": elapsed,
+            "clients": report.clients,
+            "rejected": rejected,
+            "declined": declined,
+            **privacy,
+            **report.extra,
+        }
+        self.history.append(record)
+        self.out.append_round(record)
+        self.publisher.publish(record)
+        self.progress.update(record)
+        self._log(record)
+        return record
+
+    def close(self) -> None:
+        """Stop what the run serves (the Prometheus endpoint) and the progress bar."""
+        self.publisher.close()
+        self.progress.close()
+
+    def _log(self, record: dict[str, Any]) -> None:
+        accuracy = record["accuracy"]
+        privacy = record.get("privacy", {})
+        spent = (f"  ε {privacy['epsilon_max']:.3f}" if "epsilon_max" in privacy else "") + (
+            f"  user-level ε {privacy['user_level_epsilon']:.3f}"
+            if "user_level_epsilon" in privacy
+            else ""
+        )
+        log.info(
+            "round %d/%d  accuracy %s  clients %d  rejected %d%s  %.2fs",
+            record["round"],
+            self.rounds,
+            "n/a" if accuracy is None else f"{accuracy:.4f}",
+            len(record["clients"]),
+            len(record["rejected"]),
+            spent,
+            record["seconds"],
+        )
