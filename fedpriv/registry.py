@@ -64,6 +64,14 @@ class Registry(Generic[T]):
 
         return add
 
+    def unregister(self, name: str) -> None:
+        """Remove the spec under ``name``: one a notebook or a test registered, to
+        register it again changed (registering a name twice is an error)."""
+        self._ready()
+        if name not in self._specs:
+            raise ConfigError(self.unknown(name))
+        del self._specs[name]
+
     def _ready(self) -> None:
         """Called before every read: a registry filled from plugins loads them here."""
 

@@ -73,7 +73,7 @@ def register_spec(request) -> Iterator[Callable[[str], str]]:
 
     yield register
     for registry, name, module in added:
-        registry._specs.pop(name)
+        registry.unregister(name)
         if on_ray:
             import ray.cloudpickle
 

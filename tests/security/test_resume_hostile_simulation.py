@@ -69,7 +69,7 @@ def hostile_family(name: str, mod: Callable[..., Message]) -> Iterator[str]:
     try:
         yield f"family.name={name}"
     finally:
-        FAMILIES._specs.pop(name)
+        FAMILIES.unregister(name)
 
 
 def test_a_hostile_client_cannot_rewrite_another_clients_record(make_config):

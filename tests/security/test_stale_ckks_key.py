@@ -167,7 +167,7 @@ def stale_key_scheme() -> Iterator[str]:
     try:
         yield "stale_key_ckks"
     finally:
-        CRYPTO._specs.pop("stale_key_ckks")
+        CRYPTO.unregister("stale_key_ckks")
 
 
 @pytest.mark.inprocess
