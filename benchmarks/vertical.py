@@ -31,13 +31,13 @@ SETTINGS: dict[str, list[str]] = {
     "breast_cancer, 3 parties, concat": ["data=breast_cancer", "vertical.parties=3"],
     "breast_cancer, 2 parties, sum + CKKS": [
         "data=breast_cancer",
-        "vertical.merge=sum",
+        "strategy.merge=sum",
         "crypto=ckks",
     ],
     "digits, halves, absmax": [
         "data=digits",
         "vertical.split=halves",
-        "vertical.merge=absmax",
+        "strategy.merge=absmax",
         "train.batch_size=64",
     ],
     "fashion_mnist (10k), halves, sum + CKKS, cnn": [
@@ -45,7 +45,7 @@ SETTINGS: dict[str, list[str]] = {
         "data.limit=10000",
         "model=cnn",
         "vertical.split=halves",
-        "vertical.merge=sum",
+        "strategy.merge=sum",
         "crypto=ckks",
         "train.batch_size=128",
         "train.lr=0.05",

@@ -1,7 +1,7 @@
 """Merge rules by name: how contributions (client models, party embeddings) become one.
 
 Every family merges something: the horizontal server merges client models (``max``,
-``absmax``), the vertical label owner merges the parties' embeddings (``vertical.merge``),
+``absmax``), the vertical label owner merges the parties' embeddings (splitnn's ``strategy.merge``),
 a swarm leader merges the peers' models (``strategy.merge``). One registry holds the rules,
 so a rule means the same thing wherever it is named.
 
@@ -66,7 +66,7 @@ class MergeRule(Spec, abc.ABC):
         return width
 
 
-#: Every merge rule; ``strategy.merge`` (swarm leader) / ``vertical.merge`` name one of them.
+#: Every merge rule; ``strategy.merge`` (swarm leader, vertical splitnn) names one of them.
 MERGE_RULES: Registry[MergeRule] = Registry("merge rule")
 
 

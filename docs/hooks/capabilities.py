@@ -18,7 +18,7 @@ Each row is a family and one of its strategies; each column a feature a run can 
 for: `privacy=dp_sgd`, `privacy=central`, `crypto=ckks`, an `adversary`, a fleet
 (`engine=deployment`), and resuming from a checkpoint. A config that asks for a "no" is
 refused before anything runs, with the reason below and what to use instead.
-(`family=vertical` with `crypto=ckks` also needs `vertical.merge=sum` or `mean`.)
+(`family=vertical` with `crypto=ckks` also needs `strategy.merge=sum` or `mean`.)
 
 ```text
 """

@@ -55,7 +55,7 @@ from fedpriv.strategies.vertical.model import (
     torch_threads,
 )
 from fedpriv.strategies.vertical.party import VerticalParty
-from fedpriv.strategies.vertical.settings import vertical_settings
+from fedpriv.strategies.vertical.settings import split_model, vertical_settings
 from fedpriv.training import seed_for
 
 
@@ -141,7 +141,7 @@ def collect_gradients(
     batches, ratios = [], []
     with torch_threads(config.engine.torch_threads):
         bottoms = [build_bottom(config, p, t.input_shape) for p, t in enumerate(tables)]
-        rule = s.merge_rule()
+        rule = split_model(config).merge_rule()
         top = build_top(config, dataset.num_classes)
         bottom_opts = [optimizer(b, config.train) for b in bottoms]
         top_opt = optimizer(top, config.train)

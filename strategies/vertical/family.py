@@ -45,6 +45,8 @@ from fedpriv.strategies.vertical.settings import (
     LINEAR_MERGES,
     VERTICAL_STRATEGIES,
     VerticalSettings,
+    outdated,
+    split_model,
     vertical_settings,
 )
 
@@ -134,11 +136,16 @@ class Vertical(Strategy):
     def __init__(self, config: ExperimentConfig) -> None:
         super().__init__(config)
         self.vertical = vertical_settings(config)
+        self.split = split_model(config)
         self.parties = Parties(self.vertical.parties)
         self.train_count = self.test_count = 0
         self.alignment: dict[str, Any] = {}
         self.psi_seconds: list[float] = []
-        self.relay: PlainRelay | SumRelay = PlainRelay(self.vertical.embedding_dim)
+        self.relay: PlainRelay | SumRelay = PlainRelay(self.split.embedding_dim)
+
+    @classmethod
+    def outdated(cls, mapping: Mapping[str, Any]) -> list[str]:
+        return outdated(mapping)
 
     @classmethod
     def config_problems(cls, config: ExperimentConfig) -> list[str]:
@@ -149,10 +156,11 @@ class Vertical(Strategy):
                 f"num_clients={config.num_clients} must equal vertical.parties={s.parties} "
                 "(one node per party)"
             )
-        if config.crypto.name != "none" and not s.merge_rule().linear:
+        split = split_model(config)
+        if config.crypto.name != "none" and not split.merge_rule().linear:
             out.append(
-                f"crypto={config.crypto.name} needs vertical.merge={' or '.join(LINEAR_MERGES)} "
-                f"(the coordinator can only add ciphertexts); got vertical.merge={s.merge}"
+                f"crypto={config.crypto.name} needs strategy.merge={' or '.join(LINEAR_MERGES)} "
+                f"(the coordinator can only add ciphertexts); got strategy.merge={split.merge}"
             )
         return out
 
@@ -171,7 +179,11 @@ class Vertical(Strategy):
         build_top(cfg, dataset.num_classes)
         keys = cfg.crypto.split_keys()
         mods = cfg.crypto.embedding_mods(
-            keys, label_owner=LABEL_OWNER, width=s.embedding_dim, encrypt=EMBEDS, decrypt=MERGED
+            keys,
+            label_owner=LABEL_OWNER,
+            width=self.split.embedding_dim,
+            encrypt=EMBEDS,
+            decrypt=MERGED,
         )
         clients = {
             "num_clients": s.parties,
@@ -216,7 +228,7 @@ class Vertical(Strategy):
             "bytes": self.parties.traffic(ctx).total,
         }
         ctx.out.write_json("alignment.json", self.alignment)
-        adder = self.config.crypto.embedding_sum(ctx.server_key, self.vertical.embedding_dim)
+        adder = self.config.crypto.embedding_sum(ctx.server_key, self.split.embedding_dim)
         if adder is not None:
             self.relay = SumRelay(adder)
 
@@ -315,7 +327,7 @@ class Vertical(Strategy):
                 "train_accuracy": totals["correct"] / count,
                 "batches": len(batches),
                 "skipped_batches": skipped,
-                "merge": s.merge,
+                "merge": self.split.merge,
                 "embedding_noise": s.embedding_noise,
                 "gradient_noise": s.gradient_noise,
                 "embedding_noise_ratio": float(np.mean(noise)) if noise else 0.0,

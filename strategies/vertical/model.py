@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord
 from torch import nn
 
 from fedpriv.config import ExperimentConfig
-from fedpriv.strategies.vertical.settings import VerticalSettings, vertical_settings
+from fedpriv.strategies.vertical.settings import split_model, vertical_settings
 from fedpriv.training import TrainConfig, evaluate, seed_for
 
 #: Seed stream of the top model (parties use their index).
@@ -36,21 +36,17 @@ def noisy_gradient(
     return grad + noise, float(noise.norm() / grad.norm().clamp_min(1e-12))
 
 
-def merged_width(settings: VerticalSettings) -> int:
-    return settings.merge_rule().width(settings.parties, settings.embedding_dim)
-
-
 def build_bottom(config: ExperimentConfig, party: int, input_shape: tuple[int, ...]) -> nn.Module:
     """Party ``party``'s bottom model (``model=``), ending in ``embedding_dim`` outputs."""
     torch.manual_seed(seed_for(config.seed, party))
-    return config.model.build(input_shape, vertical_settings(config).embedding_dim)
+    return config.model.build(input_shape, split_model(config).embedding_dim)
 
 
 def build_top(config: ExperimentConfig, num_classes: int) -> nn.Module:
     """The label owner's MLP from the merged embedding to the class logits."""
-    settings = vertical_settings(config)
+    split = split_model(config)
     torch.manual_seed(seed_for(config.seed, TOP))
-    widths = [merged_width(settings), *settings.top_hidden]
+    widths = [split.merged_width(vertical_settings(config).parties), *split.top_hidden]
     layers: list[nn.Module] = []
     for fan_in, fan_out in itertools.pairwise(widths):
         layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
@@ -93,7 +89,7 @@ class SplitModel(nn.Module):
 
     def __init__(self, config: ExperimentConfig, shapes: Sequence[tuple[int, ...]], classes: int):
         super().__init__()
-        self.rule = vertical_settings(config).merge_rule()
+        self.rule = split_model(config).merge_rule()
         self.bottoms = nn.ModuleList(
             build_bottom(config, party, shape) for party, shape in enumerate(shapes)
         )

@@ -38,7 +38,7 @@ from fedpriv.strategies.vertical.model import (
     restore,
     save,
 )
-from fedpriv.strategies.vertical.settings import vertical_settings
+from fedpriv.strategies.vertical.settings import split_model, vertical_settings
 from fedpriv.training import secret_seed
 
 #: Record names shared with the coordinator and the CKKS mod.
@@ -214,7 +214,7 @@ class VerticalParty:
         """The merged embedding and the leaves gradients are taken for: one per party,
         or the sum alone when only the sum arrived (encrypted aggregation)."""
         s = self.settings
-        rule = s.merge_rule()
+        rule = split_model(self.config).merge_rule()
         if SUM in records:
             total = torch.from_numpy(values(records[SUM])).float().requires_grad_()
             return rule.from_sum(total, s.parties), [total]

@@ -101,7 +101,7 @@ def test_breast_cancer_three_parties_aligned_by_psi_match_central_training(verti
 
 
 def test_digits_split_in_halves_with_absmax_matches_central_training(vertical):
-    config = vertical("data=digits", "vertical.split=halves", "vertical.merge=absmax",
+    config = vertical("data=digits", "vertical.split=halves", "strategy.merge=absmax",
                       "vertical.psi=false", "train.batch_size=64", "rounds=2")  # fmt: skip
     result = run(config)
     _, expected = central(config)
@@ -110,7 +110,7 @@ def test_digits_split_in_halves_with_absmax_matches_central_training(vertical):
 
 
 def test_ckks_sum_matches_plaintext_and_the_label_owner_sees_only_sums(vertical, messages):
-    config = vertical("data=breast_cancer", "vertical.merge=sum", "crypto=ckks", "rounds=2")
+    config = vertical("data=breast_cancer", "strategy.merge=sum", "crypto=ckks", "rounds=2")
     result = run(config)
     _, expected = central(config)
     assert [r["loss"] for r in result.history] == pytest.approx(
@@ -128,7 +128,7 @@ def test_ckks_sum_matches_plaintext_and_the_label_owner_sees_only_sums(vertical,
 
 
 def test_mean_merge_with_noise_on_embeddings_and_gradients(vertical):
-    config = vertical("data=breast_cancer", "vertical.merge=mean", "vertical.psi=false",
+    config = vertical("data=breast_cancer", "strategy.merge=mean", "vertical.psi=false",
                       "vertical.overlap=0.8", "vertical.embedding_noise=0.05",
                       "vertical.gradient_noise=0.001", "rounds=2")  # fmt: skip
     result = run(config)
@@ -146,7 +146,7 @@ def faulty(config, family):
 
 def test_a_malformed_embedding_is_rejected_and_training_goes_on(vertical, register_spec):
     truncating = register_spec("truncating_vertical")
-    config = vertical("data=breast_cancer", "vertical.merge=max", "vertical.psi=false", "rounds=2")
+    config = vertical("data=breast_cancer", "strategy.merge=max", "vertical.psi=false", "rounds=2")
     result = run(faulty(config, truncating))
     (rejected,) = result.history[0]["rejected"]
     assert "party 1, batch 2: embedding has shape (31, 16)" in rejected["reason"]

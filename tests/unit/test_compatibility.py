@@ -20,7 +20,7 @@ USING = {
     "fleet": ["engine=deployment"],
 }
 #: What a family needs besides (vertical adds ciphertexts only under a sum-able merge).
-ALSO = {("vertical", "ckks"): ["vertical.merge=sum"]}
+ALSO = {("vertical", "ckks"): ["strategy.merge=sum"]}
 ROWS = list(table(FAMILIES))
 #: The setting each feature's refusal must name.
 NAMED = {"dp_sgd": "privacy=dp_sgd", "central_dp": "privacy=central", "ckks": "crypto=ckks",

@@ -10,6 +10,7 @@ import torch
 from nacl import bindings as sodium
 
 from fedpriv import ConfigError, load_config
+from fedpriv.config import from_mapping
 from fedpriv.crypto import psi
 from fedpriv.data.vertical import feature_views, holders, join, take, vertical_tables
 from fedpriv.strategies.vertical.model import (
@@ -210,10 +211,10 @@ def test_central_baseline_learns_and_uses_the_split_model():
     "overrides,message",
     [
         (["privacy=dp_sgd"], "not available with family=vertical"),
-        (["crypto=ckks"], "needs vertical.merge=sum or mean"),
+        (["crypto=ckks"], "needs strategy.merge=sum or mean"),
         (["num_clients=3"], "must equal vertical.parties=2"),
         (["vertical.split=quadrants"], "needs vertical.parties=4"),
-        (["vertical.merge=median"], "must be one of: concat, sum, mean, max, absmax"),
+        (["strategy.merge=median"], "must be one of: concat, sum, mean, max, absmax"),
         (["vertical.overlap=0"], r"overlap=0.0 must be in \(0, 1\]"),
         (["strategy=fedavg"], "choose one of: splitnn"),
     ],
@@ -223,12 +224,28 @@ def test_vertical_misconfigurations_are_refused(overrides, message):
         load_config(["family=vertical", *overrides])
 
 
+def test_an_older_run_with_vertical_merge_says_what_to_write_now(tmp_path):
+    mapping = load_config(["family=vertical"]).to_dict()
+    mapping["strategy"] = {"name": "splitnn"}
+    mapping["vertical"].update(merge="sum", embedding_dim=8, top_hidden=[32, 16])
+    with pytest.raises(ConfigError) as error:
+        from_mapping(mapping)
+    assert error.value.problems == [
+        "vertical.merge, vertical.embedding_dim, vertical.top_hidden moved to the split "
+        "model's own parameters: write strategy.merge=sum strategy.embedding_dim=8 "
+        "strategy.top_hidden=[32,16]"
+    ]
+    written = " ".join(error.value.problems[0].split("write ")[1:]).split()
+    config = load_config(["family=vertical", *written])
+    assert (config.strategy.merge, config.strategy.embedding_dim) == ("sum", 8)
+    assert config.strategy.top_hidden == (32, 16)
+
+
 def test_vertical_settings_follow_the_family():
     config = load_config(["family=vertical", "vertical.parties=3", "data=wine"])
     assert config.num_clients == 3 and config.strategy.name == "splitnn"
     assert config.to_dict()["vertical"]["parties"] == 3
     assert "vertical" not in load_config([]).to_dict()
-    from fedpriv.config import from_mapping
 
     horizontal = load_config([]).to_dict()
     with pytest.raises(ConfigError, match=r"vertical\.\* settings apply to family=vertical"):
