@@ -44,8 +44,10 @@ class Ckks(CryptoSpec):
     #: Processes encrypting (a client) or summing (the server); null: the cores there
     #: (in simulation, a client gets ``engine.cpus_per_client``; a device, its cores).
     workers: int | None = None
-    #: engine=deployment: the key files from ``fedpriv keys init`` (the server reads
-    #: server.ctx; a device reads client.ctx from its node config's ``keys-dir``).
+    #: The key files from ``fedpriv keys init``. engine=deployment: the server reads
+    #: server.ctx, a device client.ctx from its node config's ``keys-dir``. In
+    #: simulation: the run uses these keys instead of fresh ones, so its checkpoints'
+    #: ciphertexts can be read again when it resumes.
     keys_dir: str | None = None
 
     @property
@@ -66,7 +68,11 @@ class Ckks(CryptoSpec):
         return out
 
     def make_keys(self) -> ckks.KeyPair:
-        return ckks.make_keys(self.params)
+        """The keys of a run whose clients and server share this machine (simulation):
+        ``keys_dir``'s when set, else fresh ones that live in this process only."""
+        if self.keys_dir is None:
+            return ckks.make_keys(self.params)
+        return ckks.KeyPair(secret=self.load_keys(server=False), public=self.load_keys(server=True))
 
     def load_keys(self, *, server: bool, directory: str | None = None) -> bytes:
         directory = directory or self.keys_dir

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedpriv.compatibility import uses
 from fedpriv.config import ExperimentConfig
 from fedpriv.errors import ConfigError
 from fedpriv.families import FAMILIES
@@ -80,8 +81,8 @@ def open_run(
     )
     try:
         strategy = FAMILIES.get(config.family).create(config)
-        if checkpoint is not None and not strategy.resumable:
-            raise ConfigError(f"family={config.family} runs cannot be resumed yet")
+        if checkpoint is not None:
+            _check_resumable(config, strategy)
         setup = strategy.prepare()
     except BaseException:
         lock.release()
@@ -101,6 +102,19 @@ def open_run(
         out.path,
     )
     return OpenRun(config, strategy, setup, out, checkpoint, lock)
+
+
+def _check_resumable(config: ExperimentConfig, strategy: Strategy) -> None:
+    """Whether a checkpoint of this run can be continued, before anything starts."""
+    if not strategy.resumable:
+        raise ConfigError(f"family={config.family} runs cannot be resumed yet")
+    if "generated_keys" in uses(config):
+        raise ConfigError(
+            f"crypto={config.crypto.name}: this run's keys were made in memory and ended "
+            "with it, and its checkpoint's global model is encrypted under them, so it "
+            "cannot be resumed. For a run that can resume, make keys with `fedpriv keys "
+            "init` and set crypto.keys_dir=<that directory>"
+        )
 
 
 def summarize(

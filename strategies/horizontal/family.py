@@ -84,7 +84,7 @@ class Horizontal(HorizontalDriver):
             self.flower,
             weight_key=self.weight_key,
             strategy=self.spec,
-            layout=Layout.of(self.arrays),
+            layout=Layout.of(self.initial),  # a resumed run's arrays may be ciphertexts
             public=ctx.server_key,
         )
 
