@@ -24,15 +24,18 @@ demo: $(STAMP)
 
 # The fleet tests start `fedpriv superlink`'s Fleet proxy: Debian's nginx (installed here
 # where apt-get can, as on CI).
-test: $(STAMP) lint docs
+test: $(STAMP) lint docs test-fast
 	@command -v nginx >/dev/null || { command -v apt-get >/dev/null && \
 	  apt-get update -q >/dev/null && apt-get install -y -q nginx-light >/dev/null; } || \
 	  echo "nginx is not installed: the fleet tests need it (Debian: apt-get install nginx-light)"
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "$(SLOW)"
 
-# Unit tests and whole runs on the in-process engine: no Ray, no fleets, no child processes.
+# Unit tests and whole runs on the in-process engine: no Ray, no fleets, no child
+# processes. They share nothing, so they run in parallel, one torch thread per worker
+# (tiny models: more threads per worker only contend for the cores).
+SLOW := simulation or deployment or processes
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not simulation and not deployment and not processes"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not ($(SLOW))" -n auto --maxprocesses 4
 
 lint: $(STAMP)
 	PATH=$(BIN):$$PATH .ci/lint
