@@ -16,12 +16,16 @@ from typing import Any, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedpriv.api import resume, run
 from fedpriv.config import CONFIG_MODULE, from_mapping
-from fedpriv.errors import FedprivError
+from fedpriv.errors import FedprivError, RunFailed
 from fedpriv.report import print_table
+
+#: Exit codes: the run could not train (its results say why); the config or data is bad.
+FAILED, INVALID = 1, 2
 
 
 @hydra.main(version_base=None, config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
@@ -37,9 +41,15 @@ def main(cfg: DictConfig) -> float | None:
         engine["num_cpus"] = share
     try:
         result = resume(mapping["resume"]) if mapping.get("resume") else run(from_mapping(mapping))
+    except RunFailed as failed:
+        print_table([failed.result])
+        print(f"error: {failed}", file=sys.stderr)
+        if hydra_config.mode == RunMode.MULTIRUN:
+            return None  # the sweep goes on; `fedpriv report` marks this job failed
+        sys.exit(FAILED)
     except FedprivError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(INVALID)
     print_table([result])
     return result.final["accuracy"]
 

@@ -8,7 +8,7 @@
 from fedpriv._version import __version__
 from fedpriv.api import resume, run
 from fedpriv.config import ExperimentConfig, from_mapping, load_config
-from fedpriv.errors import ConfigError, DataError, FedprivError, SimulationError
+from fedpriv.errors import ConfigError, DataError, FedprivError, RunFailed, SimulationError
 from fedpriv.results import Result
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "ExperimentConfig",
     "FedprivError",
     "Result",
+    "RunFailed",
     "SimulationError",
     "__version__",
     "from_mapping",

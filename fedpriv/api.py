@@ -18,7 +18,7 @@ from fedpriv.config import (
     run_config,
 )
 from fedpriv.crypto import parallel
-from fedpriv.errors import ConfigError, SimulationError
+from fedpriv.errors import ConfigError, RunFailed, SimulationError
 from fedpriv.logs import setup_logging
 from fedpriv.results import Result, RunDirectory
 from fedpriv.run_lock import check_free
@@ -45,6 +45,10 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
     The run holds its results directory for its life: a directory another run is
     writing is refused at once, one holding a previous run's results unless
     ``overwrite=true`` (docs/results.md).
+
+    A run that could not train (no client's update accepted, a failed party) raises
+    :class:`~fedpriv.errors.RunFailed` once its results directory is complete; the
+    exception's ``result`` holds it (``result.summary["stop_reason"]`` says why).
     """
     if not isinstance(config, ExperimentConfig):
         config = from_mapping(config)
@@ -54,8 +58,8 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
 
         if config.output_dir:  # the ServerApp claims it; fail here, not on the fleet
             check_free(config.output_dir, overwrite=config.overwrite)
-        return submit(config)
-    return _simulate(config, checkpoint=None)
+        return succeeded(submit(config))
+    return succeeded(_simulate(config, checkpoint=None))
 
 
 def resume(run_dir: str | os.PathLike[str]) -> Result:
@@ -67,7 +71,7 @@ def resume(run_dir: str | os.PathLike[str]) -> Result:
     path = Path(run_dir)
     if (path / "summary.json").is_file():
         log.info("%s already finished; nothing to resume", path)
-        return Result.load(path)
+        return succeeded(Result.load(path))
     config = run_config(path).replace(output_dir=str(path))
     if not isinstance(config.engine, LOCAL_ENGINES):
         raise ConfigError(
@@ -78,7 +82,14 @@ def resume(run_dir: str | os.PathLike[str]) -> Result:
     if checkpoint is None:
         log.warning("%s has no checkpoint: running it again from round 1", path)
     setup_logging()
-    return _simulate(config, checkpoint, resuming=True)
+    return succeeded(_simulate(config, checkpoint, resuming=True))
+
+
+def succeeded(result: Result) -> Result:
+    """``result``, unless the run failed: then :class:`RunFailed` carrying it."""
+    if result.failed:
+        raise RunFailed(result)
+    return result
 
 
 def audited(result: Result, config: ExperimentConfig) -> Result:

@@ -158,6 +158,8 @@ class ExperimentConfig:
     rounds: int = 10
     #: Wall-clock seconds of training after which the run stops (None: no limit).
     time_budget_s: float | None = None
+    #: The run fails after this many rounds in a row without an accepted update (0: never).
+    max_idle_rounds: int = 3
     seed: int = 0
     #: An attack to audit the run with when it ends (``audit.json``; docs/audit.md).
     attack: str = "none"
@@ -226,6 +228,7 @@ _SCALARS = {
     "num_clients": int,
     "rounds": int,
     "time_budget_s": float | None,
+    "max_idle_rounds": int,
     "seed": int,
     "checkpoint_every": int,
     "output_dir": str | None,
@@ -319,6 +322,9 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
     budget = values.get("time_budget_s")
     if budget is not None and not budget > 0:
         problems.append(f"time_budget_s={budget} must be > 0 seconds, or null (no limit)")
+    idle = values.get("max_idle_rounds", ExperimentConfig.max_idle_rounds)
+    if isinstance(idle, int) and idle < 0:
+        problems.append(f"max_idle_rounds={idle} must be >= 0 (0: never stop for idle rounds)")
     attack = values.get("attack", ExperimentConfig.attack)
     if attack not in ATTACKS:
         problems.append(f"attack={attack!r} is unknown; choose one of: {', '.join(ATTACKS)}")

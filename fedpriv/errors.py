@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FedprivError(Exception):
     """Base class of every error fedpriv raises on purpose."""
@@ -31,3 +33,13 @@ class DataError(FedprivError, FileNotFoundError):
 
 class SimulationError(FedprivError, RuntimeError):
     """The federated run did not complete."""
+
+
+class RunFailed(FedprivError, RuntimeError):
+    """The run ended without training what it set out to (no client's update was
+    accepted, a party or too many peers failed). Its results directory is complete,
+    ``summary.json`` says ``"status": "failed"`` and why; :attr:`result` holds it."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        super().__init__(f"the run in {result.run_dir} failed: {result.summary.get('stop_reason')}")

@@ -53,6 +53,7 @@ CSV_COLUMNS = (
     "run", "family", "strategy", "dataset", "partition", "model", "num_clients", "seed",
     "round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "elapsed", "epsilon",
     "group", "consensus_distance", "membership_auc", "inversion_mse", "label_inference_accuracy",
+    "status", "contributors",
 )  # fmt: skip
 #: Round-record fields copied into ``report.csv`` as they are.
 ROUND_FIELDS = ("round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "elapsed")
@@ -74,9 +75,10 @@ def format_table(
     mean ± sample standard deviation (n − 1) of final accuracy and ε over its ``n`` runs,
     and the mean MB and seconds: the table a paper reports.
 
-    When some run has an ``audit.json``, a last column ``attack`` shows the audited
+    When some run has an ``audit.json``, a column ``attack`` shows the audited
     attacks' success (:func:`~fedpriv.report_runs.attack_text`; a group's is the mean over
-    its runs), ``-`` for runs without one.
+    its runs), ``-`` for runs without one. When some run did not complete, a last
+    column ``status`` says which failed or stopped early (:func:`status_text`).
     """
     groups = group_runs(results) if by_group else []
     header, rows = _group_rows(groups) if by_group else _run_rows(results)
@@ -88,6 +90,10 @@ def format_table(
             [*row, attack_text([successes[r.run_dir] for r in runs]) or "-"]
             for row, runs in zip(rows, members, strict=True)
         ]
+    if any(r.status != "completed" for r in results):
+        members = [g.runs for g in groups] if by_group else [(r,) for r in results]
+        header = [*header, "status"]
+        rows = [[*row, status_text(runs)] for row, runs in zip(rows, members, strict=True)]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -98,6 +104,19 @@ def format_table(
         for row in [header, *rows]
     ]
     return "\n".join(lines)
+
+
+def status_text(runs: Sequence[Result]) -> str:
+    """How runs ended, for the table: ``ok``, ``failed``/``stopped`` and the first
+    run's reason, or for a group the count of each (``2 failed of 3``)."""
+    ended = [r for r in runs if r.status != "completed"]
+    if not ended:
+        return "ok"
+    if len(runs) == 1:
+        reason = str(ended[0].summary.get("stop_reason") or "")
+        return f"{ended[0].status}: {reason[:60]}" if reason else ended[0].status
+    counts = {status: sum(r.status == status for r in ended) for status in ("failed", "stopped")}
+    return ", ".join(f"{n} {status} of {len(runs)}" for status, n in counts.items() if n)
 
 
 def _run_rows(results: Sequence[Result]) -> tuple[list[str], list[list[str]]]:
@@ -180,6 +199,7 @@ def tidy_rows(results: Sequence[Result]) -> list[dict[str, object]]:
                 "membership_auc": attack.membership_auc,
                 "inversion_mse": attack.inversion_mse,
                 "label_inference_accuracy": attack.label_inference_accuracy,
+                "status": result.status, "contributors": record.get("contributors"),
             })  # fmt: skip
     return rows
 

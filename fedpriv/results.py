@@ -113,6 +113,17 @@ class Result:
     def final(self) -> dict[str, Any]:
         return self.summary["final"]
 
+    @property
+    def status(self) -> str:
+        """``completed``, ``stopped`` (a stop rule ended it early: ``stop_reason``) or
+        ``failed`` (it could not train: ``stop_reason`` says why). Runs written before
+        fedpriv recorded it count as completed."""
+        return str(self.summary.get("status", "completed"))
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
     @classmethod
     def load(cls, run_dir: str | os.PathLike[str]) -> Result:
         """Read a finished run directory back."""

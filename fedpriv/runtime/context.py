@@ -51,6 +51,10 @@ class RunContext:
         #: The checkpoint this run resumes from (None: a fresh run).
         self.checkpoint = checkpoint
         self.stop_reason: str | None = None
+        #: Why the run failed (it stops with this as its stop reason); None: it did not.
+        self.failure: str | None = None
+        #: Rounds in a row without an accepted update (``max_idle_rounds``).
+        self.idle_rounds = 0
         self.ledger = ServerLedger(config)
         #: What each node spent, written as replies arrive (a resumed run continues it).
         self.spending = SpendingRecord(out.path / SPENDING_FILE, config.num_clients)
@@ -99,9 +103,31 @@ class RunContext:
             declined=self.reports.declined,
             privacy=self.ledger.round_record(),
         )
+        self.failure = report.failure or self.idle_failure(report)
         self.stop_reason = (
-            report.stop_reason or self.ledger.stop_reason() or self.clock.budget_reason()
+            self.failure
+            or report.stop_reason
+            or self.ledger.stop_reason()
+            or self.clock.budget_reason()
         )
         if self.stop_reason:
             log.warning("stopping after round %d: %s", report.server_round, self.stop_reason)
         return record
+
+    def idle_failure(self, report: RoundReport) -> str | None:
+        """Why the run fails for ``max_idle_rounds`` rounds in a row in which no
+        client's update was accepted; None while it may go on."""
+        if report.contributors != 0:
+            self.idle_rounds = 0
+            return None
+        self.idle_rounds += 1
+        reasons = sorted({r["reason"] for r in self.exchange.rejected})
+        why = f"rejected: {'; '.join(reasons[:3])}" if reasons else "no reply was usable"
+        log.warning("round %d: no client's update was accepted (%s)", report.server_round, why)
+        limit = self.config.max_idle_rounds
+        if not limit or self.idle_rounds < limit:
+            return None
+        return (
+            f"no client's update was accepted in {self.idle_rounds} rounds in a row "
+            f"(max_idle_rounds={limit}); last round {why}"
+        )

@@ -26,6 +26,12 @@ class RoundReport:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: Set to end the run after this round; the reason goes into the summary.
     stop_reason: str | None = None
+    #: Set when the run cannot go on (a party failed, too few peers): the run ends
+    #: after this round, failed, with this reason.
+    failure: str | None = None
+    #: Clients (parties, peers) whose work went into the model this round; 0: nothing
+    #: was learned from anyone. None: the family does not count them.
+    contributors: int | None = None
 
 
 class RoundRecorder:
@@ -66,6 +72,7 @@ class RoundRecorder:
             "seconds": seconds,
             "elapsed": elapsed,
             "clients": report.clients,
+            "contributors": report.contributors,
             "rejected": rejected,
             "declined": declined,
             **privacy,

@@ -55,7 +55,7 @@ class OpenRun:
         """Write ``summary.json`` and return the finished run."""
         if self.checkpoint is not None:  # the seconds before the run was interrupted too
             seconds += self.checkpoint.elapsed
-        summary = summarize(self.config, history, seconds, ctx.stop_reason)
+        summary = summarize(self.config, history, seconds, ctx.stop_reason, ctx.failure)
         summary["privacy"] = ctx.ledger.summary()
         summary["crypto"] = self.config.crypto.summary(history)
         self.out.write_json("summary.json", summary)
@@ -118,11 +118,21 @@ def _check_resumable(config: ExperimentConfig, strategy: Strategy) -> None:
 
 
 def summarize(
-    config: ExperimentConfig, history: list[dict[str, Any]], seconds: float, stop_reason: str | None
+    config: ExperimentConfig,
+    history: list[dict[str, Any]],
+    seconds: float,
+    stop_reason: str | None,
+    failure: str | None = None,
 ) -> dict[str, Any]:
     """``summary.json``: the schema in docs/results.md."""
     last = history[-1] if history else {}
+    if failure is None and history and all(r.get("contributors") == 0 for r in history):
+        failure = stop_reason = (
+            f"no client's update was accepted in any of the {len(history)} rounds"
+        )
+    status = "failed" if failure else "stopped" if stop_reason else "completed"
     return {
+        "status": status,
         "schema": SCHEMA_VERSION,
         "strategy": config.strategy.name,
         "family": config.family,

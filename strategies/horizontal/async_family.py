@@ -248,6 +248,7 @@ class AsyncHorizontal(HorizontalDriver):
             clients=applied,
             extra=extra,
             stop_reason=stop_reason,
+            contributors=len(applied),
         )
 
     def in_use(self, version: int) -> bool:

@@ -120,7 +120,7 @@ class Horizontal(HorizontalDriver):
                 accepted.append(reply)
             else:
                 ctx.exchange.reject(reply, reason)
-        extra = {}
+        extra, updated = {}, False
         if accepted:
             result = self.aggregator.aggregate(server_round, accepted, self.arrays, len(messages))
             for reply, reason in result.rejected:
@@ -128,7 +128,7 @@ class Horizontal(HorizontalDriver):
             rejected = {id(reply) for reply, _ in result.rejected}
             accepted = [reply for reply in accepted if id(reply) not in rejected]
             if result.arrays is not None:
-                self.arrays = result.arrays
+                self.arrays, updated = result.arrays, True
                 ctx.ledger.released(released_noise_multiplier(self.flower))
             extra = result.record
         if stragglers:
@@ -140,4 +140,5 @@ class Horizontal(HorizontalDriver):
             loss=evaluation["loss"],
             clients=[client_entry(reply) for reply in accepted],
             extra=extra,
+            contributors=len(accepted) if updated else 0,
         )

@@ -268,7 +268,13 @@ class SwarmFamily(Strategy):
             for p in sorted(everyone)
         ]
         return RoundReport(
-            server_round, accuracy, loss, clients=clients, extra=extra, stop_reason=stop
+            server_round,
+            accuracy,
+            loss,
+            clients=clients,
+            extra=extra,
+            failure=stop,  # the swarm cannot go on with fewer peers
+            contributors=len(replies),
         )
 
     def consensus(self, grid: Grid, ctx: RunContext, live: list[int]) -> float | None:

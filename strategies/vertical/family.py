@@ -318,7 +318,7 @@ class Vertical(Strategy):
             evaluation = self.evaluate(grid, ctx)
         except PartyFailure as failure:
             return RoundReport(
-                server_round, clients=self.party_entries(ctx), stop_reason=str(failure)
+                server_round, clients=self.party_entries(ctx), failure=str(failure), contributors=0
             )
         count = max(totals["count"], 1)
         extra: dict[str, Any] = {
@@ -344,6 +344,7 @@ class Vertical(Strategy):
             loss=evaluation["loss"],
             clients=self.party_entries(ctx),
             extra=extra,
+            contributors=s.parties if skipped < len(batches) else 0,
         )
 
     def merge(

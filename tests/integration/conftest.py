@@ -82,9 +82,11 @@ def register_spec(request) -> Iterator[Callable[[str], str]]:
 
 SUMMARY_KEYS = {
     "strategy", "family", "rounds", "final", "bytes", "seconds", "privacy", "crypto",
-    "dataset", "num_clients", "seed", "stop_reason",
+    "dataset", "num_clients", "seed", "stop_reason", "status",
 }  # fmt: skip
-ROUND_KEYS = {"round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "clients"}
+ROUND_KEYS = {
+    "round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "clients", "contributors",
+}  # fmt: skip
 
 
 def check_run_directory(result: Result, clients: int, rounds: int) -> None:
@@ -93,6 +95,7 @@ def check_run_directory(result: Result, clients: int, rounds: int) -> None:
     assert {"config.yaml", "metrics.jsonl", "summary.json", "clients.json"} <= files
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert set(summary) >= SUMMARY_KEYS and summary["rounds"] == rounds
+    assert summary["status"] == "completed" and summary["stop_reason"] is None
     assert summary["privacy"] is None and summary["crypto"] is None
     lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == rounds
@@ -101,6 +104,7 @@ def check_run_directory(result: Result, clients: int, rounds: int) -> None:
         assert set(record) >= ROUND_KEYS and record["round"] == number
         assert 0.0 <= record["accuracy"] <= 1.0
         assert record["bytes_up"] > 0 and record["bytes_down"] > 0
+        assert record["contributors"] > 0
     histograms = json.loads((result.run_dir / "clients.json").read_text())["label_histograms"]
     assert len(histograms) == clients
     config = yaml.safe_load((result.run_dir / "config.yaml").read_text())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedpriv import load_config, run
+from fedpriv import RunFailed, load_config, run
 from fedpriv.config import from_mapping
 from fedpriv.crypto.records import CKKS_STYPE
 from fedpriv.data.federated import federate
@@ -131,6 +131,8 @@ def test_a_swarm_below_min_peers_stops_cleanly_with_the_reason(swarm, register_s
     crashing = register_spec("crashing_swarm")
     config = swarm("num_clients=4", "strategy=gossip", "swarm.topology=full", "rounds=3",
                    "swarm.consensus=false")  # fmt: skip
-    result = run(faulty(config, crashing))
-    assert len(result.history) == 2
+    with pytest.raises(RunFailed) as failed:
+        run(faulty(config, crashing))
+    result = failed.value.result
+    assert len(result.history) == 2 and result.summary["status"] == "failed"
     assert result.summary["stop_reason"] == "sync 2: 3 peers answered, swarm.min_peers=4"

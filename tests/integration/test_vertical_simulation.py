@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from fedpriv import load_config, run
+from fedpriv import RunFailed, load_config, run
 from fedpriv.config import from_mapping
 from fedpriv.crypto.records import CKKS_STYPE
 from fedpriv.data.vertical import join, vertical_tables
@@ -167,7 +167,10 @@ def test_a_party_that_drops_out_mid_epoch_stops_the_run_with_the_reason(
     name = register_spec(f"{'crashing' if family == 'crash' else 'silent'}_vertical")
     config = vertical(f"engine={engine}", "data=breast_cancer", "vertical.psi=false",
                       "rounds=3", "engine.round_timeout_s=5")  # fmt: skip
-    result = run(faulty(config, name))
+    with pytest.raises(RunFailed) as failed:
+        run(faulty(config, name))
+    result = failed.value.result
+    assert result.summary["status"] == "failed"
     assert len(result.history) == 1 and result.history[0]["accuracy"] is None
     assert reason in result.summary["stop_reason"]
     if family == "silent":

@@ -158,6 +158,7 @@ EXPECTED_COLUMNS = [
     "run", "family", "strategy", "dataset", "partition", "model", "num_clients", "seed",
     "round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "elapsed", "epsilon",
     "group", "consensus_distance", "membership_auc", "inversion_mse", "label_inference_accuracy",
+    "status", "contributors",
 ]  # fmt: skip
 SEEDS = (0, 1, 2)
 
