@@ -45,6 +45,40 @@ def epsilon(history: Sequence[tuple[float, float, int]], delta: float, accountan
     return float(acct.get_epsilon(delta=delta))
 
 
+#: How central DP's releases are composed (the ledger names it in summary.json).
+EXACT_GAUSSIAN = "gaussian-exact"
+
+
+def gaussian_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
+    """The exact ε at ``delta`` of Gaussian releases without subsampling (``(σ, 1,
+    count)`` entries): the tightest bound there is, not an upper bound like RDP's.
+
+    Gaussian mechanisms compose exactly into one: releases at multipliers σ_i are
+    μ-GDP with μ = √(Σ count_i/σ_i²) (Dong, Roth & Su 2022, Cor. 3.3), and a μ-GDP
+    mechanism is (ε, δ)-DP exactly when δ = Φ(−ε/μ + μ/2) − e^ε·Φ(−ε/μ − μ/2) (Balle &
+    Wang 2018, Thm. 8). ε is that curve's root at ``delta``.
+    """
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    if any(rate != 1.0 for _, rate, _ in history):
+        raise ValueError("gaussian_epsilon composes releases without subsampling (rate 1)")
+    if not history:
+        return 0.0
+    mu = math.sqrt(sum(count / sigma**2 for sigma, _, count in history))
+
+    def excess(eps: float) -> float:  # δ(ε) − delta, decreasing in ε
+        tail = math.exp(eps + norm.logcdf(-eps / mu - mu / 2))
+        return float(norm.cdf(-eps / mu + mu / 2) - tail - delta)
+
+    if excess(0.0) <= 0:
+        return 0.0
+    high = 1.0
+    while excess(high) > 0:
+        high *= 2
+    return float(brentq(excess, 0.0, high, xtol=1e-12, rtol=1e-12))
+
+
 @functools.lru_cache(maxsize=256)
 def calibrated_noise(
     target_epsilon: float, delta: float, rate: float, steps: int, accountant: str

@@ -18,10 +18,12 @@ The noise comes from a ChaCha20 generator keyed from the operating system
 (:mod:`fedpriv.privacy.secure_random`), not from NumPy's global generator that Flower
 uses: that generator's state can be recovered, and was saved in checkpoints.
 
-Accounting: Opacus' RDP accountant composes one Gaussian release per round with
-sampling rate 1. Flower samples a fixed number of clients without replacement, which
-is not Poisson sampling, so no amplification by sampling is claimed; the ε reported is
-an upper bound that holds for what ran.
+Accounting: one Gaussian release per round, composed exactly
+(:func:`~fedpriv.privacy.accounting.gaussian_epsilon`: Gaussian mechanisms compose into
+one Gaussian mechanism, whose (ε, δ) curve has a closed form), at sampling rate 1.
+Flower samples a fixed number of clients without replacement, which is not Poisson
+sampling, so no amplification by sampling is claimed; the ε reported holds for what
+ran. Opacus' RDP accountant, used before, reported 4–14 % more for the same releases.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.serverapp import strategy as flwr_strategies
 from flwr.supercore.differential_privacy import compute_stdv
 
-from fedpriv.privacy.accounting import History, epsilon
+from fedpriv.privacy.accounting import History, gaussian_epsilon
 from fedpriv.privacy.base import PRIVACY, PrivacySpec
 from fedpriv.privacy.dp_sgd import DpSgd
 from fedpriv.privacy.secure_random import secure_generator
@@ -271,8 +273,8 @@ class Central(PrivacySpec):
 
     def epsilon(self, releases: History, num_clients: int) -> float:
         """User-level ε after the noisy aggregates ``releases`` ((σ, 1, count) each, σ the
-        effective multiplier of what was released): RDP, no sampling amplification."""
-        return epsilon(releases, self.delta_for(num_clients), "rdp")
+        effective multiplier of what was released): exact, no sampling amplification."""
+        return gaussian_epsilon(releases, self.delta_for(num_clients))
 
 
 @PRIVACY.register("dp_sgd+central")

@@ -17,6 +17,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedpriv.node import partition_id
 from fedpriv.privacy.accounting import (
+    EXACT_GAUSSIAN,
     History,
     compose,
     epsilon,
@@ -236,6 +237,7 @@ class ServerLedger:
             "exhausted_clients": sorted(self.exhausted) if local else None,
             "user_level_epsilon": self.user_level_epsilon(),
             "user_level_delta": central.delta_for(self.config.num_clients) if central else None,
+            "central_accountant": EXACT_GAUSSIAN if central else None,
             "central_noise_multiplier": central.noise_multiplier if central else None,
             "clipping_norm": central.clipping_norm if central else None,
             "central_releases": self.releases if central else None,

@@ -7,10 +7,11 @@ import json
 import math
 
 import pytest
-from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants import PRVAccountant
 
 from fedpriv import load_config, run
 from fedpriv.data import federate
+from fedpriv.privacy.accounting import gaussian_epsilon
 
 pytestmark = pytest.mark.inprocess
 
@@ -61,7 +62,7 @@ def test_ledger_composes_per_client_and_budget_ends_the_run_cleanly(make_config)
 def test_local_and_central_dp_together(make_config):
     result = run(make_config("privacy=dp_sgd+central", "rounds=2"))
     privacy = result.summary["privacy"]
-    expected = stepped_epsilon(RDPAccountant, 0.8, 1.0, 2, privacy["user_level_delta"])
+    expected = gaussian_epsilon([(0.8, 1.0, 2)], privacy["user_level_delta"])
     assert privacy["user_level_epsilon"] == pytest.approx(expected, rel=1e-9)
     assert privacy["central_releases"] == 2 and privacy["epsilon_max"] > 0
     assert [r["privacy"]["central_releases"] for r in result.history] == [1, 2]
@@ -93,10 +94,10 @@ def test_central_dp_books_the_release_a_straggler_left(tmp_path, register_spec):
     assert [len(r["stragglers"]) for r in result.history] == [1, 1]
     privacy = result.summary["privacy"]
     assert privacy["central_released_with"] == [{"noise_multiplier": 0.4, "releases": 2}]
-    expected = stepped_epsilon(RDPAccountant, 0.4, 1.0, 2, privacy["user_level_delta"])
+    expected = gaussian_epsilon([(0.4, 1.0, 2)], privacy["user_level_delta"])
     assert privacy["user_level_epsilon"] == pytest.approx(expected, rel=1e-9)
-    assert privacy["user_level_epsilon"] > stepped_epsilon(
-        RDPAccountant, 0.8, 1.0, 2, privacy["user_level_delta"]
+    assert privacy["user_level_epsilon"] > gaussian_epsilon(
+        [(0.8, 1.0, 2)], privacy["user_level_delta"]
     )
 
 
