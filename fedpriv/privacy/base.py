@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from flwr.app import Message
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 from torch import nn
 
@@ -55,6 +56,13 @@ class PrivacySpec(Spec):
         client-side privacy (None: they do, or the mode asks nothing of clients)."""
         local = self.local_dp()
         return None if local is None else local.evidence_problem(metrics)
+
+    def weigh(self, reply: Message) -> None:
+        """Server side, before a train reply is checked: set its aggregation weight where
+        this mode decides it (central DP: 1 for every client, whatever the client sent)."""
+        central = self.central_dp()
+        if central is not None:
+            central.weigh(reply)
 
     def weight_key(self) -> str:
         """The reply metric the aggregate is weighted by (uniform under central DP)."""

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.serverapp import strategy as flwr_strategies
 from flwr.supercore.differential_privacy import compute_stdv
@@ -156,17 +156,6 @@ def released_noise_multiplier(strategy: Any) -> float | None:
     return strategy.released_noise_multiplier if isinstance(strategy, ExactRelease) else None
 
 
-def uniform_weight_mod(
-    msg: Message, context: Context, call_next: Callable[..., Message]
-) -> Message:
-    """Client mod: mark a train reply with weight 1, so the server's mean is uniform."""
-    reply = call_next(msg, context)
-    if msg.metadata.message_type.startswith("train") and reply.has_content():
-        for metrics in reply.content.metric_records.values():
-            metrics[UNIFORM_WEIGHT] = 1
-    return reply
-
-
 @PRIVACY.register("central")
 @dataclasses.dataclass(frozen=True)
 class Central(PrivacySpec):
@@ -240,11 +229,18 @@ class Central(PrivacySpec):
     def weight_key(self) -> str:
         return UNIFORM_WEIGHT
 
+    def weigh(self, reply: Message) -> None:
+        """Weight 1 on a train reply's metrics: the noise is sized for a uniform mean, so
+        a client's weight is the server's to set (one declaring more would make the
+        mean its own update, which the noise does not cover)."""
+        if reply.has_content() and not reply.has_error():
+            for metrics in reply.content.metric_records.values():
+                metrics[UNIFORM_WEIGHT] = 1
+
     def client_mods(self, config: Any) -> list[Callable[..., Any]]:
-        mods: list[Callable[..., Any]] = [uniform_weight_mod]
         if self.side == "client":
-            mods.append(fixedclipping_mod if self.clipping == "fixed" else adaptiveclipping_mod)
-        return mods
+            return [fixedclipping_mod if self.clipping == "fixed" else adaptiveclipping_mod]
+        return []
 
     def wrap_strategy(
         self, strategy: flwr_strategies.Strategy, num_sampled: int

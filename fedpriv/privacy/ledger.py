@@ -41,7 +41,7 @@ DECLINED = "declined"
 RELEASED_UNDER_DP = frozenset(
     {
         "num-examples", "partition-id", "party", "steps", "rounds-trained", "train-seconds",
-        "work-seconds", "dp-weight", *EVIDENCE, *TELEMETRY_KEYS,
+        "work-seconds", *EVIDENCE, *TELEMETRY_KEYS,
     }
 )  # fmt: skip
 #: Keys with this prefix score the trained model on the public test split (swarm peers).

@@ -115,6 +115,7 @@ class Horizontal(HorizontalDriver):
             if (declined := declined_reason(reply)) is not None:
                 ctx.reports.decline(reply, declined)
                 continue
+            self.config.privacy.weigh(reply)
             reason = self.aggregator.check(reply, self.arrays)
             if reason is None:
                 accepted.append(reply)

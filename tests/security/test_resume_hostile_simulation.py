@@ -10,18 +10,15 @@ against the DP steps each client reported in ``metrics.jsonl``.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message
+from hostile_clients import hostile_family
 
 from fedpriv import run
-from fedpriv.families import FAMILIES
 from fedpriv.runtime.checkpoint import NODE_STATE, SPENDING_FILE
-from fedpriv.strategies.base import Setup
-from fedpriv.strategies.horizontal import Horizontal
 
 pytestmark = pytest.mark.inprocess
 
@@ -50,26 +47,6 @@ def forge_victims_state(
             }
         )
     return reply
-
-
-@contextlib.contextmanager
-def hostile_family(name: str, mod: Callable[..., Message]) -> Iterator[str]:
-    """The horizontal family with ``mod`` outermost on every ClientApp (the mods decide
-    which partition misbehaves), registered as family ``name`` while the block runs."""
-
-    class Hostile(Horizontal):
-        family = name
-
-        def prepare(self) -> Setup:
-            setup = super().prepare()
-            setup.client_mods = [*setup.client_mods, mod]
-            return setup
-
-    FAMILIES.register(name)(Hostile)
-    try:
-        yield f"family.name={name}"
-    finally:
-        FAMILIES.unregister(name)
 
 
 def test_a_hostile_client_cannot_rewrite_another_clients_record(make_config):

@@ -6,32 +6,13 @@ import io
 
 import numpy as np
 import pytest
+from aggregation_inputs import SHAPES, client_models, reply
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from fedpriv.records import check_update, payload_nbytes
 from fedpriv.strategies.horizontal import HORIZONTAL_STRATEGIES
 
-RNG = np.random.default_rng(7)
-
-
 pytestmark = pytest.mark.usefixtures("task_identity")
-
-
-SHAPES = {"w": (3, 4), "b": (4,)}
-
-
-def reply(arrays: dict[str, np.ndarray], num_examples: int = 1, node: int = 1) -> Message:
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-            "metrics": MetricRecord({"num-examples": num_examples, "train-loss": 1.0}),
-        }
-    )
-    return Message(content, dst_node_id=node, message_type="train")
-
-
-def client_models(n: int) -> list[dict[str, np.ndarray]]:
-    return [{k: RNG.normal(size=s).astype(np.float32) for k, s in SHAPES.items()} for _ in range(n)]
 
 
 def aggregate(name: str, models, weights, **params) -> dict[str, np.ndarray]:

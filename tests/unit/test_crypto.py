@@ -8,8 +8,8 @@ import stat
 import numpy as np
 import pytest
 import tenseal as ts
+from aggregation_inputs import SHAPES, client_models, reply
 from flwr.app import ArrayRecord, ConfigRecord
-from test_aggregation import SHAPES, client_models, reply
 
 from fedpriv import ConfigError, load_config
 from fedpriv.cli import main as cli_main

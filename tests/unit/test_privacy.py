@@ -26,7 +26,6 @@ from fedpriv.privacy import (
     train_dp_sgd,
 )
 from fedpriv.privacy.accounting import epsilon, planned_steps, sample_rate
-from fedpriv.privacy.central import uniform_weight_mod
 from fedpriv.training import TrainConfig, evaluate
 
 ACCOUNTANT_CLASSES = {"rdp": RDPAccountant, "prv": PRVAccountant, "gdp": GaussianAccountant}
@@ -240,9 +239,16 @@ def test_central_epsilon_is_exact_without_sampling_amplification():
     assert exact < by_stepping("rdp", 0.8, 1.0, 5, 0.01)
 
 
-def test_uniform_weight_mod_marks_train_replies():
-    reply = uniform_weight_mod(train_message(), fake_context(), trainer_reply(1.0, 0.1, 1))
-    assert reply.content["metrics"]["dp-weight"] == 1
+def test_central_dp_weighs_every_train_reply_one_on_the_server():
+    def reply() -> Message:
+        return trainer_reply(1.0, 0.1, 1)(train_message(), fake_context())
+
+    declared = reply()
+    declared.content["metrics"]["dp-weight"] = 1e6  # what a client declared is not used
+    PRIVACY.create({"name": "central"}, "privacy").weigh(declared)
+    assert declared.content["metrics"]["dp-weight"] == 1
+    PRIVACY.create({"name": "none"}, "privacy").weigh(plain := reply())
+    assert "dp-weight" not in plain.content["metrics"]
 
 
 def test_planned_steps_counts_every_round():
