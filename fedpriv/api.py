@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from flwr.clientapp import ClientApp
+
 from fedpriv.config import (
     DeploymentEngine,
     ExperimentConfig,
@@ -34,7 +36,9 @@ log = logging.getLogger("fedpriv")
 LOCAL_ENGINES = (SimulationEngine, InProcessEngine)
 
 
-def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
+def run(
+    config: ExperimentConfig | Mapping[str, Any], *, client_app: ClientApp | None = None
+) -> Result:
     """Run one experiment to completion and return its :class:`~fedpriv.results.Result`.
 
     Everything that can be checked before the engine starts is checked first (config
@@ -49,9 +53,15 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
     A run that could not train (no client's update accepted, a failed party) raises
     :class:`~fedpriv.errors.RunFailed` once its results directory is complete; the
     exception's ``result`` holds it (``result.summary["stop_reason"]`` says why).
+
+    ``client_app``: your own Flower ``ClientApp`` on every node instead of fedpriv's
+    (``family=horizontal``, simulated engines, no ``crypto``): the message contract it
+    must meet is docs/interop.md.
     """
     if not isinstance(config, ExperimentConfig):
         config = from_mapping(config)
+    if client_app is not None:
+        check_own_client_app(config)
     setup_logging()
     if isinstance(config.engine, DeploymentEngine):
         from fedpriv.deployment.submit import submit
@@ -59,7 +69,26 @@ def run(config: ExperimentConfig | Mapping[str, Any]) -> Result:
         if config.output_dir:  # the ServerApp claims it; fail here, not on the fleet
             check_free(config.output_dir, overwrite=config.overwrite)
         return succeeded(submit(config))
-    return succeeded(_simulate(config, checkpoint=None))
+    return succeeded(_simulate(config, checkpoint=None, client_app=client_app))
+
+
+def check_own_client_app(config: ExperimentConfig) -> None:
+    """What a run with the caller's ClientApp cannot do, refused before it starts."""
+    problems = []
+    if config.family != "horizontal":
+        problems.append(f"family={config.family}: client_app= runs with family=horizontal")
+    if not isinstance(config.engine, LOCAL_ENGINES):
+        problems.append(
+            f"engine={config.engine.name}: client_app= runs in simulation; on a fleet, "
+            "start your ClientApp on the SuperNodes (docs/interop.md)"
+        )
+    if config.crypto.name != "none":
+        problems.append(
+            f"crypto={config.crypto.name}: the clients' key lives in fedpriv's ClientApp "
+            "mods, which your ClientApp does not have"
+        )
+    if problems:
+        raise ConfigError(problems)
 
 
 def resume(run_dir: str | os.PathLike[str]) -> Result:
@@ -106,7 +135,11 @@ def audited(result: Result, config: ExperimentConfig) -> Result:
 
 
 def _simulate(
-    config: ExperimentConfig, checkpoint: Checkpoint | None, *, resuming: bool = False
+    config: ExperimentConfig,
+    checkpoint: Checkpoint | None,
+    *,
+    resuming: bool = False,
+    client_app: ClientApp | None = None,
 ) -> Result:
     """Run (or continue from ``checkpoint``) on Flower's simulation engine, and audit it;
     the results directory stays locked until the audit is written."""
@@ -114,13 +147,15 @@ def _simulate(
     started = time.perf_counter()
     opened = open_run(config, checkpoint, resuming=resuming)
     try:
-        result = _simulate_opened(opened, started)
+        result = _simulate_opened(opened, started, client_app)
         return audited(result, config)
     finally:
         opened.close()
 
 
-def _simulate_opened(opened: OpenRun, started: float) -> Result:
+def _simulate_opened(
+    opened: OpenRun, started: float, client_app: ClientApp | None = None
+) -> Result:
     """Run an opened run on Flower's simulation engine (or, with ``engine=inprocess``,
     in this process) to its ``summary.json``."""
     config = opened.config
@@ -132,7 +167,8 @@ def _simulate_opened(opened: OpenRun, started: float) -> Result:
         on_done=lambda history, ctx: finished.update(history=history, ctx=ctx),
         on_error=lambda error: finished.update(error=error),
     )
-    client_app = build_client_app(opened.strategy, opened.setup.client_mods)
+    if client_app is None:
+        client_app = build_client_app(opened.strategy, opened.setup.client_mods)
     try:
         if isinstance(config.engine, InProcessEngine):
             run_inprocess(server_app, client_app, config.num_clients, config.engine)

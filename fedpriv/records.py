@@ -86,6 +86,25 @@ def payload_values(array: Array, dtype: str, shape: tuple[int, ...]) -> np.ndarr
     return np.frombuffer(data, dtype=dtype, offset=len(header))
 
 
+def name_by_position(reply: Message, expected: ArrayRecord) -> None:
+    """Give a reply's arrays the global model's names when the client used its own
+    (its model's ``state_dict`` keys) but kept their order: same count, and each array
+    the shape and dtype of the global one at its position. Flower's apps have always
+    exchanged a model's arrays by position; anything else is left for
+    :func:`check_update` to reject."""
+    if reply.has_error() or len(reply.content.array_records) != 1:
+        return
+    ((key, arrays),) = reply.content.array_records.items()
+    if list(arrays) == list(expected) or len(arrays) != len(expected):
+        return
+    pairs = list(zip(expected.items(), arrays.values(), strict=True))
+    if all(
+        tuple(got.shape) == tuple(want.shape) and got.dtype == want.dtype
+        for (_, want), got in pairs
+    ):
+        reply.content[key] = ArrayRecord({name: got for (name, _), got in pairs})
+
+
 def check_update(
     reply: Message, expected: ArrayRecord, weight_key: str = "num-examples"
 ) -> str | None:

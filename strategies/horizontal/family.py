@@ -22,6 +22,7 @@ from fedpriv.crypto import Aggregator
 from fedpriv.crypto.records import Layout
 from fedpriv.privacy.central import released_noise_multiplier
 from fedpriv.privacy.ledger import declined_reason
+from fedpriv.records import name_by_position
 from fedpriv.runtime.checkpoint import CheckpointError, flower_state, restore_flower_state
 from fedpriv.strategies.base import RoundReport, RunContext, Strategy
 from fedpriv.strategies.horizontal.async_family import AsyncHorizontal
@@ -72,6 +73,15 @@ class Horizontal(HorizontalDriver):
         self.arrays = state["arrays"]
         restore_flower_state(self.flower, state.get("flower", []))
 
+    def train_settings(self) -> ConfigRecord:
+        """The train message's config, under the names Flower's own apps read
+        (docs/interop.md): a ClientApp that is not fedpriv's trains with the run's
+        settings; fedpriv's reads them from the run config."""
+        train = self.config.train
+        return ConfigRecord(
+            {"lr": train.lr, "local-epochs": train.local_epochs, "batch-size": train.batch_size}
+        )
+
     def start(self, grid: Grid, ctx: RunContext) -> None:
         selection = self.config.selection
         sampled = self.spec.sampled(self.config.num_clients) < self.config.num_clients
@@ -98,7 +108,7 @@ class Horizontal(HorizontalDriver):
             self.partition_of,
         )
         sent = self.flower.configure_train(
-            server_round, self.arrays, ConfigRecord(), cast(Grid, SampledGrid(grid, chosen))
+            server_round, self.arrays, self.train_settings(), cast(Grid, SampledGrid(grid, chosen))
         )
         # In the order drawn: Flower shuffles what it is shown with the global ``random``.
         sent = sorted(sent, key=lambda message: chosen.index(message.metadata.dst_node_id))
@@ -116,6 +126,8 @@ class Horizontal(HorizontalDriver):
                 ctx.reports.decline(reply, declined)
                 continue
             self.config.privacy.weigh(reply)
+            if self.config.crypto.server_reads_model:
+                name_by_position(reply, self.arrays)
             reason = self.aggregator.check(reply, self.arrays)
             if reason is None:
                 accepted.append(reply)
