@@ -206,7 +206,8 @@ class ServerLedger:
             return {}
         record: dict[str, Any] = {}
         if self.local is not None:
-            record["epsilon_max"] = max(self.epsilon_per_client.values(), default=0.0)
+            # None until a client accounted for its ε: 0.0 would read as "nothing spent".
+            record["epsilon_max"] = max(self.epsilon_per_client.values(), default=None)
             record["epsilon_per_client"] = {
                 str(k): v for k, v in sorted(self.epsilon_per_client.items())
             }
@@ -226,7 +227,7 @@ class ServerLedger:
             "mode": self.config.privacy.name,
             "delta": (deltas[0] if len(deltas) == 1 else deltas) if local else None,
             "accountant": local.accountant if local else None,
-            "epsilon_max": max(self.epsilon_per_client.values(), default=0.0) if local else None,
+            "epsilon_max": max(self.epsilon_per_client.values(), default=None) if local else None,
             "epsilon_per_client": (
                 {str(k): v for k, v in sorted(self.epsilon_per_client.items())} if local else None
             ),

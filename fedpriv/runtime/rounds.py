@@ -93,7 +93,9 @@ class RoundRecorder:
     def _log(self, record: dict[str, Any]) -> None:
         accuracy = record["accuracy"]
         privacy = record.get("privacy", {})
-        spent = (f"  ε {privacy['epsilon_max']:.3f}" if "epsilon_max" in privacy else "") + (
+        spent = (
+            f"  ε {privacy['epsilon_max']:.3f}" if privacy.get("epsilon_max") is not None else ""
+        ) + (
             f"  user-level ε {privacy['user_level_epsilon']:.3f}"
             if "user_level_epsilon" in privacy
             else ""

@@ -10,6 +10,7 @@ fails. The other way, fedpriv's ClientApp trains under Flower's stock FedAvg."""
 from __future__ import annotations
 
 import ast
+import logging
 from pathlib import Path
 
 import flower_style_app
@@ -70,12 +71,19 @@ def test_central_dp_with_flowers_client_side_clipping_mod(make_config):
     assert result.final["accuracy"] > 0.75
 
 
-def test_a_plain_client_under_dp_sgd_is_rejected_and_the_run_fails(make_config):
+def test_a_plain_client_under_dp_sgd_is_rejected_and_the_run_fails(make_config, caplog):
+    logger = logging.getLogger("fedpriv")  # fedpriv's own handler does not propagate
+    logger.addHandler(caplog.handler)
+    caplog.set_level("INFO", logger="fedpriv")
     with pytest.raises(RunFailed) as failed:
         run(make_config(*DIGITS, "privacy=dp_sgd"), client_app=flower_style_app.app)
     result = failed.value.result
     assert "the client did not train with DP-SGD" in result.summary["stop_reason"]
-    assert result.summary["privacy"]["epsilon_per_client"] == {}
+    privacy = result.summary["privacy"]
+    assert privacy["epsilon_per_client"] == {} and privacy["epsilon_max"] is None  # not 0.0
+    logger.removeHandler(caplog.handler)
+    rounds = [r.getMessage() for r in caplog.records if r.getMessage().startswith("round ")]
+    assert rounds and not [line for line in rounds if "ε" in line]  # no ε nobody spent
 
 
 def test_what_an_own_client_app_cannot_run_is_refused_first(make_config):
