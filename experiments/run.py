@@ -21,11 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedpriv.api import resume, run
 from fedpriv.config import CONFIG_MODULE, from_mapping
-from fedpriv.errors import FedprivError, RunFailed
+from fedpriv.errors import FedprivError, RunFailed, RunInterrupted
 from fedpriv.report import print_table
 
-#: Exit codes: the run could not train (its results say why); the config or data is bad.
-FAILED, INVALID = 1, 2
+#: Exit codes: the run could not train (its results say why); the config or data is bad;
+#: Ctrl-C stopped it (128 + SIGINT, as a shell reports a process the signal ended).
+FAILED, INVALID, INTERRUPTED = 1, 2, 130
 
 
 @hydra.main(version_base=None, config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
@@ -41,6 +42,9 @@ def main(cfg: DictConfig) -> float | None:
         engine["num_cpus"] = share
     try:
         result = resume(mapping["resume"]) if mapping.get("resume") else run(from_mapping(mapping))
+    except RunInterrupted as interrupted:
+        print(f"fedpriv: {interrupted}", file=sys.stderr)
+        sys.exit(INTERRUPTED)
     except RunFailed as failed:
         print_table([failed.result])
         print(f"error: {failed}", file=sys.stderr)

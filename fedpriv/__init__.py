@@ -8,7 +8,14 @@
 from fedpriv._version import __version__
 from fedpriv.api import resume, run
 from fedpriv.config import ExperimentConfig, from_mapping, load_config
-from fedpriv.errors import ConfigError, DataError, FedprivError, RunFailed, SimulationError
+from fedpriv.errors import (
+    ConfigError,
+    DataError,
+    FedprivError,
+    RunFailed,
+    RunInterrupted,
+    SimulationError,
+)
 from fedpriv.results import Result
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "FedprivError",
     "Result",
     "RunFailed",
+    "RunInterrupted",
     "SimulationError",
     "__version__",
     "from_mapping",

@@ -20,10 +20,11 @@ from fedpriv.config import (
     run_config,
 )
 from fedpriv.crypto import parallel
-from fedpriv.errors import ConfigError, RunFailed, SimulationError
+from fedpriv.errors import ConfigError, RunFailed, RunInterrupted, SimulationError
 from fedpriv.logs import setup_logging
 from fedpriv.results import Result, RunDirectory
 from fedpriv.run_lock import check_free
+from fedpriv.runtime import interrupt
 from fedpriv.runtime.apps import build_client_app, build_server_app
 from fedpriv.runtime.checkpoint import Checkpoint
 from fedpriv.runtime.inprocess import run_inprocess
@@ -147,8 +148,11 @@ def _simulate(
     started = time.perf_counter()
     opened = open_run(config, checkpoint, resuming=resuming)
     try:
-        result = _simulate_opened(opened, started, client_app)
+        with interrupt.stop_on_ctrl_c():
+            result = _simulate_opened(opened, started, client_app)
         return audited(result, config)
+    except KeyboardInterrupt:  # the second Ctrl-C: stopped at once, mid-round
+        raise RunInterrupted(opened.out.path, resumable=opened.strategy.resumable) from None
     finally:
         opened.close()
 
@@ -180,4 +184,7 @@ def _simulate_opened(
         raise finished["error"]
     if "history" not in finished:
         raise SimulationError("the simulation ended before the ServerApp finished its rounds")
+    if finished["ctx"].interrupted:  # left unfinished (no summary.json): resume continues
+        rounds = len(finished["history"])
+        raise RunInterrupted(opened.out.path, rounds, resumable=opened.strategy.resumable)
     return opened.finish(finished["history"], finished["ctx"], time.perf_counter() - started)

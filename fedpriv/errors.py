@@ -35,6 +35,21 @@ class SimulationError(FedprivError, RuntimeError):
     """The federated run did not complete."""
 
 
+class RunInterrupted(FedprivError):
+    """Ctrl-C stopped the run before its last round. Its results directory holds the
+    rounds so far and, for a family that checkpoints, a checkpoint to resume from."""
+
+    def __init__(self, run_dir: Any, rounds: int | None = None, resumable: bool = True) -> None:
+        self.run_dir = run_dir
+        done = "" if rounds is None else f" after round {rounds}"
+        how = (
+            f"resume with: python -m fedpriv.experiments.run resume={run_dir}"
+            if resumable
+            else f"its family cannot resume; the rounds so far are in {run_dir}"
+        )
+        super().__init__(f"interrupted{done}; {how}")
+
+
 class RunFailed(FedprivError, RuntimeError):
     """The run ended without training what it set out to (no client's update was
     accepted, a party or too many peers failed). Its results directory is complete,

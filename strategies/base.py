@@ -37,6 +37,7 @@ from flwr.serverapp import Grid
 
 from fedpriv.config import ExperimentConfig
 from fedpriv.registry import Registry, Spec
+from fedpriv.runtime import interrupt
 from fedpriv.runtime.context import RoundReport, RunContext
 from fedpriv.runtime.resume import resume, save_checkpoint
 
@@ -134,9 +135,12 @@ class Strategy(ABC):
                 ctx.start_round()
                 report = self.round(server_round, grid, ctx)
                 ctx.end_round(report)
+                ctx.interrupted = interrupt.requested() and server_round < self.config.rounds
                 last = bool(ctx.stop_reason) or server_round == self.config.rounds
-                save_checkpoint(ctx, server_round, self.checkpoint_state(), last=last)
-                if ctx.stop_reason:
+                save_checkpoint(
+                    ctx, server_round, self.checkpoint_state(), last=last, now=ctx.interrupted
+                )
+                if ctx.stop_reason or ctx.interrupted:
                     break
         finally:
             ctx.close()

@@ -55,6 +55,8 @@ class RunContext:
         self.failure: str | None = None
         #: Rounds in a row without an accepted update (``max_idle_rounds``).
         self.idle_rounds = 0
+        #: Ctrl-C stopped the run before its last round (it is left to resume).
+        self.interrupted = False
         self.ledger = ServerLedger(config)
         #: What each node spent, written as replies arrive (a resumed run continues it).
         self.spending = SpendingRecord(out.path / SPENDING_FILE, config.num_clients)

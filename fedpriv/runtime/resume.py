@@ -18,13 +18,15 @@ log = logging.getLogger("fedpriv")
 
 
 def save_checkpoint(
-    ctx: RunContext, server_round: int, family_state: Any, last: bool = False
+    ctx: RunContext, server_round: int, family_state: Any, last: bool = False, now: bool = False
 ) -> None:
     """Write ``checkpoint.npz`` when ``checkpoint_every`` says this round is due, and
-    after the ``last`` round (the final model, for audits); ``family_state`` None:
-    the family cannot checkpoint (nothing is written)."""
+    after the ``last`` round (the final model, for audits); ``now``: whatever
+    ``checkpoint_every`` says (a Ctrl-C, to resume from). ``family_state`` None: the
+    family cannot checkpoint (nothing is written)."""
     every = ctx.config.checkpoint_every
-    if family_state is None or not every or (server_round % every and not last):
+    due = now or (every and (not server_round % every or last))
+    if family_state is None or not due:
         return
     Checkpoint(
         round=server_round,

@@ -75,10 +75,16 @@ def simulate(
 
     for key, value in ENVIRONMENT.items():
         os.environ.setdefault(key, value)
-    with quiet_flower(engine.verbose):
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=num_nodes,
-            backend_config=backend_config(engine),  # type: ignore[arg-type]
-        )
+    try:
+        with quiet_flower(engine.verbose):
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=num_nodes,
+                backend_config=backend_config(engine),  # type: ignore[arg-type]
+            )
+    finally:  # a Ctrl-C mid-round leaves Ray up: stop its processes with the run
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
