@@ -195,8 +195,10 @@ class ExperimentConfig:
         return federate(self.data, self.partition, self.num_clients, self.seed)
 
     def replace(self, **changes: Any) -> ExperimentConfig:
-        """A copy with some top-level fields changed (the original is never mutated)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some top-level fields changed (the original is never mutated),
+        validated as the command line validates: ``replace(rounds=0)`` is a
+        :class:`ConfigError`, as ``rounds=0`` is."""
+        return from_mapping(dataclasses.replace(self, **changes).to_dict())
 
 
 def strategy_registry(family: str) -> Registry[Any]:

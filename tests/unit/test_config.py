@@ -174,3 +174,15 @@ def test_every_job_of_every_study_preset_composes_and_validates():
                 elif key in ("model", "crypto", "partition", "strategy", "family"):
                     chosen = config.family if key == "family" else getattr(config, key).name
                     assert chosen == value, (name, point)
+
+
+def test_replace_validates_like_the_command_line():
+    """It used to copy without checking: run(cfg.replace(rounds=0)) started Ray and
+    returned no rounds, while the command line refused rounds=0."""
+    config = load_config([])
+    with pytest.raises(ConfigError, match=r"rounds=0 must be >= 1"):
+        config.replace(rounds=0)
+    with pytest.raises(ConfigError, match=r"max_idle_rounds=-2 must be >= 0"):
+        config.replace(max_idle_rounds=-2)
+    changed = config.replace(rounds=3, output_dir="elsewhere")
+    assert (changed.rounds, changed.output_dir, config.rounds) == (3, "elsewhere", 10)
