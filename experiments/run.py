@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from fedpriv.api import resume, run
-from fedpriv.config import CONFIG_MODULE, from_mapping
-from fedpriv.errors import FedprivError, RunFailed, RunInterrupted
+from fedpriv.config import CONFIG_MODULE, from_mapping, plain_mapping
+from fedpriv.errors import ConfigError, FedprivError, RunFailed, RunInterrupted
 from fedpriv.report import print_table
 
 #: Exit codes: the run could not train (its results say why); the config or data is bad;
@@ -32,7 +31,11 @@ FAILED, INVALID, INTERRUPTED = 1, 2, 130
 @hydra.main(version_base=None, config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Validate, run, print the outcome; returns final accuracy (for Hydra sweepers)."""
-    mapping = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+    try:
+        mapping = plain_mapping(cfg)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(INVALID)
     hydra_config = HydraConfig.get()
     if mapping.get("output_dir") is None:
         mapping["output_dir"] = hydra_config.runtime.output_dir

@@ -385,11 +385,24 @@ def load_config(overrides: Sequence[str] = ()) -> ExperimentConfig:
     """
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
 
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
             composed = compose(config_name="config", overrides=list(overrides))
     except HydraException as error:
         raise ConfigError(f"cannot compose the config: {error}") from error
-    return from_mapping(OmegaConf.to_container(composed, resolve=True))  # type: ignore[arg-type]
+    return from_mapping(plain_mapping(composed))
+
+
+def plain_mapping(composed: Any) -> dict[str, Any]:
+    """A composed Hydra config as plain values, interpolations resolved; a value the
+    config leaves for the user to set (``???``, e.g. ``data.path`` of ``data=csv``) is a
+    :class:`ConfigError` naming it."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        return OmegaConf.to_container(composed, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except MissingMandatoryValue as error:
+        key = getattr(error, "full_key", None) or "a value"
+        raise ConfigError(f"{key} is required: set {key}=<value>") from None

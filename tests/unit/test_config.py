@@ -186,3 +186,9 @@ def test_replace_validates_like_the_command_line():
         config.replace(max_idle_rounds=-2)
     changed = config.replace(rounds=3, output_dir="elsewhere")
     assert (changed.rounds, changed.output_dir, config.rounds) == (3, "elsewhere", 10)
+
+
+def test_a_value_the_config_leaves_to_the_user_is_required_by_name():
+    """data=csv leaves data.path as ??? ; it used to pass validation as the path '???'."""
+    with pytest.raises(ConfigError, match=r"^data\.path is required: set data\.path=<value>$"):
+        load_config(["data=csv"])
