@@ -25,10 +25,9 @@ from fedpriv.report_runs import (
     final_epsilon,
     find_runs,
     group_runs,
-    round_epsilon,
     run_label,
 )
-from fedpriv.results import Result, write_atomic
+from fedpriv.results import Result, round_epsilon, write_atomic
 
 __all__ = [
     "CSV_COLUMNS",

@@ -191,15 +191,6 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def round_epsilon(record: Mapping[str, object]) -> float | None:
-    """ε spent by the end of a round: the largest client ε (DP-SGD), else user-level ε."""
-    privacy = record.get("privacy")
-    if not isinstance(privacy, Mapping):
-        return None
-    value: Any = privacy.get("epsilon_max", privacy.get("user_level_epsilon"))
-    return None if value is None else float(value)
-
-
 def final_epsilon(result: Result) -> float | None:
     """The run's ε: the largest client ε (DP-SGD), else the user-level ε (central DP)."""
     privacy = result.summary.get("privacy")

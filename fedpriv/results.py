@@ -97,7 +97,25 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rounds
 
 
-@dataclasses.dataclass(frozen=True)
+def round_epsilon(record: Mapping[str, object]) -> float | None:
+    """ε spent by the end of a round: the largest client ε (DP-SGD), else user-level ε."""
+    privacy = record.get("privacy")
+    if not isinstance(privacy, Mapping):
+        return None
+    value: Any = privacy.get("epsilon_max")
+    if value is None:  # no client accounted yet, or central DP alone
+        value = privacy.get("user_level_epsilon")
+    return None if value is None else float(value)
+
+
+#: ``Result.to_dataframe``'s columns, one row per round.
+FRAME_COLUMNS = (
+    "round", "accuracy", "loss", "epsilon", "contributors", "clients", "rejected",
+    "bytes_up", "bytes_down", "seconds", "elapsed",
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
 class Result:
     """What :func:`fedpriv.run` returns: the run directory and what it holds.
 
@@ -123,6 +141,35 @@ class Result:
     @property
     def failed(self) -> bool:
         return self.status == "failed"
+
+    def __repr__(self) -> str:
+        accuracy = self.final.get("accuracy")
+        shown = "None" if accuracy is None else f"{accuracy:.4f}"
+        return (
+            f"Result({str(self.run_dir)!r}, status={self.status!r}, "
+            f"rounds={len(self.history)}, accuracy={shown})"
+        )
+
+    def to_dataframe(self) -> Any:
+        """The rounds as a pandas DataFrame, one row each (:data:`FRAME_COLUMNS`: ε is
+        the round's largest client ε, else the user-level ε; ``clients`` and
+        ``rejected`` count the round's entries). Needs pandas (``fedpriv[dataframe]``)."""
+        try:
+            import pandas as pd
+        except ImportError as error:
+            raise ImportError(
+                "Result.to_dataframe needs pandas: pip install 'fedpriv[dataframe]'"
+            ) from error
+        rows = [
+            {
+                **{key: record.get(key) for key in FRAME_COLUMNS},
+                "epsilon": round_epsilon(record),
+                "clients": len(record.get("clients", [])),
+                "rejected": len(record.get("rejected", [])),
+            }
+            for record in self.history
+        ]
+        return pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike[str]) -> Result:

@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).parents[2]
 SOURCES = ("fedpriv", "strategies", "experiments")
 #: Imported only where present (optional extras, probed at run time).
-OPTIONAL = {"jetson-stats", "nvidia-ml-py", "jtop", "pynvml"}  # distributions and modules
+OPTIONAL = {"jetson-stats", "nvidia-ml-py", "jtop", "pynvml", "pandas"}  # distributions and modules
 
 
 def canonical(name: str) -> str:

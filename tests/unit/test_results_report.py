@@ -27,7 +27,7 @@ from fedpriv.report_plots import (
     plot_privacy_utility,
 )
 from fedpriv.report_runs import attack_text
-from fedpriv.results import Result, RunDirectory, read_metrics, write_atomic
+from fedpriv.results import FRAME_COLUMNS, Result, RunDirectory, read_metrics, write_atomic
 
 
 def fake_run(path, strategy="fedavg", accuracies=(0.5, 0.8), *, config=None, seed=0,
@@ -669,3 +669,23 @@ def test_audits_alone_do_not_make_a_privacy_utility_plot(tmp_path):
     assert not (tmp_path / "privacy_utility.png").exists()  # no DP: no ε axis to draw on
     assert "privacy_utility.png" not in text
     assert "AUC 0.60" in text and "MSE 0.01, label ✓" in text
+
+
+def test_a_result_prints_short_and_becomes_a_dataframe_of_its_rounds(tmp_path):
+    privacy = [
+        {"epsilon_max": None, "user_level_epsilon": 0.5},  # no client accounted yet
+        {"epsilon_max": 2.0, "user_level_epsilon": 0.9},
+    ]
+    path = fake_run(tmp_path / "run", accuracies=(0.5, 0.75), record=lambda r: {
+        "privacy": privacy[r - 1], "contributors": r + 1,
+        "clients": [{"node_id": n} for n in range(r + 1)], "rejected": [{"reason": "x"}] * r,
+    })  # fmt: skip
+    result = Result.load(path)
+    assert repr(result) == f"Result({str(path)!r}, status='completed', rounds=2, accuracy=0.7500)"
+    frame = result.to_dataframe()
+    assert list(frame.columns) == list(FRAME_COLUMNS)
+    assert frame["round"].tolist() == [1, 2] and frame["accuracy"].tolist() == [0.5, 0.75]
+    assert frame["epsilon"].tolist() == [0.5, 2.0]  # the client ε once there is one
+    assert frame["contributors"].tolist() == [2, 3]
+    assert frame["clients"].tolist() == [2, 3] and frame["rejected"].tolist() == [1, 2]
+    assert frame["bytes_down"].sum() == result.summary["bytes"]["down"]
