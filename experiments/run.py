@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from fedpriv.api import resume, run
 from fedpriv.config import CONFIG_MODULE, from_mapping, plain_mapping
 from fedpriv.errors import ConfigError, FedprivError, RunFailed, RunInterrupted
+from fedpriv.logs import log_to_hydra_files
 from fedpriv.report import print_table
 
 #: Exit codes: the run could not train (its results say why); the config or data is bad;
@@ -31,6 +32,7 @@ FAILED, INVALID, INTERRUPTED = 1, 2, 130
 @hydra.main(version_base=None, config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Validate, run, print the outcome; returns final accuracy (for Hydra sweepers)."""
+    log_to_hydra_files()
     try:
         mapping = plain_mapping(cfg)
     except ConfigError as error:

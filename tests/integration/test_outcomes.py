@@ -67,6 +67,8 @@ def test_the_command_line_exits_1_for_a_failed_run_and_a_sweep_goes_on(tmp_path)
     assert single.returncode == 1, single.stderr[-2000:]
     assert "error: the run in" in single.stderr and "failed: no client's update" in single.stderr
     assert json.loads((tmp_path / "single" / "summary.json").read_text())["status"] == "failed"
+    # fedpriv's lines reach Hydra's run.log too (it used to stay empty).
+    assert "round 2/2" in (tmp_path / "single" / "run.log").read_text()
 
     sweep = subprocess.run(
         [*COMMAND[:3], "-m", *COMMAND[3:], "engine.max_reply_mb=0.000001,512",
@@ -76,6 +78,8 @@ def test_the_command_line_exits_1_for_a_failed_run_and_a_sweep_goes_on(tmp_path)
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     jobs = sorted((tmp_path / "sweep").glob("*/summary.json"))
     assert [json.loads(job.read_text())["status"] for job in jobs] == ["failed", "completed"]
+    for job in jobs:  # each job's own lines, once: none of the other job's
+        assert (job.parent / "run.log").read_text().count("round 2/2") == 1
     table = format_table([Result.load(job.parent) for job in jobs])
     failed_line, ok_line = table.splitlines()[1:]
     assert "failed: no client's update was accepted" in failed_line
