@@ -92,7 +92,7 @@ def name_by_position(reply: Message, expected: ArrayRecord) -> None:
     the shape and dtype of the global one at its position. Flower's apps have always
     exchanged a model's arrays by position; anything else is left for
     :func:`check_update` to reject."""
-    if reply.has_error() or len(reply.content.array_records) != 1:
+    if len(reply.content.array_records) != 1:
         return
     ((key, arrays),) = reply.content.array_records.items()
     if list(arrays) == list(expected) or len(arrays) != len(expected):
@@ -112,9 +112,12 @@ def check_update(
 
     Checks: no error, exactly one ArrayRecord with the global model's names, shapes and
     dtypes, all values finite, and a positive example count in the one MetricRecord.
+    Arrays named by the client's own model in the global order are renamed first
+    (:func:`name_by_position`).
     """
     if reply.has_error():
         return f"client error: {reply.error.reason}"
+    name_by_position(reply, expected)
     content = reply.content
     if len(content.array_records) != 1:
         return f"expected one ArrayRecord, got {len(content.array_records)}"

@@ -22,7 +22,6 @@ from fedpriv.crypto import Aggregator
 from fedpriv.crypto.records import Layout
 from fedpriv.privacy.central import released_noise_multiplier
 from fedpriv.privacy.ledger import declined_reason
-from fedpriv.records import name_by_position
 from fedpriv.runtime.checkpoint import CheckpointError, flower_state, restore_flower_state
 from fedpriv.strategies.base import RoundReport, RunContext, Strategy
 from fedpriv.strategies.horizontal.async_family import AsyncHorizontal
@@ -126,8 +125,6 @@ class Horizontal(HorizontalDriver):
                 ctx.reports.decline(reply, declined)
                 continue
             self.config.privacy.weigh(reply)
-            if self.config.crypto.server_reads_model:
-                name_by_position(reply, self.arrays)
             reason = self.aggregator.check(reply, self.arrays)
             if reason is None:
                 accepted.append(reply)

@@ -166,3 +166,12 @@ def test_fedopt_aggregates_keep_the_global_models_dtypes(name):
     kept = cast_like(arrays, start)
     assert {kept[k].dtype for k in SHAPES} == {"float32"}
     assert check_update(reply({k: v.numpy() for k, v in kept.items()}), kept) is None
+
+
+def test_a_clients_own_array_names_are_taken_by_position_when_shapes_match():
+    """A plain Flower client replies under its model's own names, in the same order."""
+    own = reply({"fc.weight": np.ones((3, 4), np.float32), "fc.bias": np.ones(4, np.float32)})
+    assert check_update(own, GLOBAL) is None
+    assert list(own.content["arrays"]) == list(GLOBAL)
+    swapped = reply({"fc.bias": np.ones(4, np.float32), "fc.weight": np.ones((3, 4), np.float32)})
+    assert "array names differ" in str(check_update(swapped, GLOBAL))  # order matters
