@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from fedpriv.api import resume, run
 from fedpriv.config import CONFIG_MODULE, from_mapping, plain_mapping
-from fedpriv.errors import ConfigError, FedprivError, RunFailed, RunInterrupted
+from fedpriv.errors import FedprivError, RunFailed, RunInterrupted
 from fedpriv.logs import log_to_hydra_files
 from fedpriv.report import print_table
 
@@ -33,19 +33,15 @@ FAILED, INVALID, INTERRUPTED = 1, 2, 130
 def main(cfg: DictConfig) -> float | None:
     """Validate, run, print the outcome; returns final accuracy (for Hydra sweepers)."""
     log_to_hydra_files()
+    hydra_config = HydraConfig.get()
     try:
         mapping = plain_mapping(cfg)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(INVALID)
-    hydra_config = HydraConfig.get()
-    if mapping.get("output_dir") is None:
-        mapping["output_dir"] = hydra_config.runtime.output_dir
-    engine = mapping.get("engine") or {}
-    share = cores_per_job(hydra_config.launcher.get("n_jobs"))
-    if engine.get("name") == "simulation" and engine.get("num_cpus") is None and share:
-        engine["num_cpus"] = share
-    try:
+        if mapping.get("output_dir") is None:
+            mapping["output_dir"] = hydra_config.runtime.output_dir
+        engine = mapping.get("engine") or {}
+        share = cores_per_job(hydra_config.launcher.get("n_jobs"))
+        if engine.get("name") == "simulation" and engine.get("num_cpus") is None and share:
+            engine["num_cpus"] = share
         result = resume(mapping["resume"]) if mapping.get("resume") else run(from_mapping(mapping))
     except RunInterrupted as interrupted:
         print(f"fedpriv: {interrupted}", file=sys.stderr)

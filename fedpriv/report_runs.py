@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from fedpriv.results import Result
+from fedpriv.results import Result, round_epsilon
 
 log = logging.getLogger("fedpriv")
 
@@ -193,13 +193,7 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 def final_epsilon(result: Result) -> float | None:
     """The run's ε: the largest client ε (DP-SGD), else the user-level ε (central DP)."""
-    privacy = result.summary.get("privacy")
-    if not privacy:
-        return None
-    value = privacy.get("epsilon_max")
-    if value is None:
-        value = privacy.get("user_level_epsilon")
-    return None if value is None else float(value)
+    return round_epsilon(result.summary)  # the summary's privacy entry has the same keys
 
 
 def epsilon_per_client(result: Result) -> dict[int, float]:

@@ -98,7 +98,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def round_epsilon(record: Mapping[str, object]) -> float | None:
-    """ε spent by the end of a round: the largest client ε (DP-SGD), else user-level ε."""
+    """ε spent by the end of a round (or of a run, given ``summary.json``): the largest
+    client ε (DP-SGD), else user-level ε."""
     privacy = record.get("privacy")
     if not isinstance(privacy, Mapping):
         return None
