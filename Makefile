@@ -1,5 +1,6 @@
-# The README's commands. Each bootstraps .venv on a fresh machine with only Python 3.11.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The README's commands. Each bootstraps .venv on a fresh machine with only Python
+# (3.11, 3.12 or 3.13; `make test PYTHON=python3.13 VENV=.venv-3.13` for another).
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -8,11 +9,22 @@ export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO := 0
 
 .PHONY: demo test test-fast lint docs format bench studies lock clean
 
-# torch first, pinned to the CPU wheel; the constraint keeps every later step from
-# swapping it for a multi-GB CUDA build.
+# torch first, from PyTorch's own index: the CPU build by default on any Linux machine
+# (PyPI's x86_64 torch is a CUDA build of several GB), `TORCH=cu126 make demo` for a CUDA
+# one, as pytorch.org documents. Where that index cannot be reached, pip's own sources
+# are used (a local CPU wheel if pip is configured with one). The constraint keeps every
+# later step from swapping torch for another build.
+TORCH ?= cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/$(TORCH)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
+	@if $(BIN)/python -c "import urllib.request; urllib.request.urlopen('$(TORCH_INDEX)/torch/', timeout=15)" 2>/dev/null; then \
+	  echo "torch from $(TORCH_INDEX)"; \
+	  $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt --index-url $(TORCH_INDEX) torch; \
+	else \
+	  echo "$(TORCH_INDEX) cannot be reached: torch from pip's configured sources"; \
+	  $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt torch; \
+	fi
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
