@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fedpriv.api import resume, run
-from fedpriv.config import CONFIG_MODULE, from_mapping, plain_mapping
+from fedpriv.config import CONFIG_MODULE, check_command_line, from_mapping, plain_mapping
 from fedpriv.errors import FedprivError, RunFailed, RunInterrupted
 from fedpriv.logs import log_to_hydra_files
 from fedpriv.report import print_table
@@ -70,5 +70,21 @@ def cores_per_job(n_jobs: int | None) -> int | None:
     return max(1, cores // jobs)
 
 
+def run_command(args: list[str]) -> int:
+    """``fedpriv run ARGS``: the config checked first (exit 2 when bad), then Hydra's
+    main; the exit code."""
+    try:
+        check_command_line(args)
+    except FedprivError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return INVALID
+    sys.argv = ["fedpriv run", *args]
+    try:
+        main()
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(sys.argv[1:]))

@@ -1,218 +1,355 @@
-"""``fedpriv`` console script: ``run`` (Hydra overrides), ``report``, ``audit``, fleet commands."""
+"""The ``fedpriv`` command, on click: ``run`` (Hydra overrides), ``report``, ``audit``,
+``partition``, ``capabilities`` and the fleet's ``keys``, ``superlink``, ``supernode``.
+
+Each command imports what it needs when it runs, so ``--help`` and ``--version`` answer
+without loading torch, Flower or Ray. Exit codes: 0 done, 1 the run failed, 2 a bad
+command line, configuration or input, 130 Ctrl-C.
+"""
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
 from pathlib import Path
 
+import click
+
 from fedpriv._version import __version__
 
-USAGE = """fedpriv run [HYDRA OVERRIDES...]      run an experiment (e.g. strategy=fedavg data=wine)
-fedpriv report DIR... [--out DIR] [--markdown] [--by-group]
-                                      table, report.csv and plots of finished runs
-fedpriv audit RUN --attack NAME       attack a finished run: membership,
-                                      gradient_inversion, label_inference
-fedpriv keys init --out DIR [--nodes N] [--host NAME]... [--preset ckks-128]
-                                      a fleet's keys, one bundle per host: DIR/ca,
-                                      DIR/superlink, DIR/device-<k>
-fedpriv capabilities                  what each family and strategy can run with, and why
-                                      not where it cannot (the one compatibility table)
-fedpriv partition OUT [HYDRA OVERRIDES...]
-                                      each client's data as OUT/part-<k>.npz (for --data)
-fedpriv superlink KEYS [--host H] [--port 9092] [--api-port 9093] [--database F]
-                  [--insecure]        run the SuperLink on 127.0.0.1 and nginx for the
-                                      Fleet API on H (TLS, registered nodes only)
-fedpriv supernode KEYS --superlink HOST:PORT --partition-id K --num-partitions N
-                  [--data FILE.npz] [--runtime-port 9094] [--insecure]
-                                      run a device's SuperNode and its warm executor"""
+#: Exit code of a bad command line, configuration or input (click's own for usage errors).
+INVALID = 2
+
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0
-    if argv[0] == "--version":
-        print(f"fedpriv {__version__}")
-        return 0
-    command, rest = argv[0], argv[1:]
-    if command == "run":
-        from fedpriv.experiments.run import main as hydra_main
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="fedpriv")
+def cli() -> None:
+    """Privacy-preserving federated learning on Flower, Opacus, TenSEAL CKKS and Hydra.
 
-        sys.argv = ["fedpriv run", *rest]
-        hydra_main()
-        return 0
-    if command == "report":
-        parser = argparse.ArgumentParser(
-            prog="fedpriv report",
-            description="Table of finished runs; writes report.csv (one row per run × round) "
-            "and PNG plots. Runs whose config.yaml differs only in seed (and output_dir) form "
-            "a group, named by the config keys that vary between groups; plots show each "
-            "group's mean over seeds with a min–max band. Runs with an audit.json (fedpriv "
-            "audit) also show the attacks' success: an 'attack' column, CSV columns and a "
-            "membership-AUC-vs-ε panel (docs/results.md).",
+    Start with `fedpriv run` (the default experiment: FedAvg on digits), then read the
+    results with `fedpriv report outputs/`. Docs: docs/quickstart.md.
+    """
+
+
+class _RunCommand(click.Command):
+    """``fedpriv run --help`` also lists the config groups and their options, read from
+    the config files when help is asked for. Every other argument goes to Hydra."""
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help_text(ctx, formatter)
+        with formatter.section("Config groups (GROUP=OPTION)"):
+            formatter.write_dl(_config_groups())
+
+
+@cli.command(cls=_RunCommand, context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+def run(overrides: tuple[str, ...]) -> None:
+    """Run an experiment (or a sweep with -m) from Hydra OVERRIDES.
+
+    \b
+    fedpriv run strategy=fedprox data=wine rounds=20
+    fedpriv run privacy=dp_sgd privacy.target_epsilon=3
+    fedpriv run -m strategy=fedavg,fedadam seed=0,1,2      (a sweep)
+    fedpriv run +experiment=demo                            (a preset: conf/experiment/)
+    fedpriv run resume=outputs/2026-12-04/10-00-00          (an interrupted run)
+    fedpriv run --cfg job                                   (print the composed config)
+
+    Every key and its default: docs/reference/config.md; `fedpriv capabilities` shows
+    which combinations run.
+    """
+    if overrides and overrides[0] in ("-h", "--help"):
+        click.echo(click.get_current_context().get_help())
+        return
+    from fedpriv.experiments.run import run_command
+
+    sys.exit(run_command(list(overrides)))
+
+
+def _config_groups() -> list[tuple[str, str]]:
+    """``[("data", "breast_cancer, csv, ..."), ...]`` from the config tree's folders."""
+    from importlib.resources import files
+
+    root = files("fedpriv.conf")
+    groups = []
+    for group in sorted(entry.name for entry in root.iterdir() if entry.is_dir()):
+        options = sorted(
+            entry.name.removesuffix(".yaml")
+            for entry in root.joinpath(group).iterdir()
+            if entry.name.endswith(".yaml")
         )
-        parser.add_argument("paths", nargs="+", help="run or sweep directories")
-        parser.add_argument("--out", help="where report.csv and plots go (default: the first path)")
-        parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-        parser.add_argument(
-            "--by-group",
-            action="store_true",
-            help="one table row per group of seeds instead of per run: n runs, mean ± sample "
-            "std (n-1) of final accuracy and ε, mean MB and seconds",
+        if options:
+            groups.append((group, ", ".join(options)))
+    return groups
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option(
+    "--out", type=click.Path(), help="Where report.csv and plots go (default: the first path)."
+)
+@click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
+@click.option(
+    "--by-group",
+    is_flag=True,
+    help="One row per group of seeds instead of per run: n runs, mean ± sample std (n-1) "
+    "of final accuracy and ε, mean MB and seconds.",
+)
+@click.option(
+    "--reference",
+    multiple=True,
+    metavar="LABEL=FILE.json",
+    help="A reference accuracy to show (a JSON file with an 'accuracy' field); repeatable.",
+)
+def report(
+    paths: tuple[str, ...],
+    out: str | None,
+    markdown: bool,
+    by_group: bool,
+    reference: tuple[str, ...],
+) -> None:
+    """Table of finished runs in PATHS (runs or sweeps); writes report.csv and plots.
+
+    report.csv has one row per run × round. Runs whose config.yaml differs only in seed
+    (and output_dir) form a group, named by the config keys that vary between groups;
+    plots show each group's mean over seeds with a min–max band. Runs with an audit.json
+    (`fedpriv audit`) also show the attacks' success (docs/results.md).
+    """
+    from fedpriv.report import report as make_report
+
+    try:
+        references = dict(_reference(spec) for spec in reference)
+        text = make_report(
+            list(paths), out, markdown=markdown, references=references, by_group=by_group
         )
-        parser.add_argument(
-            "--reference",
-            action="append",
-            default=[],
-            metavar="LABEL=FILE.json",
-            help="a reference accuracy to show (a JSON file with an 'accuracy' field)",
-        )
-        args = parser.parse_args(rest)
-        from fedpriv.report import report
-
-        try:
-            references = dict(_reference(spec) for spec in args.reference)
-            text = report(
-                args.paths,
-                args.out,
-                markdown=args.markdown,
-                references=references,
-                by_group=args.by_group,
-            )
-            print(text)
-        except (FileNotFoundError, ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        return 0
-    if command == "audit":
-        return _audit(rest)
-    if command == "keys":
-        return _keys(rest)
-    if command == "partition":
-        return _partition(rest)
-    if command == "capabilities":
-        from fedpriv.compatibility import render, table
-        from fedpriv.families import FAMILIES
-
-        print(render(list(table(FAMILIES))))
-        return 0
-    if command in ("superlink", "supernode"):
-        from fedpriv.deployment.commands import superlink, supernode
-
-        return (superlink if command == "superlink" else supernode)(rest)
-    print(
-        f"error: unknown command {command!r}; choose one of: run, report, audit, keys, "
-        f"capabilities, partition, superlink, supernode\n\n{USAGE}",
-        file=sys.stderr,
-    )
-    return 2
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    click.echo(text)
 
 
-def _audit(argv: list[str]) -> int:
-    """``fedpriv audit RUN --attack NAME``: attack a finished run (docs/audit.md)."""
-    from fedpriv.attacks.runs import ATTACKS, audit_run
+@cli.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--attack",
+    required=True,
+    type=click.Choice(["membership", "gradient_inversion", "label_inference"]),
+    help="The attack to run against the run's final model and updates.",
+)
+def audit(run_dir: str, attack: str) -> None:
+    """Measure what an attack recovers from a finished RUN; adds it to RUN/audit.json
+    (docs/audit.md)."""
+    from fedpriv.attacks.runs import audit_run
     from fedpriv.errors import FedprivError
 
-    parser = argparse.ArgumentParser(
-        prog="fedpriv audit",
-        description="Measure what an attack recovers from a finished run; adds the "
-        "result to RUN/audit.json.",
-    )
-    parser.add_argument("run", help="a finished run directory")
-    parser.add_argument("--attack", required=True, choices=ATTACKS)
-    args = parser.parse_args(argv)
     try:
-        result = audit_run(args.run, args.attack)
+        result = audit_run(run_dir, attack)
     except FedprivError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps({args.attack: result}, indent=2))
-    return 0
+        _fail(str(error))
+    click.echo(json.dumps({attack: result}, indent=2))
 
 
-def _keys(argv: list[str]) -> int:
-    """``fedpriv keys init``: a fresh key set for a fleet, one bundle per host
-    (docs/deployment.md)."""
-    from fedpriv.crypto import PRESETS
-    from fedpriv.crypto.ckks import CkksParams
-    from fedpriv.deployment.credentials import write_fleet_keys
+@cli.command(context_settings=_PASS_THROUGH)
+@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+def partition(out: str, overrides: tuple[str, ...]) -> None:
+    """Write each client's data as OUT/part-<k>.npz, split as Hydra OVERRIDES say (the
+    same split a run makes): a device's --data for `fedpriv supernode`.
 
-    parser = argparse.ArgumentParser(prog="fedpriv keys")
-    parser.add_argument("action", choices=["init"])
-    parser.add_argument("--out", required=True, help="directory for the key bundles")
-    parser.add_argument("--nodes", type=int, default=3, help="devices: one node key each")
-    parser.add_argument(
-        "--host",
-        action="append",
-        default=[],
-        help="a name or address devices reach the SuperLink by (repeatable); "
-        "localhost and 127.0.0.1 are always in the certificate",
-    )
-    parser.add_argument("--preset", default="ckks-128", choices=sorted(PRESETS))
-    parser.add_argument("--force", action="store_true", help="replace an existing key set")
-    args = parser.parse_args(argv)
-    preset = PRESETS[args.preset]
-    params = CkksParams(preset.poly_modulus_degree, preset.coeff_mod_bit_sizes, preset.scale_bits)
-    try:
-        keys = write_fleet_keys(
-            args.out, nodes=args.nodes, hosts=args.host, ckks=params, force=args.force
-        )
-    except FileExistsError as error:
-        print(f"error: {error} (every device then needs its new bundle)", file=sys.stderr)
-        return 2
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(
-        f"wrote {keys.directory}/ (0700), one bundle per host:\n"
-        f"  ca/           ca.crt, ca.key: keep offline; copy to no host\n"
-        f"  superlink/    the server: ca.crt, server.pem, server.key, nodes/*.pub, "
-        f"server.ctx (CKKS parameters, no secret)\n"
-        f"  device-<k>/   device k = 0..{args.nodes - 1}: ca.crt, nodes/node-<k>.key, "
-        f"client.ctx (CKKS secret)\n"
-        f"  TLS names:    {', '.join(dict.fromkeys([*args.host, 'localhost', '127.0.0.1']))}\n"
-        f"  CKKS:         {args.preset}: N={params.poly_modulus_degree}, "
-        f"primes {list(params.coeff_mod_bit_sizes)}, scale 2^{params.scale_bits}"
-    )
-    return 0
-
-
-def _partition(argv: list[str]) -> int:
-    """``fedpriv partition OUT [overrides]``: write what each device trains on."""
-    if not argv or argv[0].startswith("-") or "=" in argv[0]:
-        print("usage: fedpriv partition OUT [HYDRA OVERRIDES...]", file=sys.stderr)
-        return 2
+    \b
+    fedpriv partition parts/ data=digits num_clients=3 partition=dirichlet
+    """
+    if "=" in out:
+        _fail(f"OUT {out!r} looks like an override: give the output directory first")
     import numpy as np
 
     from fedpriv.config import load_config
     from fedpriv.errors import FedprivError
     from fedpriv.results import write_atomic
 
-    out = Path(argv[0])
     try:
-        config = load_config(argv[1:])
+        config = load_config(list(overrides))
         data = config.federated_data()
     except FedprivError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        _fail(str(error))
     for k in range(config.num_clients):
         x, y = data.client(k)
-        path = out / f"part-{k}.npz"
+        path = Path(out) / f"part-{k}.npz"
         with io.BytesIO() as buffer:
             np.savez_compressed(buffer, x=x, y=y)
             write_atomic(path, buffer.getvalue(), mode=0o600)
-        print(f"{path}: {len(y)} examples")
-    return 0
+        click.echo(f"{path}: {len(y)} examples")
+
+
+@cli.command()
+def capabilities() -> None:
+    """What each family and strategy can run with, and why not where it cannot (the one
+    compatibility table)."""
+    from fedpriv.compatibility import render, table
+    from fedpriv.families import FAMILIES
+
+    click.echo(render(list(table(FAMILIES))))
+
+
+@cli.group()
+def keys() -> None:
+    """A fleet's keys (docs/deployment.md)."""
+
+
+@keys.command("init")
+@click.option("--out", required=True, type=click.Path(), help="Directory for the key bundles.")
+@click.option(
+    "--nodes",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Devices: one node key each.",
+)
+@click.option(
+    "--host",
+    multiple=True,
+    help="A name or address devices reach the SuperLink by (repeatable); localhost and "
+    "127.0.0.1 are always in the certificate.",
+)
+@click.option(
+    "--preset", default="ckks-128", show_default=True, help="CKKS parameters (ckks-128, ...)."
+)
+@click.option("--force", is_flag=True, help="Replace an existing key set.")
+def keys_init(out: str, nodes: int, host: tuple[str, ...], preset: str, force: bool) -> None:
+    """A fresh key set for a fleet, one bundle per host: OUT/ca, OUT/superlink,
+    OUT/device-<k>."""
+    from fedpriv.crypto import PRESETS
+    from fedpriv.crypto.ckks import CkksParams
+    from fedpriv.deployment.credentials import write_fleet_keys
+
+    if preset not in PRESETS:
+        _fail(f"--preset {preset!r} is not one of: {', '.join(sorted(PRESETS))}")
+    chosen = PRESETS[preset]
+    params = CkksParams(chosen.poly_modulus_degree, chosen.coeff_mod_bit_sizes, chosen.scale_bits)
+    try:
+        written = write_fleet_keys(out, nodes=nodes, hosts=list(host), ckks=params, force=force)
+    except FileExistsError as error:
+        _fail(f"{error} (every device then needs its new bundle)")
+    except ValueError as error:
+        _fail(str(error))
+    click.echo(
+        f"wrote {written.directory}/ (0700), one bundle per host:\n"
+        f"  ca/           ca.crt, ca.key: keep offline; copy to no host\n"
+        f"  superlink/    the server: ca.crt, server.pem, server.key, nodes/*.pub, "
+        f"server.ctx (CKKS parameters, no secret)\n"
+        f"  device-<k>/   device k = 0..{nodes - 1}: ca.crt, nodes/node-<k>.key, "
+        f"client.ctx (CKKS secret)\n"
+        f"  TLS names:    {', '.join(dict.fromkeys([*host, 'localhost', '127.0.0.1']))}\n"
+        f"  CKKS:         {preset}: N={params.poly_modulus_degree}, "
+        f"primes {list(params.coeff_mod_bit_sizes)}, scale 2^{params.scale_bits}"
+    )
+
+
+@cli.command()
+@click.argument("keys_dir", metavar="KEYS", type=click.Path())
+@click.option(
+    "--host",
+    default="0.0.0.0",
+    show_default=True,
+    help="Where the Fleet API (devices only) listens.",
+)
+@click.option(
+    "--port",
+    default=9092,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="The Fleet API's port.",
+)
+@click.option(
+    "--api-port",
+    default=9093,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="The SuperLink's own port on 127.0.0.1 (Control and ServerAppIO: `flwr`, "
+    "`fedpriv run` on this host).",
+)
+@click.option("--database", help="SQLite file for the SuperLink's state (default: in memory).")
+@click.option("--insecure", is_flag=True, help="No TLS, no node authentication (a lab only).")
+def superlink(
+    keys_dir: str, host: str, port: int, api_port: int, database: str | None, insecure: bool
+) -> None:
+    """Run the SuperLink on 127.0.0.1 and nginx for the Fleet API on HOST (TLS,
+    registered nodes only), with the server's bundle KEYS (`fedpriv keys init`'s
+    superlink/), until stopped."""
+    from fedpriv.deployment.commands import superlink as start
+
+    sys.exit(
+        start(
+            keys_dir, host=host, port=port, api_port=api_port, database=database, insecure=insecure
+        )
+    )
+
+
+@cli.command()
+@click.argument("keys_dir", metavar="KEYS", type=click.Path())
+@click.option(
+    "--superlink",
+    "address",
+    required=True,
+    metavar="HOST:PORT",
+    help="The SuperLink's Fleet API (port 9092).",
+)
+@click.option(
+    "--partition-id",
+    required=True,
+    type=click.IntRange(min=0),
+    help="This device's partition, 0-based.",
+)
+@click.option(
+    "--num-partitions", required=True, type=click.IntRange(min=1), help="Devices in the fleet."
+)
+@click.option(
+    "--data",
+    type=click.Path(),
+    help="This device's data: an .npz with arrays x and y (`fedpriv partition`).",
+)
+@click.option(
+    "--runtime-port",
+    default=9094,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="The warm executor's port on 127.0.0.1.",
+)
+@click.option("--insecure", is_flag=True, help="No TLS, no node authentication (a lab only).")
+def supernode(
+    keys_dir: str,
+    address: str,
+    partition_id: int,
+    num_partitions: int,
+    data: str | None,
+    runtime_port: int,
+    insecure: bool,
+) -> None:
+    """Run a device's SuperNode and its warm executor with the device's KEYS (ca.crt,
+    nodes/node-<k>.key, client.ctx) until stopped."""
+    from fedpriv.deployment.commands import supernode as start
+
+    sys.exit(
+        start(
+            keys_dir,
+            superlink=address,
+            partition_id=partition_id,
+            num_partitions=num_partitions,
+            data=data,
+            runtime_port=runtime_port,
+            insecure=insecure,
+        )
+    )
+
+
+def _fail(message: str) -> None:
+    """Print ``error: message`` and exit with :data:`INVALID`."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(INVALID)
 
 
 def _reference(spec: str) -> tuple[str, float]:
     """``LABEL=FILE.json`` -> (label, the file's ``accuracy``)."""
-    import json
-
     label, sep, file = spec.partition("=")
     if not sep or not label:
         raise ValueError(f"--reference {spec!r} must be LABEL=FILE.json")
@@ -223,6 +360,23 @@ def _reference(spec: str) -> tuple[str, float]:
         return label, float(json.loads(path.read_text())["accuracy"])
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"--reference {spec!r}: {path} has no numeric 'accuracy'") from error
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script: runs the command, returns its exit code."""
+    try:
+        cli.main(args=argv, prog_name="fedpriv", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        return 130
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    return 0
 
 
 if __name__ == "__main__":

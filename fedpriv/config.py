@@ -8,7 +8,9 @@ core never sees a ``DictConfig``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -240,6 +242,42 @@ _SCALARS = {
 _IGNORED = {"experiment", "hydra", "resume"}
 
 
+def known_keys() -> set[str]:
+    """The config's top-level keys: groups, settings, families' sections, Hydra's own."""
+    return {
+        *_GROUPS,
+        *_OPTIONAL_GROUPS,
+        *_PLAIN,
+        *_SCALARS,
+        "strategy",
+        "family",
+        *(FAMILIES.get(name).settings_key for name in FAMILIES),
+        *_IGNORED,
+    } - {""}
+
+
+def check_override_keys(overrides: Sequence[str]) -> None:
+    """A misspelt top-level key (``straegy=fedavg``) is a :class:`ConfigError` that names
+    the key meant; Hydra would only offer to add it as a new one (``+straegy=``).
+    Additions (``+key=``) and command-line flags are left to Hydra."""
+    known = known_keys()
+    choices = sorted(known - _IGNORED)
+    problems = []
+    for override in overrides:
+        if override.startswith(("+", "-")) or "=" not in override:
+            continue
+        key = re.split(r"[./@]", override.split("=", 1)[0].lstrip("~"), maxsplit=1)[0]
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+        hint = f"did you mean {override.replace(key, close[0], 1)!r}? " if close else ""
+        problems.append(
+            f"unknown config key {key!r} in {override!r}: {hint}known keys: {', '.join(choices)}"
+        )
+    if problems:
+        raise ConfigError(problems)
+
+
 def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
     """Validate a nested mapping into an :class:`ExperimentConfig`.
 
@@ -254,16 +292,7 @@ def from_mapping(mapping: Mapping[str, Any]) -> ExperimentConfig:
         except ConfigError as error:
             problems.extend(error.problems)
 
-    known = {
-        *_GROUPS,
-        *_OPTIONAL_GROUPS,
-        *_PLAIN,
-        *_SCALARS,
-        "strategy",
-        "family",
-        *(FAMILIES.get(name).settings_key for name in FAMILIES),
-        *_IGNORED,
-    } - {""}
+    known = known_keys()
     for key in mapping:
         if key not in known:
             problems.append(
@@ -386,12 +415,45 @@ def load_config(overrides: Sequence[str] = ()) -> ExperimentConfig:
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
 
+    check_override_keys(overrides)
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
             composed = compose(config_name="config", overrides=list(overrides))
     except HydraException as error:
         raise ConfigError(f"cannot compose the config: {error}") from error
     return from_mapping(plain_mapping(composed))
+
+
+def check_command_line(args: Sequence[str]) -> None:
+    """Compose and validate what ``fedpriv run ARGS`` would run, before Hydra starts, so
+    that a bad key, option or value is a :class:`ConfigError` (one exit code) rather than
+    Hydra's exit 1 after its own message. Each value of a sweep (``seed=0,1,2``) is
+    checked with the others at their first value; search spaces that only a sweeper can
+    expand (``interval(...)``) are left to it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    overrides = [arg for arg in args if "=" in arg and not arg.startswith("-")]
+    check_override_keys(overrides)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as error:
+        raise ConfigError(f"cannot read the overrides: {error}") from None
+    choices: list[list[str]] = []
+    for override, text in zip(parsed, overrides, strict=True):
+        if not override.is_sweep_override():
+            choices.append([text])
+            continue
+        try:
+            key = override.get_key_element()
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        except HydraException:
+            continue
+    first = [values[0] for values in choices]
+    load_config(first)
+    for position, values in enumerate(choices):
+        for value in values[1:]:
+            load_config([*first[:position], value, *first[position + 1 :]])
 
 
 def plain_mapping(composed: Any) -> dict[str, Any]:

@@ -83,9 +83,9 @@ def test_fedpriv_superlink_says_what_is_missing(tmp_path, monkeypatch, capsys):
     from fedpriv.deployment import proxy
     from fedpriv.deployment.commands import superlink
 
-    assert superlink([str(tmp_path), "--port", "9093", "--api-port", "9093"]) == 2
+    assert superlink(str(tmp_path), port=9093, api_port=9093) == 2
     assert "both 9093" in capsys.readouterr().err
-    assert superlink([str(tmp_path)]) == 2
+    assert superlink(str(tmp_path)) == 2
     assert "lacks ca.crt, server.pem, server.key" in capsys.readouterr().err
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(proxy, "NGINX_PATHS", ())
