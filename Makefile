@@ -34,12 +34,16 @@ demo: $(STAMP)
 	$(BIN)/python benchmarks/centralized.py --out outputs/demo/centralized.json
 	$(BIN)/fedpriv report outputs/demo --out outputs/demo --reference centralized=outputs/demo/centralized.json
 
-# The fleet tests start `fedpriv superlink`'s Fleet proxy: Debian's nginx (installed here
-# where apt-get can, as on CI).
+# The fleet tests start `fedpriv superlink`'s Fleet proxy: Debian's nginx; the docs-site
+# tests open the site in Debian's headless Chromium (both installed here where apt-get
+# can, as on CI).
 test: $(STAMP) lint docs test-fast
 	@command -v nginx >/dev/null || { command -v apt-get >/dev/null && \
 	  apt-get update -q >/dev/null && apt-get install -y -q nginx-light >/dev/null; } || \
 	  echo "nginx is not installed: the fleet tests need it (Debian: apt-get install nginx-light)"
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && \
+	  apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } || \
+	  echo "Chromium is not installed: the docs-site tests need it (Debian: apt-get install chromium)"
 	$(BIN)/python -m pytest -m "$(SLOW)"
 
 # Unit tests and whole runs on the in-process engine: no Ray, no fleets, no child
