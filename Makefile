@@ -22,12 +22,15 @@ demo: $(STAMP)
 	$(BIN)/python benchmarks/centralized.py --out outputs/demo/centralized.json
 	$(BIN)/fedpriv report outputs/demo --out outputs/demo --reference centralized=outputs/demo/centralized.json
 
-# The fleet tests start `fedpriv superlink`'s Fleet proxy: Debian's nginx (installed here
-# where apt-get can, as on CI).
+# The fleet tests start `fedpriv superlink`'s Fleet proxy: Debian's nginx; the telemetry
+# test scrapes a run with Debian's Prometheus (both installed here where apt-get can, as on CI).
 test: $(STAMP) lint docs test-fast
 	@command -v nginx >/dev/null || { command -v apt-get >/dev/null && \
 	  apt-get update -q >/dev/null && apt-get install -y -q nginx-light >/dev/null; } || \
 	  echo "nginx is not installed: the fleet tests need it (Debian: apt-get install nginx-light)"
+	@command -v prometheus >/dev/null || { command -v apt-get >/dev/null && apt-get update -q >/dev/null && \
+	  apt-get install -y -q --no-install-recommends prometheus >/dev/null; } || \
+	  echo "prometheus is not installed: the scrape test needs it (Debian: apt-get install prometheus)"
 	$(BIN)/python -m pytest -m "$(SLOW)"
 
 # Unit tests and whole runs on the in-process engine: no Ray, no fleets, no child
