@@ -34,16 +34,17 @@ demo: $(STAMP)
 	$(BIN)/python benchmarks/centralized.py --out outputs/demo/centralized.json
 	$(BIN)/fedpriv report outputs/demo --out outputs/demo --reference centralized=outputs/demo/centralized.json
 
-# The fleet tests start `fedpriv superlink`'s Fleet proxy: Debian's nginx; the docs-site
-# tests open the site in Debian's headless Chromium (both installed here where apt-get
-# can, as on CI).
+# The slower tests drive real Debian programs: nginx (the fleet's Fleet proxy), Chromium
+# (the docs site from disk) and Prometheus (scraping a run). Installed here where apt-get
+# can, as on CI; elsewhere the tests that need one skip and say so.
+TEST_PROGRAMS := nginx:nginx-light chromium:chromium prometheus:prometheus
 test: $(STAMP) lint docs test-fast
-	@command -v nginx >/dev/null || { command -v apt-get >/dev/null && \
-	  apt-get update -q >/dev/null && apt-get install -y -q nginx-light >/dev/null; } || \
-	  echo "nginx is not installed: the fleet tests need it (Debian: apt-get install nginx-light)"
-	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && \
-	  apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } || \
-	  echo "Chromium is not installed: the docs-site tests need it (Debian: apt-get install chromium)"
+	@missing=$$(for p in $(TEST_PROGRAMS); do command -v $${p%%:*} >/dev/null || echo $${p#*:}; done); \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null; then \
+	    apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; \
+	  else echo "not installed: $$missing (Debian: apt-get install $$missing); the tests that need them skip"; fi; \
+	fi
 	$(BIN)/python -m pytest -m "$(SLOW)"
 
 # Unit tests and whole runs on the in-process engine: no Ray, no fleets, no child

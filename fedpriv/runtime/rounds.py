@@ -9,6 +9,7 @@ from typing import Any
 
 from fedpriv.records import Traffic
 from fedpriv.results import RunDirectory
+from fedpriv.runtime import interrupt
 from fedpriv.runtime.progress import Progress
 from fedpriv.telemetry import RoundPublisher
 
@@ -86,8 +87,9 @@ class RoundRecorder:
         return record
 
     def close(self) -> None:
-        """Stop what the run serves (the Prometheus endpoint) and the progress bar."""
-        self.publisher.close()
+        """Stop what the run serves (the Prometheus endpoint, once it was scraped; a
+        Ctrl-C ends that wait) and the progress bar."""
+        self.publisher.close(give_up=interrupt.requested)
         self.progress.close()
 
     def _log(self, record: dict[str, Any]) -> None:

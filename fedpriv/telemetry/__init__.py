@@ -6,9 +6,10 @@ line-protocol file (:class:`InfluxFile`). ``deploy/grafana/fedpriv.json`` charts
 """
 
 from fedpriv.telemetry.influx import InfluxFile, influx_lines
+from fedpriv.telemetry.names import client_metric_name
 from fedpriv.telemetry.probes import DeviceMonitor, device_snapshot
-from fedpriv.telemetry.prometheus import MetricsServer, client_metric_name
-from fedpriv.telemetry.publish import RoundPublisher
+from fedpriv.telemetry.prometheus import MetricsServer
+from fedpriv.telemetry.publish import RoundPublisher, run_label
 
 __all__ = [
     "DeviceMonitor",
@@ -18,4 +19,5 @@ __all__ = [
     "client_metric_name",
     "device_snapshot",
     "influx_lines",
+    "run_label",
 ]

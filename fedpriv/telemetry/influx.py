@@ -1,10 +1,13 @@
 """Round records as InfluxDB line protocol, and a durable file of them.
 
 Per round, one ``fedpriv_round`` line (tag ``run``; fields ``round``, ``accuracy``, ``loss``,
-``round_seconds``, ``elapsed_seconds``, ``bytes_up``, ``bytes_down``, ``clients``) and one
-``fedpriv_client`` line per client (tags ``run``, ``node_id``, ``partition`` where known;
-fields ``round`` and its numeric metrics under their own keys, e.g. ``train-seconds``).
-``round`` is a field, not a tag: a tag per round would open a new series every round.
+``round_seconds``, ``elapsed_seconds``, ``epsilon`` and ``user_level_epsilon`` under DP,
+``bytes_up``, ``bytes_down``, ``clients``) and one ``fedpriv_client`` line per client (tags
+``run`` and ``partition``; fields ``round`` and its numeric metrics, e.g. ``train_seconds``).
+Names are the Prometheus exporter's without ``fedpriv_`` / ``fedpriv_client_``
+(:mod:`fedpriv.telemetry.names`): plain identifiers that no InfluxQL or Flux query has to
+quote. ``round`` is a field, not a tag: a tag per round would open a new series every round;
+Flower's random node ID is no tag either, for the same reason.
 Integers carry the ``i`` suffix, floats are written plainly; None, NaN, infinities, bools
 and strings are left out. Spec: https://docs.influxdata.com/influxdb/v2/reference/syntax/line-protocol/
 """
@@ -19,17 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from fedpriv.errors import ConfigError
-from fedpriv.telemetry.prometheus import LABEL_KEYS, client_labels, is_number
+from fedpriv.telemetry.names import client_values, is_number, partition_of, round_values
 
-_ROUND_FIELDS = {
-    "round": "round",
-    "accuracy": "accuracy",
-    "loss": "loss",
-    "seconds": "round_seconds",
-    "elapsed": "elapsed_seconds",
-    "bytes_up": "bytes_up",
-    "bytes_down": "bytes_down",
-}
 _KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 
 
@@ -43,13 +37,12 @@ def influx_lines(record: Mapping[str, Any], *, run: str, time_ns: int | None = N
         raise ConfigError("run='' must name the run: it is the tag that keeps runs apart")
     stamp = time.time_ns() if time_ns is None else int(time_ns)
     clients = record.get("clients") or []
-    fields = {out: record.get(key) for key, out in _ROUND_FIELDS.items()}
-    lines = [_line("fedpriv_round", {"run": run}, {**fields, "clients": len(clients)}, stamp)]
+    traffic = {key: record.get(key) for key in ("bytes_up", "bytes_down")}
+    fields = {**round_values(record), **traffic, "clients": len(clients)}
+    lines = [_line("fedpriv_round", {"run": run}, fields, stamp)]
     for client in clients:
-        node, partition = client_labels(client)
-        tags = {"run": run, "node_id": node, "partition": partition}
-        metrics = {k: v for k, v in client.items() if k not in LABEL_KEYS}
-        metrics = {"round": record.get("round"), **metrics}
+        tags = {"run": run, "partition": partition_of(client)}
+        metrics = {"round": record.get("round"), **client_values(client)}
         lines.append(_line("fedpriv_client", tags, metrics, stamp))
     return [line for line in lines if line]
 

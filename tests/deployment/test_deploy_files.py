@@ -108,6 +108,21 @@ def test_devices_use_the_fleet_port_and_the_superlink_keeps_its_api_on_loopback(
     assert re.search(r"^FEDPRIV_SUPERLINK=\S+:9092$", example, flags=re.M)
 
 
+def test_compose_run_serves_metrics_where_its_prometheus_scrapes():
+    """deploy/prometheus.yml scrapes the run from the `prometheus` container: the run the
+    compose header shows must serve that port beyond loopback (the exporter's default)."""
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    targets = [target for job in config["scrape_configs"]
+               for static in job["static_configs"] for target in static["targets"]]  # fmt: skip
+    header = (DEPLOY / "compose.yaml").read_text().split("\nservices:")[0]
+    assert targets
+    for target in targets:
+        host, port = target.rsplit(":", 1)
+        assert host in _services(), f"{target}: not a compose service"
+        assert f"telemetry.prometheus_port={port}" in header
+        assert "telemetry.prometheus_host=0.0.0.0" in header
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_script_runs_its_fedpriv_command_with_runtime_installs_off(script, tmp_path):
     # A stand-in `fedpriv` on PATH that prints what it was given.
