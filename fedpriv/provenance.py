@@ -1,15 +1,17 @@
 """Where a result came from: ``provenance.json`` in every run directory.
 
-Package versions, Python and platform, the git commit of the fedpriv source (and
-whether it had uncommitted changes), and the command line, so a number in a paper can
-be traced to the code that made it.
+The data files read (path, size, SHA-256), package versions, Python and platform, the
+git commit of the fedpriv source (and whether it had uncommitted changes), and the
+command line, so a number in a paper can be traced to the code and data that made it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -51,8 +53,19 @@ def _git(cwd: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-def provenance() -> dict[str, Any]:
+def file_record(path: Path) -> dict[str, Any]:
+    """A data file as provenance names it: absolute path, size and SHA-256."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def provenance(data_files: Sequence[Path] = ()) -> dict[str, Any]:
+    """What made a run's numbers; ``data_files``: the files its dataset was read from."""
     return {
+        "data": [file_record(path) for path in data_files],
         "packages": package_versions(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),

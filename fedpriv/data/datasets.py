@@ -48,6 +48,11 @@ class DatasetSpec(Spec):
     def load(self, seed: int) -> Dataset:
         raise NotImplementedError
 
+    def source_files(self) -> list[Path]:
+        """The files :meth:`load` reads, for ``provenance.json`` (path and SHA-256);
+        none for data made in memory."""
+        return []
+
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
@@ -98,6 +103,8 @@ class _Bundled(DatasetSpec):
     """A dataset shipped with scikit-learn, split by ``test_fraction``."""
 
     loader: ClassVar[Callable[[], Any]]
+    #: The file in ``sklearn/datasets/data/`` the loader reads.
+    file: ClassVar[str]
     #: Divide raw features by this (digits' pixels are 0..16).
     scale: ClassVar[float] = 1.0
     standardize: ClassVar[bool] = True
@@ -120,6 +127,9 @@ class _Bundled(DatasetSpec):
             standardize=self.standardize,
         )
 
+    def source_files(self) -> list[Path]:
+        return [Path(skdatasets.__file__).parent / "data" / self.file]
+
 
 @DATASETS.register("digits")
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +137,7 @@ class Digits(_Bundled):
     """sklearn's 8×8 handwritten digits (1,797 images, 10 classes), scaled to [0, 1]."""
 
     loader = staticmethod(skdatasets.load_digits)
+    file = "digits.csv.gz"
     scale = 16.0
     standardize = False
     input_shape = (1, 8, 8)
@@ -138,6 +149,7 @@ class BreastCancer(_Bundled):
     """sklearn's Wisconsin breast cancer set (569 × 30 features, 2 classes), standardized."""
 
     loader = staticmethod(skdatasets.load_breast_cancer)
+    file = "breast_cancer.csv"
     input_shape = (30,)
 
 
@@ -147,6 +159,7 @@ class Wine(_Bundled):
     """sklearn's wine recognition set (178 × 13 features, 3 classes), standardized."""
 
     loader = staticmethod(skdatasets.load_wine)
+    file = "wine_data.csv"
     input_shape = (13,)
 
 
@@ -196,10 +209,11 @@ class Synthetic(DatasetSpec):
 
 
 def idx_search_dirs(name: str, path: str | None) -> list[Path]:
-    """Where an MNIST-family dataset is looked for, in order."""
-    dirs = []
+    """Where an MNIST-family dataset is looked for, in order: only ``data.path`` when it
+    is set (an explicit path never falls back to another copy)."""
     if path:
-        dirs.append(Path(path).expanduser())
+        return [Path(path).expanduser()]
+    dirs = []
     if env := os.environ.get("FEDPRIV_DATA_DIR"):
         dirs += [Path(env) / name, Path(env) / name.replace("_", "-"), Path(env)]
     dirs.append(DEBIAN_DATASETS / name.replace("_", "-"))
@@ -240,19 +254,21 @@ class _IdxDataset(DatasetSpec):
             return [("limit", "must be >= 1 or null (all)")]
         return []
 
-    def load(self, seed: int) -> Dataset:
+    def source_files(self) -> list[Path]:
+        """The four IDX files, from the first directory that holds them all."""
         searched = idx_search_dirs(self.name, self.path)
         for directory in searched:
             files = [_find_idx(directory, stem) for stem in _IDX_STEMS]
             if all(files):
-                break
-        else:
-            where = "\n  ".join(str(d) for d in searched)
-            raise DataError(
-                f"dataset {self.name!r} not found. Looked for {', '.join(_IDX_STEMS)} "
-                f"(optionally .gz) in:\n  {where}\n{self.hint}"
-            )
-        x_train, y_train, x_test, y_test = (read_idx(f) for f in files)  # type: ignore[arg-type]
+                return [file for file in files if file is not None]
+        where = "\n  ".join(str(d) for d in searched)
+        raise DataError(
+            f"dataset {self.name!r} not found. Looked for {', '.join(_IDX_STEMS)} "
+            f"(optionally .gz) in:\n  {where}\n{self.hint}"
+        )
+
+    def load(self, seed: int) -> Dataset:
+        x_train, y_train, x_test, y_test = (read_idx(f) for f in self.source_files())
         if self.limit is not None:
             x_train, y_train = x_train[: self.limit], y_train[: self.limit]
         scale = np.float32(1 / 255)
@@ -309,6 +325,9 @@ class Csv(DatasetSpec):
             out.append(("path", "must name a CSV file"))
         return out
 
+    def source_files(self) -> list[Path]:
+        return [_read_file(self.path, "csv")]
+
     def load(self, seed: int) -> Dataset:
         file = _read_file(self.path, "csv")
         with file.open() as handle:
@@ -350,6 +369,9 @@ class Npz(DatasetSpec):
         if not self.path:
             out.append(("path", "must name an .npz file"))
         return out
+
+    def source_files(self) -> list[Path]:
+        return [_read_file(self.path, "npz")]
 
     def load(self, seed: int) -> Dataset:
         file = _read_file(self.path, "npz")

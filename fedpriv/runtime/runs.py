@@ -90,7 +90,7 @@ def open_run(
     out = RunDirectory(lock.directory)
     out.write_config(config.to_dict())
     out.write_json("clients.json", setup.clients)
-    out.write_json("provenance.json", provenance())
+    out.write_json("provenance.json", provenance(config.data.source_files()))
     out.start_metrics(checkpoint.history if checkpoint else [])
     log.info(
         "fedpriv: %s/%s on %s, %d clients, %d rounds -> %s",

@@ -4,6 +4,7 @@ the progress bar."""
 from __future__ import annotations
 
 import io
+import hashlib
 import json
 import subprocess
 from importlib import metadata
@@ -199,6 +200,20 @@ def test_run_directory_records_config_versions_and_commit(make_config):
         ["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True
     ).stdout.strip()
     assert provenance["git"]["commit"] == (head or None)
+
+
+def test_provenance_names_each_data_file_with_its_sha256(make_config, tmp_path):
+    table = tmp_path / "table.csv"
+    table.write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(40)))
+    config = make_config("data=csv", f"data.path={table}", "data.label_column=label")
+    provenance = json.loads((open_run(config).out.path / "provenance.json").read_text())
+    assert provenance["data"] == [
+        {
+            "path": str(table.resolve()),
+            "bytes": table.stat().st_size,
+            "sha256": hashlib.sha256(table.read_bytes()).hexdigest(),
+        }
+    ]
 
 
 def test_progress_bar_shows_round_accuracy_and_epsilon():

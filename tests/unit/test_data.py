@@ -79,10 +79,19 @@ def test_mnist_family_reads_from_config_path_and_env(tmp_path, monkeypatch):
 def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDPRIV_DATA_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(DataError) as caught:
-        DATASETS.create({"name": "mnist", "path": str(tmp_path / "missing")}).load(seed=0)
+        DATASETS.create({"name": "mnist"}).load(seed=0)
     message = str(caught.value)
-    assert str(tmp_path / "missing") in message and str(tmp_path / "nowhere") in message
-    assert "FEDPRIV_DATA_DIR" in message
+    assert str(tmp_path / "nowhere") in message and "FEDPRIV_DATA_DIR" in message
+
+
+def test_an_explicit_data_path_never_falls_back_to_another_copy(tmp_path, monkeypatch):
+    fake_mnist(tmp_path / "env" / "mnist")  # a copy where fedpriv would otherwise look
+    monkeypatch.setenv("FEDPRIV_DATA_DIR", str(tmp_path / "env"))
+    assert DATASETS.create({"name": "mnist"}).source_files()  # found without data.path
+    with pytest.raises(DataError) as caught:
+        DATASETS.create({"name": "mnist", "path": str(tmp_path / "typo")}).load(seed=0)
+    message = str(caught.value)
+    assert str(tmp_path / "typo") in message and str(tmp_path / "env") not in message
 
 
 def test_csv_dataset(tmp_path):
