@@ -1,7 +1,8 @@
 """A run's progress bar: round k/R, the last accuracy and ε so far.
 
-Shown only on a terminal: in CI (``CI`` set) or when stderr is a file or pipe it stays
-silent, and the per-round log lines say the same thing.
+Shown on a terminal and in a Jupyter notebook (``tqdm.auto``: a widget where ipywidgets
+is installed, ``pip install 'fedpriv[notebook]'``). In CI (``CI`` set) or when stderr is
+a file or pipe it stays silent, and the per-round log lines say the same thing.
 """
 
 from __future__ import annotations
@@ -13,12 +14,21 @@ import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 
 def on_terminal(stream: TextIO) -> bool:
     return stream.isatty() and not os.environ.get("CI")
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (a notebook or JupyterLab), where stderr is no
+    terminal but a bar is still what the user watches."""
+    if "ipykernel" not in sys.modules or "IPython" not in sys.modules:
+        return False  # not a kernel; and IPython is loaded wherever one runs
+    shell = sys.modules["IPython"].get_ipython()
+    return shell is not None and "IPKernelApp" in shell.config
 
 
 class Progress:
@@ -28,7 +38,7 @@ class Progress:
         self, rounds: int, done: int = 0, stream: TextIO | None = None, enabled: bool | None = None
     ) -> None:
         stream = sys.stderr if stream is None else stream
-        self.enabled = on_terminal(stream) if enabled is None else enabled
+        self.enabled = (on_terminal(stream) or in_notebook()) if enabled is None else enabled
         self.bar = tqdm(
             total=rounds,
             initial=done,

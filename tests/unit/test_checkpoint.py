@@ -3,8 +3,8 @@ the progress bar."""
 
 from __future__ import annotations
 
-import io
 import hashlib
+import io
 import json
 import subprocess
 from importlib import metadata
