@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO := 0
 
-.PHONY: demo test test-fast lint docs format bench studies lock clean
+.PHONY: demo test test-fast test-pythons lint docs format bench studies lock clean
 
 # torch first, from PyTorch's own index: the CPU build by default on any Linux machine
 # (PyPI's x86_64 torch is a CUDA build of several GB), `TORCH=cu126 make demo` for a CUDA
@@ -53,6 +53,15 @@ test: $(STAMP) lint docs test-fast
 SLOW := simulation or deployment or processes
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not ($(SLOW))" -n auto --maxprocesses 4
+
+# The fast lane under other supported Pythons, each in its own .venv-<version>; CI runs
+# 3.11 (where PyTorch's index is out of reach, each other Python costs a 3 GB CUDA torch).
+PYTHONS ?= python3.12 python3.13
+test-pythons:
+	@for py in $(PYTHONS); do \
+	  version=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])') || exit 1; \
+	  $(MAKE) --no-print-directory test-fast PYTHON=$$py VENV=.venv-$$version || exit 1; \
+	done
 
 lint: $(STAMP)
 	PATH=$(BIN):$$PATH .ci/lint
