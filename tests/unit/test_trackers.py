@@ -1,6 +1,6 @@
 """The trackers' parts without a whole run: the config group, what a round becomes, the
-run's handle on its tracker (closed once, a failing tracker left behind), and resuming
-each tracker's files."""
+run's handle on its tracker (closed once, a failing tracker left behind), resuming each
+tracker's files, and ``overwrite`` clearing a previous run's tracker files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from collections.abc import Mapping
 import pytest
 
 from fedpriv import ConfigError, from_mapping, load_config
+from fedpriv.run_lock import RUN_FILES, claim
 from fedpriv.trackers import (
     LOGGERS,
+    TRACKER_FILES,
     CsvLogger,
     MlflowLogger,
     NoLogger,
@@ -187,6 +189,17 @@ def test_wandb_resumes_the_latest_offline_run_of_the_directory(tmp_path):
         (tmp_path / name).mkdir()
     (tmp_path / "latest-run").mkdir()
     assert latest_offline_run(tmp_path) == "def456"
+
+
+def test_tracker_files_are_a_previous_runs_results_and_overwrite_deletes_them(tmp_path):
+    assert set(TRACKER_FILES) <= set(RUN_FILES)
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "tensorboard" / "events.out.tfevents.1").write_bytes(b"old")
+    (tmp_path / "mlflow.db").write_bytes(b"old")
+    with pytest.raises(ConfigError, match=r"previous run's results \(tensorboard, mlflow.db\)"):
+        claim(tmp_path, overwrite=False, resuming=False)
+    claim(tmp_path, overwrite=True, resuming=False).release()
+    assert not (tmp_path / "tensorboard").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_mlflow_logs_into_the_results_directory_unless_told_where(tmp_path, monkeypatch):
