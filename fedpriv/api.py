@@ -143,18 +143,16 @@ def _simulate(
     client_app: ClientApp | None = None,
 ) -> Result:
     """Run (or continue from ``checkpoint``) on Flower's simulation engine, and audit it;
-    the results directory stays locked until the audit is written."""
+    the results directory stays locked (and the tracker open) until the audit is written."""
     assert isinstance(config.engine, LOCAL_ENGINES)
     started = time.perf_counter()
-    opened = open_run(config, checkpoint, resuming=resuming)
-    try:
-        with interrupt.stop_on_ctrl_c():
-            result = _simulate_opened(opened, started, client_app)
-        return audited(result, config)
-    except KeyboardInterrupt:  # the second Ctrl-C: stopped at once, mid-round
-        raise RunInterrupted(opened.out.path, resumable=opened.strategy.resumable) from None
-    finally:
-        opened.close()
+    with open_run(config, checkpoint, resuming=resuming) as opened:
+        try:
+            with interrupt.stop_on_ctrl_c():
+                result = _simulate_opened(opened, started, client_app)
+            return audited(result, config)
+        except KeyboardInterrupt:  # the second Ctrl-C: stopped at once, mid-round
+            raise RunInterrupted(opened.out.path, resumable=opened.strategy.resumable) from None
 
 
 def _simulate_opened(

@@ -30,6 +30,7 @@ from fedpriv.privacy import PRIVACY, NoPrivacy, PrivacySpec
 from fedpriv.registry import Registry, Spec, build
 from fedpriv.selection import SELECTIONS, SelectionSpec, Uniform
 from fedpriv.telemetry.settings import TelemetryConfig
+from fedpriv.trackers import LOGGERS, LoggerSpec, NoLogger
 from fedpriv.training import TrainConfig
 
 #: Python package holding the Hydra config tree (the repo's ``conf/``).
@@ -153,6 +154,8 @@ class ExperimentConfig:
     telemetry: TelemetryConfig = dataclasses.field(default_factory=TelemetryConfig)
     selection: SelectionSpec = dataclasses.field(default_factory=Uniform)
     adversary: AdversarySpec = dataclasses.field(default_factory=NoAdversary)
+    #: The experiment tracker each round's scalars also go to (docs/trackers.md).
+    logger: LoggerSpec = dataclasses.field(default_factory=NoLogger)
     engine: EngineSpec = SimulationEngine()
     privacy: PrivacySpec = dataclasses.field(default_factory=NoPrivacy)
     crypto: CryptoSpec = dataclasses.field(default_factory=NoCrypto)
@@ -220,6 +223,7 @@ _GROUPS: dict[str, Registry[Any]] = {
 _OPTIONAL_GROUPS: dict[str, tuple[Registry[Any], str]] = {
     "selection": (SELECTIONS, "uniform"),
     "adversary": (ADVERSARIES, "none"),
+    "logger": (LOGGERS, "none"),
 }
 _PLAIN: dict[str, type[Spec]] = {
     "train": TrainConfig,

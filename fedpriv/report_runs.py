@@ -26,6 +26,9 @@ log = logging.getLogger("fedpriv")
 #: Config keys left out of the group key: what differs between runs of one setting
 #: (``seed``, ``output_dir``) and bookkeeping that does not change what a run computes.
 PER_RUN_KEYS = ("seed", "output_dir", "checkpoint_every")
+#: Config groups left out of the group key: where a run's rounds were also logged
+#: (``logger``; configs written before it existed have none).
+PER_RUN_GROUPS = ("logger",)
 #: How a key absent from a group's settings reads in a label.
 UNSET = "(unset)"
 
@@ -139,6 +142,8 @@ def _settings(result: Result, use_config: bool) -> tuple[dict[str, str], str]:
     seed = flat.get("seed", "null")
     for key in PER_RUN_KEYS:
         flat.pop(key, None)
+    for key in [key for key in flat if key.split(".")[0] in PER_RUN_GROUPS]:
+        del flat[key]
     return flat, seed
 
 

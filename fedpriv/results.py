@@ -116,6 +116,18 @@ FRAME_COLUMNS = (
 )  # fmt: skip
 
 
+def round_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One round's scalars (:data:`FRAME_COLUMNS`): a row of ``Result.to_dataframe`` and
+    what the experiment trackers (``logger=``) log. ε is the round's largest client ε,
+    else the user-level ε; ``clients`` and ``rejected`` count the round's entries."""
+    return {
+        **{key: record.get(key) for key in FRAME_COLUMNS},
+        "epsilon": round_epsilon(record),
+        "clients": len(record.get("clients", [])),
+        "rejected": len(record.get("rejected", [])),
+    }
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class Result:
     """What :func:`fedpriv.run` returns: the run directory and what it holds.
@@ -161,15 +173,7 @@ class Result:
             raise ImportError(
                 "Result.to_dataframe needs pandas: pip install 'fedpriv[dataframe]'"
             ) from error
-        rows = [
-            {
-                **{key: record.get(key) for key in FRAME_COLUMNS},
-                "epsilon": round_epsilon(record),
-                "clients": len(record.get("clients", [])),
-                "rejected": len(record.get("rejected", [])),
-            }
-            for record in self.history
-        ]
+        rows = [round_row(record) for record in self.history]
         return pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
 
     @classmethod

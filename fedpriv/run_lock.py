@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import IO
 
@@ -26,8 +27,8 @@ log = logging.getLogger("fedpriv")
 
 #: Held (``flock``) by the run writing the directory; holds that run's PID.
 LOCK_FILE = ".fedpriv.lock"
-#: What a run writes into its directory (docs/results.md): any of them means a
-#: previous run's results, and ``overwrite=true`` deletes exactly these.
+#: What a run writes into its directory (docs/results.md, docs/trackers.md): any of them
+#: means a previous run's results, and ``overwrite=true`` deletes exactly these.
 RUN_FILES = (
     "config.yaml",
     "provenance.json",
@@ -41,6 +42,11 @@ RUN_FILES = (
     "summary.json",
     "audit.json",
     "error.txt",
+    # The experiment trackers' (logger=csv, tensorboard, mlflow, wandb): directories too.
+    "metrics.csv",
+    "tensorboard",
+    "mlflow.db",
+    "wandb",
 )
 
 
@@ -105,8 +111,12 @@ def claim(directory: str | os.PathLike[str], *, overwrite: bool, resuming: bool)
         lock.release()
         raise previous_run_error(lock.directory, found)
     for name in found:
-        log.warning("overwrite=true: deleting the previous run's %s", lock.directory / name)
-        (lock.directory / name).unlink()
+        path = lock.directory / name
+        log.warning("overwrite=true: deleting the previous run's %s", path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     return lock
 
 

@@ -53,16 +53,14 @@ def _serve(grid: Grid, context: Context) -> None:
     setup_logging()
     started = time.perf_counter()
     config = config_from(context)
-    opened = open_run(config)
-    try:
-        ctx = opened.context()
-        history = opened.strategy.run(grid, ctx)
-        opened.finish(history, ctx, time.perf_counter() - started)
-    except Exception as error:
-        write_atomic(opened.out.path / ERROR_FILE, "".join(traceback.format_exception(error)))
-        raise
-    finally:
-        opened.close()  # the results directory's lock, held for the run's life
+    with open_run(config) as opened:  # closed (tracker, lock) however the run ends
+        try:
+            ctx = opened.context()
+            history = opened.strategy.run(grid, ctx)
+            opened.finish(history, ctx, time.perf_counter() - started)
+        except Exception as error:
+            write_atomic(opened.out.path / ERROR_FILE, "".join(traceback.format_exception(error)))
+            raise
 
 
 class DeployedClientApp(ClientApp):

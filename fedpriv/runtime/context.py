@@ -28,6 +28,7 @@ from fedpriv.runtime.exchange import Exchange
 from fedpriv.runtime.rounds import RoundRecorder, RoundReport
 from fedpriv.runtime.spending import SpendingRecord
 from fedpriv.telemetry import RoundPublisher
+from fedpriv.trackers import RunTracker
 
 __all__ = ["RoundReport", "RunContext"]
 
@@ -43,6 +44,7 @@ class RunContext:
         out: RunDirectory,
         server_key: bytes | None = None,
         checkpoint: Checkpoint | None = None,
+        tracker: RunTracker | None = None,
     ) -> None:
         self.config = config
         self.out = out
@@ -70,7 +72,7 @@ class RunContext:
         self.reports = ClientReports(self.ledger, self.spending, self.exchange)
         self.clock = RunClock(config.time_budget_s, checkpoint.elapsed if checkpoint else 0.0)
         publisher = RoundPublisher(config.telemetry, out.path)
-        self.recorder = RoundRecorder(config.rounds, out, publisher, history)
+        self.recorder = RoundRecorder(config.rounds, out, publisher, history, tracker)
 
     @property
     def history(self) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
 """A finished round, as the family reports it and as the run records it: one line of
-``metrics.jsonl``, the history, the telemetry publisher, the progress bar and the log."""
+``metrics.jsonl``, the history, the telemetry publisher, the experiment tracker, the
+progress bar and the log."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fedpriv.results import RunDirectory
 from fedpriv.runtime import interrupt
 from fedpriv.runtime.progress import Progress
 from fedpriv.telemetry import RoundPublisher
+from fedpriv.trackers import RunTracker
 
 log = logging.getLogger("fedpriv")
 
@@ -44,11 +46,14 @@ class RoundRecorder:
         out: RunDirectory,
         publisher: RoundPublisher,
         history: list[dict[str, Any]],
+        tracker: RunTracker | None = None,
     ) -> None:
         self.rounds = rounds
         self.out = out
         self.publisher = publisher
         self.history = history
+        #: The run's experiment tracker (``logger``); the run closes it, not the recorder.
+        self.tracker = tracker or RunTracker()
         self.progress = Progress(rounds, done=len(history))
 
     def record(
@@ -82,6 +87,7 @@ class RoundRecorder:
         self.history.append(record)
         self.out.append_round(record)
         self.publisher.publish(record)
+        self.tracker.record(record)
         self.progress.update(record)
         self._log(record)
         return record

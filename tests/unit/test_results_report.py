@@ -365,6 +365,14 @@ def test_one_setting_is_named_by_its_directory(tmp_path):
     assert group.label == "study" and group.seeds == ("0", "1", "2")
 
 
+def test_where_a_run_was_tracked_does_not_split_its_setting(tmp_path):
+    mlflow = {"name": "mlflow", "tracking_uri": None, "experiment": "fedpriv"}
+    configs = [config(), config(logger={"name": "none"}), config(logger=mlflow)]  # 1st: older
+    runs = [fake_run(tmp_path / "study" / str(i), config=c, seed=i) for i, c in enumerate(configs)]
+    (group,) = group_runs([Result.load(p) for p in runs])
+    assert group.label == "study" and group.seeds == ("0", "1", "2")
+
+
 def test_runs_without_config_are_grouped_by_their_summary(tmp_path):
     fake_run(tmp_path / "a" / "0", "fedavg", seed=0)
     fake_run(tmp_path / "a" / "1", "fedavg", seed=1)
