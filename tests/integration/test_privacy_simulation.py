@@ -25,7 +25,8 @@ def stepped_epsilon(accountant, sigma: float, rate: float, steps: int, delta: fl
 
 def test_ledger_composes_per_client_and_budget_ends_the_run_cleanly(make_config):
     base = make_config("privacy=dp_sgd", "privacy.noise_multiplier=2.0",
-                       "privacy.target_epsilon=null", "num_clients=3", "rounds=4")  # fmt: skip
+                       "privacy.target_epsilon=null", "num_clients=3", "rounds=4",
+                       "train.local_epochs=1")  # fmt: skip
     sizes = [len(p) for p in federate(base.data, base.partition, 3, base.seed).parts]
     n, batches = min(sizes), math.ceil(min(sizes) / base.train.batch_size)
     after = [stepped_epsilon(PRVAccountant, 2.0, 1 / batches, r * batches, 1 / (10 * n))

@@ -95,7 +95,8 @@ def trainer_reply(sigma: float, rate: float, steps: int):
 
 def test_ledger_composes_across_rounds_in_context_state():
     cfg = load_config(overrides=["privacy=dp_sgd", "privacy.noise_multiplier=1.0",
-                                 "privacy.target_epsilon=null", "num_clients=3"])  # fmt: skip
+                                 "privacy.target_epsilon=null", "num_clients=3",
+                                 "train.batch_size=32", "train.local_epochs=1"])  # fmt: skip
     mod, context = PrivacyLedgerMod(cfg), fake_context(0)
     n = len(federate(cfg.data, cfg.partition, 3, cfg.seed).parts[0])
     rate, k, delta = sample_rate(n, 32), math.ceil(n / 32), 1 / (10 * n)
@@ -126,7 +127,8 @@ def test_history_merges_identical_steps_and_keeps_epsilon():
 
 def test_budget_declines_before_training_and_says_why():
     cfg = load_config(overrides=["privacy=dp_sgd", "privacy.noise_multiplier=1.0",
-                                 "privacy.target_epsilon=null", "num_clients=3"])  # fmt: skip
+                                 "privacy.target_epsilon=null", "num_clients=3",
+                                 "train.batch_size=32", "train.local_epochs=1"])  # fmt: skip
     n = len(federate(cfg.data, cfg.partition, 3, cfg.seed).parts[0])
     rate, k, delta = sample_rate(n, 32), math.ceil(n / 32), 1 / (10 * n)
     one, two = (by_stepping("prv", 1.0, rate, r * k, delta) for r in (1, 2))
