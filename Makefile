@@ -50,7 +50,7 @@ test: $(STAMP) lint docs test-fast
 # Unit tests and whole runs on the in-process engine: no Ray, no fleets, no child
 # processes. They share nothing, so they run in parallel, one torch thread per worker
 # (tiny models: more threads per worker only contend for the cores).
-SLOW := simulation or deployment or processes
+SLOW := simulation or deployment or processes or slow
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not ($(SLOW))" -n auto --maxprocesses 4
 
@@ -87,6 +87,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/deployment.py --out outputs/bench/deployment.json
 	$(BIN)/python benchmarks/audit.py --out outputs/bench/audit.json
 	$(BIN)/python benchmarks/async.py --out outputs/bench/async.json --plot outputs/bench/async.png
+	$(BIN)/python benchmarks/defaults.py --out outputs/bench/defaults.json --doc outputs/bench/defaults.md
 
 # Every study preset in full (conf/experiment/), each a multirun with its report; hours
 # on a laptop. Not in CI (tests run each preset in a reduced form).
