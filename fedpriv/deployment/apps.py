@@ -1,7 +1,10 @@
-"""The ServerApp and ClientApp a SuperLink and its SuperNodes run for ``engine=deployment``.
+"""The ServerApp and ClientApp a SuperLink and its SuperNodes run: for ``engine=deployment``
+and for ``flwr run .`` (this repo's pyproject names them in ``[tool.flwr.app]``).
 
-Both read the experiment from the run config that ``fedpriv run`` submitted (the same
-validated config a simulation runs), so a deployed run executes the same strategy code:
+Both read the experiment from the run config: the validated config ``fedpriv run``
+submitted (the same a simulation runs), or, for a ``flwr run`` submission, the Hydra
+overrides its keys stand for (:mod:`fedpriv.deployment.run_config`). Either way a run
+executes the same strategy code:
 the ServerApp prepares the run and writes the results directory on the SuperLink's host;
 each device's ClientApp trains on its own data (``data-path`` in its node config, or
 its ``partition-id`` of the configured dataset) with its own CKKS key file.
@@ -17,10 +20,11 @@ from typing import Any
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+from flwr.common.constant import NUM_PARTITIONS_KEY
 from flwr.serverapp import Grid, ServerApp
 
 from fedpriv.config import ExperimentConfig, from_mapping
-from fedpriv.errors import ConfigError
+from fedpriv.deployment.run_config import experiment_from
 
 log = logging.getLogger("fedpriv")
 
@@ -30,15 +34,13 @@ CONFIG_KEY, OUTPUT_KEY = "fedpriv-config", "output-dir"
 ERROR_FILE = "error.txt"
 
 
-def config_from(context: Context) -> ExperimentConfig:
-    """The experiment a run was submitted with."""
+def config_from(context: Context, *, num_nodes: int | None = None) -> ExperimentConfig:
+    """The experiment a run was submitted with: ``fedpriv run``'s validated config, else
+    the one a ``flwr run`` run config asks for, on ``num_nodes`` SuperNodes."""
     raw = context.run_config.get(CONFIG_KEY)
-    if not isinstance(raw, str) or not raw:
-        raise ConfigError(
-            f"the run config has no {CONFIG_KEY!r}: submit runs with "
-            "`fedpriv run engine=deployment ...`, not `flwr run`"
-        )
-    return from_mapping(json.loads(raw))
+    if isinstance(raw, str) and raw:
+        return from_mapping(json.loads(raw))
+    return experiment_from(context.run_config, run_id=context.run_id, num_nodes=num_nodes)
 
 
 server_app = ServerApp()
@@ -52,7 +54,9 @@ def _serve(grid: Grid, context: Context) -> None:
 
     setup_logging()
     started = time.perf_counter()
-    config = config_from(context)
+    # fedpriv run's config names its own num_clients; a flwr run adopts the federation's.
+    config = config_from(context, num_nodes=len(list(grid.get_node_ids())))
+    log.info("fedpriv: run %d writes its results to %s", context.run_id, config.output_dir)
     with open_run(config) as opened:  # closed (tracker, lock) however the run ends
         try:
             ctx = opened.context()
@@ -72,7 +76,8 @@ class DeployedClientApp(ClientApp):
         from fedpriv.families import FAMILIES
         from fedpriv.runtime.apps import build_client_app
 
-        config = config_from(context)
+        partitions = context.node_config.get(NUM_PARTITIONS_KEY)
+        config = config_from(context, num_nodes=None if partitions is None else int(partitions))
         strategy: Any = FAMILIES.get(config.family).create(config)
         mods = []
         if config.crypto.name != "none":  # this device's secret key, from its own files
