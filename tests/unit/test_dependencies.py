@@ -18,8 +18,8 @@ import pytest
 
 ROOT = Path(__file__).parents[2]
 SOURCES = ("fedpriv", "strategies", "experiments")
-#: Imported only where present (optional extras, probed at run time).
-OPTIONAL = {"jetson-stats", "nvidia-ml-py", "jtop", "pynvml", "pandas"}  # distributions and modules
+#: Imported only where present (optional extras, probed at run time): distributions and modules.
+OPTIONAL = {"jetson-stats", "nvidia-ml-py", "jtop", "pynvml", "pandas", "flwr-datasets", "datasets"}
 
 
 def canonical(name: str) -> str:
