@@ -149,10 +149,18 @@ def build(cls: type[S], params: Mapping[str, Any], key: str, owner: str | None =
     if problems:
         raise ConfigError(problems)
     spec = cls(**values)
-    bad = [f"{key}.{field}={getattr(spec, field)!r} {rule}" for field, rule in spec.problems()]
+    bad = [_problem(spec, key, field, rule) for field, rule in spec.problems()]
     if bad:
         raise ConfigError(bad)
     return spec
+
+
+def _problem(spec: Spec, key: str, field: str, rule: str) -> str:
+    """``key.field=value rule``; a dotted ``field`` names one key inside a mapping field
+    (``options.alpha``), which may be missing, so the rule says what is wrong with it."""
+    if "." in field:
+        return f"{key}.{field} {rule}"
+    return f"{key}.{field}={getattr(spec, field)!r} {rule}"
 
 
 def _field_type(cls: type, field: str) -> Any:
@@ -189,6 +197,10 @@ def coerce(value: Any, tp: Any) -> Any:
         return tuple(coerce(v, item) for v in value)
     if tp is Any:
         return value
+    if origin is dict:  # keyword arguments handed on as they are (flwr's partitioner options)
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{value!r} is not a mapping")
+        return {str(k): v for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -2,6 +2,7 @@
 
 from fedpriv.data.datasets import DATASETS, Dataset, DatasetSpec
 from fedpriv.data.federated import FederatedData, federate
+from fedpriv.data.flower_partition import FlowerPartition
 from fedpriv.data.idx import read_idx, write_idx
 from fedpriv.data.partition import PARTITIONS, PartitionSpec, label_histograms
 
@@ -11,6 +12,7 @@ __all__ = [
     "Dataset",
     "DatasetSpec",
     "FederatedData",
+    "FlowerPartition",
     "PartitionSpec",
     "federate",
     "label_histograms",
