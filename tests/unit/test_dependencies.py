@@ -20,7 +20,8 @@ ROOT = Path(__file__).parents[2]
 SOURCES = ("fedpriv", "strategies", "experiments")
 #: Imported only where present (optional extras, probed at run time).
 OPTIONAL = {"jetson-stats", "nvidia-ml-py", "jtop", "pynvml", "pandas",  # distributions, modules
-            "tensorboard", "mlflow-skinny", "mlflow", "wandb", "flwr-datasets", "datasets"}  # fmt: skip
+            "tensorboard", "mlflow-skinny", "mlflow", "wandb",
+            "flwr-datasets", "datasets"}  # fmt: skip
 
 
 def canonical(name: str) -> str:
