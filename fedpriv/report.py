@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -72,7 +73,8 @@ def format_table(
 
     ``by_group``: one line per group of runs that differ only by seed instead, with the
     mean ± sample standard deviation (n − 1) of final accuracy and ε over its ``n`` runs,
-    and the mean MB and seconds: the table a paper reports.
+    the accuracy's 95 % t-interval, whether it differs from the best group's beyond
+    noise (:func:`versus_best`), and the mean MB and seconds: the table a paper reports.
 
     When some run has an ``audit.json``, a column ``attack`` shows the audited
     attacks' success (:func:`~fedpriv.report_runs.attack_text`; a group's is the mean over
@@ -138,22 +140,70 @@ def _run_rows(results: Sequence[Result]) -> tuple[list[str], list[list[str]]]:
 
 
 def _group_rows(groups: Sequence[RunGroup]) -> tuple[list[str], list[list[str]]]:
-    header = ["group", "n", "rounds", "accuracy", "ε", "HE", "MB up", "MB down", "s"]
+    header = ["group", "n", "rounds", "accuracy", "95% CI", "vs best", "ε", "HE", "MB up",
+              "MB down", "s"]  # fmt: skip
     rows = []
-    for group in groups:
+    finals = [[a for r in g.runs if (a := r.final["accuracy"]) is not None] for g in groups]
+    against_best = versus_best(finals)
+    for group, accuracies, verdict in zip(groups, finals, against_best, strict=True):
         runs = group.runs
-        accuracies = [a for r in runs if (a := r.final["accuracy"]) is not None]
         epsilons = [e for r in runs if (e := final_epsilon(r)) is not None]
+        interval = t_interval(accuracies)
         rows.append([
             group.label, str(len(runs)),
             "/".join(str(n) for n in sorted({r.summary["rounds"] for r in runs})),
-            _mean_std(accuracies, ".4f"), _mean_std(epsilons, ".3g"),
+            _mean_std(accuracies, ".4f"),
+            "-" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}]",
+            verdict, _mean_std(epsilons, ".3g"),
             encryption(runs[0].summary),
             f"{statistics.fmean(r.summary['bytes']['up'] for r in runs) / 1e6:.2f}",
             f"{statistics.fmean(r.summary['bytes']['down'] for r in runs) / 1e6:.2f}",
             f"{statistics.fmean(r.summary['seconds'] for r in runs):.1f}",
         ])  # fmt: skip
     return header, rows
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t confidence interval of the mean of ``values`` (seeds are few, so not the
+    normal one); None for fewer than two values."""
+    if len(values) < 2:
+        return None
+    from scipy import stats
+
+    mean = statistics.fmean(values)
+    half = float(stats.t.ppf((1 + level) / 2, len(values) - 1)) * statistics.stdev(values)
+    half /= math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+#: Below this Welch p-value a group's gap to the best is reported as a difference.
+SIGNIFICANCE = 0.05
+
+
+def versus_best(finals: Sequence[Sequence[float]]) -> list[str]:
+    """Each group's final accuracies against the group with the best mean: ``best``,
+    ``within noise (p=…)`` when Welch's t-test cannot tell them apart at
+    :data:`SIGNIFICANCE`, ``worse (p=…)`` when it can; ``-`` where a group has fewer
+    than two runs (one seed says nothing about noise)."""
+    means = [statistics.fmean(values) if values else -math.inf for values in finals]
+    best = max(range(len(finals)), key=means.__getitem__, default=None)
+    if best is None or not finals[best]:
+        return ["-"] * len(finals)
+    from scipy import stats
+
+    verdicts = []
+    for index, values in enumerate(finals):
+        if index == best:
+            verdicts.append("best")
+        elif len(values) < 2 or len(finals[best]) < 2:
+            verdicts.append("-")
+        elif statistics.stdev(values) == statistics.stdev(finals[best]) == 0:
+            same = means[index] == means[best]
+            verdicts.append("within noise (no spread)" if same else "worse (no spread)")
+        else:
+            p = float(stats.ttest_ind(values, finals[best], equal_var=False).pvalue)
+            verdicts.append(f"{'within noise' if p >= SIGNIFICANCE else 'worse'} (p={p:.2g})")
+    return verdicts
 
 
 def _mean_std(values: Sequence[float], spec: str) -> str:

@@ -697,3 +697,28 @@ def test_a_result_prints_short_and_becomes_a_dataframe_of_its_rounds(tmp_path):
     assert frame["contributors"].tolist() == [2, 3]
     assert frame["clients"].tolist() == [2, 3] and frame["rejected"].tolist() == [1, 2]
     assert frame["bytes_down"].sum() == result.summary["bytes"]["down"]
+
+
+def test_by_group_table_gives_a_t_interval_and_marks_gaps_within_noise(tmp_path, capsys):
+    """Three groups of 3 seeds: a clear best, one far below it, one whose gap is noise.
+    The interval is checked against the t quantile from a printed table (t_0.975,2 =
+    4.303), not against scipy, which computes it in the report."""
+    groups = {
+        0.5: (0.90, 0.91, 0.92),  # best: mean 0.91, s = 0.01
+        1.0: (0.80, 0.81, 0.82),  # ten points below, same spread: a real gap
+        2.0: (0.93, 0.88, 0.90),  # mean 0.9033, s = 0.025: inside the noise
+    }
+    for alpha, finals in groups.items():
+        for seed, accuracy in enumerate(finals):
+            fake_run(tmp_path / f"a{alpha}" / str(seed), accuracies=(0.5, accuracy),
+                     config=config(partition__alpha=alpha), seed=seed)  # fmt: skip
+    assert cli(["report", str(tmp_path), "--by-group", "--markdown"]) == 0
+    rows = {r["group"]: r for r in table_rows(capsys.readouterr().out.split("\n\n")[0])}
+    best = rows["partition.alpha=0.5"]
+    low, high = (float(x) for x in best["95% CI"].strip("[]").split(","))
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)
+    assert low == pytest.approx(0.91 - half, abs=1e-4)
+    assert high == pytest.approx(0.91 + half, abs=1e-4)
+    assert best["vs best"] == "best"
+    assert rows["partition.alpha=1.0"]["vs best"].startswith("worse (p=")
+    assert rows["partition.alpha=2.0"]["vs best"].startswith("within noise (p=")
