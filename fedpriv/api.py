@@ -24,7 +24,7 @@ from fedpriv.errors import ConfigError, RunFailed, RunInterrupted, SimulationErr
 from fedpriv.logs import setup_logging
 from fedpriv.results import Result, RunDirectory
 from fedpriv.run_lock import check_free
-from fedpriv.runtime import interrupt
+from fedpriv.runtime import interrupt, warm_ray
 from fedpriv.runtime.apps import build_client_app, build_server_app
 from fedpriv.runtime.checkpoint import Checkpoint
 from fedpriv.runtime.inprocess import run_inprocess
@@ -183,6 +183,7 @@ def _simulate_opened(
     if "history" not in finished:
         raise SimulationError("the simulation ended before the ServerApp finished its rounds")
     if finished["ctx"].interrupted:  # left unfinished (no summary.json): resume continues
+        warm_ray.shutdown()  # Ctrl-C: stop Ray and its actors too, not only the run
         rounds = len(finished["history"])
         raise RunInterrupted(opened.out.path, rounds, resumable=opened.strategy.resumable)
     return opened.finish(finished["history"], finished["ctx"], time.perf_counter() - started)

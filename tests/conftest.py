@@ -11,7 +11,6 @@ processes"``) never does.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -72,29 +71,10 @@ def engine_for_marker(request, monkeypatch) -> None:
 
 @pytest.fixture(scope="session")
 def one_ray_per_session() -> Iterator[None]:
-    """Every simulation of the session on one Ray instance, started as Flower's backend
-    starts it (Flower starts Ray only when none runs, and stops it after each run; its
-    stop is held back until the session ends). Each simulation still creates and kills
-    its own ClientApp actors. Saves Ray's start and stop, seconds per simulation."""
-    import ray
+    """Every simulation of the session on one Ray instance and, where their resources
+    match, one pool of warm ClientApp actors, as runs in one process share them
+    (:mod:`fedpriv.runtime.warm_ray`); stopped when the session ends."""
+    yield
+    from fedpriv.runtime import warm_ray
 
-    from fedpriv.runtime.simulation import ENVIRONMENT
-
-    for key, value in ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
-    pythonpath = os.pathsep.join(sys.path)
-    ray.init(
-        num_cpus=os.cpu_count(),
-        num_gpus=0,
-        include_dashboard=False,
-        logging_level="ERROR",
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-    )
-    shutdown = ray.shutdown
-    ray.shutdown = lambda *args, **kwargs: None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        ray.shutdown = shutdown  # type: ignore[assignment]
-        shutdown()
+    warm_ray.shutdown()

@@ -12,6 +12,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedpriv.config import SimulationEngine
+from fedpriv.runtime.warm_ray import warm_backend
 
 #: Set before Flower starts: no runtime `uv sync`, and quiet Ray accelerator warnings.
 ENVIRONMENT = {
@@ -69,22 +70,19 @@ def quiet_flower(verbose: bool = False) -> Iterator[None]:
 def simulate(
     server_app: ServerApp, client_app: ClientApp, num_nodes: int, engine: SimulationEngine
 ) -> None:
-    """Run the apps on Flower's simulation engine; Ray starts and stops inside."""
+    """Run the apps on Flower's simulation engine. Ray and its actors stay up for the
+    next run in this process (:mod:`fedpriv.runtime.warm_ray`); a run that fails or is
+    stopped stops them, and so does the interpreter's exit."""
     logging.getLogger("alembic").setLevel(logging.WARNING)  # chatty at Flower's import
     from flwr.simulation import run_simulation
 
     for key, value in ENVIRONMENT.items():
         os.environ.setdefault(key, value)
-    try:
-        with quiet_flower(engine.verbose):
-            run_simulation(
-                server_app=server_app,
-                client_app=client_app,
-                num_supernodes=num_nodes,
-                backend_config=backend_config(engine),  # type: ignore[arg-type]
-            )
-    finally:  # a Ctrl-C mid-round leaves Ray up: stop its processes with the run
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
+    config = backend_config(engine)
+    with warm_backend(config["init_args"]), quiet_flower(engine.verbose):  # type: ignore[arg-type]
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=num_nodes,
+            backend_config=config,  # type: ignore[arg-type]
+        )
