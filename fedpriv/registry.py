@@ -81,14 +81,14 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         self._ready()
-        return name in self._specs
+        return isinstance(name, str) and name in self._specs
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def get(self, name: str) -> type[T]:
         self._ready()
-        if name not in self._specs:
+        if not isinstance(name, str) or name not in self._specs:
             raise ConfigError(self.unknown(name))
         return self._specs[name]
 
@@ -106,7 +106,7 @@ class Registry(Generic[T]):
         key = key or self.kind
         params = dict(params)
         name = params.pop("name", None)
-        if name not in self._specs:
+        if not isinstance(name, str) or name not in self._specs:  # a list is no name
             raise ConfigError(self.unknown(name, key))
         spec: Any = build(self._specs[name], params, key, owner=f"{self.kind} {name!r}")  # type: ignore[type-var]
         return spec

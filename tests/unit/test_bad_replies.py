@@ -65,6 +65,8 @@ groups = ["data", "partition", "model", "strategy", "privacy", "crypto", "engine
 
 
 @given(st.dictionaries(st.sampled_from([*groups, "bogus"]), values, max_size=8))
+@example({"data": {"name": []}})  # an unhashable name was a TypeError, found by Hypothesis
+@example({"strategy": {"name": []}, "family": {"name": {}}, "privacy": {"name": [1]}})
 def test_config_decoding_raises_only_clear_config_errors(mapping):
     try:
         from_mapping(mapping)
