@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.grad import conv2d_weight
 
 from fedpriv.errors import ConfigError
 
@@ -56,31 +57,29 @@ def _affine(a: Tensor, g: Tensor, weight: Tensor | None, bias: Tensor | None) ->
     ``g`` (B, T, d_out). ``weight``/``bias`` are None where not trainable."""
     n, t, d_in = a.shape
     d_out = g.shape[2]
-    sq = torch.zeros(n, dtype=g.dtype, device=g.device)
-    per_sample = None
+    g_sum = g.reshape(n, d_out) if t == 1 else g.sum(1)  # each sample's bias gradient
+    sq_bias = (g_sum * g_sum).sum(1)
+    sq = sq_bias if bias is not None else torch.zeros_like(sq_bias)
     if weight is not None:
-        if t == 1:
-            sq = sq + a.square().sum((1, 2)) * g.square().sum((1, 2))
+        if t == 1:  # ‖g aᵀ‖² = ‖a‖²‖g‖²
+            a = a.reshape(n, d_in)
+            sq = sq + (a * a).sum(1) * sq_bias
         elif t * (d_in + d_out) < d_in * d_out:  # Gram matrices are the smaller product
-            sq = sq + (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum(
-                (1, 2)
-            )
+            grams = torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))
+            sq = sq + grams.sum((1, 2))
         else:
-            per_sample = torch.bmm(g.transpose(1, 2), a)  # (B, d_out, d_in)
-            sq = sq + per_sample.square().sum((1, 2))
-    if bias is not None:
-        sq = sq + g.sum(1).square().sum(1)
+            return _direct(torch.bmm(g.transpose(1, 2), a), g_sum, weight, bias)
 
     def clipped(c: Tensor) -> list[tuple[Tensor, Tensor]]:
         out = []
         if weight is not None:
-            if per_sample is not None:
-                grad = torch.einsum("b,boi->oi", c, per_sample)
+            if t == 1:
+                grad = (g_sum * c[:, None]).T @ a
             else:
                 grad = (g * c[:, None, None]).reshape(-1, d_out).T @ a.reshape(-1, d_in)
             out.append((weight, grad.reshape(weight.shape)))
         if bias is not None:
-            out.append((bias, c @ g.sum(1)))
+            out.append((bias, c @ g_sum))
         return out
 
     return sq, clipped
@@ -101,17 +100,43 @@ def _linear(m: nn.Module, a: Tensor, g: Tensor, trainable: set[int]) -> LayerGra
     )
 
 
+def _direct(per_sample: Tensor, g_sum: Tensor, weight: Tensor, bias: Tensor | None) -> LayerGrads:
+    """From each sample's weight gradient ``per_sample`` (B, d_out, d_in) and bias
+    gradient ``g_sum`` (B, d_out): norms, then the clipped sum as one contraction."""
+    sq = per_sample.square().sum((1, 2))
+    if bias is not None:
+        sq = sq + (g_sum * g_sum).sum(1)
+
+    def clipped(c: Tensor) -> list[tuple[Tensor, Tensor]]:
+        out = [(weight, torch.einsum("b,boi->oi", c, per_sample).reshape(weight.shape))]
+        return [*out, (bias, c @ g_sum)] if bias is not None else out
+
+    return sq, clipped
+
+
 def _conv2d(m: nn.Module, a: Tensor, g: Tensor, trainable: set[int]) -> LayerGrads:
-    """A conv is a Linear map on the unfolded (im2col) patches, one position per pixel."""
+    """A conv is a Linear map on the unfolded (im2col) patches, one position per pixel.
+    Where per-sample gradients are the cheaper product (few channels, many pixels: every
+    fedpriv CNN), they come from one grouped convolution's weight gradient (a group per
+    sample), several times faster on CPU than unfolding."""
     assert isinstance(m, nn.Conv2d)
+    weight, bias = _trainable(m.weight, trainable), _trainable(m.bias, trainable)
+    n, c_in = a.shape[:2]
+    c_out, positions = g.shape[1], g.shape[2] * g.shape[3]
+    d_in = c_in * m.kernel_size[0] * m.kernel_size[1]
+    if weight is not None and positions * (d_in + c_out) >= d_in * c_out:
+        per_sample = conv2d_weight(
+            a.reshape(1, n * c_in, *a.shape[2:]),
+            (n * c_out, c_in, *m.kernel_size),
+            g.reshape(1, n * c_out, *g.shape[2:]),
+            m.stride,
+            m.padding,
+            m.dilation,
+            groups=n,
+        )
+        return _direct(per_sample.reshape(n, c_out, d_in), g.sum((2, 3)), weight, bias)
     patches = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # type: ignore[arg-type]
-    n = a.shape[0]
-    return _affine(
-        patches.transpose(1, 2),
-        g.reshape(n, g.shape[1], -1).transpose(1, 2),
-        _trainable(m.weight, trainable),
-        _trainable(m.bias, trainable),
-    )
+    return _affine(patches.transpose(1, 2), g.reshape(n, c_out, -1).transpose(1, 2), weight, bias)
 
 
 def _norm(normalized: Tensor, g: Tensor, m: nn.Module, trainable: set[int]) -> LayerGrads:

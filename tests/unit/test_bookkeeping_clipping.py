@@ -61,6 +61,10 @@ CASES = {
         ),
         (3, 9, 9),
     ),
+    "wide-conv": (  # many channels, 4 positions: Gram matrices of the unfolded patches
+        lambda: nn.Sequential(nn.Conv2d(8, 16, 3), nn.Flatten(), nn.Linear(64, 3)),
+        (8, 4, 4),
+    ),
     # T·(d_in + d_out) < d_in·d_out: Gram matrices for embed, per-sample gradients for head
     "sequence-gram": (lambda: Sequence(16, 64), (4, 16)),
     "sequence-direct": (lambda: Sequence(6, 4), (40, 6)),  # per-sample gradients directly
