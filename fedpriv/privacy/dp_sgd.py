@@ -3,10 +3,11 @@
 Each step samples a Poisson batch, clips every per-sample gradient to ``max_grad_norm``
 and adds Gaussian noise of std ``noise_multiplier × max_grad_norm``. The noise is set
 directly, or calibrated from ``target_epsilon`` over the whole planned training
-(rounds × local epochs). Per-sample gradient norms come from ghost clipping where the
-model's layers allow it (no per-sample gradients materialized for Linear layers) and
-from Opacus' hooks otherwise. Opacus is imported inside the functions that use it, so a
-run without DP (and each of its Ray workers) skips its ~1.5 s import.
+(rounds × local epochs). Per-sample clipping runs as book-keeping clipping (one
+backward pass, :mod:`fedpriv.privacy.bookkeeping`) where every trainable layer is one it
+covers, else as Opacus' ghost clipping or its hooks. Opacus is imported inside the
+functions that use it, so a run without DP (and each of its Ray workers) skips its
+~1.5 s import.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ log = logging.getLogger("fedpriv")
 #: and the batch sampling draw from different streams.
 NOISE_STREAM = 1
 
-GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks", "functorch")
+GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks", "functorch", "bookkeeping")
 #: The ledger entry a DP-SGD client's train reply must carry (PrivacyLedgerMod adds it).
 EVIDENCE = ("dp-noise-multiplier", "dp-sample-rate", "dp-steps", "epsilon", "delta")
 
@@ -58,7 +59,9 @@ class DpSgd(PrivacySpec):
     accountant: str = "prv"
     #: Split each logical (Poisson) batch into physical batches of at most this size.
     max_physical_batch_size: int | None = None
-    #: auto: ghost clipping where the layers allow it, else hooks.
+    #: auto: bookkeeping (one backward pass) where every trainable layer is a Linear,
+    #: Conv2d, GroupNorm or LayerNorm; else ghost clipping where the layers allow it,
+    #: else Opacus' hooks.
     grad_sample_mode: str = "auto"
     #: A client whose next round would pass this ε declines to train.
     budget_epsilon: float | None = None
@@ -318,10 +321,22 @@ def private_model(model: nn.Module) -> nn.Module:
 
 
 def grad_sample_mode(model: nn.Module, requested: str) -> str:
-    """Resolve ``auto``: ghost clipping when every trainable layer has a ghost-norm or a
-    per-sample-gradient sampler, else Opacus' hooks (which also cover other layers)."""
+    """Resolve ``auto``: book-keeping clipping when it covers every trainable layer, else
+    ghost clipping when every trainable layer has a ghost-norm or a per-sample-gradient
+    sampler, else Opacus' hooks (which also cover other layers). ``bookkeeping`` asked
+    for a model it cannot train is a ConfigError naming the layers."""
+    from fedpriv.privacy.bookkeeping import unsupported
+
+    if requested == "bookkeeping" and (problems := unsupported(model)):
+        raise ConfigError(
+            "privacy.grad_sample_mode=bookkeeping cannot train this model: "
+            + "; ".join(problems)
+            + ". Use grad_sample_mode=auto, ghost or hooks"
+        )
     if requested != "auto":
         return requested
+    if not unsupported(model):
+        return "bookkeeping"
     from opacus.grad_sample import GradSampleModule
     from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
         GradSampleModuleFastGradientClipping,
@@ -368,7 +383,12 @@ def train_dp_sgd(
         model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
     )
     mode = grad_sample_mode(model, dp.grad_sample_mode)
+    bookkeeping = mode == "bookkeeping"
     engine = PrivacyEngine(accountant=dp.accountant)
+    # Book-keeping takes ghost clipping's place in Opacus' own set-up: make_private
+    # validates the model and builds DPOptimizerFastGradientClipping (which noises and
+    # scales an already clipped p.grad) with the accountant's step hook; only its ghost
+    # hooks (wrap_model=False: on the model itself) are removed for book-keeping's.
     made = engine.make_private(
         module=model,
         optimizer=optimizer,
@@ -377,13 +397,22 @@ def train_dp_sgd(
         noise_multiplier=sigma,
         max_grad_norm=dp.max_grad_norm,
         poisson_sampling=False,  # the loader samples Poisson batches already
-        grad_sample_mode=mode,
+        grad_sample_mode="ghost" if bookkeeping else mode,
+        wrap_model=not bookkeeping,
         # From the run's seed only when asked: whoever holds the config could redraw it.
         noise_generator=torch.Generator().manual_seed(
             secret_seed() if dp.secure_noise else seed_for(seed, NOISE_STREAM)
         ),
     )
-    if mode == "ghost":
+    clipping = None
+    if bookkeeping:
+        from fedpriv.privacy.bookkeeping import BookkeepingClipping
+
+        ghost_hooks, optimizer, _, loader = made
+        ghost_hooks.remove_hooks()
+        private, criterion = model, nn.CrossEntropyLoss(reduction="sum")
+        clipping = BookkeepingClipping(model, dp.max_grad_norm)
+    elif mode == "ghost":
         private, optimizer, criterion, loader = made
     else:
         private, optimizer, loader = made
@@ -408,9 +437,16 @@ def train_dp_sgd(
                 if max_steps is not None and _noisy_steps(engine) >= max_steps:
                     break
                 optimizer.zero_grad(set_to_none=True)
-                logits = private(inputs)
-                loss = criterion(logits, targets)
-                loss.backward()
+                if clipping is not None:
+                    with clipping.recording():
+                        logits = private(inputs)
+                        summed = criterion(logits, targets)
+                        summed.backward()
+                    loss = summed.detach() / max(len(targets), 1)
+                else:
+                    logits = private(inputs)
+                    loss = criterion(logits, targets)
+                    loss.backward()
                 optimizer.step()
                 if anchor:
                     with torch.no_grad():

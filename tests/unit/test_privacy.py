@@ -211,14 +211,15 @@ def test_batchnorm_is_fixed_with_a_warning_and_unfixable_models_are_refused(capl
 
 
 @pytest.mark.parametrize("name", ["logreg", "mlp", "cnn"])
-def test_shipped_models_train_with_ghost_clipping(name):
+def test_shipped_models_train_with_bookkeeping_clipping(name):
     model = MODELS.create({"name": name}).build((1, 8, 8), 10)
     assert private_model(model) is model
-    assert grad_sample_mode(model, "auto") == "ghost"
+    assert grad_sample_mode(model, "auto") == "bookkeeping"
+    assert grad_sample_mode(model, "ghost") == "ghost"
     assert grad_sample_mode(model, "hooks") == "hooks"
 
 
-@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+@pytest.mark.parametrize("mode", ["bookkeeping", "ghost", "hooks"])
 def test_dp_training_learns_and_physical_batches_keep_logical_steps(mode):
     x, y = separable(n=256)
     train = TrainConfig(local_epochs=3, batch_size=64, lr=0.5)
