@@ -72,17 +72,14 @@ def cores_per_job(n_jobs: int | None) -> int | None:
 
 def run_command(args: list[str]) -> int:
     """``fedpriv run ARGS``: the config checked first (exit 2 when bad), then Hydra's
-    main; the exit code."""
+    main, whose own exits (``sys.exit(code)``) reach the caller unchanged; the exit code."""
     try:
         check_command_line(args)
     except FedprivError as error:
         print(f"error: {error}", file=sys.stderr)
         return INVALID
     sys.argv = ["fedpriv run", *args]
-    try:
-        main()
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    main()
     return 0
 
 

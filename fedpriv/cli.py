@@ -21,6 +21,10 @@ from fedpriv._version import __version__
 INVALID = 2
 
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
+#: A TCP port. The fleet commands' default ports are written out below rather than
+#: imported, which would load TenSEAL and Flower for --help; a test keeps them equal to
+#: fedpriv.deployment.fleet's FLEET_PORT, API_PORT and RUNTIME_PORT.
+PORT = click.IntRange(1, 65535)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -257,14 +261,14 @@ def keys_init(out: str, nodes: int, host: tuple[str, ...], preset: str, force: b
     "--port",
     default=9092,
     show_default=True,
-    type=click.IntRange(1, 65535),
+    type=PORT,
     help="The Fleet API's port.",
 )
 @click.option(
     "--api-port",
     default=9093,
     show_default=True,
-    type=click.IntRange(1, 65535),
+    type=PORT,
     help="The SuperLink's own port on 127.0.0.1 (Control and ServerAppIO: `flwr`, "
     "`fedpriv run` on this host).",
 )
@@ -312,7 +316,7 @@ def superlink(
     "--runtime-port",
     default=9094,
     show_default=True,
-    type=click.IntRange(1, 65535),
+    type=PORT,
     help="The warm executor's port on 127.0.0.1.",
 )
 @click.option("--insecure", is_flag=True, help="No TLS, no node authentication (a lab only).")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -96,8 +97,6 @@ def _stop_pool() -> None:
 
 def shutdown() -> None:
     """Stop the warm actors and Ray (if this process started it)."""
-    import sys
-
     _stop_pool()
     _warm.pop("init_args", None)
     ray = sys.modules.get("ray")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,12 +17,16 @@ pytestmark = pytest.mark.inprocess
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def benchmark_commands() -> list[tuple[str, list[str], float | None]]:
+def benchmark_script() -> Any:
     spec = importlib.util.spec_from_file_location("defaults", ROOT / "benchmarks" / "defaults.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.COMMANDS
+    return module
+
+
+def benchmark_commands() -> list[tuple[str, list[str], float | None]]:
+    return benchmark_script().COMMANDS
 
 
 #: The DP-SGD row calibrates σ with the PRV accountant and takes a minute: slow lane.
@@ -44,7 +49,8 @@ def test_the_defaults_page_lists_every_benchmark_command() -> None:
     and each one composes."""
     page = (ROOT / "docs" / "defaults.md").read_text()
     shown = [line.split("`")[1] for line in page.splitlines() if line.startswith("| `fedpriv run")]
-    commands = benchmark_commands()
-    assert shown == [" ".join(["fedpriv run", *overrides]) for _, overrides, _ in commands]
+    script = benchmark_script()
+    commands = script.COMMANDS
+    assert shown == [script.command_line(overrides) for _, overrides, _ in commands]
     for _, overrides, _ in commands:
         load_config(overrides)

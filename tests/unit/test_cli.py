@@ -29,6 +29,17 @@ def test_every_command_is_listed_and_has_its_own_help(capsys) -> None:
     assert "--nodes" in capsys.readouterr().out
 
 
+def test_fleet_commands_default_to_the_fleets_own_ports() -> None:
+    from fedpriv.deployment.fleet import API_PORT, FLEET_PORT, RUNTIME_PORT
+
+    def default(command: str, option: str) -> object:
+        return next(p.default for p in cli.commands[command].params if p.name == option)
+
+    assert default("superlink", "port") == FLEET_PORT
+    assert default("superlink", "api_port") == API_PORT
+    assert default("supernode", "runtime_port") == RUNTIME_PORT
+
+
 def test_run_help_lists_the_config_groups_and_their_options(capsys) -> None:
     assert main(["run", "--help"]) == 0
     shown = capsys.readouterr().out
