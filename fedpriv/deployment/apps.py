@@ -16,6 +16,7 @@ import json
 import logging
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message
@@ -25,6 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedpriv.config import ExperimentConfig, from_mapping
 from fedpriv.deployment.run_config import experiment_from
+from fedpriv.errors import ConfigError
 
 log = logging.getLogger("fedpriv")
 
@@ -79,14 +81,29 @@ class DeployedClientApp(ClientApp):
         partitions = context.node_config.get(NUM_PARTITIONS_KEY)
         config = config_from(context, num_nodes=None if partitions is None else int(partitions))
         strategy: Any = FAMILIES.get(config.family).create(config)
-        mods = []
-        if config.crypto.name != "none":  # this device's secret key, from its own files
-            keys_dir = context.node_config.get("keys-dir")
-            secret = config.crypto.load_keys(
-                server=False, directory=None if keys_dir is None else str(keys_dir)
-            )
-            mods = strategy.client_mods(secret)
+        bundle = context.node_config.get("keys-dir")
+        if bundle is not None:
+            check_role(str(bundle), context)
+        # This device's keys, from its own files only.
+        mods = strategy.node_mods(None if bundle is None else str(bundle))
         return build_client_app(strategy, mods)(message, context)
+
+
+def check_role(bundle: str, context: Context) -> None:
+    """A node's role is its ``partition-id`` (vertical party 0: the label owner; swarm
+    peer k); refuse a node started with another party's bundle, whose keys it would use."""
+    from fedpriv.crypto.party_keys import PARTY_FILE, bundle_party
+    from fedpriv.node import partition_id
+
+    if not (Path(bundle) / PARTY_FILE).is_file():
+        return  # a bundle from before per-party keys: horizontal runs need no role
+    party, node = bundle_party(bundle), partition_id(context)
+    if party != node:
+        raise ConfigError(
+            f"this SuperNode has partition-id={node} in its node config, but its keys "
+            f"({bundle}) are device-{party}'s; start it with --partition-id {party} or "
+            f"with device-{node}'s bundle"
+        )
 
 
 client_app = DeployedClientApp()
