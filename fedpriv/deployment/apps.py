@@ -30,8 +30,8 @@ from fedpriv.errors import ConfigError
 
 log = logging.getLogger("fedpriv")
 
-#: Run-config keys ``fedpriv run`` submits.
-CONFIG_KEY, OUTPUT_KEY = "fedpriv-config", "output-dir"
+#: Run-config keys ``fedpriv run`` submits (``resume``: continue from the checkpoint).
+CONFIG_KEY, OUTPUT_KEY, RESUME_KEY = "fedpriv-config", "output-dir", "resume"
 #: Written into the results directory when the ServerApp fails, for ``fedpriv run``.
 ERROR_FILE = "error.txt"
 
@@ -52,6 +52,7 @@ server_app = ServerApp()
 def _serve(grid: Grid, context: Context) -> None:
     from fedpriv.logs import setup_logging
     from fedpriv.results import write_atomic
+    from fedpriv.runtime.checkpoint import Checkpoint
     from fedpriv.runtime.runs import open_run
 
     setup_logging()
@@ -59,7 +60,12 @@ def _serve(grid: Grid, context: Context) -> None:
     # fedpriv run's config names its own num_clients; a flwr run adopts the federation's.
     config = config_from(context, num_nodes=len(list(grid.get_node_ids())))
     log.info("fedpriv: run %d writes its results to %s", context.run_id, config.output_dir)
-    with open_run(config) as opened:  # closed (tracker, lock) however the run ends
+    resuming = bool(context.run_config.get(RESUME_KEY))
+    checkpoint = Checkpoint.load(Path(str(config.output_dir))) if resuming else None
+    if resuming and checkpoint is None:
+        log.warning("%s has no checkpoint: running it again from round 1", config.output_dir)
+    # Closed (tracker, lock) however the run ends.
+    with open_run(config, checkpoint, resuming=resuming) as opened:
         try:
             ctx = opened.context()
             history = opened.strategy.run(grid, ctx)
