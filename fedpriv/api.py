@@ -102,16 +102,15 @@ def resume(run_dir: str | os.PathLike[str]) -> Result:
     if (path / "summary.json").is_file():
         log.info("%s already finished; nothing to resume", path)
         return succeeded(Result.load(path))
-    config = run_config(path).replace(output_dir=str(path))
-    if not isinstance(config.engine, LOCAL_ENGINES):
-        raise ConfigError(
-            f"resume={str(path)!r}: engine={config.engine.name} runs cannot be resumed yet; "
-            "resume runs under engine=simulation or engine=inprocess"
-        )
+    config = run_config(path).replace(output_dir=str(path.resolve()))
+    setup_logging()
+    if isinstance(config.engine, DeploymentEngine):  # the fleet's ServerApp reads the checkpoint
+        from fedpriv.deployment.submit import submit
+
+        return succeeded(submit(config, resume=True))
     checkpoint = Checkpoint.load(path)
     if checkpoint is None:
         log.warning("%s has no checkpoint: running it again from round 1", path)
-    setup_logging()
     return succeeded(_simulate(config, checkpoint, resuming=True))
 
 

@@ -22,10 +22,6 @@ if TYPE_CHECKING:
 FEATURES = ("dp_sgd", "central_dp", "ckks", "adversary", "fleet")
 
 #: Reasons more than one family gives for a feature it lacks.
-NOT_ON_A_FLEET_YET = (
-    "it needs keys and roles provisioned per party, which fedpriv's fleet tooling does not "
-    "make yet: run it with engine=simulation"
-)
 NO_ADVERSARIES_YET = "it has no adversaries yet: use adversary=none"
 
 

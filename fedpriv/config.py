@@ -126,6 +126,9 @@ class DeploymentEngine(EngineSpec):
     root_certificates: str | None = "keys/ca.crt"
     #: No TLS: only for a SuperLink started with ``--insecure`` on a trusted network.
     insecure: bool = False
+    #: The server's bundle of ``fedpriv keys init`` (``keys/superlink``), where the
+    #: ServerApp reads the relay's half of ``family=swarm``'s consensus key.
+    keys_dir: str | None = None
     torch_threads: int | None = None  # a device's own cores
     node_wait_s: float = 300.0  # devices join over the network
 

@@ -77,3 +77,15 @@ def load_node_file(
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
         raise DataError(f"data-path={path!r}: y must hold integer labels in [0, {num_classes})")
     return x.astype(np.float32), y.astype(np.int64)
+
+
+def node_bundle(context: Context) -> str:
+    """This device's key bundle (``keys-dir`` in its node config: ``fedpriv supernode``
+    sets it to the bundle it was started with)."""
+    value = context.node_config.get("keys-dir")
+    if value is None:
+        raise ConfigError(
+            "this node has no 'keys-dir' in its node config: start it with its bundle of "
+            "`fedpriv keys init` (fedpriv supernode <dir>/device-<k>), not --insecure"
+        )
+    return str(value)

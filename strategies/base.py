@@ -9,6 +9,8 @@ above Flower's configure/aggregate hooks:
 * :meth:`Strategy.client_handlers` -- what each node runs, keyed by Flower message type
   (``"train"``, ``"query.embed"``, ``"train.merge"``...). fedpriv registers them on one
   Flower ``ClientApp``.
+* :meth:`Strategy.node_mods` -- on a fleet, a device's crypto mods, from its own key
+  bundle (in simulation :meth:`prepare` makes every node's).
 * :meth:`Strategy.round` -- one round of the coordinator, on Flower's ``Grid``.
 * :meth:`Strategy.start` -- optional set-up before round 1 (default: nothing).
 * :meth:`Strategy.run` -- the template method that owns the loop: wait for the nodes,
@@ -104,6 +106,11 @@ class Strategy(ABC):
     def client_handlers(self) -> Mapping[str, Handler]:
         """Node-side handlers by Flower message type. They must be picklable (Ray ships
         them to actors) and keep per-node state in ``context.state`` only."""
+
+    def node_mods(self, bundle: str | None) -> list[Callable[..., Any]]:
+        """A deployed node's crypto mods, holding only what its own key bundle (the
+        ``keys-dir`` of ``fedpriv keys init``'s ``device-<k>/``) holds. Default: none."""
+        return []
 
     def start(self, grid: Grid, ctx: RunContext) -> None:  # noqa: B027 - optional hook
         """Prepare the first round (e.g. the initial global model). Default: nothing."""

@@ -173,8 +173,9 @@ def make_keys(params: CkksParams) -> KeyPair:
 class SplitKeys:
     """Three serialized contexts for vertical learning, where encryptors must not decrypt."""
 
-    #: For the label owner: the parameters and the secret key.
-    secret: bytes
+    #: For the label owner: the parameters and the secret key (None at a passive
+    #: party of a fleet, whose bundle holds no secret).
+    secret: bytes | None
     #: For the other parties: the parameters and the public key (encrypt only).
     encrypt: bytes
     #: For the coordinator: the parameters alone (add only).

@@ -52,7 +52,9 @@ class CkksEmbeddingMod:
         name = self.decrypt.get(message_type)
         if name is not None and name in msg.content.array_records:
             party = int(context.node_config.get("partition-id", -1))
-            if self.label_owner is not None and party != self.label_owner:
+            if (self.label_owner is not None and party != self.label_owner) or (
+                self.keys.secret is None
+            ):
                 raise PermissionError(f"party {party} holds no secret key; only the label owner")
             values = ckks.decrypt(
                 self.keys.secret, self.params, chunks_of(msg.content.array_records[name])

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message
@@ -25,11 +26,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedpriv.config import ExperimentConfig, from_mapping
 from fedpriv.deployment.run_config import experiment_from
+from fedpriv.errors import ConfigError
 
 log = logging.getLogger("fedpriv")
 
-#: Run-config keys ``fedpriv run`` submits.
-CONFIG_KEY, OUTPUT_KEY = "fedpriv-config", "output-dir"
+#: Run-config keys ``fedpriv run`` submits (``resume``: continue from the checkpoint).
+CONFIG_KEY, OUTPUT_KEY, RESUME_KEY = "fedpriv-config", "output-dir", "resume"
 #: Written into the results directory when the ServerApp fails, for ``fedpriv run``.
 ERROR_FILE = "error.txt"
 
@@ -50,6 +52,7 @@ server_app = ServerApp()
 def _serve(grid: Grid, context: Context) -> None:
     from fedpriv.logs import setup_logging
     from fedpriv.results import write_atomic
+    from fedpriv.runtime.checkpoint import Checkpoint
     from fedpriv.runtime.runs import open_run
 
     setup_logging()
@@ -57,7 +60,12 @@ def _serve(grid: Grid, context: Context) -> None:
     # fedpriv run's config names its own num_clients; a flwr run adopts the federation's.
     config = config_from(context, num_nodes=len(list(grid.get_node_ids())))
     log.info("fedpriv: run %d writes its results to %s", context.run_id, config.output_dir)
-    with open_run(config) as opened:  # closed (tracker, lock) however the run ends
+    resuming = bool(context.run_config.get(RESUME_KEY))
+    checkpoint = Checkpoint.load(Path(str(config.output_dir))) if resuming else None
+    if resuming and checkpoint is None:
+        log.warning("%s has no checkpoint: running it again from round 1", config.output_dir)
+    # Closed (tracker, lock) however the run ends.
+    with open_run(config, checkpoint, resuming=resuming) as opened:
         try:
             ctx = opened.context()
             history = opened.strategy.run(grid, ctx)
@@ -79,14 +87,29 @@ class DeployedClientApp(ClientApp):
         partitions = context.node_config.get(NUM_PARTITIONS_KEY)
         config = config_from(context, num_nodes=None if partitions is None else int(partitions))
         strategy: Any = FAMILIES.get(config.family).create(config)
-        mods = []
-        if config.crypto.name != "none":  # this device's secret key, from its own files
-            keys_dir = context.node_config.get("keys-dir")
-            secret = config.crypto.load_keys(
-                server=False, directory=None if keys_dir is None else str(keys_dir)
-            )
-            mods = strategy.client_mods(secret)
+        bundle = context.node_config.get("keys-dir")
+        if bundle is not None:
+            check_role(str(bundle), context)
+        # This device's keys, from its own files only.
+        mods = strategy.node_mods(None if bundle is None else str(bundle))
         return build_client_app(strategy, mods)(message, context)
+
+
+def check_role(bundle: str, context: Context) -> None:
+    """A node's role is its ``partition-id`` (vertical party 0: the label owner; swarm
+    peer k); refuse a node started with another party's bundle, whose keys it would use."""
+    from fedpriv.crypto.party_keys import PARTY_FILE, bundle_party
+    from fedpriv.node import partition_id
+
+    if not (Path(bundle) / PARTY_FILE).is_file():
+        return  # a bundle from before per-party keys: horizontal runs need no role
+    party, node = bundle_party(bundle), partition_id(context)
+    if party != node:
+        raise ConfigError(
+            f"this SuperNode has partition-id={node} in its node config, but its keys "
+            f"({bundle}) are device-{party}'s; start it with --partition-id {party} or "
+            f"with device-{node}'s bundle"
+        )
 
 
 client_app = DeployedClientApp()

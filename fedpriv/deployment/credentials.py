@@ -5,15 +5,21 @@
     DIR/                 0700
       ca/                ca.crt, ca.key: the CA key stays here, in no host's bundle
       superlink/         ca.crt, server.pem, server.key, nodes/node-<k>.pub,
-                         server.ctx, params.json (CKKS parameters, no secret)
-      device-<k>/        ca.crt, nodes/node-<k>.key, client.ctx, params.json
+                         server.ctx, params.json (CKKS parameters, no secret),
+                         vertical/evaluate.ctx, swarm/consensus.ctx (parameters only)
+      device-<k>/        ca.crt, nodes/node-<k>.key, client.ctx, params.json,
+                         party.json, vertical/encrypt.ctx (public key),
+                         swarm/peer.key, swarm/peers.json, swarm/consensus.ctx
+      device-0/          also vertical/secret.ctx: the label owner alone decrypts
 
 Each bundle is copied whole to its host, so nothing has to be picked out of a shared
 folder and deleted afterwards: the server never receives ``client.ctx`` or the CA key,
 a device never receives another device's key. One private CA signs the SuperLink's
 certificate (devices verify it against ``ca.crt``); each device signs its Fleet requests
 with its own P-384 key, and the SuperLink accepts exactly the keys in ``nodes/*.pub``.
-Directories are 0700 and private keys 0600.
+Directories are 0700 and private keys 0600. The vertical and swarm families' files
+are :mod:`fedpriv.crypto.party_keys`'s: device ``k`` is party ``k`` (vertical party 0,
+the label owner; swarm peer ``k``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from cryptography.hazmat.primitives import serialization
 
 from fedpriv.crypto.ckks import CkksParams
 from fedpriv.crypto.keys import CLIENT_FILE, SERVER_FILE, write_keys
+from fedpriv.crypto.party_keys import write_party_keys
 from fedpriv.deployment.certificates import (
     ca_certificate,
     certificate_pem,
@@ -163,6 +170,12 @@ def _write_bundles(
         _write(link.node_key(node).with_suffix(".pub"), public + f" fedpriv-node-{node}\n".encode())
     if ckks is not None:
         _write_ckks(keys, ckks, nodes)
+    write_party_keys(
+        link.directory,
+        [keys.device(node).directory for node in range(nodes)],
+        ckks,
+        lambda path, content, secret: _write(path, content, secret=secret),
+    )
 
 
 def _write_ckks(keys: FleetKeys, params: CkksParams, nodes: int) -> None:

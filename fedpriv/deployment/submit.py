@@ -18,7 +18,7 @@ import tomli_w
 
 from fedpriv._version import __version__
 from fedpriv.config import DeploymentEngine, ExperimentConfig
-from fedpriv.deployment.apps import CONFIG_KEY, ERROR_FILE, OUTPUT_KEY
+from fedpriv.deployment.apps import CONFIG_KEY, ERROR_FILE, OUTPUT_KEY, RESUME_KEY
 from fedpriv.deployment.processes import (
     INSECURE_WARNING,
     flower_environment,
@@ -53,7 +53,7 @@ def write_app(directory: Path) -> Path:
                         "serverapp": f"{APP_MODULE}:server_app",
                         "clientapp": f"{APP_MODULE}:client_app",
                     },
-                    "config": {CONFIG_KEY: "", OUTPUT_KEY: ""},
+                    "config": {CONFIG_KEY: "", OUTPUT_KEY: "", RESUME_KEY: False},
                 }
             }
         },
@@ -67,8 +67,10 @@ def write_app(directory: Path) -> Path:
     return directory
 
 
-def submit(config: ExperimentConfig) -> Result:
-    """Run ``config`` on the fleet behind ``config.engine`` and return its results."""
+def submit(config: ExperimentConfig, *, resume: bool = False) -> Result:
+    """Run ``config`` on the fleet behind ``config.engine`` and return its results;
+    ``resume``: continue the run in ``config.output_dir`` from its checkpoint (the
+    ServerApp reads it there, on the SuperLink's host)."""
     from fedpriv.runtime.runs import default_output_dir
 
     engine = config.engine
@@ -92,7 +94,13 @@ def submit(config: ExperimentConfig) -> Result:
         app = write_app(Path(tmp) / "app")
         run_config = Path(tmp) / "run-config.toml"
         run_config.write_text(
-            tomli_w.dumps({CONFIG_KEY: json.dumps(config.to_dict()), OUTPUT_KEY: str(out)})
+            tomli_w.dumps(
+                {
+                    CONFIG_KEY: json.dumps(config.to_dict()),
+                    OUTPUT_KEY: str(out),
+                    RESUME_KEY: resume,
+                }
+            )
         )
         command = [
             flower_script("flwr"),
@@ -103,7 +111,11 @@ def submit(config: ExperimentConfig) -> Result:
             "--run-config",
             str(run_config),
         ]
-        log.info("fedpriv: submitting the run to the SuperLink at %s", engine.address)
+        log.info(
+            "fedpriv: %s the run to the SuperLink at %s",
+            "resubmitting" if resume else "submitting",
+            engine.address,
+        )
         limit = engine.node_wait_s + config.rounds * 3 * engine.round_timeout_s
         try:
             done = subprocess.run(

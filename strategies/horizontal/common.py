@@ -84,6 +84,12 @@ class HorizontalDriver(Strategy):
             initial = initial_arrays(config, config.federated_data())
         return config.crypto.client_mods(config, secret, Layout.of(initial))
 
+    def node_mods(self, bundle: str | None) -> list[Any]:
+        """The clients' shared CKKS secret, from the device's bundle (``client.ctx``)."""
+        if self.config.crypto.name == "none":
+            return []
+        return self.client_mods(self.config.crypto.load_keys(server=False, directory=bundle))
+
     def client_handlers(self) -> Mapping[str, Handler]:
         client = HorizontalClient(self.config)
         return {"train": client.train, "evaluate": client.evaluate, "query.ready": client.ready}

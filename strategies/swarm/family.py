@@ -21,12 +21,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedpriv.compatibility import NO_ADVERSARIES_YET, NOT_ON_A_FLEET_YET
+from fedpriv.compatibility import NO_ADVERSARIES_YET
 from fedpriv.config import ExperimentConfig
-from fedpriv.crypto import ckks, peers
+from fedpriv.crypto import ckks, party_keys, peers
 from fedpriv.crypto.embeddings import CkksEmbeddingMod, CkksEmbeddingSum
 from fedpriv.crypto.records import Layout
-from fedpriv.crypto.scheme import Ckks
 from fedpriv.errors import ConfigError
 from fedpriv.records import metric
 from fedpriv.runtime.models import initial_arrays
@@ -53,7 +52,7 @@ from fedpriv.strategies.swarm.settings import (
 
 log = logging.getLogger("fedpriv")
 #: CKKS parameters of the consensus measurement (128-bit, ~1e-9 error on a sum).
-CONSENSUS_PARAMS = Ckks().params
+CONSENSUS_PARAMS = party_keys.consensus_params()
 
 
 class SwarmFamily(Strategy):
@@ -69,7 +68,6 @@ class SwarmFamily(Strategy):
         "central_dp": "central DP needs a server that aggregates; use privacy=dp_sgd (each "
         "peer's training is DP)",
         "adversary": NO_ADVERSARIES_YET,
-        "fleet": NOT_ON_A_FLEET_YET,
     }
 
     def __init__(self, config: ExperimentConfig) -> None:
@@ -98,6 +96,12 @@ class SwarmFamily(Strategy):
         out = []
         if config.num_clients < 2:
             out.append(f"num_clients={config.num_clients}: a swarm needs at least 2 peers")
+        if s.consensus and config.engine.fleet and getattr(config.engine, "keys_dir", None) is None:
+            out.append(
+                "swarm.consensus=true on a fleet: the relay reads its consensus context from "
+                "the server's bundle; set engine.keys_dir=<keys>/superlink (or "
+                "swarm.consensus=false)"
+            )
         if s.min_peers is not None and s.min_peers > config.num_clients:
             out.append(f"swarm.min_peers={s.min_peers} exceeds num_clients={config.num_clients}")
         if not out and config.num_clients >= 2:
@@ -113,9 +117,7 @@ class SwarmFamily(Strategy):
         config = self.config
         data = config.federated_data()
         config.privacy.check_clients([len(p) for p in data.parts])
-        initial = initial_arrays(config, data)
-        self.layout = Layout.of(initial)
-        self.initial = self.layout.flatten(initial)
+        self.start_model(data)
         clients = {
             "num_clients": config.num_clients,
             "num_examples": [len(p) for p in data.parts],
@@ -124,20 +126,51 @@ class SwarmFamily(Strategy):
         }
         if not self.swarm.consensus:
             return Setup(clients=clients)
+        engine = config.engine
+        if engine.keys_provisioned:  # a fleet: the relay reads its own file only
+            directory = str(getattr(engine, "keys_dir", None))
+            return Setup(clients=clients, server_key=party_keys.consensus_server_key(directory))
         keys = ckks.make_keys(CONSENSUS_PARAMS)
+        return Setup(
+            clients=clients, client_mods=self.consensus_mods(keys.secret), server_key=keys.public
+        )
+
+    def start_model(self, data: Any = None) -> tuple[Layout, np.ndarray]:
+        """The layout and seeded initial model every peer starts from (the same on
+        every host: a deployed peer builds it itself)."""
+        if self.layout is None or self.initial is None:
+            initial = initial_arrays(self.config, data or self.config.federated_data())
+            self.layout = Layout.of(initial)
+            self.initial = self.layout.flatten(initial)
+        return self.layout, self.initial
+
+    def consensus_mods(self, secret: bytes) -> list[Any]:
+        """The peers' mod of the consensus sum: encrypt the model, decrypt the sum."""
+        _, initial = self.start_model()
         mod = CkksEmbeddingMod(
             CONSENSUS_PARAMS,
-            ckks.SplitKeys(secret=keys.secret, encrypt=keys.secret, evaluate=keys.public),
+            ckks.SplitKeys(secret=secret, encrypt=secret, evaluate=b""),
             label_owner=None,
-            width=len(self.initial),
+            width=len(initial),
             encrypt={"query.consensus": "model"},
             decrypt={"query.distance": "model-sum"},
         )
-        return Setup(clients=clients, client_mods=[mod], server_key=keys.public)
+        return [mod]
+
+    def node_mods(self, bundle: str | None) -> list[Any]:
+        """The consensus key shared by the peers, from the device's bundle."""
+        if not self.swarm.consensus:
+            return []
+        if bundle is None:
+            raise ConfigError(
+                "swarm.consensus=true on a fleet: each peer reads the consensus key from its "
+                "bundle; start the SuperNode with its keys directory"
+            )
+        return self.consensus_mods(party_keys.consensus_node_key(bundle))
 
     def client_handlers(self) -> Mapping[str, Handler]:
-        assert self.layout is not None and self.initial is not None, "prepare() comes first"
-        return SwarmPeer(self.config, self.layout, self.initial).handlers()  # type: ignore[return-value]
+        layout, initial = self.start_model()
+        return SwarmPeer(self.config, layout, initial).handlers()  # type: ignore[return-value]
 
     def send(
         self,

@@ -3,7 +3,8 @@
 Messages (the relay's side is :mod:`strategies.swarm.family`):
 
 * ``query.keys`` -- make an X25519 key pair (the private half stays in
-  ``context.state``) and publish the public half and the example count.
+  ``context.state``; on a fleet, the pair is the bundle's, every peer's public half
+  pinned there) and publish the public half and the example count.
 * ``train.swarm`` -- open the sealed models addressed to this peer (neighbours' models
   with ``strategy=gossip``/``dinno``, the last merged model with ``leader``), merge, train
   locally, evaluate, and seal the new model for each recipient the relay names.
@@ -26,8 +27,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 
 from fedpriv.config import ExperimentConfig
 from fedpriv.crypto import peers
+from fedpriv.crypto.party_keys import peer_keys
 from fedpriv.crypto.records import Layout
-from fedpriv.node import partition_id
+from fedpriv.node import node_bundle, partition_id
 from fedpriv.privacy.accounting import planned_steps
 from fedpriv.runtime.models import evaluate_arrays, fresh_model
 from fedpriv.strategies.swarm.settings import DiNNO, Leader, swarm_strategy
@@ -81,9 +83,17 @@ class SwarmPeer:
         context.state[MODEL] = ArrayRecord({"values": Array(vector.astype(np.float32))})
 
     def sealing(self, msg: Message, context: Context, party: int) -> Sealed:
-        private = bytes(context.state.config_records[KEY]["private"])  # type: ignore[arg-type]
+        """This peer's private key and the peers' public keys for this message. On a
+        fleet both come from the peer's bundle, and a key the relay offers that differs
+        from the pinned one is refused; in simulation the relay distributes them."""
         record = msg.content.config_records.get(KEYS, ConfigRecord())
-        return Sealed(party, private, {int(k): bytes(v) for k, v in record.items()})  # type: ignore[arg-type]
+        offered = {int(k): bytes(v) for k, v in record.items()}  # type: ignore[arg-type]
+        if self.config.engine.keys_provisioned:
+            pinned = peer_keys(node_bundle(context))
+            pinned.check(offered)
+            return Sealed(party, pinned.private, pinned.pinned)
+        private = bytes(context.state.config_records[KEY]["private"])  # type: ignore[arg-type]
+        return Sealed(party, private, offered)
 
     def open_inbox(
         self, msg: Message, seal: Sealed, accept: Callable[[str], bool]
@@ -135,8 +145,11 @@ class SwarmPeer:
     # -- handlers -----------------------------------------------------------------------
     def keys(self, msg: Message, context: Context) -> Message:
         party, _, y = self.data(context)
-        private = peers.new_private_key()
-        context.state[KEY] = ConfigRecord({"private": private})
+        if self.config.engine.keys_provisioned:  # a fleet: this peer's key from its bundle
+            private = peer_keys(node_bundle(context)).private
+        else:
+            private = peers.new_private_key()
+            context.state[KEY] = ConfigRecord({"private": private})
         content = RecordDict(
             {
                 KEYS: ConfigRecord({"public": peers.public_key(private)}),

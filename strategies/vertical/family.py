@@ -20,9 +20,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedpriv.compatibility import NO_ADVERSARIES_YET, NOT_ON_A_FLEET_YET
+from fedpriv.compatibility import NO_ADVERSARIES_YET
 from fedpriv.config import ExperimentConfig
-from fedpriv.crypto import psi
+from fedpriv.crypto import party_keys, psi
+from fedpriv.crypto.ckks import SplitKeys
 from fedpriv.crypto.embeddings import CkksEmbeddingSum
 from fedpriv.data.vertical import LABEL_OWNER, vertical_tables
 from fedpriv.errors import ConfigError, SimulationError
@@ -130,7 +131,6 @@ class Vertical(Strategy):
         "dp_sgd": NO_DP_ACCOUNTING,
         "central_dp": NO_DP_ACCOUNTING,
         "adversary": NO_ADVERSARIES_YET,
-        "fleet": NOT_ON_A_FLEET_YET,
     }
 
     def __init__(self, config: ExperimentConfig) -> None:
@@ -177,14 +177,6 @@ class Vertical(Strategy):
             except ValueError as error:
                 raise ConfigError(f"party {table.party}'s bottom model: {error}") from error
         build_top(cfg, dataset.num_classes)
-        keys = cfg.crypto.split_keys()
-        mods = cfg.crypto.embedding_mods(
-            keys,
-            label_owner=LABEL_OWNER,
-            width=self.split.embedding_dim,
-            encrypt=EMBEDS,
-            decrypt=MERGED,
-        )
         clients = {
             "num_clients": s.parties,
             "label_owner": LABEL_OWNER,
@@ -192,7 +184,41 @@ class Vertical(Strategy):
             "entities": [len(t.ids) for t in tables],
             "test_examples": len(dataset.y_test),
         }
+        if cfg.engine.keys_provisioned:  # a fleet: the coordinator reads its own file only
+            if cfg.crypto.name == "none":
+                return Setup(clients=clients)
+            directory = str(getattr(cfg.crypto, "keys_dir", None))
+            server_key = party_keys.vertical_server_key(directory, cfg.crypto.params)  # type: ignore[attr-defined]
+            return Setup(clients=clients, server_key=server_key)
+        keys = cfg.crypto.split_keys()
+        mods = self.embedding_mods(keys)
         return Setup(clients=clients, client_mods=mods, server_key=keys.evaluate if keys else None)
+
+    def embedding_mods(self, keys: SplitKeys | None) -> list[Any]:
+        """The mods that encrypt each party's embeddings and, at the label owner alone,
+        decrypt their sum."""
+        return self.config.crypto.embedding_mods(
+            keys,
+            label_owner=LABEL_OWNER,
+            width=self.split.embedding_dim,
+            encrypt=EMBEDS,
+            decrypt=MERGED,
+        )
+
+    def node_mods(self, bundle: str | None) -> list[Any]:
+        """A party's keys from its own bundle: the public key, and the secret key at the
+        label owner only (device-0's bundle)."""
+        crypto = self.config.crypto
+        if crypto.name == "none":
+            return []
+        if bundle is None:
+            raise ConfigError(
+                f"crypto={crypto.name} on a fleet: each party reads its keys from its bundle; "
+                "start the SuperNode with its keys directory (fedpriv supernode <dir>/device-<k>)"
+            )
+        party = party_keys.bundle_party(bundle)
+        keys = party_keys.vertical_node_keys(bundle, party, crypto.params)  # type: ignore[attr-defined]
+        return self.embedding_mods(keys)
 
     def client_handlers(self) -> Mapping[str, Handler]:
         return VerticalParty(self.config).handlers()  # type: ignore[return-value]

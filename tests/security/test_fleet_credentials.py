@@ -109,6 +109,8 @@ def test_each_bundle_holds_only_what_its_host_needs(keys: FleetKeys) -> None:
         "params.json",
         "nodes/node-0.pub",
         "nodes/node-1.pub",
+        "vertical/evaluate.ctx",
+        "swarm/consensus.ctx",
     }
     for k in (0, 1):
         assert files(keys.device(k).directory) == {
@@ -116,6 +118,12 @@ def test_each_bundle_holds_only_what_its_host_needs(keys: FleetKeys) -> None:
             f"nodes/node-{k}.key",
             "client.ctx",
             "params.json",
+            "party.json",
+            "vertical/encrypt.ctx",
+            *(["vertical/secret.ctx"] if k == 0 else []),  # the label owner alone
+            "swarm/peer.key",
+            "swarm/peers.json",
+            "swarm/consensus.ctx",
         }
     assert sorted(p.name for p in keys.directory.iterdir()) == [
         "ca",
@@ -140,8 +148,12 @@ def test_folders_are_0700_and_private_keys_0600(keys: FleetKeys) -> None:
     folders = [keys.directory, *(p for p in keys.directory.rglob("*") if p.is_dir())]
     assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {"0o700"}
     secrets = [p for p in keys.directory.rglob("*") if p.suffix in (".key", ".ctx")]
-    secrets = [p for p in secrets if p.name != "server.ctx"]
-    assert len(secrets) == 1 + 1 + 2 + 2  # ca.key, server.key, two node keys, two client.ctx
+    public = {"server.ctx", "encrypt.ctx", "evaluate.ctx"}
+    secrets = [p for p in secrets if p.name not in public and "superlink" not in p.parts]
+    secrets += [keys.superlink.server_key]
+    # ca.key, server.key; per device: node key, client.ctx, peer.key, consensus.ctx;
+    # the label owner's vertical secret.ctx
+    assert len(secrets) == 1 + 1 + 2 * 4 + 1
     assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in secrets} == {"0o600"}
 
 

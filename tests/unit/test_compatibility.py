@@ -19,8 +19,12 @@ USING = {
     "adversary": ["adversary=noise"],
     "fleet": ["engine=deployment"],
 }
-#: What a family needs besides (vertical adds ciphertexts only under a sum-able merge).
-ALSO = {("vertical", "ckks"): ["strategy.merge=sum"]}
+#: What a family needs besides (vertical adds ciphertexts only under a sum-able merge;
+#: a swarm's relay on a fleet reads its consensus context from the server's bundle).
+ALSO = {
+    ("vertical", "ckks"): ["strategy.merge=sum"],
+    ("swarm", "fleet"): ["engine.keys_dir=keys/superlink"],
+}
 ROWS = list(table(FAMILIES))
 #: The setting each feature's refusal must name.
 NAMED = {"dp_sgd": "privacy=dp_sgd", "central_dp": "privacy=central", "ckks": "crypto=ckks",

@@ -96,7 +96,8 @@ def test_fedpriv_superlink_says_what_is_missing(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["family=vertical"], "engine=deployment is not available with family=vertical"),
+        (["family=swarm"], "set engine.keys_dir=<keys>/superlink"),
+        (["family=vertical", "crypto=ckks", "strategy.merge=sum"], "set crypto.keys_dir"),
         (["crypto=ckks"], "set crypto.keys_dir"),
         (["selection.device_profiles=heterogeneous"], "device_profiles=none"),
         (["engine.address=server"], "must be host:port"),

@@ -1,0 +1,96 @@
+"""A deployed run whose ServerApp is killed mid-run continues from its checkpoint on the
+same fleet (TLS, node authentication): ``fedpriv run resume=DIR`` resubmits it, every
+node gets its own privacy state back, and ε composes as in an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedpriv import load_config, run
+from fedpriv.deployment import LocalFleet
+from fedpriv.results import Result
+from fedpriv.runtime.checkpoint import Checkpoint
+
+pytestmark = [pytest.mark.deployment, pytest.mark.slow]
+
+HORIZONTAL = [
+    "data=digits",
+    "model=logreg",
+    "num_clients=3",
+    "strategy=fedavg",
+    "privacy=dp_sgd",
+    "privacy.target_epsilon=null",
+    "privacy.noise_multiplier=1.0",
+    "rounds=2",
+    "engine.torch_threads=1",
+]
+
+
+def fedpriv(arguments: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "fedpriv"), "run", *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the executor's forks: running ServerApps)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_server_app_resumes_on_the_fleet_and_epsilon_composes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with LocalFleet(tmp_path, nodes=3) as fleet:
+        assert fleet.superlink is not None
+        first = fedpriv([*HORIZONTAL, *fleet.engine_overrides(), f"hydra.run.dir={out}"])
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoint.npz").is_file():
+            assert first.poll() is None, first.communicate()[0]
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.2)
+        server_apps = children(fleet.superlink.executor.pid)
+        assert server_apps, "no ServerApp process on the SuperLink"
+        for pid in server_apps:  # the ServerApp dies as a crashed server would
+            os.kill(pid, signal.SIGKILL)
+        first.kill()
+        first.communicate()
+        saved = Checkpoint.load(out)
+        assert saved is not None
+        assert not (out / "summary.json").exists()
+
+        resumed = fedpriv([f"resume={out}", f"hydra.run.dir={tmp_path / 'hydra'}"])
+        output, _ = resumed.communicate(timeout=600)
+        assert resumed.returncode == 0, output
+
+    result = Result.load(out)
+    assert result.summary["status"] == "completed"
+    assert [r["round"] for r in result.history] == [1, 2]
+    assert result.history[: saved.round] == saved.history  # kept, not run again
+    # Nodes continued from their own accountant state: ε after round 2 is what an
+    # uninterrupted run of the same experiment reports (never less).
+    local = run(load_config([*HORIZONTAL, "engine=inprocess", f"output_dir={tmp_path / 'l'}"]))
+    assert result.summary["privacy"]["epsilon_max"] == pytest.approx(
+        local.summary["privacy"]["epsilon_max"], rel=1e-9
+    )
+    for record, expected in zip(result.history, local.history, strict=True):
+        spent = {c["partition-id"]: c["epsilon"] for c in record["clients"]}
+        wanted = {c["partition-id"]: c["epsilon"] for c in expected["clients"]}
+        assert spent == pytest.approx(wanted)
