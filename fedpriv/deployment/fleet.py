@@ -122,7 +122,8 @@ class Supernode:
     (and its token) from the SuperNode's loopback Runtime API.
 
     ``warm=False`` leaves Flower's default: a fresh ``flwr-clientapp`` process per
-    message (the benchmark's baseline).
+    message (the benchmark's baseline). ``fast_poll=False`` runs Flower's own
+    ``flower-supernode`` instead of :mod:`fedpriv.deployment.supernode`.
     """
 
     def __init__(
@@ -137,6 +138,7 @@ class Supernode:
         log_dir: Path | None = None,
         flwr_home: Path | None = None,
         warm: bool = True,
+        fast_poll: bool = True,
     ) -> None:
         node_config: dict[str, str | int] = {
             "partition-id": partition_id,
@@ -155,6 +157,7 @@ class Supernode:
             node_config=node_config,
             node_key=creds.node_key(partition_id) if creds else None,
             runtime_port=runtime_port,
+            fast_poll=fast_poll,
         )
         self.executor: FlowerProcess | None = None
         if not warm:
@@ -209,7 +212,8 @@ class LocalFleet:
 
     ``host`` is where the Fleet proxy listens (``0.0.0.0`` to face the network like a
     real server); SuperNodes and the server's tools connect over 127.0.0.1. With
-    ``ckks``, every bundle also gets its CKKS files.
+    ``ckks``, every bundle also gets its CKKS files. ``warm`` and ``fast_poll`` are
+    :class:`Supernode`'s.
     """
 
     def __init__(
@@ -219,11 +223,13 @@ class LocalFleet:
         nodes: int,
         insecure: bool = False,
         warm: bool = True,
+        fast_poll: bool = True,
         host: str = "127.0.0.1",
         ckks: CkksParams | None = None,
     ) -> None:
         self.directory = directory
         self.warm = warm
+        self.fast_poll = fast_poll
         self.host = host
         self.keys: FleetKeys | None = (
             None if insecure else write_fleet_keys(directory / "keys", nodes=nodes, ckks=ckks)
@@ -258,6 +264,7 @@ class LocalFleet:
                         log_dir=self.directory / "logs",
                         flwr_home=self.home,
                         warm=self.warm,
+                        fast_poll=self.fast_poll,
                     )
                 )
         except BaseException:

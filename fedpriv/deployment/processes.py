@@ -178,14 +178,21 @@ def supernode_command(
     node_config: Mapping[str, str | int],
     node_key: Path | None = None,
     runtime_port: int | None = None,
+    fast_poll: bool = True,
 ) -> list[str]:
     """``flower-supernode`` verifying the SuperLink with the fleet CA and signing with
-    its own node key (or, with no credentials, insecure)."""
+    its own node key (or, with no credentials, insecure). With ``fast_poll`` it runs
+    as :mod:`fedpriv.deployment.supernode` (Flower's SuperNode with shorter waits)."""
     config = " ".join(
         f"{key}={value}" if isinstance(value, int) else f'{key}="{value}"'
         for key, value in node_config.items()
     )
-    command = [flower_script("flower-supernode"), "--superlink", superlink, "--node-config", config]
+    command = (
+        [sys.executable, "-m", "fedpriv.deployment.supernode"]
+        if fast_poll
+        else [flower_script("flower-supernode")]
+    )
+    command += ["--superlink", superlink, "--node-config", config]
     if runtime_port is not None:
         command += ["--port", str(runtime_port)]
     if creds is None:
