@@ -14,8 +14,10 @@ import pytest
 from flwr.supercore.inflatable import inflatable_utils
 from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
 
+from fedpriv.cli import main as cli_main
 from fedpriv.deployment import object_pulls, supernode
 from fedpriv.deployment.flower_pins import FlowerChanged
+from fedpriv.deployment.processes import supernode_command
 
 
 def loop_copy(tmp_path: Path, edit: tuple[str, str] | None = None) -> ModuleType:
@@ -177,3 +179,18 @@ def test_object_pulls_with_other_defaults_are_refused(monkeypatch, flower_pull_d
     monkeypatch.setitem(inflatable_utils.pull_objects.__kwdefaults__, "initial_backoff", 2)
     with pytest.raises(FlowerChanged, match="backoff defaults"):
         object_pulls.shorten_object_pulls()
+
+
+def test_a_supernode_runs_patched_at_its_poll_interval_or_as_flowers_own():
+    config = {"partition-id": 0, "num-partitions": 1}
+    ours = supernode_command(None, superlink="h:9092", node_config=config, poll_interval=0.25)
+    flowers = supernode_command(None, superlink="h:9092", node_config=config, poll_interval=None)
+    assert ours[1:5] == ["-m", "fedpriv.deployment.supernode", "--poll-interval", "0.25"]
+    assert Path(flowers[0]).name == "flower-supernode"
+    assert "fedpriv.deployment.supernode" not in flowers
+
+
+def test_fedpriv_supernode_refuses_a_poll_interval_out_of_range(capsys):
+    argv = ["supernode", "keys", "--superlink", "h:9092", "--partition-id", "0"]
+    assert cli_main([*argv, "--num-partitions", "1", "--poll-interval", "0"]) == 2
+    assert "--poll-interval" in capsys.readouterr().err
