@@ -36,12 +36,15 @@ NODE_MARKS = {
 #: The phases of one exchange, from the ServerApp's push to its aggregation.
 PHASES = {
     "server push -> node pulls it": ("pushed", "receiving"),
-    "node downloads it (Fleet API)": ("receiving", "received"),
+    "node downloads it (as the server uploads it)": ("receiving", "received"),
     "hand-off to the ClientApp (executor, fork)": ("received", "confirmed"),
     "ClientApp, outside the handler's work": ("confirmed", "replied"),
     "reply up (node notices, uploads)": ("replied", "sent"),
     "ServerApp pulls the last reply": ("sent", "aggregated"),
 }
+#: The rest of a round: the ServerApp's own work before its push and after the pull
+#: (configuring, aggregating, evaluating, writing the round).
+SERVER = "ServerApp's own work in the round"
 
 
 def _events(path: Path) -> list[tuple[float, str]]:
@@ -82,7 +85,7 @@ def breakdown(log_dir: Path, history: list[dict[str, Any]], skip: int = 1) -> di
         int(log.stem.removeprefix("node-")): node_messages(log)
         for log in log_dir.glob("node-*[0-9].log")
     }
-    samples: dict[str, list[float]] = {phase: [] for phase in PHASES}
+    samples: dict[str, list[float]] = {phase: [] for phase in [*PHASES, SERVER]}
     for index in range(skip, len(history)):
         work = {c["partition-id"]: c["work-seconds"] for c in history[index]["clients"]}
         marks = [
@@ -99,6 +102,8 @@ def breakdown(log_dir: Path, history: list[dict[str, Any]], skip: int = 1) -> di
                     continue
                 seconds = m[end] - m[start]
                 samples[phase].append(seconds - m["work"] if "ClientApp," in phase else seconds)
+            if m["sent"] == last_sent:
+                samples[SERVER].append(history[index]["seconds"] - (m["aggregated"] - m["pushed"]))
     return {phase: statistics.median(s) if s else None for phase, s in samples.items()}
 
 
