@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import ast
 import functools
+import importlib
 import inspect
 import sys
 import time
@@ -57,9 +58,7 @@ REPLY_POLL_S = 0.01
 
 def flower_loop() -> ModuleType:
     """Flower's SuperNode loop module, the one this patch changes."""
-    from flwr.supernode import start_client_internal
-
-    return start_client_internal
+    return importlib.import_module("flwr.supernode.start_client_internal")
 
 
 def check_flower_source(module: ModuleType) -> None:
