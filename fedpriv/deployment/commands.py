@@ -24,6 +24,7 @@ from fedpriv.deployment.fleet import (
     start_superlink,
 )
 from fedpriv.deployment.processes import INSECURE_WARNING
+from fedpriv.deployment.supernode import POLL_INTERVAL_S
 
 log = logging.getLogger("fedpriv")
 
@@ -72,6 +73,7 @@ def supernode(
     num_partitions: int,
     data: str | None = None,
     runtime_port: int = RUNTIME_PORT,
+    poll_interval: float = POLL_INTERVAL_S,
     insecure: bool = False,
 ) -> int:
     """Run a device's SuperNode and its warm executor until stopped; the exit code."""
@@ -97,6 +99,7 @@ def supernode(
         num_partitions=num_partitions,
         data=data,
         runtime_port=runtime_port,
+        poll_interval=poll_interval,
     )
     pids = ", ".join(str(process.pid) for process in node.processes)
     log.info("SuperNode %d -> %s (pids %s)", partition_id, superlink, pids)

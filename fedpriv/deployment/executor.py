@@ -8,8 +8,9 @@ device spends 7-20 s importing torch before any work. With ``flower-supernode
 is Flower's own SuperExec loop (``run_superexec``) with one change: its executor forks
 this warm process instead of starting a new interpreter. The child runs Flower's
 unmodified ``flwr-clientapp`` (or ``flwr-serverapp``) entry point, so message handling,
-node state in ``context.state`` and error replies are exactly Flower's; only its FAB
-installation is guarded, so that a task of any app but fedpriv's is refused
+node state in ``context.state`` and error replies are exactly Flower's. Its object
+pulls retry sooner (:mod:`fedpriv.deployment.object_pulls`), and its FAB installation
+is guarded, so that a task of any app but fedpriv's is refused
 (:mod:`fedpriv.deployment.app_guard`). On the SuperLink (``flower-superlink --isolation
 process``) the same loop runs ServerApps: an app submitted by anyone who reaches the
 Control API runs no code on the server either.
@@ -35,6 +36,7 @@ from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExec
 from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult
 
 from fedpriv.deployment.app_guard import install_guard
+from fedpriv.deployment.object_pulls import shorten_object_pulls
 
 #: How often the loop asks the SuperNode for a task (Flower's default: 1 s).
 POLL_INTERVAL_S = "0.05"
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", POLL_INTERVAL_S)
     warm_up()
     install_guard()
+    shorten_object_pulls()  # inherited by every forked task
     executor = ForkExecutor()
     # Flower's loop, with this executor in place of the one it would build.
     flower_superexec.get_executor = lambda *_, **__: executor

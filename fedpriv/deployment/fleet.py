@@ -22,6 +22,7 @@ from fedpriv.deployment.processes import (
     wait_for_port,
 )
 from fedpriv.deployment.proxy import nginx_binary, start_fleet_proxy
+from fedpriv.deployment.supernode import POLL_INTERVAL_S
 
 log = logging.getLogger("fedpriv")
 
@@ -122,7 +123,9 @@ class Supernode:
     (and its token) from the SuperNode's loopback Runtime API.
 
     ``warm=False`` leaves Flower's default: a fresh ``flwr-clientapp`` process per
-    message (the benchmark's baseline).
+    message (the benchmark's baseline). ``poll_interval`` is the fastest the SuperNode
+    asks the SuperLink for a message (:mod:`fedpriv.deployment.supernode`); None runs
+    Flower's own ``flower-supernode``, which asks every 3 s.
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class Supernode:
         log_dir: Path | None = None,
         flwr_home: Path | None = None,
         warm: bool = True,
+        poll_interval: float | None = POLL_INTERVAL_S,
     ) -> None:
         node_config: dict[str, str | int] = {
             "partition-id": partition_id,
@@ -155,6 +159,7 @@ class Supernode:
             node_config=node_config,
             node_key=creds.node_key(partition_id) if creds else None,
             runtime_port=runtime_port,
+            poll_interval=poll_interval,
         )
         self.executor: FlowerProcess | None = None
         if not warm:
@@ -209,7 +214,8 @@ class LocalFleet:
 
     ``host`` is where the Fleet proxy listens (``0.0.0.0`` to face the network like a
     real server); SuperNodes and the server's tools connect over 127.0.0.1. With
-    ``ckks``, every bundle also gets its CKKS files.
+    ``ckks``, every bundle also gets its CKKS files. ``warm`` is :class:`Supernode`'s;
+    ``fast_poll=False`` runs Flower's own ``flower-supernode``.
     """
 
     def __init__(
@@ -219,11 +225,13 @@ class LocalFleet:
         nodes: int,
         insecure: bool = False,
         warm: bool = True,
+        fast_poll: bool = True,
         host: str = "127.0.0.1",
         ckks: CkksParams | None = None,
     ) -> None:
         self.directory = directory
         self.warm = warm
+        self.fast_poll = fast_poll
         self.host = host
         self.keys: FleetKeys | None = (
             None if insecure else write_fleet_keys(directory / "keys", nodes=nodes, ckks=ckks)
@@ -258,6 +266,7 @@ class LocalFleet:
                         log_dir=self.directory / "logs",
                         flwr_home=self.home,
                         warm=self.warm,
+                        poll_interval=POLL_INTERVAL_S if self.fast_poll else None,
                     )
                 )
         except BaseException:

@@ -53,6 +53,8 @@ def test_two_rounds_of_dp_fedavg_under_ckks_on_a_tls_fleet(tmp_path: Path) -> No
     with LocalFleet(tmp_path, nodes=3, ckks=params) as fleet:
         assert fleet.creds is not None  # the server's bundle: no client.ctx in it
         assert not (fleet.creds.directory / "client.ctx").exists()
+        # Flower's SuperNode, run with fedpriv's shorter waits (fedpriv.deployment.supernode).
+        assert all("fedpriv.deployment.supernode" in n.supernode.popen.args for n in fleet.nodes)
         out = tmp_path / "run"
         run = fedpriv_run(
             [

@@ -31,6 +31,7 @@ def test_every_command_is_listed_and_has_its_own_help(capsys) -> None:
 
 def test_fleet_commands_default_to_the_fleets_own_ports() -> None:
     from fedpriv.deployment.fleet import API_PORT, FLEET_PORT, RUNTIME_PORT
+    from fedpriv.deployment.supernode import POLL_INTERVAL_S
 
     def default(command: str, option: str) -> object:
         return next(p.default for p in cli.commands[command].params if p.name == option)
@@ -38,6 +39,7 @@ def test_fleet_commands_default_to_the_fleets_own_ports() -> None:
     assert default("superlink", "port") == FLEET_PORT
     assert default("superlink", "api_port") == API_PORT
     assert default("supernode", "runtime_port") == RUNTIME_PORT
+    assert default("supernode", "poll_interval") == POLL_INTERVAL_S
 
 
 def test_run_help_lists_the_config_groups_and_their_options(capsys) -> None:
