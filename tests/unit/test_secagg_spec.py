@@ -56,3 +56,14 @@ def test_a_sealed_share_opens_only_for_its_header():
         masking.unseal(key, (1, 2, 4), token)
     with pytest.raises(ValueError, match="does not decrypt"):
         masking.unseal(masking.agree(a.secret, a.public), (1, 2, 3), token)
+
+
+def test_bytes_inside_lists_count_by_their_length():
+    """Flower's SecAgg+ sends masked vectors as lists of bytes: the benchmark's byte
+    counts must see them."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from fedpriv.records import payload_nbytes
+
+    content = RecordDict({"c": ConfigRecord({"x": [b"abc", b"de"], "n": [1, 2], "s": "xy"})})
+    assert payload_nbytes(content) == 5 + 2 * 8 + 2
