@@ -58,3 +58,25 @@ def test_masked_run_on_ray_keeps_keys_in_each_nodes_context(make_config):
     assert [r["contributors"] for r in result.history] == [4, 4]
     assert result.summary["crypto"]["refused_rounds"] == 0
     assert all(r["accuracy"] > 0.5 for r in result.history)
+
+
+@pytest.mark.simulation
+def test_a_straggler_within_the_tolerance_is_unmasked_out(make_config, register_spec):
+    """Partition 1 misses every round's deadline (on Ray: the in-process engine waits
+    for it): round 1 rebuilds its mask secret and removes its masks; from round 2 it is
+    no longer a round's client (its masks are known), and the other three aggregate."""
+    result = run(
+        make_config(
+            "crypto=ckks_secagg",
+            "rounds=2",
+            "model=logreg",
+            f"selection.name={register_spec('stalled_device')}",
+            "selection.round_deadline_s=6",  # the stall is 8 s; a loaded machine needs room
+            "engine.cpus_per_client=0.5",
+        )
+    )
+    assert [r["contributors"] for r in result.history] == [3, 3]
+    assert all(sorted(int(c["partition-id"]) for c in r["clients"]) == [0, 2, 3]
+               for r in result.history)  # fmt: skip
+    assert all(r["accuracy"] > 0.2 for r in result.history)
+    assert result.summary["crypto"]["refused_rounds"] == 0
