@@ -108,6 +108,21 @@ RULES = (
         "holding the config can redraw and subtract: use secure_noise=true on a fleet",
     ),
     rule(
+        "masked",
+        "split_learning",
+        why="crypto={crypto} masks each client's whole update before a server sums them; "
+        "vertical parties exchange embeddings batch by batch, which it does not mask: use "
+        "crypto=ckks (the coordinator adds encrypted embeddings it cannot read)",
+    ),
+    rule(
+        "masked",
+        "fleet",
+        why="crypto={crypto} runs its key ceremony in simulation only so far: on a fleet it "
+        "needs each device's mask keys to outlive a ClientApp process (a SuperNode's "
+        "long-lived ClientApp, or keys kept on disk), which is not built yet; use "
+        "crypto=ckks on a fleet",
+    ),
+    rule(
         "fleet",
         "ckks",
         "generated_keys",
@@ -148,6 +163,10 @@ def uses(config: ExperimentConfig) -> set[str]:
         out.add("ckks")
         if getattr(config.crypto, "keys_dir", None) is None:
             out.add("generated_keys")
+        if getattr(config.crypto, "masks_updates", False):
+            out.add("masked")
+    if config.family == "vertical":
+        out.add("split_learning")
     if config.adversary.name != "none":
         out.add("adversary")
     if config.engine.fleet:

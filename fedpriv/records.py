@@ -43,7 +43,8 @@ class Traffic:
 
 def payload_nbytes(content: RecordDict) -> int:
     """Bytes of a message's payload: arrays as Flower serializes them (``.npy`` bytes,
-    header included), plus 8 per metric/config scalar and the length of strings/bytes.
+    header included), plus 8 per metric/config scalar and the length of strings/bytes
+    (also inside lists: Flower's SecAgg+ sends its masked vectors as lists of bytes).
 
     This is the content that crosses the network, without protobuf framing (a few
     bytes per entry), so it is comparable across engines and codecs.
@@ -53,13 +54,16 @@ def payload_nbytes(content: RecordDict) -> int:
         if isinstance(record, ArrayRecord):
             total += sum(len(array.data) for array in record.values())
         else:
-            total += sum(
-                len(v)
-                if isinstance(v, bytes | str)
-                else SCALAR_BYTES * (len(v) if isinstance(v, list) else 1)
-                for v in record.values()
-            )
+            total += sum(_value_nbytes(v) for v in record.values())
     return total
+
+
+def _value_nbytes(value: object) -> int:
+    if isinstance(value, bytes | str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_value_nbytes(v) for v in value)
+    return SCALAR_BYTES
 
 
 @functools.lru_cache(maxsize=1024)

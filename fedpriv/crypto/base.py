@@ -14,8 +14,8 @@ A crypto spec contributes, without branches inside strategies:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any, ClassVar, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from flwr.app import ArrayRecord, Message
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
@@ -49,6 +49,27 @@ class Aggregator(Protocol):
         self, server_round: int, replies: list[Message], current: ArrayRecord, sent: int
     ) -> Aggregate:
         """Combine checked replies; ``sent``: how many nodes received ``current``."""
+
+
+@runtime_checkable
+class Interactive(Protocol):
+    """An aggregator with steps of its own between server and nodes (a key ceremony
+    before round 1, the round's clients stamped on its train messages, an unmasking
+    exchange inside ``aggregate``)."""
+
+    def open(
+        self,
+        send: Callable[[list[Message]], list[Message]],
+        *,
+        nodes: list[int],
+        per_round: int,
+        num_clients: int,
+    ) -> None:
+        """Before round 1: run the ceremony among ``nodes`` through ``send`` (a round
+        samples ``per_round`` of the run's ``num_clients``)."""
+
+    def stamp(self, server_round: int, messages: list[Message]) -> None:
+        """Add what the nodes need to know about the round to its train messages."""
 
 
 class PlainAggregator:
@@ -101,6 +122,10 @@ class CryptoSpec(Spec):
     ) -> Aggregator:
         """The server's aggregator (``public``: the server's context, if any)."""
         return PlainAggregator(flower, weight_key)
+
+    def client_handlers(self) -> Mapping[str, Callable[..., Any]]:
+        """Node-side handlers of the scheme's own messages (``query.<name>``)."""
+        return {}
 
     def summary(self, history: list[dict[str, Any]]) -> dict[str, Any] | None:
         """``summary.json``'s ``crypto`` entry (None: no encryption)."""

@@ -65,8 +65,9 @@ class CkksClientMod:
         metrics = reply.content.metric_records[METRICS]
         weight = float(metrics[self.weight_key])  # type: ignore[arg-type]
         local = self.layout.flatten(reply.content.array_records[ARRAYS])
-        values = weight * np.concatenate(self.strategy.contribution(state, local))
-        self.check_range(values)
+        values = self.encode(
+            weight * np.concatenate(self.strategy.contribution(state, local)), msg, reply, context
+        )
         started = time.perf_counter()
         chunks = ckks.encrypt(self.secret, self.params, values, self.workers)
         metrics["ckks-encrypt-seconds"] = time.perf_counter() - started
@@ -92,8 +93,20 @@ class CkksClientMod:
                 "rotated?): copy the run's client.ctx to this node"
             )
         total = ckks.decrypt(self.secret, self.params, chunks_of(arrays), self.workers)
-        vector = total / weight_of(arrays)
+        vector = self.decode(total, arrays) / weight_of(arrays)
         return list(vector.reshape(parts, self.layout.size))
+
+    def encode(
+        self, values: np.ndarray, msg: Message, reply: Message, context: Context
+    ) -> np.ndarray:
+        """What is encrypted of the pre-weighted update ``values`` (here: itself, once
+        its range is checked; a variant may mask it and add to ``reply``)."""
+        self.check_range(values)
+        return values
+
+    def decode(self, total: np.ndarray, arrays: Any) -> np.ndarray:
+        """The pre-weighted sum ``Σ n_k·s_k`` from the decrypted state (here: itself)."""
+        return total
 
     def check_range(self, values: np.ndarray) -> None:
         """Refuse an update whose sum over all clients could wrap around the modulus."""

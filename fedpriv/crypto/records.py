@@ -25,6 +25,8 @@ CKKS_STYPE = "tenseal.ckks"
 WEIGHT = "ckks-weight"
 #: The fingerprint of the key set the ciphertexts beside it were made under.
 KEY = "key-fingerprint"
+#: ``crypto=ckks_secagg``: what the state's sum needs added (mod 2^bits) to lose its masks.
+CORRECTION = "secagg-correction"
 
 
 def chunk_name(index: int) -> str:
@@ -59,7 +61,7 @@ def to_record(
 
 def chunks_of(arrays: ArrayRecord) -> list[bytes]:
     """The ciphertexts of a record, in index order."""
-    return [arrays[name].data for name in sorted(arrays) if name not in (WEIGHT, KEY)]
+    return [arrays[name].data for name in sorted(arrays) if name not in (WEIGHT, KEY, CORRECTION)]
 
 
 def weight_of(arrays: ArrayRecord) -> float:

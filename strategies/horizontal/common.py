@@ -92,7 +92,12 @@ class HorizontalDriver(Strategy):
 
     def client_handlers(self) -> Mapping[str, Handler]:
         client = HorizontalClient(self.config)
-        return {"train": client.train, "evaluate": client.evaluate, "query.ready": client.ready}
+        return {
+            "train": client.train,
+            "evaluate": client.evaluate,
+            "query.ready": client.ready,
+            **self.config.crypto.client_handlers(),
+        }
 
     def warm_up(self, grid: Grid, ctx: RunContext) -> list[Message]:
         """Start every node's ClientApp before round 1, so a round deadline (or a

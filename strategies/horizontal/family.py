@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from fedpriv.config import ExperimentConfig
-from fedpriv.crypto import Aggregator
+from fedpriv.crypto import Aggregator, Interactive
 from fedpriv.crypto.records import Layout
 from fedpriv.privacy.central import released_noise_multiplier
 from fedpriv.privacy.ledger import declined_reason
@@ -96,6 +96,13 @@ class Horizontal(HorizontalDriver):
             layout=Layout.of(self.initial),  # a resumed run's arrays may be ciphertexts
             public=ctx.server_key,
         )
+        if isinstance(self.aggregator, Interactive):
+            self.aggregator.open(
+                lambda messages: ctx.exchange.send_and_receive(grid, messages),
+                nodes=sorted(grid.get_node_ids()),
+                per_round=self.spec.sampled(self.config.num_clients),
+                num_clients=self.config.num_clients,
+            )
 
     def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
         assert self.aggregator is not None, "start() runs before the first round"
@@ -112,6 +119,8 @@ class Horizontal(HorizontalDriver):
         # In the order drawn: Flower shuffles what it is shown with the global ``random``.
         sent = sorted(sent, key=lambda message: chosen.index(message.metadata.dst_node_id))
         messages = self.planner.plan(sent)
+        if isinstance(self.aggregator, Interactive):
+            self.aggregator.stamp(server_round, messages)
         replies = ctx.exchange.send_and_receive(
             grid, messages, self.config.selection.round_deadline_s
         )

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import itertools
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,11 +62,18 @@ class Crash(Exception):
 
 
 @pytest.fixture(scope="module")
-def keys_dir(tmp_path_factory) -> Path:
-    """A key set from `fedpriv keys init`: a CKKS run that resumes needs its keys back."""
-    directory = tmp_path_factory.mktemp("keys")
-    write_keys(directory, CRYPTO.create({"name": "ckks"}).params)
-    return directory
+def keys_dir(tmp_path_factory) -> Callable[[str], Path]:
+    """Key sets from `fedpriv keys init`, one per crypto scheme's parameters: a CKKS run
+    that resumes needs its keys back."""
+    made: dict[str, Path] = {}
+
+    def of(crypto: str) -> Path:
+        if crypto not in made:
+            made[crypto] = tmp_path_factory.mktemp("keys")
+            write_keys(made[crypto], CRYPTO.create({"name": crypto}).params)
+        return made[crypto]
+
+    return of
 
 
 def cut_and_resumed(config: ExperimentConfig, monkeypatch) -> Result:
@@ -95,7 +103,8 @@ def test_an_accepted_combination_runs_and_reports_what_it_promises(
     family, _, privacy, crypto = combination
     resumable = FAMILIES.get(family).resumable
     if resumable and crypto != "none":
-        config = config.replace(crypto=dataclasses.replace(config.crypto, keys_dir=str(keys_dir)))
+        keys = str(keys_dir(crypto))
+        config = config.replace(crypto=dataclasses.replace(config.crypto, keys_dir=keys))
     config = config.replace(output_dir=str(tmp_path / "run"))
     result = cut_and_resumed(config, monkeypatch) if resumable else run(config)
     summary, history = result.summary, result.history

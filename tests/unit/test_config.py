@@ -113,8 +113,9 @@ def test_krum_needs_enough_clients():
 
 
 def test_unknown_crypto_schemes_are_refused_with_the_choices():
-    assert "unknown crypto scheme crypto.name='paillier'; choose one of: ckks, none" in (
-        problems_of("crypto.name=paillier")
+    assert (
+        "unknown crypto scheme crypto.name='paillier'; choose one of: ckks, ckks_secagg, none"
+        in (problems_of("crypto.name=paillier"))
     )
 
 
