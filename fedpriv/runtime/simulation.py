@@ -12,6 +12,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedpriv.config import SimulationEngine
+from fedpriv.runtime.linkstate_index import indexed_linkstate
 from fedpriv.runtime.warm_ray import warm_backend
 
 #: Set before Flower starts: no runtime `uv sync`, and quiet Ray accelerator warnings.
@@ -72,14 +73,19 @@ def simulate(
 ) -> None:
     """Run the apps on Flower's simulation engine. Ray and its actors stay up for the
     next run in this process (:mod:`fedpriv.runtime.warm_ray`); a run that fails or is
-    stopped stops them, and so does the interpreter's exit."""
+    stopped stops them, and so does the interpreter's exit. The engine's link state
+    finds each node's messages by an index (:mod:`fedpriv.runtime.linkstate_index`)."""
     logging.getLogger("alembic").setLevel(logging.WARNING)  # chatty at Flower's import
     from flwr.simulation import run_simulation
 
     for key, value in ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     config = backend_config(engine)
-    with warm_backend(config["init_args"]), quiet_flower(engine.verbose):  # type: ignore[arg-type]
+    with (
+        warm_backend(config["init_args"]),  # type: ignore[arg-type]
+        indexed_linkstate(),
+        quiet_flower(engine.verbose),
+    ):
         run_simulation(
             server_app=server_app,
             client_app=client_app,
