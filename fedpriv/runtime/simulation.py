@@ -12,6 +12,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedpriv.config import SimulationEngine
+from fedpriv.runtime.engine_partitions import recording_partitions
 from fedpriv.runtime.linkstate_index import indexed_linkstate
 from fedpriv.runtime.warm_ray import warm_backend
 
@@ -74,7 +75,9 @@ def simulate(
     """Run the apps on Flower's simulation engine. Ray and its actors stay up for the
     next run in this process (:mod:`fedpriv.runtime.warm_ray`); a run that fails or is
     stopped stops them, and so does the interpreter's exit. The engine's link state
-    finds each node's messages by an index (:mod:`fedpriv.runtime.linkstate_index`)."""
+    finds each node's messages by an index (:mod:`fedpriv.runtime.linkstate_index`), and
+    the server can learn which node holds which partition without asking them all
+    (:mod:`fedpriv.runtime.engine_partitions`)."""
     logging.getLogger("alembic").setLevel(logging.WARNING)  # chatty at Flower's import
     from flwr.simulation import run_simulation
 
@@ -84,6 +87,7 @@ def simulate(
     with (
         warm_backend(config["init_args"]),  # type: ignore[arg-type]
         indexed_linkstate(),
+        recording_partitions(),
         quiet_flower(engine.verbose),
     ):
         run_simulation(
