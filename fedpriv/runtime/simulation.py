@@ -26,17 +26,22 @@ ENVIRONMENT = {
 
 def backend_config(engine: SimulationEngine) -> dict[str, object]:
     """Ray settings: the real core count, and ``cpus_per_client`` per ClientApp actor
-    (Ray then sets one OpenMP/torch thread per actor when it is 1)."""
-    num_cpus = engine.num_cpus or os.cpu_count() or 1
+    (Ray then sets one OpenMP/torch thread per actor when it is 1). With
+    ``engine.ray_address`` Ray is not started here: the run attaches to that cluster,
+    whose nodes declared their own CPUs, and its actors spread over them."""
+    logging_args = {
+        "logging_level": "INFO" if engine.verbose else "ERROR",
+        "log_to_driver": engine.verbose,
+    }
+    if engine.ray_address is not None:
+        init_args: dict[str, object] = {"address": engine.ray_address, **logging_args}
+    else:
+        num_cpus = engine.num_cpus or os.cpu_count() or 1
+        init_args = {"num_cpus": num_cpus, "num_gpus": 0, "include_dashboard": False}
+        init_args.update(logging_args)
     return {
         "client_resources": {"num_cpus": engine.cpus_per_client, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": num_cpus,
-            "num_gpus": 0,
-            "include_dashboard": False,
-            "logging_level": "INFO" if engine.verbose else "ERROR",
-            "log_to_driver": engine.verbose,
-        },
+        "init_args": init_args,
     }
 
 
