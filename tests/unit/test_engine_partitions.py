@@ -20,8 +20,8 @@ from fedpriv.runtime.exchange import Exchange
 from fedpriv.runtime.inprocess import InProcessGrid
 from fedpriv.strategies.horizontal import common
 
-SAMPLED = ["engine=inprocess", "data=digits", "model=logreg", "num_clients=20", "rounds=3",
-           "strategy=fedavg", "strategy.fraction_train=0.2"]  # fmt: skip
+SAMPLED = ["engine=inprocess", "data=wine", "model=logreg", "num_clients=12", "rounds=3",
+           "train.local_epochs=1", "strategy=fedavg", "strategy.fraction_train=0.25"]  # fmt: skip
 
 
 def flower_link() -> LinkStateFactory:
@@ -93,15 +93,15 @@ def test_the_warm_up_contacts_only_the_first_cohort_and_samples_as_before(
 ) -> None:
     seen = contacted(monkeypatch)
     cohort = run(load_config([*SAMPLED, f"output_dir={tmp_path / 'cohort'}"]))
-    assert [len(nodes) for nodes in seen] == [4]  # 20% of 20, not the population
+    assert [len(nodes) for nodes in seen] == [3]  # 25% of 12, not the population
 
     seen.clear()
     monkeypatch.setattr(common, "engine_partitions", lambda grid: None)  # as on a fleet
     everyone = run(load_config([*SAMPLED, f"output_dir={tmp_path / 'everyone'}"]))
-    assert [len(nodes) for nodes in seen] == [20]
+    assert [len(nodes) for nodes in seen] == [12]
 
     assert partitions_trained(cohort) == partitions_trained(everyone)
-    assert all(len(p) == 4 for p in partitions_trained(cohort))
+    assert all(len(p) == 3 for p in partitions_trained(cohort))
     assert partitions_trained(cohort)[0] != partitions_trained(cohort)[1]  # drawn per round
     assert [r["accuracy"] for r in cohort.history] == [r["accuracy"] for r in everyone.history]
 
@@ -117,7 +117,7 @@ def test_the_asynchronous_warm_up_contacts_the_first_dispatch(tmp_path, monkeypa
         return original(self, grid, messages)
 
     monkeypatch.setattr(Exchange, "push", push)
-    overrides = [*SAMPLED[:-2], "strategy=fedasync", "strategy.fraction_train=0.2", "rounds=2"]
+    overrides = [*SAMPLED[:-2], "strategy=fedasync", "strategy.fraction_train=0.25", "rounds=2"]
     run(load_config([*overrides, f"output_dir={tmp_path}"]))
-    assert len(seen) == 1 and len(seen[0]) == 4
-    assert sorted(sent[:4]) == sorted(seen[0])  # the nodes warmed are the first to train
+    assert len(seen) == 1 and len(seen[0]) == 3
+    assert sorted(sent[:3]) == sorted(seen[0])  # the nodes warmed are the first to train

@@ -82,7 +82,7 @@ steps = st.lists(
 
 
 @pytest.mark.usefixtures("task_identity")
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(steps)
 def test_the_indexed_state_hands_each_node_what_flowers_own_would(ops) -> None:
     plain = Link()
