@@ -12,8 +12,8 @@ context with every message), so what stays warm is only the imported code.
 Everything is stopped at the interpreter's exit, or by :func:`shutdown` (a run that
 failed or was interrupted calls it). A run attached to a running cluster
 (``engine.ray_address``) keeps the same warm state; other init arguments (the local
-engine, another cluster) stop our actors there and detach, leaving the cluster up. The patch checks the Flower methods it replaces
-and fails loudly if they change.
+engine, another cluster) stop our actors there and detach, leaving the cluster up.
+The patch checks the Flower methods it replaces and fails loudly if they change.
 """
 
 from __future__ import annotations
