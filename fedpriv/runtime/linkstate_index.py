@@ -145,12 +145,13 @@ def get_message_ins(
     self: Any, node_id: int, limit: int | None, *, run_id: int | None = None
 ) -> list[Message]:
     """Flower's ``InMemoryLinkState.get_message_ins`` over the node's own messages."""
-    module = _linkstate_module()
     store = self.message_ins_store
     if not isinstance(store, MessagesByNode):  # a state made before the patch
         return _original["get_message_ins"](self, node_id, limit, run_id=run_id)
     if limit is not None and limit < 1:
         raise AssertionError("`limit` must be >= 1")
+    if node_id not in store.by_node:  # most nodes, most ticks: nothing to look at
+        return []
 
     message_ins_list: list[Message] = []
     with self.lock:
@@ -167,7 +168,7 @@ def get_message_ins(
                 break
 
     if message_ins_list:  # the original stamps the time even for no message
-        delivered_at = module.now().isoformat()
+        delivered_at = _linkstate_module().now().isoformat()
         for msg_ins in message_ins_list:
             msg_ins.metadata.delivered_at = delivered_at
     return message_ins_list
