@@ -78,6 +78,7 @@ bench: $(STAMP)
 	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || echo "Fashion-MNIST not installed; benchmarks use digits")
 	mkdir -p outputs/bench
 	$(BIN)/python benchmarks/simulation.py --out outputs/bench/simulation.json
+	$(BIN)/python benchmarks/population.py --out outputs/bench/population.json
 	$(BIN)/python benchmarks/dp_overhead.py --out outputs/bench/dp_overhead.json
 	$(BIN)/python benchmarks/dp_utility.py --out outputs/bench
 	$(BIN)/python benchmarks/he_aggregation.py --out outputs/bench/he_aggregation.json

@@ -86,6 +86,10 @@ class SimulationEngine(EngineSpec):
     num_cpus: int | None = None
     #: CPUs reserved per ClientApp actor; actors = num_cpus / cpus_per_client.
     cpus_per_client: float = 1.0
+    #: A running Ray cluster to attach to (``host:port`` of its head, as ``ray start
+    #: --head`` prints it); None: start Ray on this machine. Actors then go to every
+    #: node of the cluster (docs/configuration.md, "More clients than one machine").
+    ray_address: str | None = None
 
     def client_cpus(self) -> int:
         return max(1, int(self.cpus_per_client))
@@ -96,7 +100,18 @@ class SimulationEngine(EngineSpec):
             out.append(("num_cpus", "must be >= 1 or null (all cores)"))
         if not self.cpus_per_client > 0:
             out.append(("cpus_per_client", "must be > 0"))
+        if self.ray_address is not None:
+            if self.num_cpus is not None:
+                out.append(("num_cpus", "must be null with ray_address (the cluster's nodes "
+                            "declare their CPUs: ray start --num-cpus)"))  # fmt: skip
+            if not _RAY_ADDRESS.fullmatch(self.ray_address):
+                out.append(("ray_address", "must be host:port of a Ray head node "
+                            "(e.g. 10.0.0.5:6379), or null to start Ray here"))  # fmt: skip
         return out
+
+
+#: ``host:port`` (a name, IPv4, or [IPv6]) of a Ray cluster's head node.
+_RAY_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}")
 
 
 @ENGINES.register("inprocess")

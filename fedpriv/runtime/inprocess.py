@@ -134,6 +134,10 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
 
+    def partitions(self) -> dict[int, int]:
+        """Node ID -> the partition its node config names."""
+        return {node: int(c.node_config[PARTITION_ID_KEY]) for node, c in self.contexts.items()}
+
     # -- messages ---------------------------------------------------------------
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Give each message an ID and queue it for its node. A message the SuperLink's

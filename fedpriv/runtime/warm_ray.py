@@ -10,8 +10,10 @@ actors hold nothing of a run between messages (Flower passes the app and the nod
 context with every message), so what stays warm is only the imported code.
 
 Everything is stopped at the interpreter's exit, or by :func:`shutdown` (a run that
-failed or was interrupted calls it). The patch checks the Flower methods it replaces
-and fails loudly if they change.
+failed or was interrupted calls it). A run attached to a running cluster
+(``engine.ray_address``) keeps the same warm state; other init arguments (the local
+engine, another cluster) stop our actors there and detach, leaving the cluster up.
+The patch checks the Flower methods it replaces and fails loudly if they change.
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def _stop_pool() -> None:
 
 
 def shutdown() -> None:
-    """Stop the warm actors and Ray (if this process started it)."""
+    """Stop the warm actors and Ray if this process started it (an attached cluster is
+    only detached from)."""
     _stop_pool()
     _warm.pop("init_args", None)
     ray = sys.modules.get("ray")

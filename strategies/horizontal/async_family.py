@@ -13,8 +13,10 @@ training. ``time_budget_s`` is checked after every pull of replies.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
+import random
 import time
 from typing import Any, cast
 
@@ -98,8 +100,8 @@ class AsyncHorizontal(HorizontalDriver):
             ) from error
 
     def start(self, grid: Grid, ctx: RunContext) -> None:
-        # Start every ClientApp first, so no update is stale by a node's start-up.
-        self.warm_up(grid, ctx)
+        # Start the first nodes' ClientApps first, so no update is stale by a start-up.
+        self.warm_up(grid, ctx, lambda: self.choose(grid, copy.copy(self.rng)))
         if not len(self.arrays):
             self.arrays = self.initial
         self.layout = Layout.of(self.arrays)
@@ -119,14 +121,20 @@ class AsyncHorizontal(HorizontalDriver):
         nodes = partition_order(list(grid.get_node_ids()), self.partition_of)
         return [node for node in nodes if node not in busy]
 
-    def dispatch(self, grid: Grid, ctx: RunContext) -> None:
-        """Give idle nodes the current model, up to ``fraction_train`` of the fleet busy."""
-        assert self.state is not None and self.layout is not None
+    def choose(self, grid: Grid, rng: random.Random) -> list[int]:
+        """Idle nodes drawn from ``rng`` to fill ``fraction_train`` of the fleet."""
         free = self.spec.sampled(self.config.num_clients) - len(self.in_flight)
         idle = self.idle_nodes(grid)
         if free <= 0 or not idle:
+            return []
+        return rng.sample(idle, min(free, len(idle)))
+
+    def dispatch(self, grid: Grid, ctx: RunContext) -> None:
+        """Give idle nodes the current model, up to ``fraction_train`` of the fleet busy."""
+        assert self.state is not None and self.layout is not None
+        chosen = self.choose(grid, self.rng)
+        if not chosen:
             return
-        chosen = self.rng.sample(idle, min(free, len(idle)))
         version = self.state.version
         if version not in self.bases:
             self.bases[version] = self.layout.flatten(self.arrays)

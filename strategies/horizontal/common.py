@@ -5,7 +5,7 @@ node-side handlers, the warm-up, and evaluating the global model."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
@@ -14,6 +14,7 @@ from flwr.serverapp import Grid
 from fedpriv.config import ExperimentConfig
 from fedpriv.crypto.records import Layout
 from fedpriv.data.federated import FederatedData
+from fedpriv.runtime.engine_partitions import engine_partitions
 from fedpriv.runtime.models import evaluate_arrays, initial_arrays
 from fedpriv.strategies.base import Handler, RunContext, Setup, Strategy
 from fedpriv.strategies.horizontal.client import ARRAYS, METRICS, HorizontalClient
@@ -99,19 +100,31 @@ class HorizontalDriver(Strategy):
             **self.config.crypto.client_handlers(),
         }
 
-    def warm_up(self, grid: Grid, ctx: RunContext) -> list[Message]:
-        """Start every node's ClientApp before round 1, so a round deadline (or a
-        simulated fleet's clock) measures the work, not the start-up (seconds in a
-        simulation's first message); learn each node's partition from its reply, for
-        sampling the same clients from the same seed. Returns the replies."""
-        nodes = list(grid.get_node_ids())
+    def warm_up(
+        self, grid: Grid, ctx: RunContext, first_cohort: Callable[[], list[int]]
+    ) -> list[Message]:
+        """Start ClientApps before the first round, so a round deadline (or a simulated
+        fleet's clock) measures the work, not the start-up (seconds in a simulation's
+        first message), and learn each node's partition, for sampling the same clients
+        from the same seed. Where the engine assigned the partitions (a simulation),
+        only the first round's cohort (``first_cohort()``, drawn once the partitions
+        are known) is contacted: the rest of the population costs nothing until it is
+        sampled. Elsewhere every node is, and names its partition in its reply.
+        Returns the replies."""
+        known = engine_partitions(grid)
+        if known is not None:
+            self.partition_of = known
+            nodes = first_cohort()
+        else:
+            nodes = list(grid.get_node_ids())
         replies = ctx.exchange.first_contact(grid, nodes, "query.ready")
         ready = [reply for reply in replies if not reply.has_error()]
-        log.info("%d of %d nodes ready before round 1", len(ready), len(nodes))
-        self.partition_of = {
-            r.metadata.src_node_id: int(r.content.metric_records[METRICS]["partition-id"])  # type: ignore[arg-type]
-            for r in ready
-        }
+        log.info("%d of %d nodes ready before the first round", len(ready), len(nodes))
+        if known is None:
+            self.partition_of = {
+                r.metadata.src_node_id: int(r.content.metric_records[METRICS]["partition-id"])  # type: ignore[arg-type]
+                for r in ready
+            }
         return replies
 
     def evaluate(self, grid: Grid, ctx: RunContext) -> dict[str, float | None]:

@@ -11,6 +11,7 @@ cannot read it). Asynchronous strategies have their own driver (:mod:`.async_fam
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, cast
 
@@ -86,7 +87,8 @@ class Horizontal(HorizontalDriver):
         sampled = self.spec.sampled(self.config.num_clients) < self.config.num_clients
         if selection.round_deadline_s is not None or sampled or selection.device_profiles != "none":
             # The replies' timed probe steps are each device's first speed measurement.
-            self.planner.observe(self.warm_up(grid, ctx))
+            cohort = functools.partial(self.sample, grid, ctx.first_round)
+            self.planner.observe(self.warm_up(grid, ctx, cohort))
         if not len(self.arrays):  # a resumed run already holds its global model
             self.arrays = self.initial
         self.aggregator = self.config.crypto.aggregator(
@@ -104,15 +106,14 @@ class Horizontal(HorizontalDriver):
                 num_clients=self.config.num_clients,
             )
 
+    def sample(self, grid: Grid, server_round: int) -> list[int]:
+        """The nodes that train in ``server_round`` (seeded, in partition order)."""
+        count = self.spec.sampled(self.config.num_clients)
+        return sample_round(grid, count, self.config.seed, server_round, self.partition_of)
+
     def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
         assert self.aggregator is not None, "start() runs before the first round"
-        chosen = sample_round(
-            grid,
-            self.spec.sampled(self.config.num_clients),
-            self.config.seed,
-            server_round,
-            self.partition_of,
-        )
+        chosen = self.sample(grid, server_round)
         sent = self.flower.configure_train(
             server_round, self.arrays, self.train_settings(), cast(Grid, SampledGrid(grid, chosen))
         )

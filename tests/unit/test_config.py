@@ -193,3 +193,11 @@ def test_a_value_the_config_leaves_to_the_user_is_required_by_name():
     """data=csv leaves data.path as ??? ; it used to pass validation as the path '???'."""
     with pytest.raises(ConfigError, match=r"^data\.path is required: set data\.path=<value>$"):
         load_config(["data=csv"])
+
+
+def test_a_ray_cluster_address_is_host_port_and_leaves_cpus_to_the_cluster():
+    assert load_config(["engine.ray_address=10.0.0.5:6379"]).engine.ray_address == "10.0.0.5:6379"
+    with pytest.raises(ConfigError, match=r"engine\.num_cpus=2 must be null with ray_address"):
+        load_config(["engine.ray_address=127.0.0.1:6379", "engine.num_cpus=2"])
+    with pytest.raises(ConfigError, match=r"engine\.ray_address='ray head' must be host:port"):
+        load_config(["engine.ray_address=ray head"])
