@@ -192,3 +192,13 @@ def test_a_value_the_config_leaves_to_the_user_is_required_by_name():
     """data=csv leaves data.path as ??? ; it used to pass validation as the path '???'."""
     with pytest.raises(ConfigError, match=r"^data\.path is required: set data\.path=<value>$"):
         load_config(["data=csv"])
+
+
+def test_the_command_line_check_applies_deletions_like_hydra():
+    """``~data.limit`` (no "=") used to be dropped by the pre-check, which then refused
+    the limit that Hydra itself would have deleted."""
+    from fedpriv.config import check_command_line
+
+    check_command_line(["+experiment=unification", "data=digits", "~data.limit"])
+    with pytest.raises(ConfigError, match=r"data\.limit is not a parameter of dataset 'digits'"):
+        check_command_line(["+experiment=unification", "data=digits"])
