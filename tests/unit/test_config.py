@@ -168,9 +168,11 @@ def test_every_job_of_every_study_preset_composes_and_validates():
             config = load_config([f"+experiment={name}", *point])
             for override in point:
                 key, _, value = override.lstrip("+").partition("=")
-                if key == "unify":
-                    family = value.split("_")[0]
+                if key == "unify":  # the vertical merges train in the horizontal family
+                    family = "vertical" if value == "split_learning" else "horizontal"
                     assert config.family == family, (name, point)
+                    if value.startswith("vertical_"):
+                        assert config.partition.name == "features", (name, point)
                 elif key in ("model", "crypto", "partition", "strategy", "family"):
                     chosen = config.family if key == "family" else getattr(config, key).name
                     assert chosen == value, (name, point)
