@@ -95,7 +95,7 @@ bench: $(STAMP)
 studies: $(STAMP)
 	-command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ] && \
 	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || echo "Fashion-MNIST not installed: the unification study needs it")
-	$(BIN)/python -m fedpriv.experiments.studies --out outputs/studies
+	$(BIN)/python -m fedpriv.experiments.studies --out outputs/studies --docs docs/studies
 
 # deploy/requirements.lock: every runtime dependency but torch, pinned with SHA-256 hashes
 # for x86_64 and aarch64 (uv's universal resolution); the fleet images install from it.

@@ -455,7 +455,10 @@ def check_command_line(args: Sequence[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    overrides = [arg for arg in args if "=" in arg and not arg.startswith("-")]
+    # Deletions (``~data.limit``) have no "=", but change what the others compose to.
+    overrides = [
+        arg for arg in args if ("=" in arg or arg.startswith("~")) and not arg.startswith("-")
+    ]
     check_override_keys(overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)

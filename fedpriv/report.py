@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpriv import report_plots
+from fedpriv.report_arms import mean_std, t_interval, versus_best
 from fedpriv.report_runs import (
     AUDITED_ATTACKS,
     AttackSuccess,
@@ -152,67 +152,15 @@ def _group_rows(groups: Sequence[RunGroup]) -> tuple[list[str], list[list[str]]]
         rows.append([
             group.label, str(len(runs)),
             "/".join(str(n) for n in sorted({r.summary["rounds"] for r in runs})),
-            _mean_std(accuracies, ".4f"),
+            mean_std(accuracies, ".4f"),
             "-" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}]",
-            verdict, _mean_std(epsilons, ".3g"),
+            verdict, mean_std(epsilons, ".3g"),
             encryption(runs[0].summary),
             f"{statistics.fmean(r.summary['bytes']['up'] for r in runs) / 1e6:.2f}",
             f"{statistics.fmean(r.summary['bytes']['down'] for r in runs) / 1e6:.2f}",
             f"{statistics.fmean(r.summary['seconds'] for r in runs):.1f}",
         ])  # fmt: skip
     return header, rows
-
-
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
-    """Student-t confidence interval of the mean of ``values`` (seeds are few, so not the
-    normal one); None for fewer than two values."""
-    if len(values) < 2:
-        return None
-    from scipy import stats
-
-    mean = statistics.fmean(values)
-    half = float(stats.t.ppf((1 + level) / 2, len(values) - 1)) * statistics.stdev(values)
-    half /= math.sqrt(len(values))
-    return mean - half, mean + half
-
-
-#: Below this Welch p-value a group's gap to the best is reported as a difference.
-SIGNIFICANCE = 0.05
-
-
-def versus_best(finals: Sequence[Sequence[float]]) -> list[str]:
-    """Each group's final accuracies against the group with the best mean: ``best``,
-    ``within noise (p=…)`` when Welch's t-test cannot tell them apart at
-    :data:`SIGNIFICANCE`, ``worse (p=…)`` when it can; ``-`` where a group has fewer
-    than two runs (one seed says nothing about noise)."""
-    means = [statistics.fmean(values) if values else -math.inf for values in finals]
-    best = max(range(len(finals)), key=means.__getitem__, default=None)
-    if best is None or not finals[best]:
-        return ["-"] * len(finals)
-    from scipy import stats
-
-    verdicts = []
-    for index, values in enumerate(finals):
-        if index == best:
-            verdicts.append("best")
-        elif len(values) < 2 or len(finals[best]) < 2:
-            verdicts.append("-")
-        elif statistics.stdev(values) == statistics.stdev(finals[best]) == 0:
-            same = means[index] == means[best]
-            verdicts.append("within noise (no spread)" if same else "worse (no spread)")
-        else:
-            p = float(stats.ttest_ind(values, finals[best], equal_var=False).pvalue)
-            verdicts.append(f"{'within noise' if p >= SIGNIFICANCE else 'worse'} (p={p:.2g})")
-    return verdicts
-
-
-def _mean_std(values: Sequence[float], spec: str) -> str:
-    """``mean ± std`` (sample std, n − 1) of ``values``; the value alone for one, ``-`` for none."""
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return format(values[0], spec)
-    return f"{statistics.fmean(values):{spec}} ± {statistics.stdev(values):{spec}}"
 
 
 def encryption(summary: dict[str, Any]) -> str:

@@ -15,8 +15,9 @@ import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from fedpriv.report_arms import t_interval
 from fedpriv.report_runs import (
     RunGroup,
     attack_success,
@@ -26,6 +27,9 @@ from fedpriv.report_runs import (
     final_epsilon,
 )
 from fedpriv.results import Result, write_atomic
+
+if TYPE_CHECKING:
+    from fedpriv.report_arms import Arm
 
 #: Legends with more entries than this are left off (they would hide the data).
 MAX_LEGEND = 12
@@ -210,6 +214,37 @@ def plot_cost_utility(groups: Sequence[RunGroup], path: Path) -> bool:
     axes[0].set_ylabel("final test accuracy")
     _legend(axes[0], len(groups))
     fig.suptitle("Cost–utility" + _band_note(groups, "error bars"))
+    _save(fig, path)
+    return True
+
+
+def plot_arms(sections: Sequence[tuple[str, Sequence[Arm]]], path: Path) -> bool:
+    """A study's final accuracies: one panel per section, one bar per arm (its mean),
+    every seed a dot, the 95 % t-interval as an error bar; baselines and references in
+    grey so the arms stand out."""
+    shown = [(title, [arm for arm in arms if arm.values]) for title, arms in sections]
+    shown = [(title, arms) for title, arms in shown if arms]
+    if not shown:
+        return False
+    tallest = max(len(arms) for _, arms in shown)
+    fig = _figure_only((7, 0.9 + 0.32 * tallest * len(shown)), layout="constrained")
+    axes = fig.subplots(len(shown), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (title, arms) in zip(axes, shown, strict=True):
+        for row, arm in enumerate(arms):
+            colour = "C0" if arm.kind == "arm" else "grey"
+            ax.barh(row, arm.mean, color=colour, alpha=0.35)
+            ax.plot(arm.values, [row] * len(arm.values), "o", color=colour, markersize=3)
+            if (interval := t_interval(arm.values)) is not None:
+                ax.errorbar(
+                    arm.mean, row, xerr=[[arm.mean - interval[0]], [interval[1] - arm.mean]],
+                    color="black", capsize=3, linewidth=1,
+                )  # fmt: skip
+        ax.set_yticks(range(len(arms)), [arm.label for arm in arms], fontsize="small")
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize="medium", loc="left")
+    lows = [min(arm.values) for _, arms in shown for arm in arms]
+    axes[-1].set_xlim(max(0.0, min(lows) - 0.05), 1.0)
+    axes[-1].set_xlabel("final test accuracy (bar: mean; dots: seeds; bar ends: 95% CI)")
     _save(fig, path)
     return True
 

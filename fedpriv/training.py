@@ -23,6 +23,10 @@ class TrainConfig(Spec):
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
+    #: Horizontal clients also score their own trained model on the test split before it
+    #: is merged (``test-accuracy``: how the holder would do alone). Off by default: it
+    #: costs an evaluation per client per round.
+    local_accuracy: bool = False
 
     def problems(self) -> list[tuple[str, str]]:
         out = []

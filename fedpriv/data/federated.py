@@ -21,16 +21,25 @@ from fedpriv.errors import ConfigError
 class FederatedData:
     dataset: Dataset
     parts: list[np.ndarray]
+    #: Per client, the features it holds (``partition=features``); None: all of them.
+    masks: list[np.ndarray] | None = None
 
     def client(self, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """Training features and labels of one client."""
+        """Training features and labels of one client (features it lacks read 0)."""
         if not 0 <= partition_id < len(self.parts):
             raise ConfigError(
                 f"partition-id={partition_id} is outside [0, {len(self.parts)}): this node "
                 "was started with a different num_clients than the experiment"
             )
         index = self.parts[partition_id]
-        return self.dataset.x_train[index], self.dataset.y_train[index]
+        x = self.own_features(partition_id, self.dataset.x_train[index])
+        return x, self.dataset.y_train[index]
+
+    def own_features(self, partition_id: int, x: np.ndarray) -> np.ndarray:
+        """``x`` as client ``partition_id`` sees it: the features it lacks set to 0."""
+        if self.masks is None:
+            return x
+        return np.where(self.masks[partition_id], x, 0).astype(x.dtype, copy=False)
 
     def label_histograms(self) -> list[list[int]]:
         return label_histograms(self.dataset.y_train, self.parts, self.dataset.num_classes)
@@ -55,4 +64,5 @@ def federate(
             f"partition {partition.name!r} left clients {empty[:5]} without samples; "
             "use fewer clients or another partitioner"
         )
-    return FederatedData(dataset=dataset, parts=parts)
+    masks = partition.feature_masks(dataset.input_shape, num_clients, seed)
+    return FederatedData(dataset=dataset, parts=parts, masks=masks)

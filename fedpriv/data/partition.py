@@ -1,8 +1,10 @@
 """Partitioners: how the training split is divided among clients.
 
-Each is deterministic for a seed. All but ``replicate`` use every training sample
-exactly once; ``replicate`` gives every client the whole set in its own order (the
-"every edge device on the whole data with its own seed" setting).
+Each is deterministic for a seed. All but ``replicate`` and ``features`` use every
+training sample exactly once; ``replicate`` gives every client the whole set in its own
+order (the "every edge device on the whole data with its own seed" setting);
+``features`` gives every client every sample but only its own block of features (a
+vertical split that the horizontal family can train and merge).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from fedpriv.data.vertical import feature_views
 from fedpriv.errors import ConfigError
 from fedpriv.registry import Registry, Spec
 
@@ -21,9 +24,18 @@ class PartitionSpec(Spec):
 
     #: True when the parts are disjoint and cover every sample.
     disjoint: ClassVar[bool] = True
+    #: True when clients hold different features (:meth:`feature_masks`), not all of them.
+    splits_features: ClassVar[bool] = False
 
     def split(self, labels: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
         raise NotImplementedError
+
+    def feature_masks(
+        self, input_shape: tuple[int, ...], num_clients: int, seed: int
+    ) -> list[np.ndarray] | None:
+        """Per client, a boolean array of ``input_shape``: the features it holds (the
+        others read 0). None: every client holds every feature."""
+        return None
 
 
 PARTITIONS: Registry[PartitionSpec] = Registry("partitioner")
@@ -164,6 +176,62 @@ class Replicate(PartitionSpec):
             np.random.default_rng([seed, client]).permutation(len(labels))
             for client in range(num_clients)
         ]
+
+
+@PARTITIONS.register("features")
+@dataclasses.dataclass(frozen=True)
+class Features(PartitionSpec):
+    """Every client holds every training sample, but only its own block of features: the
+    others read 0 in its data, so a model over the whole input trains only its own
+    block's input weights. ``blocks``: ``halves`` (left/right of a C×H×W image, 2
+    clients), ``quadrants`` (4 clients) or ``columns`` (contiguous runs of the flat
+    features, any count), as ``vertical.split`` cuts them. The labels are every client's:
+    the setting of unifying models trained apart on feature halves, where each holder
+    can train alone (unlike split learning, where one party owns the labels)."""
+
+    disjoint: ClassVar[bool] = False
+    splits_features: ClassVar[bool] = True
+    blocks: str = "halves"
+
+    BLOCKS: ClassVar[dict[str, int | None]] = {"halves": 2, "quadrants": 4, "columns": None}
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.blocks not in self.BLOCKS:
+            return [("blocks", f"must be one of: {', '.join(self.BLOCKS)}")]
+        return []
+
+    def split(self, labels: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
+        return [np.arange(len(labels)) for _ in range(num_clients)]
+
+    def feature_masks(
+        self, input_shape: tuple[int, ...], num_clients: int, seed: int
+    ) -> list[np.ndarray]:
+        needed = self.BLOCKS[self.blocks]
+        if needed is not None and num_clients != needed:
+            raise ConfigError(
+                f"partition.blocks={self.blocks!r} needs num_clients={needed}, got "
+                f"{num_clients}; use partition.blocks=columns for other counts"
+            )
+        if self.blocks != "columns" and len(input_shape) != 3:
+            raise ConfigError(
+                f"partition.blocks={self.blocks!r} cuts C×H×W images; this dataset's inputs "
+                f"have shape {input_shape}: use partition.blocks=columns"
+            )
+        size = int(np.prod(input_shape))
+        if num_clients > size:
+            raise ConfigError(
+                f"num_clients={num_clients} exceeds the {size} features to share out; "
+                "use fewer clients"
+            )
+        masks = []
+        for view in feature_views(input_shape, num_clients, self.blocks, seed=seed):
+            mask = np.zeros(input_shape, dtype=bool)
+            if view and isinstance(view[0], slice):
+                mask[(slice(None), *view)] = True
+            else:
+                mask.reshape(-1)[np.asarray(view, dtype=np.int64)] = True
+            masks.append(mask)
+        return masks
 
 
 def label_histograms(

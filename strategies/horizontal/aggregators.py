@@ -9,7 +9,7 @@ override), so sampling, reply checks and metric aggregation stay Flower's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
@@ -40,3 +40,39 @@ class ElementwiseMerge(FedAvg):
             }
         )
         return merged, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+
+def inputs_side_by_side(
+    merged: ArrayRecord, owned: Sequence[tuple[ArrayRecord, np.ndarray]]
+) -> ArrayRecord:
+    """``merged`` with its input layer placed side by side: for each ``(model, features)``
+    pair, the first array's columns for ``features`` (a boolean mask over the flat input)
+    come from that client's model, whatever the rule made of them.
+
+    With ``partition=features`` every client trains only the input weights of its own
+    features (the others see 0 and keep the global model's values), so a rule applied to
+    those columns would mix trained weights with untouched ones; the later layers and the
+    input layer's bias stay merged by the rule.
+    """
+    name = next(iter(merged))
+    weight = merged[name].numpy().copy()
+    for model, features in owned:
+        columns = features.reshape(-1)
+        weight[:, columns] = model[name].numpy()[:, columns]
+    return ArrayRecord(
+        {key: Array(weight) if key == name else array for key, array in merged.items()}
+    )
+
+
+def input_layer_problem(arrays: ArrayRecord, input_size: int) -> str | None:
+    """Why ``arrays`` cannot have its input layer placed side by side: its first array
+    must be a dense layer's weight over the ``input_size`` flat features (model=mlp,
+    logreg); None when it is."""
+    shape = tuple(next(iter(arrays.values())).shape) if len(arrays) else ()
+    if len(shape) == 2 and shape[1] == input_size:
+        return None
+    return (
+        f"partition=features merges the input layer column by column, so the model's first "
+        f"layer must be dense over the {input_size} flat features; this model's first array "
+        f"has shape {shape}: use model=mlp or model=logreg"
+    )

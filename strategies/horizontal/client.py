@@ -46,6 +46,17 @@ class HorizontalClient:
         )
         return Message(content=content, reply_to=msg)
 
+    @staticmethod
+    def local_accuracy(model: nn.Module, data: FederatedData, pid: int) -> dict[str, float]:
+        """``test-accuracy`` and ``test-loss`` of this client's trained model, before any
+        merge, on the test split as this client sees it (only its own features with
+        ``partition=features``): the "each holder alone" baseline. Named as swarm peers
+        name their own model's score: a score on the public test split, which DP-SGD's
+        ledger releases as post-processing."""
+        x_test = data.own_features(pid, data.dataset.x_test)
+        scores = evaluate(model, x_test, data.dataset.y_test)
+        return {"test-accuracy": scores["accuracy"], "test-loss": scores["loss"]}
+
     def ready(self, msg: Message, context: Context) -> Message:
         """Start the ClientApp (its first message does) and time a few SGD steps on random
         inputs of the data's shape: warm, and the device's speed without touching its data."""
@@ -97,6 +108,8 @@ class HorizontalClient:
         # A simulated slow device (selection.device_profiles) waits out the difference.
         time.sleep(cfg.selection.simulated_wait(pid, cfg.num_clients, stats.seconds))
         trained = spec.local_reply(model.state_dict(), local, context)
+        if cfg.train.local_accuracy:
+            privacy_metrics = {**privacy_metrics, **self.local_accuracy(model, data, pid)}
         rounds_trained = node_counter(context, "rounds_trained")
         metrics = MetricRecord(
             {

@@ -5,6 +5,7 @@ node-side handlers, the warm-up, and evaluating the global model."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -14,9 +15,11 @@ from flwr.serverapp import Grid
 from fedpriv.config import ExperimentConfig
 from fedpriv.crypto.records import Layout
 from fedpriv.data.federated import FederatedData
+from fedpriv.errors import ConfigError
 from fedpriv.runtime.engine_partitions import engine_partitions
 from fedpriv.runtime.models import evaluate_arrays, initial_arrays
 from fedpriv.strategies.base import Handler, RunContext, Setup, Strategy
+from fedpriv.strategies.horizontal.aggregators import input_layer_problem
 from fedpriv.strategies.horizontal.client import ARRAYS, METRICS, HorizontalClient
 from fedpriv.strategies.horizontal.specs import HORIZONTAL_STRATEGIES, HorizontalSpec
 
@@ -44,13 +47,15 @@ class HorizontalDriver(Strategy):
 
     @classmethod
     def config_problems(cls, config: ExperimentConfig) -> list[str]:
-        """Whether the privacy settings fit this strategy's sampling and client count."""
-        return [
+        """Whether the privacy settings fit this strategy's sampling and client count,
+        and whether the server can place a feature partition's input layers side by side."""
+        out = [
             f"privacy.{field}={_get_path(config.privacy, field)!r} {rule}"
             for field, rule in config.privacy.problems_for(
                 num_clients=config.num_clients, strategy=config.strategy
             )
         ]
+        return out + _feature_partition_problems(config)
 
     def prepare(self) -> Setup:
         """Partition the data, build the initial model, make the keys."""
@@ -59,6 +64,10 @@ class HorizontalDriver(Strategy):
         config.privacy.check_clients([len(p) for p in data.parts])
         self.data = data
         self.initial = initial = initial_arrays(config, data)
+        if data.masks is not None and (
+            problem := input_layer_problem(initial, math.prod(data.dataset.input_shape))
+        ):
+            raise ConfigError(problem)
         if config.engine.keys_provisioned:
             # Deployment: key files from `fedpriv keys init`; the server reads only its own.
             server_key = config.crypto.load_keys(server=True)
@@ -149,6 +158,25 @@ class HorizontalDriver(Strategy):
             return {"accuracy": None, "loss": None}
         metrics = replies[0].content.metric_records[METRICS]
         return {"accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}  # type: ignore[arg-type]
+
+
+def _feature_partition_problems(config: ExperimentConfig) -> list[str]:
+    """``partition=features`` needs a server that reads the clients' models and
+    publishes the merge as made: plaintext, no central DP, synchronous rounds."""
+    if not config.partition.splits_features:
+        return []
+    out = []
+    why = "partition=features places the clients' input layers side by side on the server"
+    if not config.crypto.server_reads_model:
+        out.append(f"crypto={config.crypto.name} hides the models: {why}; use crypto=none")
+    if config.privacy.central_dp() is not None:
+        out.append(
+            f"privacy={config.privacy.name}: {why} after the noise, which would undo "
+            "central DP; use privacy=none or dp_sgd"
+        )
+    if getattr(config.strategy, "asynchronous", False):
+        out.append(f"strategy={config.strategy.name} is asynchronous: {why} each round")
+    return out
 
 
 def client_entry(reply: Message) -> dict[str, object]:

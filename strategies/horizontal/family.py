@@ -15,7 +15,7 @@ import functools
 import logging
 from typing import Any, cast
 
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from fedpriv.config import ExperimentConfig
@@ -25,8 +25,10 @@ from fedpriv.privacy.central import released_noise_multiplier
 from fedpriv.privacy.ledger import declined_reason
 from fedpriv.runtime.checkpoint import CheckpointError, flower_state, restore_flower_state
 from fedpriv.strategies.base import RoundReport, RunContext, Strategy
+from fedpriv.strategies.horizontal.aggregators import inputs_side_by_side
 from fedpriv.strategies.horizontal.async_family import AsyncHorizontal
 from fedpriv.strategies.horizontal.asynchronous import AsyncSpec
+from fedpriv.strategies.horizontal.client import ARRAYS, METRICS
 from fedpriv.strategies.horizontal.common import HorizontalDriver, client_entry
 from fedpriv.strategies.horizontal.sampling import SampledGrid, sample_round
 
@@ -111,6 +113,22 @@ class Horizontal(HorizontalDriver):
         count = self.spec.sampled(self.config.num_clients)
         return sample_round(grid, count, self.config.seed, server_round, self.partition_of)
 
+    def place_inputs(self, merged: ArrayRecord, accepted: list[Message]) -> ArrayRecord:
+        """``merged`` as the round's global model: with ``partition=features``, its input
+        layer's columns placed side by side from the clients that own them
+        (:func:`.inputs_side_by_side`); otherwise as the rule made it."""
+        masks = self.data.masks if self.data is not None else None
+        if masks is None:
+            return merged
+        owned = [
+            (
+                reply.content.array_records[ARRAYS],
+                masks[int(reply.content.metric_records[METRICS]["partition-id"])],  # type: ignore[arg-type]
+            )
+            for reply in accepted
+        ]
+        return inputs_side_by_side(merged, owned)
+
     def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
         assert self.aggregator is not None, "start() runs before the first round"
         chosen = self.sample(grid, server_round)
@@ -148,7 +166,7 @@ class Horizontal(HorizontalDriver):
             rejected = {id(reply) for reply, _ in result.rejected}
             accepted = [reply for reply in accepted if id(reply) not in rejected]
             if result.arrays is not None:
-                self.arrays, updated = result.arrays, True
+                self.arrays, updated = self.place_inputs(result.arrays, accepted), True
                 ctx.ledger.released(released_noise_multiplier(self.flower))
             extra = result.record
         if stragglers:

@@ -15,8 +15,8 @@ from fedpriv.experiments.studies import presets, sweep_points
 pytestmark = pytest.mark.inprocess
 
 
-def reduced(name: str) -> list[str]:
-    full = load_config([f"+experiment={name}"])
+def reduced(name: str, point: list[str]) -> list[str]:
+    full = load_config([f"+experiment={name}", *point])  # an arm may set num_clients
     overrides = ["rounds=1", "data=digits", "engine=inprocess"]
     if getattr(full.data, "limit", None) is not None:
         overrides.append("~data.limit")  # Fashion-MNIST's subset size; digits has none
@@ -39,7 +39,9 @@ def jobs() -> list[tuple[str, list[str]]]:
     ("name", "point"), jobs(), ids=lambda v: v if isinstance(v, str) else " ".join(v)
 )
 def test_preset_runs_in_reduced_form(name, point, tmp_path):
-    config = load_config([f"+experiment={name}", *point, *reduced(name), f"output_dir={tmp_path}"])
+    config = load_config(
+        [f"+experiment={name}", *point, *reduced(name, point), f"output_dir={tmp_path}"]
+    )
     result = run(config)
     assert result.summary["rounds"] == 1 and result.final["accuracy"] is not None
     summary, record = result.summary, result.history[0]

@@ -169,9 +169,11 @@ def test_every_job_of_every_study_preset_composes_and_validates():
             config = load_config([f"+experiment={name}", *point])
             for override in point:
                 key, _, value = override.lstrip("+").partition("=")
-                if key == "unify":
-                    family = value.split("_")[0]
+                if key == "unify":  # the vertical merges train in the horizontal family
+                    family = "vertical" if value == "split_learning" else "horizontal"
                     assert config.family == family, (name, point)
+                    if value.startswith("vertical_"):
+                        assert config.partition.name == "features", (name, point)
                 elif key in ("model", "crypto", "partition", "strategy", "family"):
                     chosen = config.family if key == "family" else getattr(config, key).name
                     assert chosen == value, (name, point)
@@ -201,3 +203,13 @@ def test_a_ray_cluster_address_is_host_port_and_leaves_cpus_to_the_cluster():
         load_config(["engine.ray_address=127.0.0.1:6379", "engine.num_cpus=2"])
     with pytest.raises(ConfigError, match=r"engine\.ray_address='ray head' must be host:port"):
         load_config(["engine.ray_address=ray head"])
+
+
+def test_the_command_line_check_applies_deletions_like_hydra():
+    """``~data.limit`` (no "=") used to be dropped by the pre-check, which then refused
+    the limit that Hydra itself would have deleted."""
+    from fedpriv.config import check_command_line
+
+    check_command_line(["+experiment=unification", "data=digits", "~data.limit"])
+    with pytest.raises(ConfigError, match=r"data\.limit is not a parameter of dataset 'digits'"):
+        check_command_line(["+experiment=unification", "data=digits"])
