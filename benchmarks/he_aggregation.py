@@ -17,6 +17,10 @@ them (``total += n_k * x_k``); a single BLAS call (``weights @ updates``) is the
 The error is measured against a float64 weighted mean. ``--profile`` shows where one
 process spends the server sum (cProfile).
 
+Wall-clock speeds move with whatever else the machine runs, so the one-process
+encryption, a one-process server sum and numpy's sum are also timed in CPU seconds of
+this process (``time.process_time``): their ratios hold on a shared machine.
+
     python benchmarks/he_aggregation.py            # 10 clients x 1 M parameters
     python benchmarks/he_aggregation.py --large    # and 10 clients x 10 M
 """
@@ -95,6 +99,13 @@ def timed(function: Callable[..., T], *args: Any) -> tuple[T, float]:
     return result, time.perf_counter() - started
 
 
+def cpu_timed(function: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """Like :func:`timed`, in CPU seconds of this process (work done in this process only)."""
+    started = time.process_time()
+    result = function(*args)
+    return result, time.process_time() - started
+
+
 def weighted_sum(weights: np.ndarray, updates: np.ndarray) -> np.ndarray:
     """The plaintext server's work: accumulate n_k·x_k, one client at a time."""
     total = np.zeros(updates.shape[1], np.float32)
@@ -133,6 +144,7 @@ def measure(
 
     # Client side: one process, then the pool, on client 0's update.
     _, one_s = timed(way.encrypt, keys.secret, weighted(0), 1)
+    _, one_cpu = cpu_timed(way.encrypt, keys.secret, weighted(0), 1)
     chunks, pool_s = timed(way.encrypt, keys.secret, weighted(0), workers)
     contributions = [chunks] + [
         way.encrypt(keys.secret, weighted(k), workers) for k in range(1, clients)
@@ -145,10 +157,12 @@ def measure(
     assert not bad, bad
     if profile:
         profile_sum(way, keys.public, contributions, sizes)
+    _, add_cpu = cpu_timed(way.add, keys.public, contributions, sizes, 1)
     weights = counts.astype(np.float32)
     if "numpy" not in baseline:  # the same vectors for every way: time them once
         baseline["numpy"] = min(timed(weighted_sum, weights, updates)[1] for _ in range(5))
         baseline["blas"] = min(timed(np.dot, weights, updates)[1] for _ in range(5))
+        baseline["numpy_cpu"] = min(cpu_timed(weighted_sum, weights, updates)[1] for _ in range(5))
 
     # Key holder: decrypt, divide; error against the float64 weighted mean.
     total, decrypt_s = timed(way.decrypt, keys.secret, sums, sizes, workers)
@@ -170,6 +184,10 @@ def measure(
         "numpy_blas_s": baseline["blas"],
         "aggregate_over_blas": add_s / baseline["blas"],
         "decrypt_s": decrypt_s,
+        "encrypt_params_per_cpu_s": size / one_cpu,
+        "aggregate_cpu_s_1_process": add_cpu,
+        "numpy_weighted_sum_cpu_s": baseline["numpy_cpu"],
+        "aggregate_cpu_over_numpy_cpu": add_cpu / baseline["numpy_cpu"],
         "max_abs_error": float(np.abs(total / counts.sum() - exact).max()),
     }
 
@@ -179,7 +197,10 @@ def print_row(row: dict[str, Any]) -> None:
           f"{row['encrypt_params_per_s_pool'] / 1e6:8.2f} {row['expansion']:7.2f} "
           f"{row['aggregate_s']:7.3f} {row['numpy_weighted_sum_s']:8.4f} "
           f"{row['aggregate_over_numpy']:7.1f} {row['aggregate_over_blas']:7.0f} "
-          f"{row['decrypt_s']:6.2f} {row['max_abs_error']:8.1e}", flush=True)  # fmt: skip
+          f"{row['decrypt_s']:6.2f} {row['max_abs_error']:8.1e} "
+          f"{row['encrypt_params_per_cpu_s'] / 1e6:9.2f} "
+          f"{row['aggregate_cpu_over_numpy_cpu']:8.1f}",
+          flush=True)  # fmt: skip
 
 
 def print_ratios(rows: Sequence[dict[str, Any]]) -> None:
@@ -197,7 +218,11 @@ def print_ratios(rows: Sequence[dict[str, Any]]) -> None:
                   f"{row['expansion'] / base['expansion']:5.2f}x, server sum "
                   f"{row['aggregate_s'] / base['aggregate_s']:5.2f}x, encryption "
                   f"{row['encrypt_params_per_s_pool'] / base['encrypt_params_per_s_pool']:5.2f}x "
-                  "(pool)")  # fmt: skip
+                  f"(pool); CPU seconds: server sum "
+                  f"{row['aggregate_cpu_s_1_process'] / base['aggregate_cpu_s_1_process']:5.2f}x, "
+                  "encryption "
+                  f"{row['encrypt_params_per_cpu_s'] / base['encrypt_params_per_cpu_s']:5.2f}x"
+                  )  # fmt: skip
 
 
 def main() -> None:
@@ -223,20 +248,20 @@ def main() -> None:
     print(f"{args.clients} clients, {args.workers} worker processes; ratio = fedpriv / numpy")
     print(f"{'way':14} {'params':>9} {'enc M/s 1p':>10} {'enc M/s':>8} {'expand':>7} "
           f"{'agg s':>7} {'numpy s':>8} {'agg ×':>7} {'× blas':>7} {'dec s':>6} "
-          f"{'max err':>8}")  # fmt: skip
+          f"{'max err':>8} {'enc M/cpu':>9} {'cpu agg×':>8}")  # fmt: skip
     rows: list[dict[str, Any]] = []
     baselines: dict[int, dict[str, float]] = {}
-    for name in args.ways:
-        for size in sizes:
+    for size in sizes:
+        for name in args.ways:
             if name == "tenseal-n8192" and size > args.largest_n8192:
                 continue
             baseline = baselines.setdefault(size, {})
             row = measure(WAYS[name], size, args.clients, args.workers, args.profile, baseline)
             rows.append(row)
             print_row(row)
+            if args.out:  # after every row: a long run interrupted keeps what it measured
+                write_atomic(args.out, json.dumps(rows, indent=2) + "\n")
     print_ratios(rows)
-    if args.out:
-        write_atomic(args.out, json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
