@@ -43,6 +43,11 @@ def chunk_name(index: int) -> str:
     return f"ckks/{index:06d}"
 
 
+def is_chunk(name: str) -> bool:
+    """True for a ciphertext's name (not the weight's, the key's or another entry's)."""
+    return name.startswith("ckks/")
+
+
 def is_encrypted(arrays: ArrayRecord) -> bool:
     """True for a record of ciphertexts (an encrypted state or update), in any format."""
     return any(array.stype in FORMATS for array in arrays.values())
@@ -50,7 +55,7 @@ def is_encrypted(arrays: ArrayRecord) -> bool:
 
 def format_problem(arrays: ArrayRecord, expected: str) -> str | None:
     """Why the ciphertexts of ``arrays`` are not all in format ``expected``, or None."""
-    found = {a.stype for name, a in arrays.items() if name not in (WEIGHT, KEY)} - {expected}
+    found = {a.stype for name, a in arrays.items() if is_chunk(name)} - {expected}
     if not found:
         return None
     other = sorted(found)[0]
@@ -91,7 +96,7 @@ def chunks_of(arrays: ArrayRecord) -> list[bytes]:
 
 def sizes_of(arrays: ArrayRecord) -> list[int]:
     """How many values each ciphertext of a record holds, in index order."""
-    return [math.prod(arrays[name].shape) for name in sorted(arrays) if name not in (WEIGHT, KEY)]
+    return [math.prod(arrays[name].shape) for name in sorted(arrays) if is_chunk(name)]
 
 
 def weight_of(arrays: ArrayRecord) -> float:
