@@ -72,8 +72,13 @@ class CkksParams:
 
     @property
     def slots(self) -> int:
-        """Real values per ciphertext."""
+        """Real values per TenSEAL ciphertext (one per slot)."""
         return self.poly_modulus_degree // 2
+
+    @property
+    def packed_values(self) -> int:
+        """Real values per packed ciphertext (two per slot, :mod:`fedpriv.crypto.packed`)."""
+        return self.poly_modulus_degree
 
     @property
     def data_bits(self) -> int:

@@ -3,7 +3,8 @@
 On the way in it decrypts the global state and hands the node's handler a plaintext
 model, as if there were no encryption. On the way out it turns the trained model into
 this client's contribution to the next state (the strategy's own rule), pre-weights it
-by the client's example count and encrypts it, so the server only adds. Both ways the
+by the client's example count and encrypts it (:mod:`fedpriv.crypto.packed`: two values
+per slot, seeded unless asked otherwise), so the server only adds. Both ways the
 ciphertexts carry the key set's fingerprint: the server refuses an update made under
 another key, and a node refuses a state it cannot decrypt (a stale ``client.ctx``).
 """
@@ -17,9 +18,19 @@ from typing import Any
 import numpy as np
 from flwr.app import Context, Message
 
-from fedpriv.crypto import ckks
+from fedpriv.crypto import ckks, packed
 from fedpriv.crypto.fingerprint import fingerprint, short
-from fedpriv.crypto.records import Layout, chunks_of, is_encrypted, key_of, to_record, weight_of
+from fedpriv.crypto.records import (
+    PACKED_STYPE,
+    Layout,
+    chunks_of,
+    format_problem,
+    is_encrypted,
+    key_of,
+    sizes_of,
+    to_record,
+    weight_of,
+)
 
 ARRAYS, METRICS = "arrays", "metrics"
 
@@ -38,6 +49,7 @@ class CkksClientMod:
         num_clients: int,
         workers: int,
         verify: bool,
+        seeded: bool = True,
     ) -> None:
         self.params = params
         self.secret = secret
@@ -47,6 +59,7 @@ class CkksClientMod:
         self.num_clients = num_clients
         self.workers = workers
         self.verify = verify
+        self.seeded = seeded
         self.key = fingerprint(secret)
 
     def __call__(
@@ -69,14 +82,14 @@ class CkksClientMod:
             weight * np.concatenate(self.strategy.contribution(state, local)), msg, reply, context
         )
         started = time.perf_counter()
-        chunks = ckks.encrypt(self.secret, self.params, values, self.workers)
+        chunks = packed.encrypt(self.secret, self.params, values, self.workers, seeded=self.seeded)
         metrics["ckks-encrypt-seconds"] = time.perf_counter() - started
         metrics["ckks-decrypt-seconds"] = decrypt_seconds
+        sizes = self.layout.chunk_sizes(len(state), self.params.packed_values)
         if self.verify:
-            decrypted = ckks.decrypt(self.secret, self.params, chunks, self.workers)
+            decrypted = packed.decrypt(self.secret, self.params, chunks, sizes, self.workers)
             metrics["ckks-error"] = float(np.abs(decrypted - values).max()) / weight
-        sizes = self.layout.chunk_sizes(len(state), self.params.slots)
-        reply.content[ARRAYS] = to_record(chunks, sizes, key=self.key)
+        reply.content[ARRAYS] = to_record(chunks, sizes, key=self.key, stype=PACKED_STYPE)
         return reply
 
     def decrypt_state(self, arrays: Any) -> list[np.ndarray]:
@@ -92,7 +105,11 @@ class CkksClientMod:
                 f"holds key {short(self.key)}; its client.ctx is stale (the key set was "
                 "rotated?): copy the run's client.ctx to this node"
             )
-        total = ckks.decrypt(self.secret, self.params, chunks_of(arrays), self.workers)
+        if (problem := format_problem(arrays, PACKED_STYPE)) is not None:
+            raise ValueError(f"CKKS: the global state's {problem}")
+        total = packed.decrypt(
+            self.secret, self.params, chunks_of(arrays), sizes_of(arrays), self.workers
+        )
         vector = self.decode(total, arrays) / weight_of(arrays)
         return list(vector.reshape(parts, self.layout.size))
 
@@ -109,12 +126,17 @@ class CkksClientMod:
         return total
 
     def check_range(self, values: np.ndarray) -> None:
-        """Refuse an update whose sum over all clients could wrap around the modulus."""
-        largest = float(np.abs(values).max(initial=0.0))
+        """Refuse an update whose sum over all clients could wrap around the modulus.
+
+        A slot holds a pair of values as one complex number, and what must not wrap is
+        its modulus (the encoding's coefficients are bounded by the largest one)."""
+        pairs = np.append(values, 0.0) if len(values) % 2 else values
+        largest = float(np.abs(np.ascontiguousarray(pairs).view(np.complex128)).max(initial=0.0))
         limit = self.params.max_abs_value / self.num_clients
         if not largest < limit:
             raise ValueError(
-                f"CKKS: this client's pre-weighted update reaches |n_k·x| = {largest:.3g}; the "
+                f"CKKS: this client's pre-weighted update reaches |n_k·x| = {largest:.3g} (a "
+                "slot's pair of values as one complex number); the "
                 f"sum over {self.num_clients} clients must stay below "
                 f"2^{self.params.data_bits - self.params.scale_bits - 1}, so each must stay "
                 f"below {limit:.3g}. Lower crypto.scale_bits (coarser precision) or use a "

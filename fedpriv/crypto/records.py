@@ -2,8 +2,12 @@
 
 A model (or a server state of several model-sized parts, e.g. FedAvgM's weights and
 momentum) is flattened in the model's array order, concatenated, and cut into
-ciphertexts of one CKKS vector each. Each ciphertext is one Flower ``Array`` of stype
-:data:`CKKS_STYPE` named ``ckks/<index>``, shape ``(values,)``. The global state also
+ciphertexts. Each ciphertext is one Flower ``Array`` named ``ckks/<index>``, shape
+``(values,)``, whose stype names its format and version: :data:`PACKED_STYPE` for
+horizontal aggregation (:mod:`fedpriv.crypto.packed`, two values per slot), and
+:data:`CKKS_STYPE` for TenSEAL vectors (vertical embeddings, swarm distances, and
+horizontal states written before the packed format; :func:`format_problem` names the
+mismatch). The global state also
 carries :data:`WEIGHT`, the plaintext sum of the example counts its ciphertexts are
 weighted by: ciphertexts hold ``Σ n_k·x_k`` and key holders divide by it. A client's
 encrypted update and the server's encrypted state carry :data:`KEY`, the fingerprint of
@@ -22,6 +26,14 @@ from fedpriv.crypto.fingerprint import SIZE
 from fedpriv.records import payload_values
 
 CKKS_STYPE = "tenseal.ckks"
+#: Packed SEAL ciphertexts (:mod:`fedpriv.crypto.packed`); ``/1``: the format's version.
+PACKED_STYPE = "seal.ckks.complex/1"
+#: What each format is, for the error that meets an unexpected one.
+FORMATS = {
+    CKKS_STYPE: "TenSEAL CKKS vectors, one value per slot (horizontal states of fedpriv "
+    "before the packed format)",
+    PACKED_STYPE: "SEAL ciphertexts, two values per slot, version 1",
+}
 WEIGHT = "ckks-weight"
 #: The fingerprint of the key set the ciphertexts beside it were made under.
 KEY = "key-fingerprint"
@@ -33,9 +45,28 @@ def chunk_name(index: int) -> str:
     return f"ckks/{index:06d}"
 
 
+def is_chunk(name: str) -> bool:
+    """True for a ciphertext's name (not the weight's, the key's or another entry's)."""
+    return name.startswith("ckks/")
+
+
 def is_encrypted(arrays: ArrayRecord) -> bool:
-    """True for a record of ciphertexts (an encrypted state or update)."""
-    return any(array.stype == CKKS_STYPE for array in arrays.values())
+    """True for a record of ciphertexts (an encrypted state or update), in any format."""
+    return any(array.stype in FORMATS for array in arrays.values())
+
+
+def format_problem(arrays: ArrayRecord, expected: str) -> str | None:
+    """Why the ciphertexts of ``arrays`` are not all in format ``expected``, or None."""
+    found = {a.stype for name, a in arrays.items() if is_chunk(name)} - {expected}
+    if not found:
+        return None
+    other = sorted(found)[0]
+    return (
+        f"ciphertexts in format {other!r} ({FORMATS.get(other, 'unknown')}), but this fedpriv "
+        f"reads {expected!r} ({FORMATS[expected]}); run the same fedpriv version on the "
+        "server and every client, and start a run afresh rather than resume a checkpoint "
+        "of the older format"
+    )
 
 
 def to_record(
@@ -43,12 +74,13 @@ def to_record(
     sizes: list[int],
     weight: float | None = None,
     key: bytes | None = None,
+    stype: str = CKKS_STYPE,
 ) -> ArrayRecord:
-    """Ciphertexts (and the state's total weight, the key set's fingerprint) as an
-    ArrayRecord."""
+    """Ciphertexts in format ``stype`` (and the state's total weight, the key set's
+    fingerprint) as an ArrayRecord."""
     record = ArrayRecord(
         {
-            chunk_name(i): Array(dtype="ckks", shape=(size,), stype=CKKS_STYPE, data=chunk)
+            chunk_name(i): Array(dtype="ckks", shape=(size,), stype=stype, data=chunk)
             for i, (chunk, size) in enumerate(zip(chunks, sizes, strict=True))
         }
     )
@@ -62,6 +94,11 @@ def to_record(
 def chunks_of(arrays: ArrayRecord) -> list[bytes]:
     """The ciphertexts of a record, in index order."""
     return [arrays[name].data for name in sorted(arrays) if name not in (WEIGHT, KEY, CORRECTION)]
+
+
+def sizes_of(arrays: ArrayRecord) -> list[int]:
+    """How many values each ciphertext of a record holds, in index order."""
+    return [math.prod(arrays[name].shape) for name in sorted(arrays) if is_chunk(name)]
 
 
 def weight_of(arrays: ArrayRecord) -> float:

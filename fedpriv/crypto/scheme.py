@@ -15,7 +15,7 @@ from fedpriv.crypto.embeddings import CkksEmbeddingMod, CkksEmbeddingSum
 from fedpriv.crypto.fingerprint import run_key
 from fedpriv.crypto.keys import read_keys, read_params
 from fedpriv.crypto.parallel import default_workers
-from fedpriv.crypto.records import Layout
+from fedpriv.crypto.records import PACKED_STYPE, Layout
 from fedpriv.crypto.server import CkksAggregator
 from fedpriv.errors import ConfigError
 
@@ -41,6 +41,9 @@ class Ckks(CryptoSpec):
     scale_bits: int | None = None
     #: Debug: each client decrypts its own ciphertexts and reports the error (per value).
     verify: bool = False
+    #: Clients send each ciphertext's random half as a seed: 2x float32 instead of 4x,
+    #: and the server spends the time to draw it again (docs/crypto.md, "Costs").
+    seeded: bool = True
     #: Processes encrypting (a client) or summing (the server); null: the cores there
     #: (in simulation, a client gets ``engine.cpus_per_client``; a device, its cores).
     workers: int | None = None
@@ -109,6 +112,7 @@ class Ckks(CryptoSpec):
                 num_clients=config.num_clients,
                 workers=workers,
                 verify=self.verify,
+                seeded=self.seeded,
             )
         ]
 
@@ -177,6 +181,8 @@ class Ckks(CryptoSpec):
             "scale_bits": params.scale_bits,
             "security_bits": SECURITY_BITS,
             "encryption": costs[0].get("encryption", SYMMETRIC) if costs else SYMMETRIC,
+            "ciphertext_format": PACKED_STYPE,
+            "seeded": self.seeded,
             "expansion": ciphertext / plaintext if plaintext else None,
             "max_abs_error": max(errors) if errors else None,
             "aggregate_seconds": sum(c["aggregate_seconds"] for c in costs),

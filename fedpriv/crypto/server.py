@@ -2,7 +2,9 @@
 
 The server holds the public context only (parameters, no key of any kind) and the key
 set's fingerprint. It learns which clients replied, their example counts, the sizes of
-their ciphertexts and the key they used; nothing of the values.
+their ciphertexts and the key they used; nothing of the values. Replies are packed
+ciphertexts (:mod:`fedpriv.crypto.packed`); SEAL expands a seeded one from its seed
+when it loads it, which needs the parameters alone.
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ from typing import Any
 
 from flwr.app import ArrayRecord, Message
 
-from fedpriv.crypto import ckks
+from fedpriv.crypto import ckks, packed
 from fedpriv.crypto.base import Aggregate
 from fedpriv.crypto.fingerprint import run_key, short
 from fedpriv.crypto.records import (
-    CKKS_STYPE,
     KEY,
+    PACKED_STYPE,
     Layout,
     chunk_name,
     chunks_of,
+    format_problem,
     key_of,
     to_record,
 )
@@ -47,7 +50,7 @@ class CkksAggregator:
         self.weight_key = weight_key
         self.workers = workers
         self.weights = DeclaredWeights(weight_key)
-        self.sizes = layout.chunk_sizes(parts, params.slots)
+        self.sizes = layout.chunk_sizes(parts, params.packed_values)
         self.names = [chunk_name(i) for i in range(len(self.sizes))]
 
     def check(self, reply: Message, current: ArrayRecord) -> str | None:
@@ -66,9 +69,10 @@ class CkksAggregator:
                 f"expected {len(self.names)} ciphertexts named ckks/000000.. (an update of "
                 f"{sum(self.sizes)} values), got {len(ciphertexts)} arrays"
             )
+        if (problem := format_problem(arrays, PACKED_STYPE)) is not None:
+            return problem
         for name, size in zip(self.names, self.sizes, strict=True):
-            array = arrays[name]
-            if array.stype != CKKS_STYPE or tuple(array.shape) != (size,):
+            if tuple(arrays[name].shape) != (size,):
                 return f"array {name!r} is not a CKKS ciphertext of {size} values"
         return self.key_problem(arrays) or self.weights.problem(reply)
 
@@ -92,7 +96,9 @@ class CkksAggregator:
     ) -> Aggregate:
         contributions = [chunks_of(next(iter(r.content.array_records.values()))) for r in replies]
         started = time.perf_counter()
-        sums, bad = ckks.add(self.public, self.params, contributions, self.sizes, self.workers)
+        sums, bad = packed.add(
+            self.public, self.params, contributions, len(self.sizes), self.workers
+        )
         seconds = time.perf_counter() - started
         rejected = [(replies[k], reason) for k, reason in sorted(bad.items())]
         good = [r for k, r in enumerate(replies) if k not in bad]
@@ -100,7 +106,8 @@ class CkksAggregator:
         if not good:
             return Aggregate(None, rejected, record)
         weight = sum(float(self._metrics(r)[self.weight_key]) for r in good)
-        return Aggregate(to_record(sums, self.sizes, weight, self.key), rejected, record)
+        state = to_record(sums, self.sizes, weight, self.key, stype=PACKED_STYPE)
+        return Aggregate(state, rejected, record)
 
     def costs(
         self,

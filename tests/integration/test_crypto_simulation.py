@@ -11,8 +11,9 @@ import pytest
 import tenseal as ts
 
 from fedpriv import run
-from fedpriv.crypto import Ckks
+from fedpriv.crypto import Ckks, packed
 from fedpriv.crypto.fingerprint import split_server_context
+from fedpriv.crypto.records import PACKED_STYPE
 from fedpriv.runtime.context import RunContext
 from fedpriv.runtime.exchange import Exchange
 
@@ -33,9 +34,11 @@ def test_ckks_run_matches_the_plaintext_run(strategy, make_config, tmp_path):
     crypto = json.loads((encrypted.run_dir / "summary.json").read_text())["crypto"]
     assert crypto["scheme"] == "ckks" and crypto["security_bits"] == 128
     assert crypto["poly_modulus_degree"] == 4096 and crypto["coeff_mod_bit_sizes"] == [60, 49]
-    # 8x for one 2048-slot ciphertext per 2048 floats; FedAvgM also carries its momentum.
+    # 2x: a seeded ciphertext holds 4096 floats in ~32 KiB, the last one padded (this
+    # model: 2 ciphertexts); FedAvgM also carries its momentum.
     parts = 2 if strategy == "fedavgm" else 1
-    assert 8 * parts <= crypto["expansion"] < 8 * parts * 1.1
+    assert 2 * parts <= crypto["expansion"] < 2 * parts * 1.3
+    assert crypto["ciphertext_format"] == PACKED_STYPE and crypto["seeded"] is True
     for record in encrypted.history:
         costs = record["crypto"]
         assert costs["ciphertext_bytes_up"] > costs["plaintext_bytes_up"] > 0
@@ -81,10 +84,10 @@ def test_server_never_handles_a_secret_key(make_config, monkeypatch):
     server = ts.context_from(split_server_context(keys[0].public)[1])
     assert not server.has_secret_key()
     state = [c for c in seen if "arrays" in c.array_records][-1]["arrays"]
-    ciphertext = next(a.data for a in state.values() if a.stype == "tenseal.ckks")
-    with pytest.raises(ValueError, match="secret_key"):
-        ts.ckks_vector_from(server, ciphertext).decrypt()
-    assert len(ts.ckks_vector_from(ts.context_from(secret), ciphertext).decrypt()) > 0
+    ciphertext = next(a for a in state.values() if a.stype == PACKED_STYPE)
+    with pytest.raises(ValueError, match="secret context"):
+        packed.decrypt(keys[0].public, Ckks().params, [ciphertext.data], list(ciphertext.shape))
+    assert len(packed.decrypt(secret, Ckks().params, [ciphertext.data], list(ciphertext.shape)))
 
 
 def test_dp_sgd_and_ckks_together(make_config):
