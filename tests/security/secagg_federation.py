@@ -21,8 +21,8 @@ from flwr.app import (
     RecordDict,
 )
 
-from fedpriv.crypto import CkksSecAgg, ckks, masking
-from fedpriv.crypto.records import Layout, chunks_of
+from fedpriv.crypto import CkksSecAgg, ckks, masking, packed
+from fedpriv.crypto.records import Layout, chunks_of, sizes_of
 from fedpriv.crypto.secagg_node import RECORD, STATE, SecAggNode
 from fedpriv.strategies.horizontal.specs import FedAvg
 
@@ -130,7 +130,9 @@ class Federation:
     def masked(self, reply: Message) -> np.ndarray:
         """A reply's masked integers, as any key holder decrypts them."""
         arrays = reply.content.array_records["arrays"]
-        values = ckks.decrypt(self.keys.secret, self.spec.params, chunks_of(arrays))
+        values = packed.decrypt(
+            self.keys.secret, self.spec.params, chunks_of(arrays), sizes_of(arrays)
+        )
         return np.rint(values).astype(np.int64).astype(np.uint64)
 
     def unmasking_answers(self) -> list[ConfigRecord]:

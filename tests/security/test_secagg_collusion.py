@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from secagg_federation import Federation
 
-from fedpriv.crypto import Ckks, ckks, masking
+from fedpriv.crypto import Ckks, ckks, masking, packed
 from fedpriv.crypto.records import chunks_of
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -101,8 +101,10 @@ def test_today_ckks_one_client_and_the_server_open_an_update():
     spec = Ckks()
     keys = ckks.make_keys(spec.params)
     update = np.random.default_rng(1).normal(0, 1, 100) * 37
-    sent = ckks.encrypt(keys.secret, spec.params, update)  # what the server receives
-    opened = ckks.decrypt(keys.secret, spec.params, sent)  # any colluding client
+    sent = packed.encrypt(keys.secret, spec.params, update)  # what the server receives
+    sizes = [spec.params.packed_values] * (len(sent) - 1)
+    sizes.append(len(update) - sum(sizes))
+    opened = packed.decrypt(keys.secret, spec.params, sent, sizes)  # any colluding client
     np.testing.assert_allclose(opened, update, atol=1e-3)
 
 
