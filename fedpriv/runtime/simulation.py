@@ -12,6 +12,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedpriv.config import SimulationEngine
+from fedpriv.runtime.flower_wakeup import wake_on_store
 from fedpriv.runtime.warm_ray import warm_backend
 
 #: Set before Flower starts: no runtime `uv sync`, and quiet Ray accelerator warnings.
@@ -70,16 +71,21 @@ def quiet_flower(verbose: bool = False) -> Iterator[None]:
 def simulate(
     server_app: ServerApp, client_app: ClientApp, num_nodes: int, engine: SimulationEngine
 ) -> None:
-    """Run the apps on Flower's simulation engine. Ray and its actors stay up for the
-    next run in this process (:mod:`fedpriv.runtime.warm_ray`); a run that fails or is
-    stopped stops them, and so does the interpreter's exit."""
+    """Run the apps on Flower's simulation engine. Messages wake their receivers instead
+    of being polled for (:mod:`fedpriv.runtime.flower_wakeup`). Ray and its actors stay
+    up for the next run in this process (:mod:`fedpriv.runtime.warm_ray`); a run that
+    fails or is stopped stops them, and so does the interpreter's exit."""
     logging.getLogger("alembic").setLevel(logging.WARNING)  # chatty at Flower's import
     from flwr.simulation import run_simulation
 
     for key, value in ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     config = backend_config(engine)
-    with warm_backend(config["init_args"]), quiet_flower(engine.verbose):  # type: ignore[arg-type]
+    with (
+        wake_on_store(),
+        warm_backend(config["init_args"]),  # type: ignore[arg-type]
+        quiet_flower(engine.verbose),
+    ):
         run_simulation(
             server_app=server_app,
             client_app=client_app,
