@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterable, Iterator
 from queue import Empty, Queue
 from typing import Any
 
-#: The longest the engine's loop waits without a ring: Flower's own tick, so its stop
-#: event is seen as soon as before.
+#: The longest the engine's loop waits without a ring: Flower's own tick. Its stop event
+#: (the run's end) is therefore seen within 0.1 s, where Flower's wait saw it at once.
 ENGINE_TICK_S = 0.1
 
 #: What this module relies on, by the first 16 hex digits of the SHA-256 of its source
