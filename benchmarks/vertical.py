@@ -7,23 +7,30 @@ label owner's step; gradients ride on the next batch's message), then the same m
 trained in this process on the joined features with the same initialization, batches
 and optimizer (``train_centrally``). Both in the same run, back to back.
 
-    python benchmarks/vertical.py [--epochs 3] [--out FILE.json]
+With ``--polling`` each setting also runs with the simulation's messages polled for,
+as before :mod:`fedpriv.runtime.flower_wakeup` (the engine every 0.1 s, the server
+every 50 ms), and the table adds that epoch and the speed-up of wake-ups over it.
+
+    python benchmarks/vertical.py [--epochs 3] [--only TEXT] [--polling] [--out FILE.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from fedpriv import load_config, run
 from fedpriv.data.vertical import join, vertical_tables
 from fedpriv.errors import DataError
 from fedpriv.results import write_atomic
+from fedpriv.runtime import simulation
 from fedpriv.strategies.vertical.model import train_centrally
 from fedpriv.strategies.vertical.settings import vertical_settings
 
@@ -53,7 +60,14 @@ SETTINGS: dict[str, list[str]] = {
 }
 
 
-def measure(name: str, overrides: list[str], epochs: int, out_dir: Path) -> dict[str, Any]:
+def polling() -> contextlib.AbstractContextManager[Any]:
+    """The simulation without :mod:`fedpriv.runtime.flower_wakeup`: both sides poll."""
+    return mock.patch.object(simulation, "wake_on_store", contextlib.nullcontext)
+
+
+def measure(
+    name: str, overrides: list[str], epochs: int, out_dir: Path, with_polling: bool
+) -> dict[str, Any]:
     config = load_config(
         ["family=vertical", f"rounds={epochs}", f"output_dir={out_dir}", *overrides]
     )
@@ -62,6 +76,10 @@ def measure(name: str, overrides: list[str], epochs: int, out_dir: Path) -> dict
         config.data, s.parties, s.split, s.columns, s.overlap, config.seed
     )
     result = run(config)
+    polled = None
+    if with_polling:
+        with polling():
+            polled = run(config.replace(output_dir=str(out_dir) + "-polling"))
     alignment = json.loads((result.run_dir / "alignment.json").read_text())
     joined = join(tables)
     parts = (joined.train, joined.y_train, joined.test, joined.y_test, dataset.num_classes)
@@ -71,6 +89,9 @@ def measure(name: str, overrides: list[str], epochs: int, out_dir: Path) -> dict
     central_seconds = (time.perf_counter() - started) / epochs
     rounds = result.history
     seconds = statistics.median(r["seconds"] for r in rounds)
+    polling_seconds = (
+        statistics.median(r["seconds"] for r in polled.history) if polled is not None else None
+    )
     per_party = [
         statistics.mean(r["clients"][p]["bytes_up"] + r["clients"][p]["bytes_down"] for r in rounds)
         for p in range(s.parties)
@@ -84,6 +105,11 @@ def measure(name: str, overrides: list[str], epochs: int, out_dir: Path) -> dict
         "epoch_seconds": seconds,
         "central_epoch_seconds": central_seconds,
         "seconds_ratio": seconds / central_seconds,
+        "polling_epoch_seconds": polling_seconds,
+        "polling_seconds_ratio": None
+        if polling_seconds is None
+        else polling_seconds / central_seconds,
+        "polling_accuracy": None if polled is None else polled.final["accuracy"],
         "epoch_bytes": statistics.mean(r["bytes_up"] + r["bytes_down"] for r in rounds),
         "epoch_bytes_per_party": per_party,
         "accuracy": result.final["accuracy"],
@@ -97,6 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--only", help="run settings whose name contains this text")
+    parser.add_argument("--polling", action="store_true", help="also run with polling")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     rows = []
@@ -105,7 +132,7 @@ def main() -> None:
             if args.only and args.only not in name:
                 continue
             try:
-                rows.append(measure(name, overrides, args.epochs, Path(tmp) / str(i)))
+                rows.append(measure(name, overrides, args.epochs, Path(tmp) / str(i), args.polling))
             except DataError as error:
                 print(f"skipped {name}: {error}")
     print(
@@ -120,6 +147,14 @@ def main() -> None:
             f"{r['seconds_ratio']:>6.0f}× {r['epoch_bytes'] / 1e6:>8.2f} {r['accuracy']:>6.3f} "
             f"{r['central_accuracy']:>7.3f} {r['accuracy_gap']:>+6.3f}"
         )
+    if args.polling:
+        print(f"\n{'polling (before wake-ups)':<46} {'epoch s':>8} {'ratio':>7} {'speed-up':>8}")
+        for r in rows:
+            print(
+                f"{r['setting']:<46} {r['polling_epoch_seconds']:>8.2f} "
+                f"{r['polling_seconds_ratio']:>6.0f}× "
+                f"{r['polling_epoch_seconds'] / r['epoch_seconds']:>7.1f}×"
+            )
     if args.out:
         write_atomic(args.out, json.dumps(rows, indent=2))
 

@@ -22,12 +22,14 @@ from fedpriv.config import ExperimentConfig
 from fedpriv.errors import SimulationError
 from fedpriv.privacy.ledger import ServerLedger, declined_reason
 from fedpriv.records import Traffic, payload_nbytes
+from fedpriv.runtime.flower_wakeup import reply_doorbell
 from fedpriv.runtime.spending import SpendingRecord
 
 log = logging.getLogger("fedpriv")
 
-#: Seconds between pulls for replies. Flower's Grid.send_and_receive waits 3 s between
-#: pulls from a SuperLink, which a deployed round pays on every exchange.
+#: Longest wait between pulls for replies. In simulation the last pending reply ends the
+#: wait as it is stored (:mod:`fedpriv.runtime.flower_wakeup`); a SuperLink's Grid (gRPC)
+#: has no such signal, so there this is the poll (Flower's Grid.send_and_receive: 3 s).
 PULL_INTERVAL_S = 0.05
 
 
@@ -36,17 +38,19 @@ def push_and_pull(
 ) -> tuple[set[str], list[Message]]:
     """Push ``messages`` and pull their replies until all arrived or ``timeout`` passed;
     returns the sent messages' IDs and the replies."""
+    doorbell = reply_doorbell(grid)
     sent = set(grid.push_messages(messages))
     pending = set(sent)
     deadline = time.monotonic() + timeout
     replies: list[Message] = []
     while pending:
+        mark = doorbell.mark()
         arrived = list(grid.pull_messages(pending))
         replies += arrived
         pending -= {reply.metadata.reply_to_message_id for reply in arrived}
         if not pending or time.monotonic() >= deadline:
             break
-        time.sleep(PULL_INTERVAL_S)
+        doorbell.wait(mark, PULL_INTERVAL_S, rings=len(pending))
     return sent, replies
 
 

@@ -13,6 +13,7 @@ from flwr.serverapp import ServerApp
 
 from fedpriv.config import SimulationEngine
 from fedpriv.runtime.engine_partitions import recording_partitions
+from fedpriv.runtime.flower_wakeup import wake_on_store
 from fedpriv.runtime.linkstate_index import indexed_linkstate
 from fedpriv.runtime.warm_ray import warm_backend
 
@@ -77,11 +78,12 @@ def quiet_flower(verbose: bool = False) -> Iterator[None]:
 def simulate(
     server_app: ServerApp, client_app: ClientApp, num_nodes: int, engine: SimulationEngine
 ) -> None:
-    """Run the apps on Flower's simulation engine. Ray and its actors stay up for the
-    next run in this process (:mod:`fedpriv.runtime.warm_ray`); a run that fails or is
-    stopped stops them, and so does the interpreter's exit. The engine's link state
-    finds each node's messages by an index (:mod:`fedpriv.runtime.linkstate_index`), and
-    the server can learn which node holds which partition without asking them all
+    """Run the apps on Flower's simulation engine. Messages wake their receivers instead
+    of being polled for (:mod:`fedpriv.runtime.flower_wakeup`). Ray and its actors stay
+    up for the next run in this process (:mod:`fedpriv.runtime.warm_ray`); a run that
+    fails or is stopped stops them, and so does the interpreter's exit. The engine's link
+    state finds each node's messages by an index (:mod:`fedpriv.runtime.linkstate_index`),
+    and the server can learn which node holds which partition without asking them all
     (:mod:`fedpriv.runtime.engine_partitions`)."""
     logging.getLogger("alembic").setLevel(logging.WARNING)  # chatty at Flower's import
     from flwr.simulation import run_simulation
@@ -90,6 +92,7 @@ def simulate(
         os.environ.setdefault(key, value)
     config = backend_config(engine)
     with (
+        wake_on_store(),
         warm_backend(config["init_args"]),  # type: ignore[arg-type]
         indexed_linkstate(),
         recording_partitions(),

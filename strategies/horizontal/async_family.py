@@ -30,6 +30,7 @@ from fedpriv.privacy.ledger import declined_reason
 from fedpriv.records import check_update
 from fedpriv.runtime.checkpoint import CheckpointError
 from fedpriv.runtime.exchange import PULL_INTERVAL_S
+from fedpriv.runtime.flower_wakeup import reply_doorbell
 from fedpriv.strategies.base import RoundReport, RunContext
 from fedpriv.strategies.horizontal.asynchronous import Arrival, AsyncSpec, ServerState
 from fedpriv.strategies.horizontal.client import ARRAYS, CONFIG
@@ -201,7 +202,9 @@ class AsyncHorizontal(HorizontalDriver):
         self.benched = set()
         patience = self.config.engine.round_timeout_s
         last_update = time.monotonic()
+        doorbell = reply_doorbell(grid)
         while len(applied) < target:
+            mark = doorbell.mark()
             self.dispatch(grid, ctx)
             if not self.in_flight:
                 if self.benched:  # every client that could train failed this round
@@ -232,7 +235,7 @@ class AsyncHorizontal(HorizontalDriver):
                 )
                 break
             if not replies:
-                time.sleep(PULL_INTERVAL_S)
+                doorbell.wait(mark, PULL_INTERVAL_S)
         assert self.state is not None
         if stop_reason is None:
             self.dispatch(grid, ctx)  # idle clients train while the server evaluates
