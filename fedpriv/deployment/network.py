@@ -109,6 +109,8 @@ class Network:
     def add_host(self, name: str, impairment: Impairment | None = None) -> Host:
         """A new host ``name`` linked to the router, its link impaired by ``impairment``."""
         index = len(self.hosts)
+        if name in self.hosts:
+            raise ValueError(f"host {name!r} exists already; give each host its own name")
         if index > 250:
             raise ValueError(
                 f"a Network holds at most 251 hosts; {name!r} would be the {index + 1}th"
@@ -121,20 +123,15 @@ class Network:
         )
         self.hosts[name] = host
         self._add_namespace(host.namespace)
-        ip = ["ip", "-n", self.router]
-        pair = ["type", "veth", "peer", "name", DEVICE, "netns", host.namespace]
-        subprocess.run([*ip, "link", "add", host.port, *pair], check=True)
-        # One wire-sized packet per skb, as on a real link: loss drops single packets.
-        subprocess.run([*ip, "link", "set", host.port, "gso_max_segs", "1"], check=True)
-        subprocess.run([*ip, "addr", "add", f"{SUBNET}.{index}.1/24", "dev", host.port], check=True)
-        subprocess.run([*ip, "link", "set", host.port, "up"], check=True)
-        inside = ["ip", "-n", host.namespace]
-        subprocess.run([*inside, "link", "set", DEVICE, "gso_max_segs", "1"], check=True)
-        subprocess.run([*inside, "addr", "add", f"{host.address}/24", "dev", DEVICE], check=True)
-        subprocess.run([*inside, "link", "set", DEVICE, "up"], check=True)
-        subprocess.run(
-            [*inside, "route", "add", "default", "via", f"{SUBNET}.{index}.1"], check=True
-        )
+        gateway = f"{SUBNET}.{index}.1"
+        _ip(self.router, "link", "add", host.port, "type", "veth", "peer", "name", DEVICE,
+            "netns", host.namespace)  # fmt: skip
+        _ip(self.router, "addr", "add", f"{gateway}/24", "dev", host.port)
+        _ip(host.namespace, "addr", "add", f"{host.address}/24", "dev", DEVICE)
+        for namespace, device in ((self.router, host.port), (host.namespace, DEVICE)):
+            # One wire-sized packet per buffer, as on a real link: loss drops single packets.
+            _ip(namespace, "link", "set", device, "gso_max_segs", "1", "up")
+        _ip(host.namespace, "route", "add", "default", "via", gateway)
         if impairment is not None:
             if self._netem is None:
                 self._netem = netem_available(self.router, host.port)
@@ -157,10 +154,7 @@ class Network:
     def set_link(self, host: str, *, up: bool) -> None:
         """Take ``host``'s link down at the router (its cable pulled: packets to and
         from it vanish, its own interface stays configured) or bring it back."""
-        state = "up" if up else "down"
-        subprocess.run(
-            ["ip", "-n", self.router, "link", "set", self.hosts[host].port, state], check=True
-        )
+        _ip(self.router, "link", "set", self.hosts[host].port, "up" if up else "down")
 
     def listening(self, host: str, port: int) -> bool:
         """Whether a TCP socket on ``host`` listens on ``port``."""
@@ -191,7 +185,14 @@ class Network:
     def _add_namespace(self, namespace: str) -> None:
         subprocess.run(["ip", "netns", "add", namespace], check=True, capture_output=True)
         self._namespaces.append(namespace)
-        subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
+        _ip(namespace, "link", "set", "lo", "up")
+
+
+def _ip(namespace: str, *arguments: str) -> None:
+    """``ip -n namespace arguments...``; a clear error with ip's message if it fails."""
+    done = subprocess.run(["ip", "-n", namespace, *arguments], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"`ip {' '.join(arguments)}` in {namespace}: {done.stderr.strip()}")
 
 
 def _kill_all(namespace: str) -> None:

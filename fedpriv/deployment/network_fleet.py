@@ -113,7 +113,7 @@ class NetworkFleet:
         stops its Flower processes), then remove the network: any process left in it is
         killed by PID."""
         for host in self.network.hosts:
-            with contextlib.suppress(subprocess.CalledProcessError):
+            with contextlib.suppress(RuntimeError):
                 self.network.set_link(host, up=True)
         devices = [p for host, p in self.processes.items() if host != SERVER]
         with ThreadPoolExecutor(max_workers=max(1, len(devices))) as pool:

@@ -166,6 +166,17 @@ def test_the_links_delay_drop_and_limit_what_they_carry(tmp_path: Path) -> None:
     assert 0.2 < near["lost"] / 1000 < 0.52
 
 
+def test_a_network_that_fails_leaves_no_namespace_or_process_behind(tmp_path: Path) -> None:
+    network = Network(tmp_path)
+    with pytest.raises(ValueError, match="host 'device' exists already"), network:
+        network.add_host("device", Impairment())
+        sleeper = subprocess.Popen(network.command("device", ["sleep", "600"]))
+        network.add_host("device")
+    assert sleeper.wait(timeout=30) != 0  # killed by PID when the network closed
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert network.prefix not in listed
+
+
 def test_dp_fedavg_under_ckks_finishes_over_impaired_links(tmp_path: Path) -> None:
     preset = PRESETS["ckks-128"]
     params = CkksParams(preset.poly_modulus_degree, preset.coeff_mod_bit_sizes, preset.scale_bits)
