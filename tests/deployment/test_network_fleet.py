@@ -178,10 +178,8 @@ def test_a_network_that_fails_leaves_no_namespace_or_process_behind(tmp_path: Pa
 
 
 def test_dp_fedavg_under_ckks_finishes_over_impaired_links(tmp_path: Path) -> None:
-    preset = PRESETS["ckks-128"]
-    params = CkksParams(preset.poly_modulus_degree, preset.coeff_mod_bit_sizes, preset.scale_bits)
     out = tmp_path / "run"
-    with NetworkFleet(tmp_path, nodes=3, ckks=params) as fleet:
+    with NetworkFleet(tmp_path, nodes=3, ckks=ckks_params()) as fleet:
         assert fleet.keys is not None
         run = fleet.run(
             [
@@ -269,24 +267,55 @@ def test_a_superlink_cut_off_from_every_device_ends_the_run_with_a_reason(
     assert summary["rounds"] < 20
 
 
-NEEDS_ITEM_1 = "needs engine=deployment family={} (issue 22 item 1)"
+def ckks_params() -> CkksParams:
+    preset = PRESETS["ckks-128"]
+    return CkksParams(preset.poly_modulus_degree, preset.coeff_mod_bit_sizes, preset.scale_bits)
 
 
-@pytest.mark.skip(reason=NEEDS_ITEM_1.format("vertical"))
-def test_a_vertical_run_finishes_over_impaired_links(tmp_path: Path) -> None:
-    finishes_over_impaired_links(tmp_path, ["family=vertical", "data=breast_cancer", "rounds=2"])
-
-
-@pytest.mark.skip(reason=NEEDS_ITEM_1.format("swarm"))
-def test_a_swarm_run_finishes_over_impaired_links(tmp_path: Path) -> None:
-    finishes_over_impaired_links(tmp_path, ["family=swarm", "model=logreg", "rounds=2"])
-
-
-def finishes_over_impaired_links(tmp_path: Path, overrides: list[str]) -> None:
+def finishes_over_impaired_links(
+    tmp_path: Path, overrides: list[str], *, keys: str, ckks: CkksParams | None = None
+) -> Result:
+    """A run of ``overrides`` on the network fleet, the server's bundle given as the
+    Hydra key ``keys``; its result, which must have completed."""
     out = tmp_path / "run"
-    with NetworkFleet(tmp_path, nodes=3) as fleet:
-        run = fleet.run([*BASE, *overrides, f"hydra.run.dir={out}"])
+    with NetworkFleet(tmp_path, nodes=3, ckks=ckks) as fleet:
+        assert fleet.keys is not None
+        bundle = fleet.keys.superlink.directory
+        run = fleet.run([*overrides, f"{keys}={bundle}", f"hydra.run.dir={out}"])
         output = finish(run)
         assert run.returncode == 0, output
     result = Result.load(out)
-    assert result.summary["rounds"] == 2 and result.summary["stop_reason"] is None
+    assert result.summary["status"] == "completed", result.summary["stop_reason"]
+    return result
+
+
+def test_a_vertical_run_with_psi_and_a_ckks_sum_finishes_over_impaired_links(
+    tmp_path: Path,
+) -> None:
+    overrides = [
+        "family=vertical",
+        "vertical.parties=3",
+        "num_clients=3",
+        "vertical.overlap=0.8",
+        "strategy.merge=sum",
+        "crypto=ckks",
+        "data=digits",
+        "train.batch_size=2048",
+        "rounds=1",
+        "engine.torch_threads=1",
+        "engine.node_wait_s=120",
+    ]
+    result = finishes_over_impaired_links(
+        tmp_path, overrides, keys="crypto.keys_dir", ckks=ckks_params()
+    )
+    (record,) = result.history
+    assert sorted(c["party"] for c in record["clients"]) == [0, 1, 2]
+    assert json.loads((tmp_path / "run" / "alignment.json").read_text())["method"] == "psi-ed25519"
+
+
+def test_a_swarm_run_with_gossip_and_consensus_finishes_over_impaired_links(
+    tmp_path: Path,
+) -> None:
+    overrides = [*BASE, "family=swarm", "strategy=gossip", "swarm.consensus=true", "rounds=2"]
+    result = finishes_over_impaired_links(tmp_path, overrides, keys="engine.keys_dir")
+    assert len(result.history) == 2
