@@ -35,9 +35,11 @@ demo: $(STAMP)
 	$(BIN)/fedpriv report outputs/demo --out outputs/demo --reference centralized=outputs/demo/centralized.json
 
 # The slower tests drive real Debian programs: nginx (the fleet's Fleet proxy), Chromium
-# (the docs site from disk) and Prometheus (scraping a run). Installed here where apt-get
-# can, as on CI; elsewhere the tests that need one skip and say so.
-TEST_PROGRAMS := nginx:nginx-light chromium:chromium prometheus:prometheus
+# (the docs site from disk), Prometheus (scraping a run), and iproute2 and iptables (the
+# fleet across an emulated network; iptables stands in where the kernel has no netem).
+# Installed here where apt-get can, as on CI; elsewhere the tests that need one skip
+# and say so.
+TEST_PROGRAMS := nginx:nginx-light chromium:chromium prometheus:prometheus ip:iproute2 iptables:iptables
 test: $(STAMP) lint docs test-fast
 	@missing=$$(for p in $(TEST_PROGRAMS); do command -v $${p%%:*} >/dev/null || echo $${p#*:}; done); \
 	if [ -n "$$missing" ]; then \
