@@ -167,6 +167,8 @@ def uses(config: ExperimentConfig) -> set[str]:
             out.add("masked")
     if config.family == "vertical":
         out.add("split_learning")
+    if config.partition.splits_features:
+        out.add("feature_partition")
     if config.adversary.name != "none":
         out.add("adversary")
     if config.engine.fleet:
@@ -200,6 +202,7 @@ def _setting(feature: str, config: ExperimentConfig) -> str:
         "ckks": f"crypto={config.crypto.name}",
         "adversary": f"adversary={config.adversary.name}",
         "fleet": f"engine={config.engine.name}",
+        "feature_partition": f"partition={config.partition.name}",
     }[feature]
 
 

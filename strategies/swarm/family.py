@@ -68,6 +68,8 @@ class SwarmFamily(Strategy):
         "central_dp": "central DP needs a server that aggregates; use privacy=dp_sgd (each "
         "peer's training is DP)",
         "adversary": NO_ADVERSARIES_YET,
+        "feature_partition": "peers merge whole models by the rule, and placing the input "
+        "layers side by side is the horizontal server's step: use family=horizontal",
     }
 
     def __init__(self, config: ExperimentConfig) -> None:

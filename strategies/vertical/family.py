@@ -131,6 +131,8 @@ class Vertical(Strategy):
         "dp_sgd": NO_DP_ACCOUNTING,
         "central_dp": NO_DP_ACCOUNTING,
         "adversary": NO_ADVERSARIES_YET,
+        "feature_partition": "vertical.split already gives each party its own features: "
+        "leave partition at its default and set vertical.split",
     }
 
     def __init__(self, config: ExperimentConfig) -> None:

@@ -88,3 +88,13 @@ def test_a_model_without_a_dense_input_layer_is_named():
     assert "use model=mlp or model=logreg" in str(input_layer_problem(arrays, 64))
     dense = ArrayRecord({"w": Array(np.zeros((4, 64), np.float32))})
     assert input_layer_problem(dense, 64) is None
+
+
+@pytest.mark.parametrize(
+    ("family", "fix"), [("swarm", "family=horizontal"), ("vertical", "vertical.split")]
+)
+def test_only_the_horizontal_family_takes_feature_blocks(family, fix):
+    """A swarm's peers (or split learning's parties) would train on feature blocks without
+    the horizontal server's side-by-side merge: refused, naming what to use instead."""
+    with pytest.raises(ConfigError, match=rf"partition=features .*family={family}.*{fix}"):
+        load_config([f"family={family}", "partition=features"])
