@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from fedpriv.crypto.fingerprint import server_context, split_server_context
-from fedpriv.crypto.parallel import map_spans, map_spans_forked
+from fedpriv.crypto.parallel import map_spans, sum_leaving_out
 
 #: Largest total coefficient-modulus bits that keep 128-bit security, by polynomial
 #: modulus degree (HomomorphicEncryption.org standard, ternary secrets; SEAL enforces it).
@@ -292,20 +292,18 @@ def add(
     parameters, or has the wrong size or scale, is left out of the sum; the second
     result maps its index to the reason.
     """
-    bad: dict[int, str] = {}
-    while len(bad) < len(contributions):
-        parties = [k for k in range(len(contributions)) if k not in bad]
-
-        def work(start: int, stop: int, parties: list[int] = parties) -> list[Any]:
-            chunks = [(k, contributions[k][start:stop]) for k in parties]
-            return _add(public, params, chunks, sizes[start:stop], start)
-
-        results = map_spans_forked(work, len(sizes), workers)
-        found = {k: reason for _, problems in results for k, reason in problems.items()}
-        if not found:
-            return [total for total, _ in results if total is not None], bad
-        bad.update(found)  # their earlier ciphertexts are in the sums: add again without them
-    return [], bad
+    return sum_leaving_out(
+        len(contributions),
+        len(sizes),
+        workers,
+        lambda parties, start, stop: _add(
+            public,
+            params,
+            [(k, contributions[k][start:stop]) for k in parties],
+            sizes[start:stop],
+            start,
+        ),
+    )
 
 
 def _add(

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from fedpriv.crypto.ckks import CkksParams, load_context
-from fedpriv.crypto.parallel import map_spans, map_spans_forked
+from fedpriv.crypto.parallel import map_spans, sum_leaving_out
 
 
 class _File:
@@ -205,19 +205,14 @@ def add(
     wrong level, scale or number of polynomials, is left out of the sum; the second
     result maps its index to the reason. Sums are saved expanded (a sum has no seed).
     """
-    bad: dict[int, str] = {}
-    while len(bad) < len(contributions):
-        parties = [k for k in range(len(contributions)) if k not in bad]
-
-        def work(start: int, stop: int, parties: list[int] = parties) -> list[Any]:
-            return _add(public, params, [(k, contributions[k]) for k in parties], start, stop)
-
-        results = map_spans_forked(work, count, workers)
-        found = {k: reason for _, problems in results for k, reason in problems.items()}
-        if not found:
-            return [total for total, _ in results if total is not None], bad
-        bad.update(found)  # their earlier ciphertexts are in the sums: add again without them
-    return [], bad
+    return sum_leaving_out(
+        len(contributions),
+        count,
+        workers,
+        lambda parties, start, stop: _add(
+            public, params, [(k, contributions[k]) for k in parties], start, stop
+        ),
+    )
 
 
 def _add(

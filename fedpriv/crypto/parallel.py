@@ -104,3 +104,30 @@ def map_spans_forked(
     finally:
         _FORKED_WORK = None
     return [item for part in parts for item in part]
+
+
+def sum_leaving_out(
+    parties: int,
+    count: int,
+    workers: int,
+    add: Callable[[list[int], int, int], list[tuple[Any, dict[int, str]]]],
+) -> tuple[list[Any], dict[int, str]]:
+    """Sums of ``count`` chunks over ``parties`` contributions, forked per span:
+    ``add(included, start, stop)`` gives, per chunk, its sum over the ``included``
+    parties (None if empty) and a reason for each party whose chunk could not be added.
+    A party with any such chunk is left out and the sums are made again without it
+    (its earlier chunks are in them); returns the sums and every left-out party's reason.
+    """
+    bad: dict[int, str] = {}
+    while len(bad) < parties:
+        included = [k for k in range(parties) if k not in bad]
+
+        def work(start: int, stop: int, included: list[int] = included) -> list[Any]:
+            return add(included, start, stop)
+
+        results = map_spans_forked(work, count, workers)
+        found = {k: reason for _, problems in results for k, reason in problems.items()}
+        if not found:
+            return [total for total, _ in results if total is not None], bad
+        bad.update(found)
+    return [], bad
