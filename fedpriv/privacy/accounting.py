@@ -38,10 +38,20 @@ def epsilon(history: Sequence[tuple[float, float, int]], delta: float, accountan
     """ε spent after ``history`` at ``delta``, by the named Opacus accountant (0 if empty)."""
     if not history:
         return 0.0
+    entries = tuple((float(s), float(q), int(n)) for s, q, n in history)
+    return _accountant_epsilon(entries, float(delta), accountant)
+
+
+@functools.lru_cache(maxsize=1024)
+def _accountant_epsilon(
+    history: tuple[tuple[float, float, int], ...], delta: float, accountant: str
+) -> float:
+    """Memoized: clients that trained alike share one history, and the PRV accountant
+    takes about a second for each (it was most of a DP round's time)."""
     from opacus.accountants import create_accountant  # Opacus loads only where DP runs
 
     acct = create_accountant(accountant)
-    acct.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    acct.history = list(history)
     return float(acct.get_epsilon(delta=delta))
 
 
