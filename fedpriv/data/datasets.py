@@ -63,6 +63,12 @@ def _fraction_problems(test_fraction: float) -> list[tuple[str, str]]:
     return []
 
 
+def _limit_problems(limit: int | None) -> list[tuple[str, str]]:
+    if limit is not None and limit < 1:
+        return [("limit", "must be >= 1 or null (all)")]
+    return []
+
+
 def _split(
     name: str,
     x: np.ndarray,
@@ -72,8 +78,11 @@ def _split(
     seed: int,
     input_shape: tuple[int, ...],
     standardize: bool = False,
+    limit: int | None = None,
 ) -> Dataset:
-    """Stratified train/test split; optional standardization fitted on train only."""
+    """Stratified train/test split; optional standardization fitted on train only;
+    ``limit`` keeps the first that many training samples (the split is shuffled by the
+    seed, so a random subset) and the whole test split."""
     y = np.asarray(y)
     classes, y = np.unique(y, return_inverse=True)
     x_train, x_test, y_train, y_test = train_test_split(
@@ -83,6 +92,8 @@ def _split(
         random_state=seed,
         stratify=y if np.bincount(y).min() >= 2 else None,
     )
+    if limit is not None:
+        x_train, y_train = x_train[:limit], y_train[:limit]
     if standardize:
         mean, std = x_train.mean(axis=0), x_train.std(axis=0)
         std[std == 0] = 1.0
@@ -111,9 +122,12 @@ class _Bundled(DatasetSpec):
     input_shape: ClassVar[tuple[int, ...]]
 
     test_fraction: float = 0.2
+    #: Train on only this many of the training samples (None: all), e.g. one device's
+    #: share trained alone as a study's baseline; the test split stays whole.
+    limit: int | None = None
 
     def problems(self) -> list[tuple[str, str]]:
-        return _fraction_problems(self.test_fraction)
+        return _fraction_problems(self.test_fraction) + _limit_problems(self.limit)
 
     def load(self, seed: int) -> Dataset:
         bunch = type(self).loader()
@@ -125,6 +139,7 @@ class _Bundled(DatasetSpec):
             seed=seed,
             input_shape=self.input_shape,
             standardize=self.standardize,
+            limit=self.limit,
         )
 
     def source_files(self) -> list[Path]:
@@ -250,9 +265,7 @@ class _IdxDataset(DatasetSpec):
     hint: ClassVar[str] = ""
 
     def problems(self) -> list[tuple[str, str]]:
-        if self.limit is not None and self.limit < 1:
-            return [("limit", "must be >= 1 or null (all)")]
-        return []
+        return _limit_problems(self.limit)
 
     def source_files(self) -> list[Path]:
         """The four IDX files, from the first directory that holds them all."""

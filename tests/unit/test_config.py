@@ -135,14 +135,14 @@ def test_cnn_on_tabular_data_fails_before_the_engine_starts(tmp_path):
 @pytest.mark.parametrize(
     "group,option",
     sorted(
-        (path.parent.name, path.stem)
-        for path in CONF.glob("*/*.yaml")
+        (str(path.parent.relative_to(CONF)), path.stem)
+        for path in [*CONF.glob("*/*.yaml"), *CONF.glob("arms/*/*.yaml")]
         if path.parent.name not in ("experiment",)
     ),
 )
 def test_every_config_option_composes(group, option, tmp_path):
-    # conf/unify/ holds the unification study's settings, added with +unify=...
-    overrides = [f"+{group}={option}" if group == "unify" else f"{group}={option}"]
+    # conf/arms/<study>/ holds a study's arms, added with +arms/<study>=...
+    overrides = [f"+{group}={option}" if group.startswith("arms/") else f"{group}={option}"]
     if (group, option) in (("data", "csv"), ("data", "npz")):
         overrides.append(f"data.path={tmp_path / 'file'}")
     if group == "strategy":  # the family whose registry holds the strategy
@@ -169,7 +169,7 @@ def test_every_job_of_every_study_preset_composes_and_validates():
             config = load_config([f"+experiment={name}", *point])
             for override in point:
                 key, _, value = override.lstrip("+").partition("=")
-                if key == "unify":  # the vertical merges train in the horizontal family
+                if key == "arms/unification":  # vertical merges train in the horizontal family
                     family = "vertical" if value == "split_learning" else "horizontal"
                     assert config.family == family, (name, point)
                     if value.startswith("vertical_"):
@@ -210,6 +210,6 @@ def test_the_command_line_check_applies_deletions_like_hydra():
     the limit that Hydra itself would have deleted."""
     from fedpriv.config import check_command_line
 
-    check_command_line(["+experiment=unification", "data=digits", "~data.limit"])
-    with pytest.raises(ConfigError, match=r"data\.limit is not a parameter of dataset 'digits'"):
-        check_command_line(["+experiment=unification", "data=digits"])
+    check_command_line(["+experiment=unification", "data=synthetic", "~data.limit"])
+    with pytest.raises(ConfigError, match=r"data\.limit is not a parameter of dataset 'synthetic'"):
+        check_command_line(["+experiment=unification", "data=synthetic"])

@@ -76,6 +76,22 @@ def test_mnist_family_reads_from_config_path_and_env(tmp_path, monkeypatch):
     assert len(limited.y_train) == 12
 
 
+@pytest.mark.parametrize("name", ["digits", "wine", "breast_cancer"])
+def test_a_bundled_limit_keeps_a_training_subset_and_the_whole_test_split(name):
+    """A study's "one device alone" baseline trains on ``data.limit`` samples: the first
+    of the seed-shuffled training split, the same test split as the full set's."""
+    full = DATASETS.create({"name": name}).load(seed=3)
+    limited = DATASETS.create({"name": name, "limit": 40}).load(seed=3)
+    assert len(limited.y_train) == 40
+    np.testing.assert_array_equal(limited.y_train, full.y_train[:40])
+    np.testing.assert_array_equal(limited.y_test, full.y_test)
+    assert DATASETS.create({"name": name, "limit": 10**6}).load(seed=3).y_train.shape == (
+        full.y_train.shape
+    )
+    with pytest.raises(ConfigError, match="limit"):
+        DATASETS.create({"name": name, "limit": 0})
+
+
 def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDPRIV_DATA_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(DataError) as caught:
