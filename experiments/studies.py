@@ -27,7 +27,14 @@ from pathlib import Path
 import yaml
 
 from fedpriv.config import CONFIG_MODULE
-from fedpriv.experiments import unification
+from fedpriv.experiments import (
+    batch_size,
+    dp_utility,
+    noniid,
+    replicate_vs_split,
+    swarm_vs_fedavg,
+    unification,
+)
 from fedpriv.report import report
 from fedpriv.report_arms import Arm, arm_table
 from fedpriv.report_plots import plot_arms
@@ -86,6 +93,12 @@ def preset_notes(name: str) -> dict[str, str]:
     return notes
 
 
+#: A study's extra report: (its runs, its sections, its directory) -> (lines, plots).
+Extra = Callable[
+    [Sequence[Result], Sequence[tuple[str, Sequence[Arm]]], Path], tuple[list[str], list[Path]]
+]
+
+
 @dataclasses.dataclass(frozen=True)
 class Analysis:
     """What a study reads from its runs: its sections of arms and the answer they give."""
@@ -95,6 +108,9 @@ class Analysis:
     answer: Callable[[Sequence[tuple[str, Sequence[Arm]]]], str]
     #: The baseline each section's arms are compared with (a column of the table).
     against: Callable[[Sequence[Arm]], Arm | None]
+    #: More of the report after the tables (Markdown lines) and the plots it wrote into
+    #: the study's directory: a time-to-accuracy table, accuracy against ε.
+    extra: Extra | None = None
 
 
 #: Studies whose report answers their question from the runs; the others get the
@@ -105,6 +121,38 @@ ANALYSES: dict[str, Analysis] = {
         sections=unification.sections,
         answer=unification.answer,
         against=unification.better_holder,
+    ),
+    "dp_utility": Analysis(
+        title="DP utility: accuracy against ε, federated and centralized",
+        sections=dp_utility.sections,
+        answer=dp_utility.answer,
+        against=dp_utility.against,
+        extra=dp_utility.extra,
+    ),
+    "batch_size": Analysis(
+        title="Batch size: accuracy and time to accuracy, with and without lr scaling",
+        sections=batch_size.sections,
+        answer=batch_size.answer,
+        against=batch_size.against,
+        extra=batch_size.extra,
+    ),
+    "replicate_vs_split": Analysis(
+        title="Replicate or split the training set across devices",
+        sections=replicate_vs_split.sections,
+        answer=replicate_vs_split.answer,
+        against=replicate_vs_split.against,
+    ),
+    "swarm_vs_fedavg": Analysis(
+        title="Swarm learning against FedAvg, at equal compute and equal communication",
+        sections=swarm_vs_fedavg.sections,
+        answer=swarm_vs_fedavg.answer,
+        against=swarm_vs_fedavg.against,
+    ),
+    "noniid": Analysis(
+        title="Label skew: what it costs FedAvg, and whether FedProx wins it back",
+        sections=noniid.sections,
+        answer=noniid.answer,
+        against=noniid.against,
     ),
 }
 
@@ -138,8 +186,12 @@ def study_report(name: str, target: Path) -> tuple[str, list[Path]]:
         ]
         for section, arms in found:
             lines += [f"## {section}", "", arm_table(arms, analysis.against(arms)), ""]
+        if analysis.extra is not None:
+            more, extra_plots = analysis.extra(results, found, target)
+            lines += more
+            plots[:0] = extra_plots
         if plot_arms(found, target / "arms.png"):
-            plots.insert(0, target / "arms.png")
+            plots.insert(len(plots) - 1, target / "arms.png")
         lines += ["## Every run, by group", ""]
     else:
         lines += [f"{key}: {text}" for key, text in notes.items() if key != "Question"]

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from fedpriv.experiments.arm_runs import run_config
 from fedpriv.report_arms import Arm, compare
 from fedpriv.results import Result
 
@@ -50,7 +48,7 @@ def sections(results: Sequence[Result]) -> list[tuple[str, list[Arm]]]:
     vertical = SECTIONS["features"]
     centralized = []
     for result in results:
-        config = _config(result.run_dir)
+        config = run_config(result.run_dir)
         seed, final = int(config["seed"]), result.final.get("accuracy")
         if config["family"]["name"] == "vertical":
             add(vertical, SPLIT_LEARNING, "reference", seed, final)
@@ -168,10 +166,3 @@ def _arm_order(label: str) -> tuple[int, int, str]:
     rules = list(RULES.values())
     first = {"merged once": 0, BETTER_HOLDER: 0}.get(head, 1)
     return (first, rules.index(rule) if rule in rules else 9, label)
-
-
-def _config(run_dir: Path) -> dict[str, Any]:
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    if not isinstance(config, dict):
-        raise ValueError(f"{run_dir / 'config.yaml'} holds no config mapping")
-    return config

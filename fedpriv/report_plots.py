@@ -249,6 +249,51 @@ def plot_arms(sections: Sequence[tuple[str, Sequence[Arm]]], path: Path) -> bool
     return True
 
 
+def plot_curves(
+    curves: Sequence[tuple[str, Sequence[tuple[float, Arm]]]],
+    references: Sequence[Arm],
+    path: Path,
+    *,
+    xlabel: str,
+    title: str,
+    log_x: bool = True,
+) -> bool:
+    """A study's final accuracy against a setting (ε, batch size): one line per curve
+    through its rows' means at their x, each with its 95 % t-interval as an error bar;
+    each reference row a dashed horizontal line at its mean with its interval shaded."""
+    if not any(points for _, points in curves):
+        return False
+    fig, ax = _figure((7, 4.5))
+    for i, (label, points) in enumerate(curves):
+        points = sorted((x, arm) for x, arm in points if arm.values)
+        xs = [x for x, _ in points]
+        means = [arm.mean for _, arm in points]
+        spans = [_interval_span(arm) for _, arm in points]
+        ax.errorbar(xs, means, yerr=[[lo for lo, _ in spans], [hi for _, hi in spans]],
+                    marker="o", capsize=3, color=_colour(i), label=label)  # fmt: skip
+    for j, arm in enumerate(references, start=len(curves)):
+        ax.axhline(arm.mean, linestyle="--", color=_colour(j), linewidth=1, label=arm.label)
+        if (interval := t_interval(arm.values)) is not None:
+            ax.axhspan(*interval, color=_colour(j), alpha=0.12, linewidth=0)
+    if log_x:
+        _log_scale(ax, "x")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("final test accuracy")
+    ax.set_title(f"{title}\n(mean over seeds; bars and bands: 95% CI)")
+    ax.grid(alpha=0.3, which="both")
+    _legend(ax, len(curves) + len(references))
+    _save(fig, path)
+    return True
+
+
+def _interval_span(arm: Arm) -> tuple[float, float]:
+    """Distances from the row's mean down and up to its 95 % t-interval (0 for one seed)."""
+    interval = t_interval(arm.values)
+    if interval is None:
+        return 0.0, 0.0
+    return max(0.0, arm.mean - interval[0]), max(0.0, interval[1] - arm.mean)
+
+
 def client_epsilons(groups: Sequence[RunGroup]) -> list[tuple[str, dict[int, float]]]:
     """Every DP-SGD run's name (its group, and its seed where the group has several) and
     its clients' ε by partition id, in group order."""

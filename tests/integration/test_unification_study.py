@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.processes, pytest.mark.slow]
 ARMS = ("horizontal_iid_once_average", "horizontal_iid_once_absmax", "vertical_once_average",
         "vertical_once_max", "centralized", "split_learning")  # fmt: skip
 REDUCED = ["data=digits", "~data.limit", "rounds=1", "train.local_epochs=1", "seed=0,1",
-           f"+unify={','.join(ARMS)}"]  # fmt: skip
+           f"+arms/unification={','.join(ARMS)}"]  # fmt: skip
 
 
 def table_rows(text: str, section: str) -> dict[str, list[str]]:
