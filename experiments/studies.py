@@ -23,6 +23,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import yaml
 
@@ -112,47 +113,31 @@ class Analysis:
     #: the study's directory: a time-to-accuracy table, accuracy against ε.
     extra: Extra | None = None
 
+    @classmethod
+    def of(cls, module: ModuleType, title: str) -> Analysis:
+        """A study module's ``sections``, ``answer``, ``against`` and optional ``extra``."""
+        extra = getattr(module, "extra", None)
+        return cls(title, module.sections, module.answer, module.against, extra)
+
 
 #: Studies whose report answers their question from the runs; the others get the
 #: ``fedpriv report --by-group`` table.
 ANALYSES: dict[str, Analysis] = {
-    "unification": Analysis(
-        title="Unification: merging models trained apart",
-        sections=unification.sections,
-        answer=unification.answer,
-        against=unification.better_holder,
+    "unification": Analysis.of(unification, "Unification: merging models trained apart"),
+    "dp_utility": Analysis.of(
+        dp_utility, "DP utility: accuracy against ε, federated and centralized"
     ),
-    "dp_utility": Analysis(
-        title="DP utility: accuracy against ε, federated and centralized",
-        sections=dp_utility.sections,
-        answer=dp_utility.answer,
-        against=dp_utility.against,
-        extra=dp_utility.extra,
+    "batch_size": Analysis.of(
+        batch_size, "Batch size: accuracy and time to accuracy, with and without lr scaling"
     ),
-    "batch_size": Analysis(
-        title="Batch size: accuracy and time to accuracy, with and without lr scaling",
-        sections=batch_size.sections,
-        answer=batch_size.answer,
-        against=batch_size.against,
-        extra=batch_size.extra,
+    "replicate_vs_split": Analysis.of(
+        replicate_vs_split, "Replicate or split the training set across devices"
     ),
-    "replicate_vs_split": Analysis(
-        title="Replicate or split the training set across devices",
-        sections=replicate_vs_split.sections,
-        answer=replicate_vs_split.answer,
-        against=replicate_vs_split.against,
+    "swarm_vs_fedavg": Analysis.of(
+        swarm_vs_fedavg, "Swarm learning against FedAvg, at equal compute and equal communication"
     ),
-    "swarm_vs_fedavg": Analysis(
-        title="Swarm learning against FedAvg, at equal compute and equal communication",
-        sections=swarm_vs_fedavg.sections,
-        answer=swarm_vs_fedavg.answer,
-        against=swarm_vs_fedavg.against,
-    ),
-    "noniid": Analysis(
-        title="Label skew: what it costs FedAvg, and whether FedProx wins it back",
-        sections=noniid.sections,
-        answer=noniid.answer,
-        against=noniid.against,
+    "noniid": Analysis.of(
+        noniid, "Label skew: what it costs FedAvg, and whether FedProx wins it back"
     ),
 }
 
@@ -174,9 +159,7 @@ def study_report(name: str, target: Path) -> tuple[str, list[Path]]:
         results = [Result.load(path) for path in find_runs([target])]
         found = analysis.sections(results)
         lines += [f"**Answer.** {analysis.answer(found)}", ""]
-        for key in ("Protocol", "Baselines"):
-            if key in notes:
-                lines += [notes[key] if key == "Baselines" else f"{key}: {notes[key]}", ""]
+        lines += _method(notes)
         lines += [
             "Each table: final test accuracy, mean ± sample std over the seeds, the 95 % "
             "t-interval, Welch's test against the section's best row, and a paired t-test "
@@ -194,7 +177,7 @@ def study_report(name: str, target: Path) -> tuple[str, list[Path]]:
             plots.insert(len(plots) - 1, target / "arms.png")
         lines += ["## Every run, by group", ""]
     else:
-        lines += [f"{key}: {text}" for key, text in notes.items() if key != "Question"]
+        lines += _method(notes)
     table = shown.split("\nwrote ")[0]
     lines += [table, ""]
     lines += [f"![{name}: {plot.stem}]({plot.name})" for plot in plots]
@@ -202,6 +185,15 @@ def study_report(name: str, target: Path) -> tuple[str, list[Path]]:
               f"sweep `python -m fedpriv.experiments.run -m +experiment={name}`, then this "
               "report."]  # fmt: skip
     return "\n".join(lines) + "\n", plots
+
+
+def _method(notes: dict[str, str]) -> list[str]:
+    """The preset's protocol and baselines paragraphs, as the report quotes them."""
+    lines = []
+    for key in ("Protocol", "Baselines"):
+        if key in notes:
+            lines += [notes[key] if key == "Baselines" else f"{key}: {notes[key]}", ""]
+    return lines
 
 
 def run_study(name: str, out: Path, overrides: Sequence[str] = ()) -> str:

@@ -78,22 +78,9 @@ def against(arms: Sequence[Arm]) -> Arm | None:
 
 
 def answer(found: Sequence[tuple[str, Sequence[Arm]]]) -> str:
-    clauses = []
-    for name, arms in found:
-        base = against(arms)
-        swarm = [arm for arm in arms if arm.kind == "arm"]
-        if base is None or not swarm:
-            continue
-        parts = "; ".join(f"{arm.label}: {versus(arm, base, 'FedAvg')}" for arm in swarm)
-        clauses.append(f"At {name}: {parts}")
-    if not clauses:
-        return "No answer: the runs hold no swarm arm together with FedAvg."
-    return f"{_lead(found)}. {'. '.join(clauses)}."
-
-
-def _lead(found: Sequence[tuple[str, Sequence[Arm]]]) -> str:
-    """Per budget, the swarm modes that are not below FedAvg beyond seed noise."""
-    parts = []
+    """Per budget, which swarm modes are not below FedAvg beyond seed noise, then each
+    mode against FedAvg (paired over seeds)."""
+    leads, clauses = [], []
     for name, arms in found:
         base = against(arms)
         swarm = [arm for arm in arms if arm.kind == "arm"]
@@ -101,7 +88,11 @@ def _lead(found: Sequence[tuple[str, Sequence[Arm]]]) -> str:
             continue
         level = [arm.label for arm in swarm if compare(arm, base).verdict != "worse"]
         who = " and ".join(level) if level else "no swarm mode"
-        parts.append(f"at {name.split(' (')[0]} {who} {'reach' if len(level) > 1 else 'reaches'} "
-                     "FedAvg's accuracy")  # fmt: skip
-    text = "; ".join(parts)
-    return f"{text[:1].upper()}{text[1:]}" if parts else "No answer"
+        verb = "reach" if len(level) > 1 else "reaches"
+        leads.append(f"at {name.split(' (')[0]}: {who} {verb} FedAvg's accuracy")
+        parts = "; ".join(f"{arm.label}: {versus(arm, base, 'FedAvg')}" for arm in swarm)
+        clauses.append(f"At {name}: {parts}")
+    if not clauses:
+        return "No answer: the runs hold no swarm arm together with FedAvg."
+    lead = "; ".join(leads)
+    return f"{lead[:1].upper()}{lead[1:]}. {'. '.join(clauses)}."

@@ -12,11 +12,11 @@ over seeds; :func:`fedpriv.report_arms.compare`).
 
 from __future__ import annotations
 
-import statistics
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fedpriv.experiments.arm_runs import run_config
+from fedpriv.experiments.arm_runs import KIND_ORDER, Value, collect
 from fedpriv.report_arms import Arm, compare
 from fedpriv.results import Result
 
@@ -38,67 +38,50 @@ SPLIT_LEARNING = "split learning"
 
 def sections(results: Sequence[Result]) -> list[tuple[str, list[Arm]]]:
     """Each section's rows: the merges (merged once, then every k epochs; Average, Max,
-    AbsMax), each holder alone, centralized, and split learning in the vertical one."""
-    values: dict[tuple[str, str, str], dict[int, list[float]]] = {}
-
-    def add(section: str, label: str, kind: str, seed: int, value: float | None) -> None:
-        if value is not None:
-            values.setdefault((section, label, kind), {}).setdefault(seed, []).append(value)
-
-    vertical = SECTIONS["features"]
-    centralized = []
-    for result in results:
-        config = run_config(result.run_dir)
-        seed, final = int(config["seed"]), result.final.get("accuracy")
-        if config["family"]["name"] == "vertical":
-            add(vertical, SPLIT_LEARNING, "reference", seed, final)
-        elif config["num_clients"] == 1:
-            centralized.append((seed, final))
-        else:
-            section = SECTIONS.get(config["partition"]["name"], config["partition"]["name"])
-            strategy = config["strategy"]["name"]
-            add(section, f"{protocol(config)}: {RULES.get(strategy, strategy)}", "arm", seed, final)
-            if config["rounds"] == 1 and result.history:
-                for client in result.history[0].get("clients", []):
-                    holder = f"holder {int(client['partition-id'])} alone"
-                    add(section, holder, "baseline", seed, client.get("test-accuracy"))
-    names = list(dict.fromkeys(section for section, _, _ in values))
-    names.sort(
-        key=lambda name: list(SECTIONS.values()).index(name) if name in SECTIONS.values() else 99
-    )
-    for section in names:
-        holders = [
-            v
-            for (where, label, _), v in values.items()
-            if where == section and label.startswith("holder ")
-        ]
-        for seed in set.intersection(*(set(h) for h in holders)) if holders else ():
-            add(
-                section,
-                BETTER_HOLDER,
-                "baseline",
-                seed,
-                max(statistics.fmean(h[seed]) for h in holders),
-            )
-        for seed, final in centralized:
-            add(section, CENTRALIZED, "baseline", seed, final)
+    AbsMax), each holder alone and the better of them per seed, centralized, and split
+    learning in the vertical one."""
+    found = collect(results, classify, _arm_order)
+    shared = [arm for name, arms in found if name == "" for arm in arms]
+    rank = list(SECTIONS.values())
     out = []
-    for section in names:
-        rows = [
-            Arm(
-                section,
-                label,
-                tuple(statistics.fmean(v) for _, v in sorted(by_seed.items())),
-                kind,
-                seeds=tuple(sorted(by_seed)),
-            )
-            for (where, label, kind), by_seed in values.items()
-            if where == section
-        ]
-        order = {"arm": 0, "baseline": 1, "reference": 2}
-        rows.sort(key=lambda arm: (order[arm.kind], _arm_order(arm.label)))
-        out.append((section, rows))
+    for name, arms in sorted(
+        ((name, arms) for name, arms in found if name),
+        key=lambda item: rank.index(item[0]) if item[0] in rank else len(rank),
+    ):
+        rows = [*arms, *(dataclasses.replace(arm, section=name) for arm in shared)]
+        if better := _better_holder(name, arms):
+            rows.append(better)
+        rows.sort(key=lambda arm: (KIND_ORDER[arm.kind], _arm_order(arm.label)))
+        out.append((name, rows))
     return out
+
+
+def classify(config: Mapping[str, Any], result: Result) -> list[Value]:
+    """A merge is a row of its environment's section, and so is each holder's own model
+    before a merged-once run's merge; centralized (section "") joins every section."""
+    final = result.final.get("accuracy")
+    if config["family"]["name"] == "vertical":
+        return [(SECTIONS["features"], SPLIT_LEARNING, "reference", final)]
+    if config["num_clients"] == 1:
+        return [("", CENTRALIZED, "baseline", final)]
+    section = SECTIONS.get(config["partition"]["name"], config["partition"]["name"])
+    strategy = config["strategy"]["name"]
+    rows = [(section, f"{protocol(config)}: {RULES.get(strategy, strategy)}", "arm", final)]
+    if config["rounds"] == 1 and result.history:
+        for client in result.history[0].get("clients", []):
+            holder = f"holder {int(client['partition-id'])} alone"
+            rows.append((section, holder, "baseline", client.get("test-accuracy")))
+    return rows
+
+
+def _better_holder(section: str, arms: Sequence[Arm]) -> Arm | None:
+    """Per seed that every holder ran, the higher of their accuracies."""
+    holders = [arm for arm in arms if arm.label.startswith("holder ")]
+    if not holders:
+        return None
+    seeds = sorted(set.intersection(*(set(arm.seeds) for arm in holders)))
+    values = tuple(max(h.values[h.seeds.index(seed)] for h in holders) for seed in seeds)
+    return Arm(section, BETTER_HOLDER, values, "baseline", seeds=tuple(seeds))
 
 
 def protocol(config: Mapping[str, Any]) -> str:
@@ -114,6 +97,9 @@ def better_holder(arms: Sequence[Arm]) -> Arm | None:
     seed): what a merge must beat to beat its parts."""
     return next((arm for arm in arms if arm.label == BETTER_HOLDER), None)
 
+
+#: The baseline of each section's table.
+against = better_holder
 
 #: How the answer words a comparison's verdict.
 WHERE = {"better": "above", "worse": "below", "within noise": "level with"}
