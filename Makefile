@@ -7,6 +7,13 @@ STAMP  := $(VENV)/.installed
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO := 0
 
+# Debian's Fashion-MNIST, installed when missing where apt-get is; $(1) says what its
+# absence means.
+fashion_mnist = @if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then \
+	  { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+	    echo "Fashion-MNIST not installed: $(1)"; \
+	fi
+
 .PHONY: demo test test-fast test-pythons lint docs format bench studies lock clean
 
 # torch first, from PyTorch's own index: the CPU build by default on any Linux machine
@@ -76,8 +83,7 @@ format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 bench: $(STAMP)
-	-command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ] && \
-	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || echo "Fashion-MNIST not installed; benchmarks use digits")
+	$(call fashion_mnist,benchmarks use digits)
 	mkdir -p outputs/bench
 	$(BIN)/python benchmarks/simulation.py --out outputs/bench/simulation.json
 	$(BIN)/python benchmarks/population.py --out outputs/bench/population.json
@@ -96,8 +102,7 @@ bench: $(STAMP)
 # page in docs/studies/; about 10 minutes on 2 cores (the unification study's 100
 # Fashion-MNIST runs take 4). Not in CI (tests run each preset in a reduced form).
 studies: $(STAMP)
-	-command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ] && \
-	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || echo "Fashion-MNIST not installed: the unification study needs it")
+	$(call fashion_mnist,the unification study needs it)
 	$(BIN)/python -m fedpriv.experiments.studies --out outputs/studies --docs docs/studies
 
 # deploy/requirements.lock: every runtime dependency but torch, pinned with SHA-256 hashes
