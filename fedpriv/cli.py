@@ -106,12 +106,19 @@ def _config_groups() -> list[tuple[str, str]]:
     metavar="LABEL=FILE.json",
     help="A reference accuracy to show (a JSON file with an 'accuracy' field); repeatable.",
 )
+@click.option(
+    "--study",
+    metavar="NAME",
+    help="PATH holds one study preset's sweep (`-m +experiment=NAME`): write PATH/report.md "
+    "with the study's question, its answer and its tables of arms and baselines.",
+)
 def report(
     paths: tuple[str, ...],
     out: str | None,
     markdown: bool,
     by_group: bool,
     reference: tuple[str, ...],
+    study: str | None,
 ) -> None:
     """Table of finished runs in PATHS (runs or sweeps); writes report.csv and plots.
 
@@ -122,6 +129,9 @@ def report(
     """
     from fedpriv.report import report as make_report
 
+    if study is not None:
+        _study_report(study, paths)
+        return
     try:
         references = dict(_reference(spec) for spec in reference)
         text = make_report(
@@ -130,6 +140,24 @@ def report(
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     click.echo(text)
+
+
+def _study_report(name: str, paths: tuple[str, ...]) -> None:
+    from fedpriv.experiments.studies import presets, study_report
+    from fedpriv.results import write_atomic
+
+    if name not in presets():
+        _fail(f"--study {name!r} is not a study preset; choose from: {', '.join(presets())}")
+    if len(paths) != 1:
+        _fail(f"--study reads one sweep directory, got {len(paths)} paths")
+    target = Path(paths[0])
+    try:
+        text, _ = study_report(name, target)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    write_atomic(target / "report.md", text)
+    click.echo(text)
+    click.echo(f"wrote {target / 'report.md'}")
 
 
 @cli.command()

@@ -12,6 +12,7 @@ import statistics
 import pytest
 
 from fedpriv import load_config, run
+from fedpriv.cli import main as cli
 from fedpriv.experiments.studies import (
     ANALYSES,
     preset_notes,
@@ -91,6 +92,8 @@ def test_study_report_answers_from_its_arms_in_reduced_form(name, tmp_path):
     assert lines[4].startswith("**Answer.** ") and "No answer" not in lines[4]
     assert f"`python -m fedpriv.experiments.studies {name}`" in text
     assert all(plot.stat().st_size > 0 for plot in plots)
+    assert cli(["report", str(tmp_path / name), "--study", name]) == 0  # the same, on the CLI
+    assert (tmp_path / name / "report.md").read_text() == text
     rows = table_means(text)
     for arm, values in finals.items():  # each arm's mean is in some row, over both seeds
         assert any(abs(mean - statistics.fmean(values)) < 5e-5 and n == 2

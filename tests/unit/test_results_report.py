@@ -145,6 +145,13 @@ def test_cli_report_errors_clearly_on_missing_dirs(tmp_path, capsys):
     assert cli(["frobnicate"]) == 2
 
 
+def test_cli_study_report_names_the_bad_study_or_paths(tmp_path, capsys):
+    assert cli(["report", str(tmp_path), "--study", "nonsense"]) == 2
+    assert "'nonsense' is not a study preset; choose from: " in capsys.readouterr().err
+    assert cli(["report", str(tmp_path), str(tmp_path), "--study", "noniid"]) == 2
+    assert "--study reads one sweep directory, got 2 paths" in capsys.readouterr().err
+
+
 def test_result_load_needs_a_finished_run(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no summary\.json"):
         Result.load(tmp_path)
