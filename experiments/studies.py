@@ -200,9 +200,12 @@ def run_study(name: str, out: Path, overrides: Sequence[str] = ()) -> str:
     """One study's multirun (``overrides`` added to its command line) and its report;
     returns the report's text."""
     target = out / name
+    if target.exists():  # regenerating replaces: no run of an older sweep may linger
+        for run_dir in find_runs([target]):
+            shutil.rmtree(run_dir)
     command = [
         sys.executable, "-m", "fedpriv.experiments.run", "-m", f"+experiment={name}",
-        f"hydra.sweep.dir={target}", "overwrite=true", *overrides,  # regenerating replaces
+        f"hydra.sweep.dir={target}", "overwrite=true", *overrides,
     ]  # fmt: skip
     subprocess.run(command, check=True)
     text, _ = study_report(name, target)

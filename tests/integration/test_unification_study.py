@@ -26,7 +26,11 @@ def table_rows(text: str, section: str) -> dict[str, list[str]]:
 
 
 def test_reduced_unification_study_answers_with_baselines(tmp_path):
+    stale = tmp_path / "unification" / "99"  # a job of an older, longer sweep
+    stale.mkdir(parents=True)
+    (stale / "summary.json").write_text("{}")
     text = run_study("unification", tmp_path, REDUCED)
+    assert not stale.exists()
     assert text == (tmp_path / "unification" / "report.md").read_text()
     lines = text.splitlines()
     assert lines[0] == "# Unification: merging models trained apart"
