@@ -358,6 +358,14 @@ def superlink(
     "off to Flower's 3 s when idle); each costs the SuperLink about 4 ms of CPU, so raise "
     "it for large fleets.",
 )
+@click.option(
+    "--state-dir",
+    default="~/.local/state/fedpriv",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the device keeps its own record of what each run spent (its accountant "
+    "history), so that a resumed run never charges it less, whatever the server says.",
+)
 @click.option("--insecure", is_flag=True, help="No TLS, no node authentication (a lab only).")
 def supernode(
     keys_dir: str,
@@ -367,6 +375,7 @@ def supernode(
     data: str | None,
     runtime_port: int,
     poll_interval: float,
+    state_dir: str,
     insecure: bool,
 ) -> None:
     """Run a device's SuperNode and its warm executor with the device's KEYS (ca.crt,
@@ -383,6 +392,7 @@ def supernode(
             runtime_port=runtime_port,
             poll_interval=poll_interval,
             insecure=insecure,
+            state_dir=state_dir,
         )
     )
 

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from fedpriv.data.federated import FederatedData
 
 STATE_KEY = "fedpriv"
+#: Run-config keys ``fedpriv run`` submits to a fleet: the validated config (JSON), the
+#: results directory on the server's host, and whether the run resumes its checkpoint.
+CONFIG_KEY, OUTPUT_KEY, RESUME_KEY = "fedpriv-config", "output-dir", "resume"
 
 
 def partition_id(context: Context) -> int:

@@ -27,11 +27,10 @@ from flwr.serverapp import Grid, ServerApp
 from fedpriv.config import ExperimentConfig, from_mapping
 from fedpriv.deployment.run_config import experiment_from
 from fedpriv.errors import ConfigError
+from fedpriv.node import CONFIG_KEY, RESUME_KEY
 
 log = logging.getLogger("fedpriv")
 
-#: Run-config keys ``fedpriv run`` submits (``resume``: continue from the checkpoint).
-CONFIG_KEY, OUTPUT_KEY, RESUME_KEY = "fedpriv-config", "output-dir", "resume"
 #: Written into the results directory when the ServerApp fails, for ``fedpriv run``.
 ERROR_FILE = "error.txt"
 

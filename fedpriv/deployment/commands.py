@@ -75,6 +75,7 @@ def supernode(
     runtime_port: int = RUNTIME_PORT,
     poll_interval: float = POLL_INTERVAL_S,
     insecure: bool = False,
+    state_dir: str | None = None,
 ) -> int:
     """Run a device's SuperNode and its warm executor until stopped; the exit code."""
     if not 0 <= partition_id < num_partitions:
@@ -100,6 +101,7 @@ def supernode(
         data=data,
         runtime_port=runtime_port,
         poll_interval=poll_interval,
+        state_dir=state_dir,
     )
     pids = ", ".join(str(process.pid) for process in node.processes)
     log.info("SuperNode %d -> %s (pids %s)", partition_id, superlink, pids)

@@ -23,6 +23,7 @@ from fedpriv.deployment.processes import (
 )
 from fedpriv.deployment.proxy import nginx_binary, start_fleet_proxy
 from fedpriv.deployment.supernode import POLL_INTERVAL_S
+from fedpriv.runtime.node_store import STATE_DIR
 
 log = logging.getLogger("fedpriv")
 
@@ -141,11 +142,14 @@ class Supernode:
         flwr_home: Path | None = None,
         warm: bool = True,
         poll_interval: float | None = POLL_INTERVAL_S,
+        state_dir: str | Path | None = None,
     ) -> None:
         node_config: dict[str, str | int] = {
             "partition-id": partition_id,
             "num-partitions": num_partitions,
         }
+        if state_dir is not None:  # the device's own copy of what it spent
+            node_config[STATE_DIR] = str(Path(state_dir).expanduser().resolve())
         if data:
             node_config["data-path"] = str(Path(data).resolve())
         if creds is not None:
@@ -267,6 +271,7 @@ class LocalFleet:
                         flwr_home=self.home,
                         warm=self.warm,
                         poll_interval=POLL_INTERVAL_S if self.fast_poll else None,
+                        state_dir=self.directory / "state" / f"node-{k}",
                     )
                 )
         except BaseException:

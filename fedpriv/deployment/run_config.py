@@ -21,9 +21,11 @@ from pathlib import Path
 
 from fedpriv.config import ExperimentConfig, SimulationEngine, load_config
 from fedpriv.errors import ConfigError
+from fedpriv.node import OUTPUT_KEY
 
-#: Run-config keys that are not Hydra keys: more overrides, and the results directory.
-OVERRIDES_KEY, OUTPUT_KEY = "overrides", "output-dir"
+#: The run-config key that is not a Hydra key: more overrides (``output-dir``, the
+#: results directory, is :data:`fedpriv.node.OUTPUT_KEY`).
+OVERRIDES_KEY = "overrides"
 #: Where a run's results go when ``output-dir`` is empty: ``outputs/flwr/<run id>``
 #: under the working directory of the ServerApp's process (the SuperLink's).
 DEFAULT_OUTPUT_ROOT = Path("outputs", "flwr")

@@ -18,7 +18,7 @@ import tomli_w
 
 from fedpriv._version import __version__
 from fedpriv.config import DeploymentEngine, ExperimentConfig
-from fedpriv.deployment.apps import CONFIG_KEY, ERROR_FILE, OUTPUT_KEY, RESUME_KEY
+from fedpriv.deployment.apps import ERROR_FILE
 from fedpriv.deployment.processes import (
     INSECURE_WARNING,
     flower_environment,
@@ -26,6 +26,7 @@ from fedpriv.deployment.processes import (
     write_connection,
 )
 from fedpriv.errors import SimulationError
+from fedpriv.node import CONFIG_KEY, OUTPUT_KEY, RESUME_KEY
 from fedpriv.results import Result
 
 log = logging.getLogger("fedpriv")

@@ -23,6 +23,7 @@ checkpoint are never forgotten.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,13 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedpriv.errors import FedprivError
 from fedpriv.node import partition_id
+from fedpriv.privacy.accounting import STATE_KEY as DP_RECORD
 from fedpriv.results import write_atomic
+from fedpriv.runtime import node_store
+from fedpriv.runtime.node_store import State
 from fedpriv.runtime.tree import TreeError, dumps, loads
+
+log = logging.getLogger("fedpriv")
 
 CHECKPOINT_FILE = "checkpoint.npz"
 #: Each node's spending, written as replies arrive (:mod:`fedpriv.runtime.spending`).
@@ -187,17 +193,62 @@ def unflatten(record: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return records
 
 
+def node_state(context: Context) -> State:
+    """This node's resumable records in ``context.state``, ``{record: {key: value}}``."""
+    return unflatten(snapshot(context))
+
+
+def adopt(context: Context, state: State) -> None:
+    for name, values in state.items():
+        context.state[name] = ConfigRecord(values)
+
+
 class NodeStateMod:
     """Flower client mod: attaches the node's state to each train reply, after the
-    privacy mod has composed this round's spending."""
+    privacy mod has composed this round's spending, and on a device keeps its own copy
+    (:mod:`fedpriv.runtime.node_store`): written after each train reply, and taken
+    back first when a run resumes."""
 
     def __call__(
         self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
+        own = node_store.load(context) if node_store.resuming(context) else None
+        if own is not None and extends(own, node_state(context)):  # nothing newer held
+            adopt(context, own)
         reply = call_next(msg, context)
         if msg.metadata.message_type.startswith("train") and reply.has_content():
             reply.content[NODE_STATE] = snapshot(context)
+            node_store.save(context, node_state(context))
         return reply
+
+
+def extends(new: State, old: State) -> bool:
+    """Whether ``new`` spent at least what ``old`` did: ``old``'s accountant history is
+    a prefix of ``new``'s (its last entry may have more steps, as Opacus merges steps of
+    the same σ and q), and no fewer rounds were trained (a late reply has fewer)."""
+    old_history, new_history = _history(old), _history(new)
+    if old_history is None or new_history is None or len(new_history) < len(old_history):
+        return False
+    for i, (was, now) in enumerate(zip(old_history, new_history, strict=False)):
+        last = i == len(old_history) - 1
+        if was[:2] != now[:2] or (now[2] < was[2] if last else now[2] != was[2]):
+            return False
+    return _rounds(new) >= _rounds(old)
+
+
+def _history(state: State) -> list[tuple[float, float, int]] | None:
+    """The accountant history in a state ([] without DP), None if malformed."""
+    record = state.get(DP_RECORD, {})
+    try:
+        columns = [record.get(k, []) for k in ("noise_multipliers", "sample_rates", "steps")]
+        return [(float(s), float(q), int(n)) for s, q, n in zip(*columns, strict=True)]
+    except (TypeError, ValueError):
+        return None
+
+
+def _rounds(state: State) -> int:
+    value = state.get("fedpriv", {}).get("rounds_trained", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def restore_content(partition: int, state: Mapping[str, Mapping[str, Any]]) -> RecordDict:
@@ -220,6 +271,13 @@ def restore_node(msg: Message, context: Context) -> Message:
                 f"the restore message holds partition {claimed!r}'s state, and this node "
                 f"holds partition {own}"
             )
-        for name, values in unflatten(record).items():
-            context.state[name] = ConfigRecord(values)
+        given, held = unflatten(record), node_state(context)
+        if extends(given, held):
+            adopt(context, given)
+        else:  # the server gives back less than this node spent: keep the node's own
+            log.warning(
+                "the server's record of partition %d's spending does not extend this "
+                "node's own; keeping the node's (nothing it spent is forgotten)",
+                own,
+            )
     return Message(content=RecordDict({"metrics": MetricRecord({PARTITION: own})}), reply_to=msg)

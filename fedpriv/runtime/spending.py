@@ -31,12 +31,13 @@ from typing import Any
 
 from flwr.app import Message
 
-from fedpriv.privacy.accounting import STATE_KEY as DP_RECORD
 from fedpriv.results import write_atomic
 from fedpriv.runtime.checkpoint import (
     NODE_STATE,
     PARTITION,
     CheckpointError,
+    State,
+    extends,
     unflatten,
 )
 from fedpriv.runtime.tree import from_json, to_json
@@ -46,8 +47,6 @@ log = logging.getLogger("fedpriv")
 FORMAT = 1
 #: The reply metric record a partition's reported ε and δ come from.
 METRICS = "metrics"
-
-State = dict[str, dict[str, Any]]
 
 
 class SpendingRecord:
@@ -168,7 +167,7 @@ class SpendingRecord:
             state = unflatten(record)
             if partition is None or not _plain(state):
                 continue
-            if not _extends(state, self.states.get(partition, {})):
+            if not extends(state, self.states.get(partition, {})):
                 log.warning(
                     "node %s's state spends less than partition %d's recorded one: not kept",
                     reply.metadata.src_node_id, partition,
@@ -204,35 +203,6 @@ def _partition(claim: Any) -> int | None:
     if isinstance(claim, bool) or not isinstance(claim, (int, float)) or not math.isfinite(claim):
         return None
     return int(claim) if int(claim) == claim else None
-
-
-def _extends(new: State, old: State) -> bool:
-    """Whether ``new`` spent at least what ``old`` did: ``old``'s accountant history is
-    a prefix of ``new``'s (its last entry may have more steps, as Opacus merges steps of
-    the same σ and q), and no fewer rounds were trained (a late reply has fewer)."""
-    old_history, new_history = _history(old), _history(new)
-    if old_history is None or new_history is None or len(new_history) < len(old_history):
-        return False
-    for i, (was, now) in enumerate(zip(old_history, new_history, strict=False)):
-        last = i == len(old_history) - 1
-        if was[:2] != now[:2] or (now[2] < was[2] if last else now[2] != was[2]):
-            return False
-    return _rounds(new) >= _rounds(old)
-
-
-def _history(state: State) -> list[tuple[float, float, int]] | None:
-    """The accountant history in a state ([] without DP), None if malformed."""
-    record = state.get(DP_RECORD, {})
-    try:
-        columns = [record.get(k, []) for k in ("noise_multipliers", "sample_rates", "steps")]
-        return [(float(s), float(q), int(n)) for s, q, n in zip(*columns, strict=True)]
-    except (TypeError, ValueError):
-        return None
-
-
-def _rounds(state: State) -> int:
-    value = state.get("fedpriv", {}).get("rounds_trained", 0)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _plain(state: State) -> bool:

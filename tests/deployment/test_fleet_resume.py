@@ -85,12 +85,20 @@ def test_a_killed_server_app_resumes_on_the_fleet_and_epsilon_composes(tmp_path:
     assert [r["round"] for r in result.history] == [1, 2]
     assert result.history[: saved.round] == saved.history  # kept, not run again
     # Nodes continued from their own accountant state: ε after round 2 is what an
-    # uninterrupted run of the same experiment reports (never less).
-    local = run(load_config([*HORIZONTAL, "engine=inprocess", f"output_dir={tmp_path / 'l'}"]))
-    assert result.summary["privacy"]["epsilon_max"] == pytest.approx(
-        local.summary["privacy"]["epsilon_max"], rel=1e-9
+    # uninterrupted run of the same experiment reports, never less. A device that had
+    # already trained round 2 when the ServerApp died is charged for that release too
+    # (its own copy of its spending, in the fleet's state-dir): three rounds' ε.
+    local = run(
+        load_config([*HORIZONTAL, "rounds=3", "engine=inprocess", f"output_dir={tmp_path / 'l'}"])
     )
-    for record, expected in zip(result.history, local.history, strict=True):
-        spent = {c["partition-id"]: c["epsilon"] for c in record["clients"]}
-        wanted = {c["partition-id"]: c["epsilon"] for c in expected["clients"]}
-        assert spent == pytest.approx(wanted)
+    epsilons = [{c["partition-id"]: c["epsilon"] for c in r["clients"]} for r in local.history]
+    assert {c["partition-id"]: c["epsilon"] for c in result.history[0]["clients"]} == (
+        pytest.approx(epsilons[0])
+    )
+    for client in result.history[1]["clients"]:
+        partition = client["partition-id"]
+        uninterrupted, with_lost_round = epsilons[1][partition], epsilons[2][partition]
+        assert client["epsilon"] in (
+            pytest.approx(uninterrupted),
+            pytest.approx(with_lost_round),
+        ), (partition, client["epsilon"], uninterrupted, with_lost_round)

@@ -1,0 +1,97 @@
+"""A deployed device's own copy of its resumable state (accountant history, counters),
+on its own disk.
+
+The server records each node's state as replies arrive (``spending.json``) and gives it
+back when a run resumes. Left at that, a resumed device could be charged less than it
+spent, two ways: it trained and replied while the ServerApp died (the reply sat in the
+SuperLink, where whoever runs it can read the update, but never reached
+``spending.json``), or the server gave back less than it received (a damaged record, or
+a server that lies to get more updates out of the device's budget). So a node with
+``state-dir`` in its node config writes its state there after every training reply,
+and when a run resumes it starts from that copy and never takes back a state from the
+server that does not extend it (:func:`fedpriv.runtime.checkpoint.extends`).
+
+A copy belongs to one experiment: its file is named by the SHA-256 of the run config
+``fedpriv run`` submitted (the config and the results directory), less the resume flag,
+so a run and its resumes share it. A run that does not resume starts from nothing,
+whatever the directory holds. Simulated nodes have no ``state-dir``: their server is
+the researcher's own process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+
+from fedpriv.errors import FedprivError
+from fedpriv.node import RESUME_KEY, partition_id
+from fedpriv.results import write_atomic
+
+#: The node-config key of the directory a device keeps its copies in.
+STATE_DIR = "state-dir"
+FORMAT = 1
+
+State = dict[str, dict[str, Any]]
+
+
+class NodeStoreError(FedprivError, ValueError):
+    """A device's own copy of its state cannot be read: resuming without it could charge
+    the device less than it spent."""
+
+
+def run_key(run_config: Mapping[str, Any]) -> str | None:
+    """The experiment's key: the run config but its resume flag, hashed (None for a run
+    without a run config, such as a simulation's nodes)."""
+    identity = {key: value for key, value in run_config.items() if key != RESUME_KEY}
+    if not identity:
+        return None
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def resuming(context: Context) -> bool:
+    return bool(context.run_config.get(RESUME_KEY))
+
+
+def store_path(context: Context) -> Path | None:
+    """This node's copy for this run's experiment; None without ``state-dir``."""
+    directory = context.node_config.get(STATE_DIR)
+    key = run_key(context.run_config)
+    if directory is None or key is None:
+        return None
+    return Path(str(directory)).expanduser() / f"{key}-partition-{partition_id(context)}.json"
+
+
+def load(context: Context) -> State | None:
+    """The state this node last wrote for this experiment; None if it wrote none."""
+    path = store_path(context)
+    if path is None or not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text())
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise ValueError("not fedpriv's node state")
+        state = payload["state"]
+        if not isinstance(state, dict) or not all(isinstance(v, dict) for v in state.values()):
+            raise ValueError("the state is not a mapping of records")
+        return {str(name): dict(values) for name, values in state.items()}
+    except (KeyError, TypeError, ValueError) as error:
+        raise NodeStoreError(
+            f"{path} is damaged ({error}); this device's own record of what it spent cannot "
+            "be read, and resuming from the server's alone could charge it less. Move the "
+            "file away only if that record is known to be lost."
+        ) from error
+
+
+def save(context: Context, state: State) -> None:
+    """Replace this node's copy with ``state`` (atomically, readable by its owner only)."""
+    path = store_path(context)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(path, json.dumps({"format": FORMAT, "state": state}) + "\n", mode=0o600)
