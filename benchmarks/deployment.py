@@ -10,7 +10,8 @@ SuperNode with its waits shortened). Overhead per exchange is a round's wall tim
 the slowest client's own work (``work-seconds``, measured on the device). Every fleet
 logs at DEBUG (millisecond stamps), and ``message_path.py`` splits each message's way
 into phases. Then a DP-SGD + CKKS round, fedpriv's way against its executor under
-Flower's loop.
+Flower's loop; and split-learning epochs (3 parties, PSI, the CKKS embedding sum: two
+exchanges a batch) on the fleet against the same on Flower's simulation engine.
 
 The SuperLink's load: ``--idle-nodes`` SuperNodes (no executors) idle against one
 SuperLink, with Flower's 3 s poll, fedpriv's after it backed off, and fedpriv's at its
@@ -22,7 +23,8 @@ DP-SGD and capped physical batches; its device telemetry gives the peak RSS.
 Targets (issues 7, 22): overhead <= 0.5 s, peak RSS < 800 MB.
 
     python benchmarks/deployment.py [--rounds 6] [--nodes 3] [--idle-nodes 50]
-        [--parts overhead dp_ckks idle_load memory] [--out FILE.json]
+        [--vertical-batch 256] [--parts overhead dp_ckks vertical_epoch idle_load memory]
+        [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ from fedpriv.results import write_atomic
 
 OVERHEAD_TARGET_S, RSS_TARGET_MB = 0.5, 800.0
 SMALL = ["data=digits", "model=logreg", "strategy=fedavg", "engine.torch_threads=1"]
-PARTS = ["overhead", "dp_ckks", "idle_load", "memory"]
+PARTS = ["overhead", "dp_ckks", "vertical_epoch", "idle_load", "memory"]
+#: Three parties on digits, PSI and the CKKS embedding sum: each batch is two exchanges.
+VERTICAL = ["family=vertical", "vertical.parties=3", "num_clients=3", "strategy.merge=sum",
+            "crypto=ckks", "data=digits", "engine.torch_threads=1"]  # fmt: skip
 #: name: (LocalFleet's warm, fast_poll), baseline first.
 SETUPS = {
     "flower_default": (False, False),
@@ -182,6 +187,38 @@ def dp_ckks_runs(nodes: int, rounds: int) -> dict[str, Any]:
         / results["warm_executor_flower_loop"]["round_median_s"]
     )
     print(f"DP + CKKS round, fedpriv / Flower's loop: {results['round_ratio']:.3f}")
+    return results
+
+
+def vertical_epoch(batch_size: int, epochs: int) -> dict[str, Any]:
+    """Split-learning epochs on the fleet (fedpriv's SuperNode) against the same
+    experiment on Flower's simulation engine; the first epoch also starts every party,
+    so the later ones are compared."""
+    preset = PRESETS["ckks-128"]
+    params = CkksParams(preset.poly_modulus_degree, preset.coeff_mod_bit_sizes, preset.scale_bits)
+    extra = [*VERTICAL, f"train.batch_size={batch_size}", f"rounds={epochs}"]
+    with tempfile.TemporaryDirectory(prefix="fedpriv-bench-") as tmp:
+        with LocalFleet(Path(tmp), nodes=3, ckks=params) as fleet:
+            assert fleet.creds is not None
+            keys = f"crypto.keys_dir={fleet.creds.directory}"
+            overrides = [*extra, keys, *fleet.engine_overrides(), f"output_dir={tmp}/fleet"]
+            fleet_history = run(load_config(overrides)).history
+        simulated = run(load_config([*extra, "engine=simulation", f"output_dir={tmp}/sim"]))
+    results: dict[str, Any] = {"batch_size": batch_size}
+    for name, history in (("fleet", fleet_history), ("simulation", simulated.history)):
+        steady = [record["seconds"] for record in history[1:]] or [history[0]["seconds"]]
+        results[name] = {
+            "epoch_s": [record["seconds"] for record in history],
+            "epoch_median_s": statistics.median(steady),
+            "batches": history[-1]["vertical"]["batches"],
+        }
+    fleet, simulation = results["fleet"], results["simulation"]
+    results["ratio"] = fleet["epoch_median_s"] / simulation["epoch_median_s"]
+    print(
+        f"vertical epoch (3 parties, digits, batch {batch_size}, {fleet['batches']} batches): "
+        f"fleet {fleet['epoch_median_s']:.2f} s, simulation {simulation['epoch_median_s']:.2f} s, "
+        f"fleet / simulation {results['ratio']:.2f}"
+    )
     return results
 
 
@@ -317,6 +354,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--idle-nodes", type=int, default=50)
+    parser.add_argument("--vertical-batch", type=int, default=256)
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS)
     parser.add_argument("--out", help="write the numbers as JSON here")
     args = parser.parse_args()
@@ -324,6 +362,7 @@ def main() -> None:
     parts = {
         "overhead": lambda: overhead_runs(args.nodes, args.rounds),
         "dp_ckks": lambda: dp_ckks_runs(args.nodes, 3),
+        "vertical_epoch": lambda: vertical_epoch(args.vertical_batch, 3),
         "idle_load": lambda: idle_load(args.idle_nodes),
         "memory": memory_run,
     }
