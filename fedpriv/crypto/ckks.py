@@ -66,7 +66,8 @@ PRESETS = {
         "ckks-128 with one rescale level: FedBuff's server multiplies each update by its "
         "plaintext staleness weight (encoded at the 29-bit prime) and rescales, which leaves "
         "the 60-bit prime's 23 integer bits; the 20-bit last prime is SEAL's key-switching "
-        "prime, unused (no evaluation keys). 1.3x the bytes of ckks-128",
+        "prime, unused (no evaluation keys). Updates up: 3.13x float32 seeded (ckks-128: "
+        "2.01x); the offset down is one level lower: 4.01x, as ckks-128's state",
     ),
 }
 

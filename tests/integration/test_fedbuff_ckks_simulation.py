@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedpriv import run
+from fedpriv import resume, run
+from fedpriv.crypto import Ckks, write_keys
 
 FEDBUFF_CKKS_DP = [
     "data=digits",
@@ -47,3 +48,25 @@ def test_fedbuff_with_ckks_and_dp_sgd_in_process(make_config) -> None:
 @pytest.mark.simulation
 def test_fedbuff_with_ckks_and_dp_sgd_on_ray(make_config) -> None:
     check(run(make_config(*FEDBUFF_CKKS_DP)))
+
+
+@pytest.mark.processes
+def test_a_killed_fedbuff_ckks_run_resumes_from_its_encrypted_offset(tmp_path, kill_during_run):
+    """The checkpoint holds the model as the encrypted offset over the base; the resumed
+    run reads it again with the same key files and goes on from its version."""
+    keys = tmp_path / "keys"
+    write_keys(keys, Ckks(preset="ckks-128-async").params)
+    killed = tmp_path / "killed"
+    overrides = [o for o in FEDBUFF_CKKS_DP if not o.startswith(("num_clients", "rounds"))]
+    kill_after = kill_during_run(
+        killed,
+        ["engine=inprocess", "model=logreg", "num_clients=3", "rounds=4", *overrides,
+         f"crypto.keys_dir={keys}"],
+    )  # fmt: skip
+    result = resume(killed)
+    history = result.history
+    assert [r["round"] for r in history] == [1, 2, 3, 4]
+    versions = [r["version"] for r in history]
+    assert versions == sorted(versions) and versions[kill_after] > versions[kill_after - 1]
+    assert all(r["accuracy"] is not None for r in history)
+    assert history[-1]["accuracy"] > 0.5

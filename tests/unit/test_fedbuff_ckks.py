@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from fedpriv.crypto import Ckks, packed
 from fedpriv.crypto.ckks import load_context
 from fedpriv.crypto.fingerprint import fingerprint
-from fedpriv.crypto.offset import OffsetClientMod, offset_chunks
+from fedpriv.crypto.offset import OffsetAggregator, OffsetClientMod, offset_chunks
 from fedpriv.crypto.records import Layout, is_chunk
 from fedpriv.errors import ConfigError
 from fedpriv.results import RunDirectory
@@ -222,6 +222,12 @@ def test_the_encrypted_fedbuff_model_is_the_plaintext_fedbuff_model(make_config,
     # And by hand: staleness (τ + 1)^-0.5, two updates a step, η = 0.8.
     by_hand = expected_fedbuff(grid, entries, lr=0.8, buffer=2, a=0.5)
     assert np.abs(encrypted - by_hand).max() < 1e-6
+    # A resumed run's aggregator takes the offset back from the checkpointed record.
+    again = OffsetAggregator(
+        PARAMS, setup.server_key, layout=driver.layout, weight_key="num-examples"
+    )
+    again.restore(driver.arrays)
+    assert np.array_equal(mod.model_of(again.model(driver.initial)), encrypted)
     costs = report.extra["crypto"]
     assert costs["ciphertext_bytes_up"] > costs["plaintext_bytes_up"] > 0
     assert costs["aggregate_seconds"] > 0
