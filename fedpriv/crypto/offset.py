@@ -105,12 +105,14 @@ class OffsetAggregator:
         costs = self.costs
         costs["ciphertext_bytes_up"] += sum(len(c) for c in chunks)
         costs["plaintext_bytes_up"] += self.layout.float32_bytes
-        for name in ("encrypt", "decrypt"):
-            seconds = float(metrics.get(f"ckks-{name}-seconds", 0.0))  # type: ignore[arg-type]
-            costs[f"{name}_seconds_max"] = max(costs[f"{name}_seconds_max"] or 0.0, seconds)
-        if "ckks-error" in metrics:
-            found = float(metrics["ckks-error"])  # type: ignore[arg-type]
-            costs["max_abs_error"] = max(costs["max_abs_error"] or 0.0, found)
+        for metric, entry in (
+            ("ckks-encrypt-seconds", "encrypt_seconds_max"),
+            ("ckks-decrypt-seconds", "decrypt_seconds_max"),
+            ("ckks-error", "max_abs_error"),
+        ):
+            value = metrics.get(metric)
+            if isinstance(value, int | float) and math.isfinite(value):  # a client's word
+                costs[entry] = max(costs[entry] or 0.0, float(value))
         return None
 
     def step(self) -> None:
