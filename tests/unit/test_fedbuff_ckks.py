@@ -244,6 +244,9 @@ def test_a_stale_key_or_a_malformed_ciphertext_is_rejected_and_the_buffer_goes_o
     attempts = []
 
     def tamper(partition: int, reply: Message) -> None:
+        if partition == 0:  # a well-formed update with metrics that are no numbers
+            reply.content["metrics"]["ckks-error"] = [1e9, float("nan")]
+            reply.content["metrics"]["ckks-encrypt-seconds"] = float("inf")
         if partition != 2:
             return
         arrays = reply.content["arrays"]
@@ -274,6 +277,8 @@ def test_a_stale_key_or_a_malformed_ciphertext_is_rejected_and_the_buffer_goes_o
     assert len(reasons) == 1 and "not this run's key" in reasons[0]
     assert "rejected reply from node 102" in caplog.text
     assert report.extra["version"] == 2
+    assert report.extra["crypto"]["max_abs_error"] is None  # partition 0's word not taken
+    assert report.extra["crypto"]["encrypt_seconds_max"] < float("inf")
     ctx.start_round()
     grid.order.order = [2, 0, 1, 0, 1]  # type: ignore[union-attr]
     report = driver.round(2, grid, ctx)
