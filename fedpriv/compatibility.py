@@ -4,7 +4,8 @@ printed by ``fedpriv capabilities``.
 The parts of a config declare themselves, and only this module reads the
 declarations together:
 
-- a strategy spec declares its traits (``linear``, ``uniform_mean``, ``asynchronous``);
+- a strategy spec declares its traits (``linear``, ``uniform_mean``, ``asynchronous``,
+  ``additive``);
 - a family declares the features it cannot run, and why (``unsupported``);
 - the privacy, crypto, adversary, selection and engine specs say what a run uses.
 """
@@ -48,6 +49,7 @@ RULES = (
     rule(
         "ckks",
         "nonlinear",
+        "synchronous",
         why="crypto={crypto} cannot aggregate strategy={strategy}: it needs the plaintext "
         "updates (a median, a distance, a square root), and the server holds only "
         "ciphertexts it can add; with crypto=ckks use one of: {linear}",
@@ -72,11 +74,52 @@ RULES = (
     rule(
         "asynchronous",
         "ckks",
-        why="crypto={crypto} cannot run strategy={strategy}: an asynchronous server scales "
-        "the model it holds by every update's staleness weight, and each such product "
-        "uses up one level of a CKKS ciphertext's modulus chain; use crypto=none (or a "
-        "synchronous strategy: {linear})",
-        short="each staleness-weighted step uses up a level of a CKKS ciphertext",
+        "not_additive",
+        why="crypto={crypto} cannot run strategy={strategy}: under CKKS the server can only "
+        "multiply ciphertexts by plaintexts and add them; fedasync rescales the encrypted "
+        "model and bmuf its encrypted momentum at every step (each product uses up one "
+        "level of the modulus chain, which runs out after a few), and easgd steps the model "
+        "on every single update (two consecutive models would show any key holder one "
+        "client's update); use strategy=fedbuff (its buffered step is a sum of "
+        "staleness-scaled updates) with crypto.preset=ckks-128-async, crypto=none, or a "
+        "synchronous strategy: {linear}",
+        short="under CKKS the server only scales and adds: this rule multiplies the encrypted "
+        "model or momentum at every step (a modulus level each) or steps on single updates; "
+        "fedbuff is the asynchronous rule that runs under CKKS",
+    ),
+    rule(
+        "asynchronous",
+        "ckks",
+        "no_rescale_level",
+        why="crypto={crypto} runs strategy={strategy}'s step as one plaintext multiply and "
+        "rescale per update (its staleness weight), and these CKKS parameters have no "
+        "rescale level: set crypto.preset=ckks-128-async (N=4096, [60, 29, 20])",
+    ),
+    rule(
+        "asynchronous",
+        "ckks",
+        "delay_compensation",
+        why="crypto={crypto} cannot correct updates for delay: strategy.delay_compensation "
+        "multiplies an update by itself element-wise, and the server holds only ciphertexts "
+        "it can scale and add; set strategy.delay_compensation=0",
+    ),
+    rule(
+        "asynchronous",
+        "ckks",
+        "single_update_steps",
+        why="crypto={crypto} hides single updates only inside sums: with a buffer of one, "
+        "strategy={strategy} steps the model on every update, so any key holder reading two "
+        "consecutive models would learn one client's update; set strategy.buffer_size >= 2",
+    ),
+    rule(
+        "asynchronous",
+        "masked",
+        why="crypto={crypto} cannot run strategy={strategy}: pairwise masks cancel only when "
+        "every client of one agreed cohort is summed with the same weight, and an "
+        "asynchronous server weights each update by its own staleness (s(τ)·m no longer "
+        "cancels a partner's -s(τ')·m) and learns which clients fill a buffer only as their "
+        "masked updates arrive; use crypto=ckks with strategy=fedbuff, or a synchronous "
+        "strategy with crypto={crypto}",
     ),
     rule(
         "asynchronous",
@@ -133,7 +176,17 @@ RULES = (
 
 
 #: What a strategy spec is, as the rules name it (the rest of a rule's names are uses).
-TRAITS = frozenset({"linear", "nonlinear", "uniform_mean", "not_uniform_mean", "asynchronous"})
+TRAITS = frozenset(
+    {
+        "linear",
+        "nonlinear",
+        "uniform_mean",
+        "not_uniform_mean",
+        "asynchronous",
+        "synchronous",
+        "not_additive",
+    }
+)
 
 
 def strategy_traits(strategy: Any) -> set[str]:
@@ -143,7 +196,8 @@ def strategy_traits(strategy: Any) -> set[str]:
     return {
         "linear" if linear else "nonlinear",
         "uniform_mean" if uniform else "not_uniform_mean",
-        *(["asynchronous"] if getattr(strategy, "asynchronous", False) else []),
+        "asynchronous" if getattr(strategy, "asynchronous", False) else "synchronous",
+        *([] if getattr(strategy, "additive", False) else ["not_additive"]),
     }
 
 
@@ -165,6 +219,12 @@ def uses(config: ExperimentConfig) -> set[str]:
             out.add("generated_keys")
         if getattr(config.crypto, "masks_updates", False):
             out.add("masked")
+        if _rescale_levels(config.crypto) == 0:
+            out.add("no_rescale_level")
+    if getattr(config.strategy, "delay_compensation", 0):
+        out.add("delay_compensation")
+    if (getattr(config.strategy, "buffer_size", 0) or config.num_clients) == 1:
+        out.add("single_update_steps")
     if config.family == "vertical":
         out.add("split_learning")
     if config.partition.splits_features:
@@ -176,6 +236,15 @@ def uses(config: ExperimentConfig) -> set[str]:
     if config.selection.device_profiles != "none":
         out.add("simulated_devices")
     return out
+
+
+def _rescale_levels(crypto: Any) -> int | None:
+    """How many plaintext multiplies a fresh ciphertext of ``crypto`` takes (None: not
+    CKKS, or parameters its own checks refuse)."""
+    try:
+        return int(crypto.params.rescale_levels)
+    except (AttributeError, KeyError):
+        return None
 
 
 def problems(config: ExperimentConfig, family: Any) -> list[str]:

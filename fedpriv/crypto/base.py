@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from flwr.app import ArrayRecord, Message
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
@@ -25,6 +25,9 @@ from fedpriv.crypto.embeddings import CkksEmbeddingSum
 from fedpriv.crypto.records import Layout
 from fedpriv.records import DeclaredWeights, cast_like, check_update
 from fedpriv.registry import Registry, Spec
+
+if TYPE_CHECKING:
+    from fedpriv.crypto.offset import OffsetAggregator
 
 
 @dataclasses.dataclass
@@ -122,6 +125,13 @@ class CryptoSpec(Spec):
     ) -> Aggregator:
         """The server's aggregator (``public``: the server's context, if any)."""
         return PlainAggregator(flower, weight_key)
+
+    def async_aggregator(
+        self, *, layout: Layout, public: bytes | None, weight_key: str
+    ) -> OffsetAggregator | None:
+        """An asynchronous server's scale-and-add of encrypted updates (FedBuff; None:
+        plaintext, the strategy's rule reads each update)."""
+        return None
 
     def client_handlers(self) -> Mapping[str, Callable[..., Any]]:
         """Node-side handlers of the scheme's own messages (``query.<name>``)."""

@@ -59,6 +59,16 @@ PRESETS = {
         "the common setting with two rescale levels; 3x the bytes of ckks-128 for nothing "
         "aggregation uses, kept for comparison",
     ),
+    "ckks-128-async": Preset(
+        4096,
+        (60, 29, 20),
+        36,
+        "ckks-128 with one rescale level: FedBuff's server multiplies each update by its "
+        "plaintext staleness weight (encoded at the 29-bit prime) and rescales, which leaves "
+        "the 60-bit prime's 23 integer bits; the 20-bit last prime is SEAL's key-switching "
+        "prime, unused (no evaluation keys). Updates up: 3.13x float32 seeded (ckks-128: "
+        "2.01x); the offset down is one level lower: 4.01x, as ckks-128's state",
+    ),
 }
 
 
@@ -90,6 +100,17 @@ class CkksParams:
     def max_abs_value(self) -> float:
         """The largest magnitude a ciphertext slot holds without wrapping around."""
         return 2.0 ** (self.data_bits - self.scale_bits - 1)
+
+    @property
+    def rescale_levels(self) -> int:
+        """Plaintext multiplies a fresh ciphertext can take, each followed by a rescale
+        that drops one data prime (the first data prime is never dropped)."""
+        return max(0, len(self.coeff_mod_bit_sizes) - 2)
+
+    @property
+    def max_abs_rescaled(self) -> float:
+        """:attr:`max_abs_value` one rescale down (its last data prime dropped)."""
+        return 2.0 ** (self.data_bits - self.coeff_mod_bit_sizes[-2] - self.scale_bits - 1)
 
     def problems(self) -> list[tuple[str, str]]:
         """Why these parameters are not 128-bit secure or cannot hold the precision."""

@@ -11,6 +11,7 @@ another key, and a node refuses a state it cannot decrypt (a stale ``client.ctx`
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -132,13 +133,17 @@ class CkksClientMod:
         its modulus (the encoding's coefficients are bounded by the largest one)."""
         pairs = np.append(values, 0.0) if len(values) % 2 else values
         largest = float(np.abs(np.ascontiguousarray(pairs).view(np.complex128)).max(initial=0.0))
-        limit = self.params.max_abs_value / self.num_clients
+        limit = self.room() / self.num_clients
         if not largest < limit:
             raise ValueError(
                 f"CKKS: this client's pre-weighted update reaches |n_k·x| = {largest:.3g} (a "
                 "slot's pair of values as one complex number); the "
                 f"sum over {self.num_clients} clients must stay below "
-                f"2^{self.params.data_bits - self.params.scale_bits - 1}, so each must stay "
+                f"2^{math.log2(self.room()):g}, so each must stay "
                 f"below {limit:.3g}. Lower crypto.scale_bits (coarser precision) or use a "
                 "larger first prime in crypto.coeff_mod_bit_sizes"
             )
+
+    def room(self) -> float:
+        """The largest magnitude the sum of all clients' values may reach in a slot."""
+        return self.params.max_abs_value

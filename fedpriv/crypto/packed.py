@@ -244,3 +244,97 @@ def _add(
         total.save(_SCRATCH.target())
         out.append((_SCRATCH.read(), found))
     return out
+
+
+class ScaledSum:
+    """A running sum ``Σ c_k·x_k`` of packed ciphertexts ``x_k``, each ``c_k`` a plaintext
+    real the server chose (FedBuff's staleness weight), kept in memory by the server.
+
+    Each term costs one plaintext multiply and one rescale (SEAL's ``multiply_plain`` and
+    ``rescale_to_next``): ``c`` is encoded at the scale of the prime the rescale drops, so
+    a term comes out at the fresh ciphertexts' scale exactly, one level down, where every
+    term and every earlier sum add. Needs the parameters only, no key of any kind; the
+    parameters need a rescale level (:attr:`CkksParams.rescale_levels`).
+    """
+
+    def __init__(self, public: bytes, params: CkksParams, count: int) -> None:
+        if params.rescale_levels < 1:
+            raise ValueError(
+                f"coeff_mod_bit_sizes={list(params.coeff_mod_bit_sizes)} leave no rescale "
+                "level for a plaintext multiply; use the preset ckks-128-async"
+            )
+        self.seal = _Seal(public, params)
+        self.evaluator = self.seal.api.Evaluator(self.seal.context)
+        self.encoder = self.seal.encoder()
+        first = self.seal.context.first_context_data()
+        #: The prime the rescale drops: a factor encoded at this scale leaves the scale as is.
+        self.prime = float(first.parms().coeff_modulus()[-1].value())
+        self.level = first.next_context_data().parms_id()
+        self.count = count
+        self.totals: list[Any] | None = None
+        #: Terms added since the last :meth:`clear`.
+        self.terms = 0
+
+    def add(self, chunks: Sequence[bytes], factor: float) -> None:
+        """Add ``factor`` times the ciphertexts ``chunks`` (one party's update). Raises
+        ValueError, naming the bad ciphertext, on one SEAL does not load under these
+        parameters or that is not a fresh ciphertext of them; the sum is then unchanged."""
+        if len(chunks) != self.count:
+            raise ValueError(f"has {len(chunks)} ciphertexts, expected {self.count}")
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"factor={factor} must be finite and > 0")
+        plain = self.seal.api.Plaintext()
+        self.encoder.encode(factor, self.seal.parms_id, self.prime, plain)
+        terms = []
+        for i, chunk in enumerate(chunks):
+            try:
+                ciphertext = self.seal.load(chunk)
+                self.seal.check(ciphertext)
+            except Exception as error:  # SEAL raises bare ValueError/RuntimeError
+                raise ValueError(f"ciphertext {i} rejected: {error}") from error
+            self.evaluator.multiply_plain_inplace(ciphertext, plain)
+            self.evaluator.rescale_to_next_inplace(ciphertext)
+            terms.append(ciphertext)
+        self._absorb(terms)
+
+    def absorb(self, other: ScaledSum) -> None:
+        """Add ``other``'s sum to this one, taking its ciphertexts: ``other`` is cleared."""
+        if other.totals is not None:
+            self._absorb(other.totals)
+        other.clear()
+
+    def _absorb(self, terms: list[Any]) -> None:
+        if self.totals is None:
+            self.totals = terms
+        else:
+            for total, term in zip(self.totals, terms, strict=True):
+                self.evaluator.add_inplace(total, term)
+        self.terms += 1
+
+    def clear(self) -> None:
+        self.totals, self.terms = None, 0
+
+    def save(self) -> list[bytes]:
+        """The sum's ciphertexts, serialized (empty before the first term)."""
+        out = []
+        for total in self.totals or []:
+            total.save(_SCRATCH.target())
+            out.append(_SCRATCH.read())
+        return out
+
+    def load(self, chunks: Sequence[bytes]) -> None:
+        """Start from a saved sum (a checkpoint's); raises ValueError on a ciphertext that
+        is not one of these parameters one level down at their scale."""
+        if len(chunks) != self.count:
+            raise ValueError(f"has {len(chunks)} ciphertexts, expected {self.count}")
+        totals = []
+        for i, chunk in enumerate(chunks):
+            ciphertext = self.seal.load(chunk)
+            if (
+                ciphertext.size() != 2
+                or ciphertext.parms_id() != self.level
+                or ciphertext.scale != self.seal.scale
+            ):
+                raise ValueError(f"ciphertext {i} is not a saved sum of these parameters")
+            totals.append(ciphertext)
+        self.totals, self.terms = totals, 0

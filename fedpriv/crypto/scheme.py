@@ -14,6 +14,7 @@ from fedpriv.crypto.client import CkksClientMod
 from fedpriv.crypto.embeddings import CkksEmbeddingMod, CkksEmbeddingSum
 from fedpriv.crypto.fingerprint import run_key
 from fedpriv.crypto.keys import read_keys, read_params
+from fedpriv.crypto.offset import OffsetAggregator, OffsetClientMod
 from fedpriv.crypto.parallel import default_workers
 from fedpriv.crypto.records import PACKED_STYPE, Layout
 from fedpriv.crypto.server import CkksAggregator
@@ -102,8 +103,10 @@ class Ckks(CryptoSpec):
         if secret is None:
             raise ValueError("crypto=ckks: the clients need the secret context")
         workers = self.workers or config.engine.client_cpus()
+        # FedBuff: the node decrypts an offset over a plaintext base and sends its update.
+        mod = OffsetClientMod if getattr(config.strategy, "asynchronous", False) else CkksClientMod
         return [
-            CkksClientMod(
+            mod(
                 self.params,
                 secret,
                 strategy=config.strategy,
@@ -135,6 +138,13 @@ class Ckks(CryptoSpec):
             weight_key=weight_key,
             workers=self.workers or default_workers(),
         )
+
+    def async_aggregator(
+        self, *, layout: Layout, public: bytes | None, weight_key: str
+    ) -> OffsetAggregator:
+        if public is None:
+            raise ValueError("crypto=ckks: the server needs the public context")
+        return OffsetAggregator(self.params, public, layout=layout, weight_key=weight_key)
 
     sums_embeddings: ClassVar[bool] = True
 

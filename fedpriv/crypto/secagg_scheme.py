@@ -105,6 +105,12 @@ class CkksSecAgg(Ckks):
             quantizer=self.quantizer,
         )
 
+    def async_aggregator(self, *, layout: Layout, public: bytes | None, weight_key: str) -> Any:
+        raise ValueError(
+            "crypto=ckks_secagg cannot run an asynchronous strategy (fedpriv.compatibility "
+            "says why): its masks cancel only in an unweighted sum of one agreed cohort"
+        )
+
     def split_keys(self) -> ckks.SplitKeys:
         raise ValueError("crypto=ckks_secagg masks horizontal updates; vertical uses crypto=ckks")
 

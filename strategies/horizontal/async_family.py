@@ -6,6 +6,11 @@ to the strategy's rule (:mod:`strategies.horizontal.asynchronous`) in arrival or
 slow device therefore delays only its own updates, which arrive stale: the rule weighs
 them by how many model versions were applied since their base was sent.
 
+Under CKKS (FedBuff only) the server never reads an update: the crypto scheme's
+aggregator (:mod:`fedpriv.crypto.offset`) scales each encrypted update by the rule's
+plaintext factor and adds it to an encrypted buffer, and a full buffer to the encrypted
+offset that clients receive over the plaintext initial model.
+
 A "round" here is an evaluation point: ``updates_per_round`` updates taken (default
 one per client), after which the server evaluates the model while clients keep
 training. ``time_budget_s`` is checked after every pull of replies.
@@ -25,6 +30,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedpriv.config import ExperimentConfig
+from fedpriv.crypto.offset import OffsetAggregator
 from fedpriv.crypto.records import Layout
 from fedpriv.privacy.ledger import declined_reason
 from fedpriv.records import check_update
@@ -57,6 +63,8 @@ class AsyncHorizontal(HorizontalDriver):
         self.spec: AsyncSpec = cast(AsyncSpec, config.strategy)
         self.state: ServerState | None = None
         self.layout: Layout | None = None
+        #: Under CKKS: the encrypted buffer and offset (None: plaintext updates).
+        self.sealed: OffsetAggregator | None = None
         #: Train messages in flight by message ID.
         self.in_flight: dict[str, Dispatch] = {}
         #: The model each in-flight version was (updates are measured from it).
@@ -74,7 +82,8 @@ class AsyncHorizontal(HorizontalDriver):
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The model, the rule's state and the counters. Updates in flight are not
-        kept: a resumed run sends every node fresh work."""
+        kept: a resumed run sends every node fresh work. Under CKKS the model is the
+        encrypted offset over the base; the encrypted buffer is not kept either."""
         return {
             "arrays": self.arrays,
             "server": None if self.state is None else dataclasses.asdict(self.state),
@@ -105,9 +114,19 @@ class AsyncHorizontal(HorizontalDriver):
         self.warm_up(grid, ctx, lambda: self.choose(grid, copy.copy(self.rng)))
         if not len(self.arrays):
             self.arrays = self.initial
-        self.layout = Layout.of(self.arrays)
+        self.layout = Layout.of(self.initial)  # a resumed run's arrays may carry ciphertexts
+        self.sealed = self.config.crypto.async_aggregator(
+            layout=self.layout, public=ctx.server_key, weight_key=self.weight_key
+        )
+        if self.sealed is not None:
+            try:
+                self.sealed.restore(self.arrays)
+            except ValueError as error:
+                raise CheckpointError(f"the checkpoint's encrypted model: {error}") from error
         if self.state is None:
-            self.state = self.spec.start(self.layout.flatten(self.arrays), self.config.num_clients)
+            # Under CKKS the server holds no plaintext model: its rule state only counts.
+            model = self.layout.flatten(self.arrays) if self.sealed is None else np.zeros(0)
+            self.state = self.spec.start(model, self.config.num_clients)
         log.info(
             "asynchronous %s: %d clients training at a time, %d updates between evaluations",
             self.spec.name,
@@ -137,7 +156,7 @@ class AsyncHorizontal(HorizontalDriver):
         if not chosen:
             return
         version = self.state.version
-        if version not in self.bases:
+        if self.sealed is None and version not in self.bases:
             self.bases[version] = self.layout.flatten(self.arrays)
         messages = []
         for node in chosen:
@@ -164,7 +183,11 @@ class AsyncHorizontal(HorizontalDriver):
             ctx.reports.decline(reply, declined)
             self.retired.add(sent.node)
             return None
-        if (reason := check_update(reply, self.arrays, self.weight_key)) is not None:
+        if self.sealed is not None:
+            reason = self.sealed.check(reply)
+        else:
+            reason = check_update(reply, self.arrays, self.weight_key)
+        if reason is not None:
             ctx.exchange.reject(reply, reason)
             self.benched.add(sent.node)
             return None
@@ -180,10 +203,16 @@ class AsyncHorizontal(HorizontalDriver):
                 self.spec.max_staleness,
             )
             return None
-        local = self.layout.flatten(next(iter(reply.content.array_records.values())))
-        arrival = Arrival(base=self.bases[sent.version], local=local, staleness=staleness)
-        if self.spec.receive(self.state, arrival):
-            self.arrays = self.layout.unflatten(self.state.model)
+        if self.sealed is not None:
+            if (reason := self.take_sealed(reply, staleness)) is not None:
+                ctx.exchange.reject(reply, reason)
+                self.benched.add(sent.node)
+                return None
+        else:
+            local = self.layout.flatten(next(iter(reply.content.array_records.values())))
+            arrival = Arrival(base=self.bases[sent.version], local=local, staleness=staleness)
+            if self.spec.receive(self.state, arrival):
+                self.arrays = self.layout.unflatten(self.state.model)
         self.updates_applied += 1
         return {
             **client_entry(reply),
@@ -194,10 +223,28 @@ class AsyncHorizontal(HorizontalDriver):
             "elapsed": ctx.clock.elapsed(),
         }
 
+    def take_sealed(self, reply: Message, staleness: int) -> str | None:
+        """Scale an encrypted update into the buffer, and step when the buffer is full;
+        why SEAL refused it, or None."""
+        assert self.sealed is not None and self.state is not None
+        factor = self.spec.update_factor(staleness, self.state.block)
+        if (reason := self.sealed.take(reply, factor)) is not None:
+            return reason
+        if self.sealed.buffered >= self.state.block:
+            self.sealed.step()
+            self.state.version += 1
+            self.arrays = self.sealed.model(self.initial)
+        return None
+
+    def buffered(self) -> int:
+        """Updates taken but not yet applied."""
+        assert self.state is not None
+        return self.sealed.buffered if self.sealed is not None else len(self.state.buffer)
+
     def round(self, server_round: int, grid: Grid, ctx: RunContext) -> RoundReport:
         target = self.spec.per_round(self.config.num_clients)
         applied: list[dict[str, Any]] = []
-        dropped_before = self.dropped_stale
+        dropped_before, dispatched_before = self.dropped_stale, self.dispatched
         stop_reason = None
         self.benched = set()
         patience = self.config.engine.round_timeout_s
@@ -250,8 +297,10 @@ class AsyncHorizontal(HorizontalDriver):
         late = time.monotonic() - self.config.engine.round_timeout_s
         if stragglers := sorted(d.node for d in self.in_flight.values() if d.sent_at < late):
             extra["stragglers"] = stragglers
-        if self.state.buffer and (stop_reason or server_round == self.config.rounds):
-            log.info("%d buffered updates were not applied: the run ended", len(self.state.buffer))
+        if self.sealed is not None:
+            extra["crypto"] = self.sealed.round_costs(self.dispatched - dispatched_before)
+        if self.buffered() and (stop_reason or server_round == self.config.rounds):
+            log.info("%d buffered updates were not applied: the run ended", self.buffered())
         return RoundReport(
             server_round=server_round,
             accuracy=evaluation["accuracy"],

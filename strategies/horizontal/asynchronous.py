@@ -8,7 +8,8 @@ the replies in arrival order, with no barrier between clients.
   ``w ← (1 - α·s(τ))·w + α·s(τ)·x``, where τ (staleness) counts the model versions
   applied since the client's base model was sent.
 * ``fedbuff`` (Nguyen et al. 2022): the server buffers ``buffer_size`` arrivals and
-  then steps ``w ← w + η·Σ s(τ_k)·Δ_k / K`` on the clients' updates Δ = x - base.
+  then steps ``w ← w + η·Σ s(τ_k)·Δ_k / K`` on the clients' updates Δ = x - base; the
+  one rule here that also runs under CKKS (a scale-and-add on ciphertexts).
 * ``easgd`` (Zhang et al. 2015, asynchronous form): each client keeps its own model;
   after training it moves ``rho`` of the way toward the center it received, and the
   server adds that same difference to the center (opposite signs, one elastic force).
@@ -105,6 +106,9 @@ class AsyncSpec(HorizontalSpec):
     linear: ClassVar[bool] = False
     uniform_mean: ClassVar[bool] = False
     asynchronous: ClassVar[bool] = True
+    #: True when the server step is a sum of plaintext multiples of the updates, which
+    #: a server can compute on ciphertexts (:meth:`update_factor`).
+    additive: ClassVar[bool] = False
 
     #: Client updates applied between two evaluations (a "round"); None: num_clients.
     updates_per_round: int | None = None
@@ -149,6 +153,11 @@ class AsyncSpec(HorizontalSpec):
     def receive(self, state: ServerState, arrival: Arrival) -> bool:
         """Take one accepted arrival; True when the model changed (a new version)."""
         raise NotImplementedError
+
+    def update_factor(self, staleness: int, block: int) -> float:
+        """An additive rule's multiple of an update ``staleness`` versions old in a step
+        of ``block`` updates (under CKKS, the plaintext the server multiplies by)."""
+        raise NotImplementedError(f"strategy={self.name} is not additive")
 
     def corrected(self, state: ServerState, arrival: Arrival) -> np.ndarray:
         """The arrival's update, delay-compensated against the model it will change."""
@@ -258,8 +267,11 @@ class _Buffered(AsyncSpec):
 @dataclasses.dataclass(frozen=True)
 class FedBuff(_Buffered):
     """Buffered asynchronous aggregation (Nguyen et al. 2022): a server step every K
-    arrivals, on their staleness-weighted mean update."""
+    arrivals, on their staleness-weighted mean update. The step is additive,
+    ``w ← w + Σ (η·s(τ_k)/K)·Δ_k``, so under CKKS the server computes it on encrypted
+    updates (:mod:`fedpriv.crypto.offset`)."""
 
+    additive: ClassVar[bool] = True
     staleness: str = "polynomial"  # s(τ) = 1/sqrt(1 + τ), the paper's choice
     #: η, the server's step size on the mean update.
     server_lr: float = 1.0
@@ -272,6 +284,9 @@ class FedBuff(_Buffered):
 
     def step(self, state: ServerState, mean_update: np.ndarray) -> None:
         state.model = state.model + self.server_lr * mean_update
+
+    def update_factor(self, staleness: int, block: int) -> float:
+        return self.server_lr * self.weight(staleness) / block
 
 
 @HORIZONTAL_STRATEGIES.register("bmuf")

@@ -25,6 +25,8 @@ ALSO = {
     ("vertical", "ckks"): ["strategy.merge=sum"],
     ("swarm", "fleet"): ["engine.keys_dir=keys/superlink"],
 }
+#: What a strategy needs besides (FedBuff's staleness scaling takes a rescale level).
+STRATEGY_ALSO = {("fedbuff", "ckks"): ["crypto.preset=ckks-128-async"]}
 ROWS = list(table(FAMILIES))
 #: The setting each feature's refusal must name.
 NAMED = {"dp_sgd": "privacy=dp_sgd", "central_dp": "privacy=central", "ckks": "crypto=ckks",
@@ -35,7 +37,8 @@ NAMED = {"dp_sgd": "privacy=dp_sgd", "central_dp": "privacy=central", "ckks": "c
 def test_each_cell_is_what_validation_decides(row):
     for feature in FEATURES:
         overrides = [f"family={row.family}", f"strategy={row.strategy}", *USING[feature],
-                     *ALSO.get((row.family, feature), [])]  # fmt: skip
+                     *ALSO.get((row.family, feature), []),
+                     *STRATEGY_ALSO.get((row.strategy, feature), [])]  # fmt: skip
         if row.cells[feature] is None:
             assert load_config(overrides).strategy.name == row.strategy, feature
         else:
@@ -51,11 +54,11 @@ def test_the_grid_is_what_the_command_prints(capsys):
     assert "horizontal  fedavg" in printed and "Other combinations refused:" in printed
 
 
-def test_linear_strategies_alone_aggregate_ciphertexts():
+def test_linear_strategies_and_fedbuff_alone_aggregate_ciphertexts():
     ckks = {
         row.strategy for row in ROWS if row.family == "horizontal" and row.cells["ckks"] is None
     }
-    assert ckks == {"fedavg", "fedprox", "fedavgm"}
+    assert ckks == {"fedavg", "fedprox", "fedavgm", "fedbuff"}
 
 
 def test_a_refused_pair_of_settings_names_both_and_what_works():

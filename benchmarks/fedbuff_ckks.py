@@ -1,0 +1,116 @@
+"""Cost of FedBuff's server step under CKKS: scale each encrypted update and add it.
+
+``--clients`` updates of ``--params`` values each go through three servers, in one
+process, in the same run, on the same vectors:
+
+* ``numpy``: the plaintext FedBuff server, ``total += c_k * x_k`` in float32 (baseline),
+* ``ckks sum``: the synchronous CKKS server's sum (``packed.add``, preset ckks-128,
+  seeded ciphertexts), which only adds: what FedAvg pays per update,
+* ``ckks scale+add``: FedBuff's (``packed.ScaledSum``, preset ckks-128-async, seeded):
+  load, one plaintext multiply and one rescale per ciphertext, then add; the full
+  buffer is then folded into the offset.
+
+Times are CPU seconds of this process (``time.process_time``), so the ratios hold on a
+shared machine; the error is the decrypted sum against a float64 numpy sum.
+
+    python benchmarks/fedbuff_ckks.py                  # 10 updates x 1 M parameters
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from fedpriv.crypto import Ckks, packed
+from fedpriv.results import write_atomic
+
+T = TypeVar("T")
+
+
+def cpu_timed(function: Callable[..., T], *args: Any) -> tuple[T, float]:
+    started = time.process_time()
+    result = function(*args)
+    return result, time.process_time() - started
+
+
+def numpy_step(factors: np.ndarray, updates: np.ndarray) -> np.ndarray:
+    total = np.zeros(updates.shape[1], np.float32)
+    for factor, update in zip(factors, updates, strict=True):
+        total += np.float32(factor) * update
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=10, help="updates in one buffer")
+    parser.add_argument("--params", type=int, default=1_000_000, help="values per update")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    updates = rng.normal(0.0, 0.01, (args.clients, args.params)).astype(np.float32)
+    # FedBuff's factors η·s(τ)/K for staleness 0..K-1, s(τ) = (τ + 1)^-0.5.
+    factors = np.array([(t + 1) ** -0.5 / args.clients for t in range(args.clients)])
+    exact = factors @ updates.astype(np.float64)
+
+    _, numpy_seconds = cpu_timed(numpy_step, factors, updates)
+
+    sync = Ckks()
+    sync_keys = sync.make_keys()
+    sync_chunks = [packed.encrypt(sync_keys.secret, sync.params, u) for u in updates]
+    count = len(sync_chunks[0])
+    (_, bad), sum_seconds = cpu_timed(
+        packed.add, sync_keys.public, sync.params, sync_chunks, count, 1
+    )
+    assert not bad
+
+    fedbuff = Ckks(preset="ckks-128-async")
+    keys = fedbuff.make_keys()
+    chunks = [packed.encrypt(keys.secret, fedbuff.params, u) for u in updates]
+    buffer = packed.ScaledSum(keys.public, fedbuff.params, len(chunks[0]))
+    offset = packed.ScaledSum(keys.public, fedbuff.params, len(chunks[0]))
+
+    def scale_and_add() -> None:
+        for factor, update in zip(factors, chunks, strict=True):
+            buffer.add(update, float(factor))
+        offset.absorb(buffer)
+
+    _, scale_seconds = cpu_timed(scale_and_add)
+    sizes = [min(fedbuff.params.packed_values, args.params - s)
+             for s in range(0, args.params, fedbuff.params.packed_values)]  # fmt: skip
+    decrypted = packed.decrypt(keys.secret, fedbuff.params, offset.save(), sizes)
+    result = {
+        "clients": args.clients,
+        "params": args.params,
+        "numpy_cpu_s": numpy_seconds,
+        "ckks_sum_cpu_s": sum_seconds,
+        "ckks_scale_add_cpu_s": scale_seconds,
+        "scale_add_vs_numpy": scale_seconds / numpy_seconds,
+        "scale_add_vs_sum": scale_seconds / sum_seconds,
+        "sum_vs_numpy": sum_seconds / numpy_seconds,
+        "max_abs_error": float(np.abs(decrypted - exact).max()),
+        "bytes_up_per_float32": sum(map(len, chunks[0])) / (4 * args.params),
+        "bytes_down_per_float32": sum(map(len, offset.save())) / (4 * args.params),
+    }
+    print(f"{args.clients} updates x {args.params:,} values, one process, CPU seconds")
+    print(f"  numpy FedBuff step        {numpy_seconds:8.3f} s   1.0x")
+    print(f"  CKKS sum (FedAvg server)  {sum_seconds:8.3f} s   {result['sum_vs_numpy']:.1f}x numpy")
+    print(
+        f"  CKKS scale+add (FedBuff)  {scale_seconds:8.3f} s   "
+        f"{result['scale_add_vs_numpy']:.1f}x numpy, {result['scale_add_vs_sum']:.2f}x the sum"
+    )
+    up, down = result["bytes_up_per_float32"], result["bytes_down_per_float32"]
+    print(
+        f"  max abs error {result['max_abs_error']:.2e}; bytes/float32 up {up:.2f}, down {down:.2f}"
+    )
+    if args.out is not None:
+        write_atomic(args.out, json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
