@@ -90,6 +90,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/dp_overhead.py --out outputs/bench/dp_overhead.json
 	$(BIN)/python benchmarks/dp_utility.py --out outputs/bench
 	$(BIN)/python benchmarks/he_aggregation.py --out outputs/bench/he_aggregation.json
+	$(BIN)/python benchmarks/fedbuff_ckks.py --out outputs/bench/fedbuff_ckks.json
 	$(BIN)/python benchmarks/vertical.py --out outputs/bench/vertical.json
 	$(BIN)/python benchmarks/swarm.py --out outputs/bench/swarm.json
 	$(BIN)/python benchmarks/selection.py --out outputs/bench/selection.json
