@@ -246,8 +246,15 @@ def keys() -> None:
 @click.option(
     "--preset", default="ckks-128", show_default=True, help="CKKS parameters (ckks-128, ...)."
 )
+@click.option(
+    "--scale-bits",
+    type=click.IntRange(min=16, max=60),
+    help="The CKKS scale, 2^N (default: the preset's); crypto=ckks_secagg needs 18.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing key set.")
-def keys_init(out: str, nodes: int, host: tuple[str, ...], preset: str, force: bool) -> None:
+def keys_init(
+    out: str, nodes: int, host: tuple[str, ...], preset: str, scale_bits: int | None, force: bool
+) -> None:
     """A fresh key set for a fleet, one bundle per host: OUT/ca, OUT/superlink,
     OUT/device-<k>."""
     from fedpriv.crypto import PRESETS
@@ -257,7 +264,9 @@ def keys_init(out: str, nodes: int, host: tuple[str, ...], preset: str, force: b
     if preset not in PRESETS:
         _fail(f"--preset {preset!r} is not one of: {', '.join(sorted(PRESETS))}")
     chosen = PRESETS[preset]
-    params = CkksParams(chosen.poly_modulus_degree, chosen.coeff_mod_bit_sizes, chosen.scale_bits)
+    params = CkksParams(
+        chosen.poly_modulus_degree, chosen.coeff_mod_bit_sizes, scale_bits or chosen.scale_bits
+    )
     try:
         written = write_fleet_keys(out, nodes=nodes, hosts=list(host), ckks=params, force=force)
     except FileExistsError as error:

@@ -158,14 +158,6 @@ RULES = (
         "crypto=ckks (the coordinator adds encrypted embeddings it cannot read)",
     ),
     rule(
-        "masked",
-        "fleet",
-        why="crypto={crypto} runs its key ceremony in simulation only so far: on a fleet it "
-        "needs each device's mask keys to outlive a ClientApp process (a SuperNode's "
-        "long-lived ClientApp, or keys kept on disk), which is not built yet; use "
-        "crypto=ckks on a fleet",
-    ),
-    rule(
         "fleet",
         "ckks",
         "generated_keys",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
@@ -136,16 +136,21 @@ class HorizontalDriver(Strategy):
             }
         return replies
 
-    def evaluate(self, grid: Grid, ctx: RunContext) -> dict[str, float | None]:
+    def evaluate(
+        self, grid: Grid, ctx: RunContext, live: Iterable[int] = ()
+    ) -> dict[str, float | None]:
         """Accuracy and loss of the global model on the held-out test split.
 
         The server evaluates when it can read the model; under encryption it asks a
-        key holder (the node with the lowest ID), which decrypts and evaluates.
+        key holder, which decrypts and evaluates: the lowest-ID node of ``live`` (those
+        that answered this round: a node that died mid-run is still listed by the
+        SuperLink until its heartbeat lapses), else of every node.
         """
         if self.config.crypto.server_reads_model:
             assert self.data is not None, "prepare() comes first"
             return dict(evaluate_arrays(self.config, self.data, self.arrays))
-        node = min(grid.get_node_ids())
+        nodes = set(grid.get_node_ids())
+        node = min((nodes & set(live)) or nodes)
         message = Message(
             content=RecordDict({ARRAYS: self.arrays}),
             dst_node_id=node,
@@ -177,6 +182,11 @@ def _feature_partition_problems(config: ExperimentConfig) -> list[str]:
     if getattr(config.strategy, "asynchronous", False):
         out.append(f"strategy={config.strategy.name} is asynchronous: {why} each round")
     return out
+
+
+def answered_nodes(replies: Iterable[Message]) -> set[int]:
+    """The nodes whose replies carry no error: alive this round."""
+    return {reply.metadata.src_node_id for reply in replies if not reply.has_error()}
 
 
 def client_entry(reply: Message) -> dict[str, object]:

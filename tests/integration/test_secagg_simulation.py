@@ -43,7 +43,6 @@ def test_masked_run_matches_the_plaintext_run_with_dp_sgd(strategy, make_config,
         (("strategy=fedasync",), "masks cancel only"),
         (("strategy=fedbuff", "crypto.preset=ckks-128-async"), "masks cancel only"),
         (("strategy=fedmedian",), "needs the plaintext updates"),
-        (("engine=deployment",), "runs its key ceremony in simulation only"),
     ],
 )
 def test_refused_combinations_say_why(overrides, says, make_config):
