@@ -121,8 +121,10 @@ SWARM = [
         ["strategy=gossip", "swarm.consensus=true"],
         # Every model sealed for the leader, its merge for every peer.
         ["strategy=leader", "swarm.consensus=false"],
+        # DiNNO: neighbours' models and the dual variables each peer keeps on its device.
+        ["strategy=dinno", "swarm.consensus=false"],
     ],
-    ids=["gossip", "leader"],
+    ids=["gossip", "leader", "dinno"],
 )
 def test_swarm_sealed_payloads_across_three_supernodes(tmp_path: Path, strategy: list[str]) -> None:
     out = tmp_path / "run"
@@ -153,7 +155,7 @@ def test_swarm_sealed_payloads_across_three_supernodes(tmp_path: Path, strategy:
         if strategy[0] == "strategy=leader":
             assert swarm["leader"] == expected["swarm"]["leader"] is not None
             assert swarm["merged_accuracy"] == pytest.approx(expected["swarm"]["merged_accuracy"])
-        else:  # the consensus sum under the peers' shared key, read by each peer alone
+        elif strategy[0] == "strategy=gossip":  # the consensus sum under the peers' key
             assert swarm["consensus_distance"] == pytest.approx(
                 expected["swarm"]["consensus_distance"], rel=1e-4
             )
