@@ -282,6 +282,17 @@ class LocalFleet:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def restart(self) -> None:
+        """Stop every process and start them again on the same ports, with the same keys
+        and state directories: the server and its devices rebooting (a real device's
+        supervisor restarts ``fedpriv supernode``, which exits when its SuperLink forgets
+        it). The SuperLink goes first, taking its running ServerApp with it."""
+        if self.superlink is not None:
+            self.superlink.stop()
+        self.stop()
+        self.nodes, self.superlink = [], None
+        self.__enter__()
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()

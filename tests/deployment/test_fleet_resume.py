@@ -102,3 +102,38 @@ def test_a_killed_server_app_resumes_on_the_fleet_and_epsilon_composes(tmp_path:
             pytest.approx(uninterrupted),
             pytest.approx(with_lost_round),
         ), (partition, client["epsilon"], uninterrupted, with_lost_round)
+
+
+def test_a_superlink_restart_resumes_and_no_device_is_charged_less(tmp_path: Path) -> None:
+    """The server reboots after round 1: the SuperLink (its state in memory), its
+    ServerApp and, as their supervisor restarts them, the devices' SuperNodes; then
+    ``fedpriv run resume=DIR``. Every device keeps its own record of its spending."""
+    out = tmp_path / "run"
+    three = [*HORIZONTAL, "rounds=3", "engine.round_timeout_s=30"]
+    with LocalFleet(tmp_path, nodes=3) as fleet:
+        first = fedpriv([*three, *fleet.engine_overrides(), f"hydra.run.dir={out}"])
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoint.npz").is_file():
+            assert first.poll() is None, first.communicate()[0]
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.2)
+        fleet.restart()
+        first.communicate(timeout=300)  # its SuperLink is gone: it ends
+        assert not (out / "summary.json").exists()
+        resumed = fedpriv([f"resume={out}", f"hydra.run.dir={tmp_path / 'hydra'}"])
+        output, _ = resumed.communicate(timeout=600)
+        assert resumed.returncode == 0, output
+
+    result = Result.load(out)
+    assert result.summary["status"] == "completed"
+    assert [r["round"] for r in result.history] == [1, 2, 3]
+    local = run(
+        load_config([*HORIZONTAL, "rounds=4", "engine=inprocess", f"output_dir={tmp_path / 'l'}"])
+    )
+    epsilons = [{c["partition-id"]: c["epsilon"] for c in r["clients"]} for r in local.history]
+    for client in result.history[2]["clients"]:  # three rounds, or four with a lost one
+        partition = client["partition-id"]
+        assert client["epsilon"] in (
+            pytest.approx(epsilons[2][partition]),
+            pytest.approx(epsilons[3][partition]),
+        ), (partition, client["epsilon"])
