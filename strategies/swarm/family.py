@@ -3,7 +3,7 @@
 Each sync (round) the relay sends every peer one ``train.swarm`` message carrying the
 sealed payloads addressed to it and the list of peers it must seal its new model for:
 its neighbours in this sync's graph (``strategy=gossip``, ``dinno``; they merge next
-sync) or the elected leader (``strategy=leader``, which then merges in a ``train.lead`` message and
+sync) or the elected leader (``strategy=leader``, which then merges in a ``query.lead`` message and
 seals the result for every peer, delivered at the next sync -- also to peers that
 missed this one). The relay never holds a key: it forwards ciphertexts, counts bytes
 and tracks who is live. A peer that fails or is late is left out of the sync; the run
@@ -381,7 +381,7 @@ class SwarmFamily(Strategy):
                 "sizes": ConfigRecord({str(p): self.sizes[p] for p in replies}),
             }
         )
-        answer = self.send(grid, ctx, "train.lead", {leader: content}).get(leader)
+        answer = self.send(grid, ctx, "query.lead", {leader: content}).get(leader)
         if answer is None:
             return None
         for name, array in answer.content.array_records[OUTBOX].items():

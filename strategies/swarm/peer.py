@@ -8,7 +8,7 @@ Messages (the relay's side is :mod:`strategies.swarm.family`):
 * ``train.swarm`` -- open the sealed models addressed to this peer (neighbours' models
   with ``strategy=gossip``/``dinno``, the last merged model with ``leader``), merge, train
   locally, evaluate, and seal the new model for each recipient the relay names.
-* ``train.lead`` -- the elected leader opens every peer's model, merges them
+* ``query.lead`` -- the elected leader opens every peer's model, merges them
   (``strategy.merge``, a rule of :data:`fedpriv.merge.MERGE_RULES`), evaluates the merge
   and seals it for every peer.
 
@@ -250,7 +250,7 @@ class SwarmPeer:
     def lead(self, msg: Message, context: Context) -> Message:
         """The leader's merge: open every peer's model, merge, evaluate, seal for all."""
         if not isinstance(self.strategy, Leader):
-            raise ValueError(f"train.lead sent to a peer of strategy={self.strategy.name}")
+            raise ValueError(f"query.lead sent to a peer of strategy={self.strategy.name}")
         party, _, _ = self.data(context)
         seal = self.sealing(msg, context, party)
         settings = msg.content.config_records[CONFIG]
@@ -293,7 +293,7 @@ class SwarmPeer:
         return {
             "query.keys": self.keys,
             "train.swarm": self.sync,
-            "train.lead": self.lead,
+            "query.lead": self.lead,
             "query.consensus": self.consensus,
             "query.distance": self.distance,
         }
