@@ -314,7 +314,7 @@ class SwarmFamily(Strategy):
             "consensus_bytes": measured,  # the measurement's own traffic, all peers
         }
         if self.masked is not None:
-            extra["swarm"]["masked_from"] = merged["merged_from"] if merged else 0
+            extra["swarm"]["masked_from"] = int(merged["merged_from"]) if merged else 0
             extra["swarm"]["threshold"] = self.masked.threshold
         accuracy = merged["accuracy"] if merged else extra["swarm"]["accuracy_mean"]
         loss = merged["loss"] if merged else (float(np.mean(losses)) if losses else None)
