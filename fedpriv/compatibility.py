@@ -6,7 +6,8 @@ declarations together:
 
 - a strategy spec declares its traits (``linear``, ``uniform_mean``, ``asynchronous``,
   ``additive``);
-- a family declares the features it cannot run, and why (``unsupported``);
+- a family declares the features it cannot run, and why (``unsupported``), and so may
+  one of its strategies (a swarm's gossip cannot run what its leader mode can);
 - the privacy, crypto, adversary, selection and engine specs say what a run uses.
 """
 
@@ -249,10 +250,22 @@ def problems(config: ExperimentConfig, family: Any) -> list[str]:
             f"{family.unsupported[feature]}"
         )
         used.discard(feature)  # one reason per setting is enough
+    own = _unsupported(config.strategy)
+    for feature in sorted(used & own.keys()):
+        out.append(
+            f"{_setting(feature, config)} is not available with family={config.family} "
+            f"strategy={config.strategy.name}: {own[feature]}"
+        )
+        used.discard(feature)
     properties = used | strategy_traits(config.strategy)
     names = _names(config, family)
     out += [r.why.format(**names) for r in RULES if r.when <= properties]
     return out
+
+
+def _unsupported(strategy: Any) -> dict[str, str]:
+    """The features a strategy spec declares it cannot run, and why."""
+    return dict(getattr(strategy, "unsupported", {}))
 
 
 def _setting(feature: str, config: ExperimentConfig) -> str:
@@ -303,16 +316,21 @@ def table(families: Any) -> Iterator[Row]:
     for name in families:
         family = families.get(name)
         for strategy in family.strategies.names():
-            traits = strategy_traits(family.strategies.get(strategy))
+            spec = family.strategies.get(strategy)
+            traits, own = strategy_traits(spec), _unsupported(spec)
             cells: dict[str, str | None] = {}
             for feature in FEATURES:
-                cells[feature] = family.unsupported.get(feature) or next(
-                    (
-                        r.short or r.why
-                        for r in RULES
-                        if feature in r.when and r.when <= traits | {feature}
-                    ),
-                    None,
+                cells[feature] = (
+                    family.unsupported.get(feature)
+                    or own.get(feature)
+                    or next(
+                        (
+                            r.short or r.why
+                            for r in RULES
+                            if feature in r.when and r.when <= traits | {feature}
+                        ),
+                        None,
+                    )
                 )
             cells["resume"] = None if family.resumable else "no checkpoints for this family yet"
             yield Row(name, strategy, cells)

@@ -18,7 +18,9 @@ Each row is a family and one of its strategies; each column a feature a run can 
 for: `privacy=dp_sgd`, `privacy=central`, `crypto=ckks`, an `adversary`, a fleet
 (`engine=deployment`), and resuming from a checkpoint. A config that asks for a "no" is
 refused before anything runs, with the reason below and what to use instead.
-(`family=vertical` with `crypto=ckks` also needs `strategy.merge=sum` or `mean`.)
+(`family=vertical` with `crypto=ckks` also needs `strategy.merge=sum` or `mean`;
+`family=swarm strategy=leader` encrypts with `crypto=ckks_secagg` only, with
+`strategy.merge=mean` or `weighted_mean` and `swarm.consensus=false`.)
 
 ```text
 """

@@ -3,11 +3,14 @@
 Each sync (round) the relay sends every peer one ``train.swarm`` message carrying the
 sealed payloads addressed to it and the list of peers it must seal its new model for:
 its neighbours in this sync's graph (``strategy=gossip``, ``dinno``; they merge next
-sync) or the elected leader (``strategy=leader``, which then merges in a ``train.lead`` message and
+sync) or the elected leader (``strategy=leader``, which then merges in a ``query.lead`` message and
 seals the result for every peer, delivered at the next sync -- also to peers that
 missed this one). The relay never holds a key: it forwards ciphertexts, counts bytes
-and tracks who is live. A peer that fails or is late is left out of the sync; the run
-stops, with the reason, when fewer than ``swarm.min_peers`` answer.
+and tracks who is live. Under ``crypto=ckks_secagg`` (leader mode) the peers send the
+leader masked CKKS ciphertexts instead, and the relay runs the masks' key ceremony and
+unmasking (:mod:`strategies.swarm.masked`): the leader reads the merge, never one model.
+A peer that fails or is late is left out of the sync; the run stops, with the reason,
+when fewer than ``swarm.min_peers`` answer.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from fedpriv.runtime.models import initial_arrays
 from fedpriv.runtime.parties import Parties
 from fedpriv.strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
 from fedpriv.strategies.swarm import topology
+from fedpriv.strategies.swarm.masked import MaskedMerge, masked_mods
 from fedpriv.strategies.swarm.peer import (
     CONFIG,
     INBOX,
@@ -44,6 +48,7 @@ from fedpriv.strategies.swarm.peer import (
 from fedpriv.strategies.swarm.settings import (
     SWARM_STRATEGIES,
     Gossip,
+    Leader,
     SwarmSettings,
     outdated,
     swarm_settings,
@@ -63,8 +68,6 @@ class SwarmFamily(Strategy):
     settings = SwarmSettings
     settings_key = "swarm"
     unsupported: ClassVar[Mapping[str, str]] = {
-        "ckks": "every peer would hold the key, so a leader could read what it merges; peer "
-        "payloads are already end-to-end encrypted (X25519 + ChaCha20-Poly1305)",
         "central_dp": "central DP needs a server that aggregates; use privacy=dp_sgd (each "
         "peer's training is DP)",
         "adversary": NO_ADVERSARIES_YET,
@@ -87,6 +90,7 @@ class SwarmFamily(Strategy):
         self.layout: Layout | None = None
         self.adder: CkksEmbeddingSum | None = None
         self.initial: np.ndarray | None = None
+        self.masked: MaskedMerge | None = None
 
     @classmethod
     def outdated(cls, mapping: Mapping[str, Any]) -> list[str]:
@@ -106,6 +110,7 @@ class SwarmFamily(Strategy):
             )
         if s.min_peers is not None and s.min_peers > config.num_clients:
             out.append(f"swarm.min_peers={s.min_peers} exceeds num_clients={config.num_clients}")
+        out += crypto_problems(config, s)
         if not out and config.num_clients >= 2:
             try:
                 topology.graph(s.topology, config.num_clients, s.degree, s.rewire, config.seed)
@@ -126,6 +131,12 @@ class SwarmFamily(Strategy):
             "label_histograms": data.label_histograms(),
             "test_examples": len(data.dataset.y_test),
         }
+        if masks_models(config):  # consensus is refused with it: one CKKS key set
+            keys = config.crypto.make_keys()
+            assert keys is not None, "crypto=ckks_secagg makes keys"
+            layout, _ = self.start_model()
+            mods = masked_mods(config, keys.secret, layout)
+            return Setup(clients=clients, client_mods=list(mods), server_key=keys.public)
         if not self.swarm.consensus:
             return Setup(clients=clients)
         engine = config.engine
@@ -172,7 +183,8 @@ class SwarmFamily(Strategy):
 
     def client_handlers(self) -> Mapping[str, Handler]:
         layout, initial = self.start_model()
-        return SwarmPeer(self.config, layout, initial).handlers()  # type: ignore[return-value]
+        handlers = SwarmPeer(self.config, layout, initial).handlers()
+        return {**handlers, **self.config.crypto.client_handlers()}  # type: ignore[dict-item]
 
     def send(
         self,
@@ -193,6 +205,13 @@ class SwarmFamily(Strategy):
             self.public[party] = bytes(reply.content.config_records[KEYS]["public"])  # type: ignore[arg-type]
             self.sizes[party] = int(metric(reply, "num-examples"))
         self.live = sorted(self.parties.nodes)
+        if masks_models(self.config):
+            assert ctx.server_key is not None and self.layout is not None
+            self.masked = MaskedMerge(self.config, self.layout, ctx.server_key)
+            self.masked.open(
+                lambda messages: ctx.exchange.send_and_receive(grid, messages),
+                sorted(self.parties.nodes.values()),
+            )
         if self.swarm.consensus:
             assert ctx.server_key is not None and self.initial is not None
             self.adder = CkksEmbeddingSum(CONSENSUS_PARAMS, ctx.server_key, len(self.initial))
@@ -219,6 +238,8 @@ class SwarmFamily(Strategy):
             inbox = self.mailbox.pop(party, {})
             senders = {int(name.split("-")[1]) for name in inbox}
             recipients = graph[party] if leader is None else {leader}
+            if self.masked is not None:  # models go to the leader masked, not sealed
+                recipients = set()
             config = ConfigRecord(
                 {
                     "round": server_round,
@@ -237,6 +258,11 @@ class SwarmFamily(Strategy):
             if isinstance(strategy, Gossip) and senders:
                 content["weights"] = self.weights(party, senders)
             contents[party] = content
+        if self.masked is not None:
+            self.masked.stamp(
+                server_round,
+                {self.parties.nodes[p]: c[CONFIG] for p, c in contents.items()},  # type: ignore[misc]
+            )
         replies = self.send(grid, ctx, "train.swarm", contents)
         if leader is not None:  # a peer that missed this sync gets the last merge next time
             for party in everyone - set(replies):
@@ -244,6 +270,8 @@ class SwarmFamily(Strategy):
                     self.mailbox[party] = dict(contents[party].array_records[INBOX].items())
         for party, reply in list(replies.items()):
             reason = self.check_outbox(reply, set(contents[party][CONFIG]["to"]))  # type: ignore[arg-type]
+            if reason is None and self.masked is not None:
+                reason = self.masked.check(reply)
             if reason:
                 ctx.exchange.reject(reply, f"peer {party}: {reason}")
                 del replies[party]
@@ -253,21 +281,24 @@ class SwarmFamily(Strategy):
         before = self.parties.traffic(ctx).total
         distance = self.consensus(grid, ctx, sorted(replies)) if self.adder else None
         measured = self.parties.traffic(ctx).total - before
-        merged = None
+        merged, stop = None, None
         if leader is None:  # neighbours merge next sync
             for sender, reply in replies.items():
                 for name, array in reply.content.array_records[OUTBOX].items():
                     self.mailbox[int(name[3:])][entry(sender, f"r{server_round}")] = array
+        elif leader in replies and self.masked is not None:
+            merged, stop = self.lead_masked(grid, ctx, server_round, leader, replies)
         elif leader in replies:
             merged = self.lead(grid, ctx, server_round, leader, replies)
         else:
+            if self.masked is not None:
+                self.masked.forget(server_round)
             log.warning(
                 "sync %d: leader %d did not answer; no merge this sync", server_round, leader
             )
         self.live = sorted(replies) or self.live
         needed = s.required_peers(self.config.num_clients)
-        stop = None
-        if len(replies) < needed:
+        if stop is None and len(replies) < needed:
             stop = f"sync {server_round}: {len(replies)} peers answered, swarm.min_peers={needed}"
         accuracies = [metric(r, "test-accuracy") for r in replies.values()]
         losses = [metric(r, "test-loss") for r in replies.values()]
@@ -282,6 +313,9 @@ class SwarmFamily(Strategy):
             "consensus_distance": distance,
             "consensus_bytes": measured,  # the measurement's own traffic, all peers
         }
+        if self.masked is not None:
+            extra["swarm"]["masked_from"] = int(merged["merged_from"]) if merged else 0
+            extra["swarm"]["threshold"] = self.masked.threshold
         accuracy = merged["accuracy"] if merged else extra["swarm"]["accuracy_mean"]
         loss = merged["loss"] if merged else (float(np.mean(losses)) if losses else None)
         traffic = self.parties.traffic(ctx)
@@ -364,13 +398,20 @@ class SwarmFamily(Strategy):
         return None
 
     def lead(
-        self, grid: Grid, ctx: RunContext, sync: int, leader: int, replies: Mapping[int, Message]
+        self,
+        grid: Grid,
+        ctx: RunContext,
+        sync: int,
+        leader: int,
+        replies: Mapping[int, Message],
+        masked: Mapping[str, ArrayRecord] | None = None,
     ) -> dict[str, float] | None:
-        """Hand the leader every sealed model; keep its sealed merge for every peer."""
+        """Hand the leader every sealed model (or, ``masked``, every masked ciphertext
+        and the masks' correction); keep its sealed merge for every peer."""
         inbox = {
             entry(p, f"r{sync}"): reply.content.array_records[OUTBOX][f"to-{leader}"]
             for p, reply in replies.items()
-            if p != leader
+            if p != leader and masked is None
         }
         recipients = sorted(set(self.parties.nodes) - {leader})
         content = RecordDict(
@@ -379,11 +420,65 @@ class SwarmFamily(Strategy):
                 INBOX: ArrayRecord(inbox),
                 KEYS: self.keys_for(set(self.parties.nodes)),
                 "sizes": ConfigRecord({str(p): self.sizes[p] for p in replies}),
+                **(masked or {}),
             }
         )
-        answer = self.send(grid, ctx, "train.lead", {leader: content}).get(leader)
+        answer = self.send(grid, ctx, "query.lead", {leader: content}).get(leader)
         if answer is None:
             return None
         for name, array in answer.content.array_records[OUTBOX].items():
             self.mailbox[int(name[3:])] = {entry(leader, f"merged{sync:06d}"): array}
-        return {"accuracy": metric(answer, "accuracy"), "loss": metric(answer, "loss")}
+        return {
+            "accuracy": metric(answer, "accuracy"),
+            "loss": metric(answer, "loss"),
+            "merged_from": metric(answer, "merged-from"),
+        }
+
+    def lead_masked(
+        self, grid: Grid, ctx: RunContext, sync: int, leader: int, replies: Mapping[int, Message]
+    ) -> tuple[dict[str, float] | None, str | None]:
+        """The masked merge: unmask with the survivors' shares, then let the leader sum
+        their ciphertexts. With fewer survivors than the threshold nothing is revealed
+        and the run stops (the merge, and so the swarm, cannot go on), with the reason."""
+        assert self.masked is not None
+        correction, refusal = self.masked.correction(sync, list(replies.values()))
+        if correction is None:
+            return None, f"sync {sync}: crypto=ckks_secagg cannot merge: {refusal}"
+        survivors = {p: replies[p] for p in sorted(replies)}
+        merged = self.lead(
+            grid, ctx, sync, leader, survivors, self.masked.lead_records(survivors, correction)
+        )
+        return merged, None
+
+
+def masks_models(config: ExperimentConfig) -> bool:
+    """Whether the peers send the leader masked, encrypted models (crypto=ckks_secagg)."""
+    return bool(getattr(config.crypto, "masks_updates", False))
+
+
+def crypto_problems(config: ExperimentConfig, swarm: SwarmSettings) -> list[str]:
+    """Why a swarm cannot run the config's crypto (gossip and DiNNO: the strategies say)."""
+    crypto = config.crypto.name
+    if crypto == "none" or not isinstance(config.strategy, Leader):
+        return []
+    out = []
+    if not masks_models(config):
+        out.append(
+            f"crypto={crypto} is not available with family=swarm: every peer would hold the "
+            "one key, so a leader could read each model it merges; use crypto=ckks_secagg "
+            "with strategy=leader (pairwise masks: the leader reads only the merge)"
+        )
+    rule = config.strategy.merge_rule()
+    if not rule.linear:
+        out.append(
+            f"strategy.merge={rule.name} needs each peer's plaintext model; under "
+            f"crypto={crypto} the leader sums masked ciphertexts: use strategy.merge=mean "
+            "or weighted_mean"
+        )
+    if swarm.consensus:
+        out.append(
+            f"swarm.consensus=true with crypto={crypto}: the consensus measurement encrypts "
+            "each peer's model, unmasked, under one key every peer holds, so the relay and "
+            "one peer could read it; set swarm.consensus=false"
+        )
+    return out

@@ -8,9 +8,14 @@ Messages (the relay's side is :mod:`strategies.swarm.family`):
 * ``train.swarm`` -- open the sealed models addressed to this peer (neighbours' models
   with ``strategy=gossip``/``dinno``, the last merged model with ``leader``), merge, train
   locally, evaluate, and seal the new model for each recipient the relay names.
-* ``train.lead`` -- the elected leader opens every peer's model, merges them
+* ``query.lead`` -- the elected leader opens every peer's model, merges them
   (``strategy.merge``, a rule of :data:`fedpriv.merge.MERGE_RULES`), evaluates the merge
   and seals it for every peer.
+
+Under ``crypto=ckks_secagg`` (leader mode only) a peer seals nothing for the leader: it
+leaves its pre-weighted model under ``contribution``, which a mod masks and encrypts
+(:mod:`fedpriv.crypto.secagg_peers`), and the leader's handler receives the unmasked sum
+of the peers' models, never one of them.
 
 Models travel as sealed float32 vectors (ChaCha20-Poly1305, a key per pair of peers);
 the relay sees ciphertexts, sizes and who talks to whom.
@@ -29,6 +34,7 @@ from fedpriv.config import ExperimentConfig
 from fedpriv.crypto import peers
 from fedpriv.crypto.party_keys import peer_keys
 from fedpriv.crypto.records import Layout
+from fedpriv.crypto.secagg_peers import CONTRIBUTION, contribution, plain_sum
 from fedpriv.node import node_bundle, partition_id
 from fedpriv.privacy.accounting import planned_steps
 from fedpriv.runtime.models import evaluate_arrays, fresh_model
@@ -66,6 +72,8 @@ class SwarmPeer:
         self.strategy = swarm_strategy(config)
         self.layout = layout
         self.initial = initial
+        #: Leader mode under crypto=ckks_secagg: models go to the leader masked.
+        self.masked = bool(getattr(config.crypto, "masks_updates", False))
 
     # -- state ---------------------------------------------------------------------
     def data(self, context: Context) -> tuple[int, np.ndarray, np.ndarray]:
@@ -202,6 +210,9 @@ class SwarmPeer:
         self.keep(context, vector)
         recipients = [int(r) for r in settings["to"]]  # type: ignore[union-attr]
         outbox = self.seal_for(vector, seal, recipients, f"r{sync}")
+        records = {OUTBOX: outbox}
+        if self.masked and isinstance(strategy, Leader):
+            records[CONTRIBUTION] = contribution(self.weight(strategy, len(y)) * vector)
         metrics = MetricRecord(
             {
                 "party": party,
@@ -213,7 +224,12 @@ class SwarmPeer:
                 **privacy_metrics,
             }
         )
-        return Message(content=RecordDict({OUTBOX: outbox, METRICS: metrics}), reply_to=msg)
+        return Message(content=RecordDict({**records, METRICS: metrics}), reply_to=msg)
+
+    @staticmethod
+    def weight(strategy: Leader, examples: int) -> float:
+        """A peer's weight in the leader's merge: its example count if the rule weighs."""
+        return float(examples) if strategy.merge_rule().weighted else 1.0
 
     def dinno_pull(
         self,
@@ -250,22 +266,30 @@ class SwarmPeer:
     def lead(self, msg: Message, context: Context) -> Message:
         """The leader's merge: open every peer's model, merge, evaluate, seal for all."""
         if not isinstance(self.strategy, Leader):
-            raise ValueError(f"train.lead sent to a peer of strategy={self.strategy.name}")
+            raise ValueError(f"query.lead sent to a peer of strategy={self.strategy.name}")
         party, _, _ = self.data(context)
         seal = self.sealing(msg, context, party)
         settings = msg.content.config_records[CONFIG]
         sync = int(settings["round"])  # type: ignore[arg-type]
-        received = self.open_inbox(msg, seal, lambda label: label == f"r{sync}")
-        received[party] = self.model_vector(context)  # the leader's own, trained this sync
         sizes = {int(k): int(v) for k, v in msg.content.config_records["sizes"].items()}  # type: ignore[arg-type]
-        merged = self.strategy.merge_rule().numpy(
-            np.stack([received[p] for p in sorted(received)]), [sizes[p] for p in sorted(received)]
-        )
+        rule = self.strategy.merge_rule()
+        total = plain_sum(msg)
+        if total is not None:  # masked: the sum of the peers in ``sizes``, no one model
+            count = sum(self.weight(self.strategy, n) for n in sizes.values())
+            merged, merged_from = rule.from_sum(total, count), len(sizes)
+        else:
+            received = self.open_inbox(msg, seal, lambda label: label == f"r{sync}")
+            received[party] = self.model_vector(context)  # the leader's own, trained this sync
+            merged = rule.numpy(
+                np.stack([received[p] for p in sorted(received)]),
+                [sizes[p] for p in sorted(received)],
+            )
+            merged_from = len(received)
         self.keep(context, merged)
         recipients = [int(r) for r in settings["to"]]  # type: ignore[union-attr]
         outbox = self.seal_for(merged, seal, recipients, f"merged{sync:06d}")
         scores = self.score(merged)
-        metrics = MetricRecord({"party": party, "merged-from": len(received), **scores})
+        metrics = MetricRecord({"party": party, "merged-from": merged_from, **scores})
         return Message(content=RecordDict({OUTBOX: outbox, METRICS: metrics}), reply_to=msg)
 
     def consensus(self, msg: Message, context: Context) -> Message:
@@ -293,7 +317,7 @@ class SwarmPeer:
         return {
             "query.keys": self.keys,
             "train.swarm": self.sync,
-            "train.lead": self.lead,
+            "query.lead": self.lead,
             "query.consensus": self.consensus,
             "query.distance": self.distance,
         }

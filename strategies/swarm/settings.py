@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -57,6 +57,16 @@ class SwarmSettings(Spec):
         return peers if self.min_peers is None else self.min_peers
 
 
+#: Why gossip and DiNNO refuse encryption (``crypto=``): what masks could protect.
+NEIGHBOUR_MERGE = (
+    "each peer merges its own neighbours' models, and no peer merges them all: pairwise "
+    "masks cancel only in a sum over every peer that agreed them, so a neighbour average "
+    "cannot remove them, and a key every peer holds would let any neighbour read a model "
+    "it averages; peer payloads are already end-to-end encrypted (X25519 + "
+    "ChaCha20-Poly1305), so only the neighbours a model is sealed for read it; use "
+    "strategy=leader with crypto=ckks_secagg"
+)
+
 #: Swarm strategies (``strategy=<name>`` with ``family=swarm``).
 SWARM_STRATEGIES: Registry[StrategySpec] = Registry("swarm strategy")
 
@@ -100,6 +110,8 @@ class Gossip(SwarmStrategy):
     """Decentralized SGD: each peer averages its neighbours' models with its own
     (Lian et al., 2017, "Can decentralized algorithms outperform centralized ones?")."""
 
+    unsupported: ClassVar[Mapping[str, str]] = {"ckks": NEIGHBOUR_MERGE}
+
     #: ``metropolis`` (Metropolis-Hastings, doubly stochastic) or ``data_size``.
     mixing: str = "metropolis"
 
@@ -133,6 +145,10 @@ class Gossip(SwarmStrategy):
 class Leader(SwarmStrategy):
     """An elected peer merges every model and sends the merge back to all (swarm
     learning, Warnat-Herresthal et al., Nature 2021)."""
+
+    #: A sum suffices for ``mean``/``weighted_mean``: under ``crypto=ckks_secagg`` the
+    #: leader sums masked ciphertexts (the family refuses the other merges with it).
+    linear: ClassVar[bool] = True
 
     #: How the leader merges the peers' models.
     merge: str = "mean"
@@ -181,6 +197,8 @@ class DiNNO(SwarmStrategy):
     """Distributed ADMM: local primal steps pulled towards the neighbours' models, and
     a dual per peer (Yu et al., "DiNNO: Distributed neural network optimization for
     multi-robot collaborative learning", RA-L 2022)."""
+
+    unsupported: ClassVar[Mapping[str, str]] = {"ckks": NEIGHBOUR_MERGE}
 
     #: Penalty ρ of the consensus constraint.
     rho: float = 0.1

@@ -27,6 +27,9 @@ ALSO = {
 }
 #: What a strategy needs besides (FedBuff's staleness scaling takes a rescale level).
 STRATEGY_ALSO = {("fedbuff", "ckks"): ["crypto.preset=ckks-128-async"]}
+#: A family's own way to use a feature: a swarm encrypts only with masks (its leader
+#: mode), and without the consensus measurement.
+INSTEAD = {("swarm", "ckks"): ["crypto=ckks_secagg", "swarm.consensus=false"]}
 ROWS = list(table(FAMILIES))
 #: The setting each feature's refusal must name.
 NAMED = {"dp_sgd": "privacy=dp_sgd", "central_dp": "privacy=central", "ckks": "crypto=ckks",
@@ -36,7 +39,8 @@ NAMED = {"dp_sgd": "privacy=dp_sgd", "central_dp": "privacy=central", "ckks": "c
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: f"{r.family}-{r.strategy}")
 def test_each_cell_is_what_validation_decides(row):
     for feature in FEATURES:
-        overrides = [f"family={row.family}", f"strategy={row.strategy}", *USING[feature],
+        using = INSTEAD.get((row.family, feature), USING[feature])
+        overrides = [f"family={row.family}", f"strategy={row.strategy}", *using,
                      *ALSO.get((row.family, feature), []),
                      *STRATEGY_ALSO.get((row.strategy, feature), [])]  # fmt: skip
         if row.cells[feature] is None:
