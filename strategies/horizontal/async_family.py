@@ -40,7 +40,7 @@ from fedpriv.runtime.flower_wakeup import reply_doorbell
 from fedpriv.strategies.base import RoundReport, RunContext
 from fedpriv.strategies.horizontal.asynchronous import Arrival, AsyncSpec, ServerState
 from fedpriv.strategies.horizontal.client import ARRAYS, CONFIG
-from fedpriv.strategies.horizontal.common import HorizontalDriver, answered_nodes, client_entry
+from fedpriv.strategies.horizontal.common import HorizontalDriver, client_entry
 from fedpriv.strategies.horizontal.sampling import partition_order, sampling_rng
 
 log = logging.getLogger("fedpriv")
@@ -250,7 +250,6 @@ class AsyncHorizontal(HorizontalDriver):
         patience = self.config.engine.round_timeout_s
         last_update = time.monotonic()
         doorbell = reply_doorbell(grid)
-        live: set[int] = set()
         while len(applied) < target:
             mark = doorbell.mark()
             self.dispatch(grid, ctx)
@@ -261,7 +260,6 @@ class AsyncHorizontal(HorizontalDriver):
                     stop_reason = "no client is left to train (every budget is spent)"
                 break
             replies, answered = ctx.exchange.pull(grid, set(self.in_flight))
-            live |= answered_nodes(replies)
             for reply in replies:
                 entry = self.receive(reply, ctx)
                 if entry is not None:
@@ -288,7 +286,7 @@ class AsyncHorizontal(HorizontalDriver):
         assert self.state is not None
         if stop_reason is None:
             self.dispatch(grid, ctx)  # idle clients train while the server evaluates
-        evaluation = self.evaluate(grid, ctx, live=live)
+        evaluation = self.evaluate(grid, ctx, live={int(entry["node_id"]) for entry in applied})
         extra: dict[str, Any] = {
             "updates": self.updates_applied,
             "version": self.state.version,

@@ -143,8 +143,9 @@ class HorizontalDriver(Strategy):
 
         The server evaluates when it can read the model; under encryption it asks a
         key holder, which decrypts and evaluates: the lowest-ID node of ``live`` (those
-        that answered this round: a node that died mid-run is still listed by the
-        SuperLink until its heartbeat lapses), else of every node.
+        whose updates this round accepted: alive, and holding the run's key; a node that
+        died mid-run stays listed by the SuperLink until its heartbeat lapses), else of
+        every node.
         """
         if self.config.crypto.server_reads_model:
             assert self.data is not None, "prepare() comes first"
@@ -182,11 +183,6 @@ def _feature_partition_problems(config: ExperimentConfig) -> list[str]:
     if getattr(config.strategy, "asynchronous", False):
         out.append(f"strategy={config.strategy.name} is asynchronous: {why} each round")
     return out
-
-
-def answered_nodes(replies: Iterable[Message]) -> set[int]:
-    """The nodes whose replies carry no error: alive this round."""
-    return {reply.metadata.src_node_id for reply in replies if not reply.has_error()}
 
 
 def client_entry(reply: Message) -> dict[str, object]:

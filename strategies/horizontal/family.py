@@ -29,7 +29,7 @@ from fedpriv.strategies.horizontal.aggregators import inputs_side_by_side
 from fedpriv.strategies.horizontal.async_family import AsyncHorizontal
 from fedpriv.strategies.horizontal.asynchronous import AsyncSpec
 from fedpriv.strategies.horizontal.client import ARRAYS, METRICS
-from fedpriv.strategies.horizontal.common import HorizontalDriver, answered_nodes, client_entry
+from fedpriv.strategies.horizontal.common import HorizontalDriver, client_entry
 from fedpriv.strategies.horizontal.sampling import SampledGrid, sample_round
 
 log = logging.getLogger("fedpriv")
@@ -171,7 +171,8 @@ class Horizontal(HorizontalDriver):
             extra = result.record
         if stragglers:
             extra = {**extra, "stragglers": stragglers}
-        evaluation = self.evaluate(grid, ctx, live=answered_nodes(replies))
+        holders = {reply.metadata.src_node_id for reply in accepted}  # alive, with the key
+        evaluation = self.evaluate(grid, ctx, live=holders)
         return RoundReport(
             server_round=server_round,
             accuracy=evaluation["accuracy"],
