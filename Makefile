@@ -114,7 +114,7 @@ lock: $(STAMP)
 # debootstrap into build/arm64, fedpriv installed as deploy/ says, booted under
 # qemu-system-aarch64; it joins a SuperLink on this host as a SuperNode (TLS, node key)
 # and trains DP-SGD + CKKS (deploy/arm64/fleet.sh; docs/deployment.md has what it took).
-# Needs root. Not in CI: slow on an x86_64 host (every arm64 instruction is emulated).
+# Needs root. Not in CI: about an hour from nothing on a 2-core x86_64 host (emulated).
 ARM64_PROGRAMS := debootstrap:debootstrap qemu-system-aarch64:qemu-system-arm qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support
 fleet-arm64: $(STAMP)
 	@missing=$$(for p in $(ARM64_PROGRAMS); do command -v $${p%%:*} >/dev/null || echo $${p#*:}; done); \

@@ -6,10 +6,11 @@
 #   deploy/arm64/fleet.sh [OUT]        # OUT: build/arm64 by default; needs root
 #
 # Settings (environment): ROUNDS (2), FLEET_PORT (29092) and API_PORT (29093) on the
-# host, GUEST_CPUS (2), GUEST_MEMORY_MB (2048), NODE_WAIT_S (1800: booting and importing
-# torch under emulation is slow). Everything it starts it stops, by PID. It prints the
-# install size, the device's RSS and the seconds per round (metrics.jsonl of the run, in
-# OUT/run/outputs). Under emulation these are not a Pi's timings.
+# host, GUEST_CPU (cortex-a76, boot.sh), GUEST_CPUS (2), GUEST_MEMORY_MB (2048),
+# NODE_WAIT_S (1800: booting and importing torch under emulation is slow). Everything it
+# starts it stops, by PID. It prints the install size, the device's RSS and the seconds
+# per round (metrics.jsonl of the run, in OUT/run/outputs). Under emulation these are not
+# a Pi's timings.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)

@@ -19,15 +19,15 @@ torch_index=${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
 torch_cpu_index_version=${TORCH_VERSION:-2.13.0}
 torch_pypi_version=2.10.0
 
-    rm -rf "$rootfs/opt/fedpriv" "$rootfs/tmp/fedpriv" && mkdir -p "$rootfs/opt/fedpriv" "$rootfs/tmp/fedpriv"
-    (cd "$repo" && "$pip" wheel -q --no-deps --no-build-isolation . -w "$rootfs/tmp/fedpriv")
-    cp "$repo/deploy/requirements.lock" "$rootfs/tmp/fedpriv/"
-    # The host's CA bundle, for hosts that reach PyPI through a TLS-inspecting proxy.
-    cp /etc/ssl/certs/ca-certificates.crt "$rootfs/tmp/fedpriv/ca.crt"
-    cp -L /etc/resolv.conf "$rootfs/etc/resolv.conf"
-    mount -t proc proc "$rootfs/proc"
-    trap 'umount "$rootfs/proc" 2>/dev/null || true' EXIT
-    chroot "$rootfs" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+rm -rf "$rootfs/opt/fedpriv" "$rootfs/tmp/fedpriv" && mkdir -p "$rootfs/opt/fedpriv" "$rootfs/tmp/fedpriv"
+(cd "$repo" && "$pip" wheel -q --no-deps --no-build-isolation . -w "$rootfs/tmp/fedpriv")
+cp "$repo/deploy/requirements.lock" "$rootfs/tmp/fedpriv/"
+# The host's CA bundle, for hosts that reach PyPI through a TLS-inspecting proxy.
+cp /etc/ssl/certs/ca-certificates.crt "$rootfs/tmp/fedpriv/ca.crt"
+cp -L /etc/resolv.conf "$rootfs/etc/resolv.conf"
+mount -t proc proc "$rootfs/proc"
+trap 'umount "$rootfs/proc" 2>/dev/null || true' EXIT
+chroot "$rootfs" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
         TORCH_INDEX="$torch_index" TORCH_VERSION="$torch_cpu_index_version" \
         TORCH_PYPI_VERSION="$torch_pypi_version" /bin/sh -ec '
         export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore \
@@ -47,5 +47,4 @@ torch_pypi_version=2.10.0
 import torch, tenseal, opacus, flwr, fedpriv
 assert torch.version.cuda is None, torch.version.cuda
 print(\"fedpriv-arm64: torch\", torch.__version__, \"| tenseal\", tenseal.__version__, \"| flwr\", flwr.__version__)"'
-    umount "$rootfs/proc"; trap - EXIT
-    rm -rf "$rootfs/tmp/fedpriv" "$rootfs/root/.cache"
+rm -rf "$rootfs/tmp/fedpriv" "$rootfs/root/.cache"
