@@ -14,7 +14,7 @@ fashion_mnist = @if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt
 	    echo "Fashion-MNIST not installed: $(1)"; \
 	fi
 
-.PHONY: demo test test-fast test-pythons lint docs format bench studies lock clean
+.PHONY: demo test test-fast test-pythons lint docs format bench studies lock fleet-arm64 clean
 
 # torch first, from PyTorch's own index: the CPU build by default on any Linux machine
 # (PyPI's x86_64 torch is a CUDA build of several GB), `TORCH=cu126 make demo` for a CUDA
@@ -110,6 +110,17 @@ studies: $(STAMP)
 # for x86_64 and aarch64 (uv's universal resolution); the fleet images install from it.
 lock: $(STAMP)
 	deploy/lock.sh $(BIN)/uv
+
+# An emulated Raspberry Pi: Debian bookworm arm64 (Raspberry Pi OS's base) built with
+# debootstrap into build/arm64, fedpriv installed as deploy/ says, booted under
+# qemu-system-aarch64; it joins a SuperLink on this host as a SuperNode (TLS, node key)
+# and trains DP-SGD + CKKS (deploy/arm64/fleet.sh; docs/deployment.md has what it took).
+# Needs root. Not in CI: about an hour from nothing on a 2-core x86_64 host (emulated).
+ARM64_PROGRAMS := debootstrap:debootstrap qemu-system-aarch64:qemu-system-arm qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support
+fleet-arm64: $(STAMP)
+	@missing=$$(for p in $(ARM64_PROGRAMS); do command -v $${p%%:*} >/dev/null || echo $${p#*:}; done); \
+	if [ -n "$$missing" ]; then apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; fi
+	deploy/arm64/fleet.sh build/arm64
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache .hypothesis
