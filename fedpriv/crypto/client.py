@@ -82,16 +82,30 @@ class CkksClientMod:
         values = self.encode(
             weight * np.concatenate(self.strategy.contribution(state, local)), msg, reply, context
         )
+        chunks, sizes = self.seal(values, len(state), metrics, decrypt_seconds, scale=weight)
+        reply.content[ARRAYS] = to_record(chunks, sizes, key=self.key, stype=PACKED_STYPE)
+        return reply
+
+    def seal(
+        self,
+        values: np.ndarray,
+        parts: int,
+        metrics: Any,
+        decrypt_seconds: float,
+        scale: float = 1.0,
+    ) -> tuple[list[bytes], list[int]]:
+        """Encrypt a reply's ``values`` (``parts`` state parts) and record the mod's
+        timings, and with ``verify`` the round-trip error (divided by ``scale``, the
+        weight the values were multiplied by), in the reply's ``metrics``."""
         started = time.perf_counter()
         chunks = packed.encrypt(self.secret, self.params, values, self.workers, seeded=self.seeded)
         metrics["ckks-encrypt-seconds"] = time.perf_counter() - started
         metrics["ckks-decrypt-seconds"] = decrypt_seconds
-        sizes = self.layout.chunk_sizes(len(state), self.params.packed_values)
+        sizes = self.layout.chunk_sizes(parts, self.params.packed_values)
         if self.verify:
             decrypted = packed.decrypt(self.secret, self.params, chunks, sizes, self.workers)
-            metrics["ckks-error"] = float(np.abs(decrypted - values).max()) / weight
-        reply.content[ARRAYS] = to_record(chunks, sizes, key=self.key, stype=PACKED_STYPE)
-        return reply
+            metrics["ckks-error"] = float(np.abs(decrypted - values).max()) / scale
+        return chunks, sizes
 
     def decrypt_state(self, arrays: Any) -> list[np.ndarray]:
         """The global state's parts (model first). Round 1's state is a plaintext model

@@ -178,14 +178,7 @@ class OffsetClientMod(CkksClientMod):
             sent
         )
         self.check_range(update)
-        started = time.perf_counter()
-        chunks = packed.encrypt(self.secret, self.params, update, self.workers, seeded=self.seeded)
-        metrics["ckks-encrypt-seconds"] = time.perf_counter() - started
-        metrics["ckks-decrypt-seconds"] = decrypt_seconds
-        sizes = self.layout.chunk_sizes(1, self.params.packed_values)
-        if self.verify:
-            decrypted = packed.decrypt(self.secret, self.params, chunks, sizes, self.workers)
-            metrics["ckks-error"] = float(np.abs(decrypted - update).max())
+        chunks, sizes = self.seal(update, 1, metrics, decrypt_seconds)
         reply.content[ARRAYS] = offset_record(ArrayRecord(), chunks, sizes, self.key)
         return reply
 
