@@ -181,6 +181,22 @@ def mask_update(
     return masked & np.uint64((1 << bits) - 1), sealed
 
 
+def refuse_overflow(
+    quantizer: masking.Quantizer, values: np.ndarray, num_clients: int, who: str, what: str
+) -> None:
+    """Refuse a pre-weighted ``what`` whose masked sum over ``num_clients`` would wrap
+    around the quantizer's modulus (and open as garbage), naming the fix."""
+    largest = float(np.abs(values).max(initial=0.0))
+    limit = quantizer.largest(num_clients)
+    if not largest < limit:
+        raise ValueError(
+            f"crypto=ckks_secagg: this {who}'s pre-weighted {what} reaches {largest:.3g}; "
+            f"with crypto.step_bits={-int(np.log2(quantizer.step))} the sum over "
+            f"{num_clients} {who}s wraps above {limit:.3g} each: lower crypto.step_bits "
+            "(coarser precision)"
+        )
+
+
 class SecAggClientMod(CkksClientMod):
     """The CKKS client mod with masks: a client encrypts its quantized, masked update,
     and adds the server's correction to the decrypted sum before dividing."""
@@ -192,15 +208,7 @@ class SecAggClientMod(CkksClientMod):
     def encode(
         self, values: np.ndarray, msg: Message, reply: Message, context: Context
     ) -> np.ndarray:
-        largest = float(np.abs(values).max(initial=0.0))
-        limit = self.quantizer.largest(self.num_clients)
-        if not largest < limit:
-            raise ValueError(
-                f"crypto=ckks_secagg: this client's pre-weighted update reaches |n_k·x| = "
-                f"{largest:.3g}; with crypto.step_bits={-int(np.log2(self.quantizer.step))} "
-                f"the sum over {self.num_clients} clients wraps above {limit:.3g} each: "
-                "lower crypto.step_bits (coarser precision)"
-            )
+        refuse_overflow(self.quantizer, values, self.num_clients, "client", "update |n_k·x|")
         config = msg.content.config_records["config"]
         masked, sealed = mask_update(
             context, config, self.quantizer.encode(values), self.quantizer.bits

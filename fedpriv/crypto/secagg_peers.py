@@ -34,7 +34,7 @@ from fedpriv.crypto.records import (
     key_of,
     to_record,
 )
-from fedpriv.crypto.secagg_node import RECORD, mask_update
+from fedpriv.crypto.secagg_node import RECORD, mask_update, refuse_overflow
 
 #: A ``train.swarm`` reply's record: the peer's pre-weighted model ``w·x`` (its handler
 #: writes plaintext float64 ``values``; this mod replaces it with masked ciphertexts).
@@ -90,14 +90,7 @@ class SwarmSecAggMod:
         """Replace the reply's plaintext contribution with its masked ciphertexts, and
         add the self-mask seed's shares (sealed to each peer of the sync)."""
         values = reply.content.array_records[CONTRIBUTION]["values"].numpy().astype(np.float64)
-        largest = float(np.abs(values).max(initial=0.0))
-        limit = self.quantizer.largest(self.num_clients)
-        if not largest < limit:
-            raise ValueError(
-                f"crypto=ckks_secagg: this peer's pre-weighted model reaches |w·x| = "
-                f"{largest:.3g}; the sum over {self.num_clients} peers wraps above {limit:.3g} "
-                "each: lower crypto.step_bits (coarser precision)"
-            )
+        refuse_overflow(self.quantizer, values, self.num_clients, "peer", "model |w·x|")
         config = msg.content.config_records["config"]
         bits = self.quantizer.bits
         masked, sealed = mask_update(context, config, self.quantizer.encode(values.ravel()), bits)

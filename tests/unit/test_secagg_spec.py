@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fedpriv import load_config
 from fedpriv.crypto import CkksSecAgg, masking
 
 
@@ -67,3 +68,18 @@ def test_bytes_inside_lists_count_by_their_length():
 
     content = RecordDict({"c": ConfigRecord({"x": [b"abc", b"de"], "n": [1, 2], "s": "xy"})})
     assert payload_nbytes(content) == 5 + 2 * 8 + 2
+
+
+def test_an_update_whose_masked_sum_would_wrap_is_refused_with_the_fix():
+    """Masked integers live modulo 2^bits: a pre-weighted update past the room for
+    num_clients summands would open as garbage, so the node refuses it and says what to
+    change (clients and swarm peers share the check)."""
+    from fedpriv.crypto.secagg_node import refuse_overflow
+
+    quantizer = load_config(["crypto=ckks_secagg"]).crypto.quantizer(3)
+    limit = quantizer.largest(3)
+    refuse_overflow(quantizer, np.array([0.5 * limit, -0.5 * limit]), 3, "client", "update")
+    with pytest.raises(ValueError, match=r"this peer's pre-weighted model .* reaches") as caught:
+        refuse_overflow(quantizer, np.array([0.0, -limit]), 3, "peer", "model |w·x|")
+    assert "the sum over 3 peers wraps above" in str(caught.value)
+    assert "lower crypto.step_bits" in str(caught.value)
