@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from fleet_runs import fedpriv_run, wait_for
 
 from fedpriv.crypto import PRESETS
 from fedpriv.crypto.ckks import CkksParams
@@ -27,15 +25,6 @@ BASE = [
     "engine.torch_threads=1",
     "engine.node_wait_s=120",
 ]
-
-
-def fedpriv_run(overrides: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [str(Path(sys.executable).parent / "fedpriv"), "run", *overrides],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def gone(pid: int) -> bool:
@@ -103,11 +92,7 @@ def run_killing_a_node_after_round_1(tmp_path: Path, overrides: list[str]) -> li
                 f"hydra.run.dir={out}",
             ]
         )
-        deadline = time.monotonic() + 300
-        while not read_metrics(out / "metrics.jsonl"):
-            assert run.poll() is None, run.communicate()[0]
-            assert time.monotonic() < deadline, "round 1 never finished"
-            time.sleep(0.2)
+        wait_for(lambda: read_metrics(out / "metrics.jsonl"), run, "round 1")
         fleet.nodes[2].kill()
         output, _ = run.communicate(timeout=600)
         assert run.returncode == 0, output

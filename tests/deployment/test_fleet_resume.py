@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from fleet_runs import fedpriv_run, wait_for
 
 from fedpriv import load_config, run
 from fedpriv.deployment import LocalFleet
@@ -33,15 +31,6 @@ HORIZONTAL = [
 ]
 
 
-def fedpriv(arguments: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [str(Path(sys.executable).parent / "fedpriv"), "run", *arguments],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def children(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (the executor's forks: running ServerApps)."""
     found = []
@@ -54,15 +43,6 @@ def children(pid: int) -> list[int]:
             if int(stat.rpartition(")")[2].split()[1]) == pid:
                 found.append(int(entry.name))
     return found
-
-
-def wait_for_checkpoint(out: Path, run: subprocess.Popen[str]) -> None:
-    """Until the run in ``out`` has written its first checkpoint (it must not end first)."""
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoint.npz").is_file():
-        assert run.poll() is None, run.communicate()[0]
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.2)
 
 
 def charged_as_in_one_process(
@@ -88,8 +68,8 @@ def test_a_killed_server_app_resumes_on_the_fleet_and_epsilon_composes(tmp_path:
     out = tmp_path / "run"
     with LocalFleet(tmp_path, nodes=3) as fleet:
         assert fleet.superlink is not None
-        first = fedpriv([*HORIZONTAL, *fleet.engine_overrides(), f"hydra.run.dir={out}"])
-        wait_for_checkpoint(out, first)
+        first = fedpriv_run([*HORIZONTAL, *fleet.engine_overrides(), f"hydra.run.dir={out}"])
+        wait_for((out / "checkpoint.npz").is_file, first, "a checkpoint")
         server_apps = children(fleet.superlink.executor.pid)
         assert server_apps, "no ServerApp process on the SuperLink"
         for pid in server_apps:  # the ServerApp dies as a crashed server would
@@ -100,7 +80,7 @@ def test_a_killed_server_app_resumes_on_the_fleet_and_epsilon_composes(tmp_path:
         assert saved is not None
         assert not (out / "summary.json").exists()
 
-        resumed = fedpriv([f"resume={out}", f"hydra.run.dir={tmp_path / 'hydra'}"])
+        resumed = fedpriv_run([f"resume={out}", f"hydra.run.dir={tmp_path / 'hydra'}"])
         output, _ = resumed.communicate(timeout=600)
         assert resumed.returncode == 0, output
 
@@ -123,12 +103,12 @@ def test_a_superlink_restart_resumes_and_no_device_is_charged_less(tmp_path: Pat
     out = tmp_path / "run"
     three = [*HORIZONTAL, "rounds=3", "engine.round_timeout_s=30"]
     with LocalFleet(tmp_path, nodes=3) as fleet:
-        first = fedpriv([*three, *fleet.engine_overrides(), f"hydra.run.dir={out}"])
-        wait_for_checkpoint(out, first)
+        first = fedpriv_run([*three, *fleet.engine_overrides(), f"hydra.run.dir={out}"])
+        wait_for((out / "checkpoint.npz").is_file, first, "a checkpoint")
         fleet.restart()
         first.communicate(timeout=300)  # its SuperLink is gone: it ends
         assert not (out / "summary.json").exists()
-        resumed = fedpriv([f"resume={out}", f"hydra.run.dir={tmp_path / 'hydra'}"])
+        resumed = fedpriv_run([f"resume={out}", f"hydra.run.dir={tmp_path / 'hydra'}"])
         output, _ = resumed.communicate(timeout=600)
         assert resumed.returncode == 0, output
 

@@ -5,12 +5,10 @@ ClientApp process runs each), and a device that dies mid-run is unmasked out."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from fleet_runs import fedpriv_run, wait_for
 
 from fedpriv import load_config, run
 from fedpriv.deployment import LocalFleet
@@ -54,17 +52,11 @@ def test_a_device_killed_mid_run_is_unmasked_out_and_the_round_completes(tmp_pat
     out = tmp_path / "run"
     with fleet_for(tmp_path) as fleet:
         assert fleet.creds is not None
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "fedpriv"), "run", *SECAGG,
-             *fleet.engine_overrides(), f"crypto.keys_dir={fleet.creds.directory}",
-             "engine.round_timeout_s=15", f"hydra.run.dir={out}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        process = fedpriv_run(
+            [*SECAGG, *fleet.engine_overrides(), f"crypto.keys_dir={fleet.creds.directory}",
+             "engine.round_timeout_s=15", f"hydra.run.dir={out}"]
         )  # fmt: skip
-        deadline = time.monotonic() + 300
-        while not read_metrics(out / "metrics.jsonl"):
-            assert process.poll() is None, process.communicate()[0]
-            assert time.monotonic() < deadline, "round 1 never finished"
-            time.sleep(0.2)
+        wait_for(lambda: read_metrics(out / "metrics.jsonl"), process, "round 1")
         fleet.nodes[2].kill()
         output, _ = process.communicate(timeout=600)
         assert process.returncode == 0, output
