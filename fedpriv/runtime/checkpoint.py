@@ -212,8 +212,10 @@ class NodeStateMod:
     def __call__(
         self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
-        own = node_store.load(context) if node_store.resuming(context) else None
-        if own is not None and extends(own, node_state(context)):  # nothing newer held
+        # A resumed run's first message finds the node empty: start from its own copy.
+        # Later ones find what it adopted or trained since, never older than the copy.
+        fresh = node_store.resuming(context) and not node_state(context)
+        if fresh and (own := node_store.load(context)) is not None:
             adopt(context, own)
         reply = call_next(msg, context)
         if msg.metadata.message_type.startswith("train") and reply.has_content():
