@@ -159,16 +159,6 @@ RULES = (
         "crypto=ckks (the coordinator adds encrypted embeddings it cannot read)",
     ),
     rule(
-        "masked",
-        "fleet",
-        "peer_relay",
-        why="crypto={crypto} with family=swarm runs in simulation only so far: on a fleet "
-        "each peer must build its masking mod from its own bundle's CKKS key, which the "
-        "swarm relay's set-up does not do yet; on a fleet use crypto=none (swarm payloads "
-        "are sealed end to end) or family=horizontal with crypto={crypto}",
-        short="each peer would need its masking mod built from its own bundle's key",
-    ),
-    rule(
         "fleet",
         "ckks",
         "generated_keys",
@@ -230,8 +220,6 @@ def uses(config: ExperimentConfig) -> set[str]:
         out.add("single_update_steps")
     if config.family == "vertical":
         out.add("split_learning")
-    if config.family == "swarm":
-        out.add("peer_relay")
     if config.partition.splits_features:
         out.add("feature_partition")
     if config.adversary.name != "none":

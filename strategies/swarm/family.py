@@ -132,6 +132,8 @@ class SwarmFamily(Strategy):
             "test_examples": len(data.dataset.y_test),
         }
         if masks_models(config):  # consensus is refused with it: one CKKS key set
+            if config.engine.keys_provisioned:  # a fleet: each peer's key is on its device
+                return Setup(clients=clients, server_key=config.crypto.load_keys(server=True))
             keys = config.crypto.make_keys()
             assert keys is not None, "crypto=ckks_secagg makes keys"
             layout, _ = self.start_model()
@@ -171,7 +173,12 @@ class SwarmFamily(Strategy):
         return [mod]
 
     def node_mods(self, bundle: str | None) -> list[Any]:
-        """The consensus key shared by the peers, from the device's bundle."""
+        """From the device's bundle: the CKKS key the peers' masked models are encrypted
+        under (``crypto=ckks_secagg``), or the consensus key shared by the peers."""
+        if masks_models(self.config):
+            layout, _ = self.start_model()
+            secret = self.config.crypto.load_keys(server=False, directory=bundle)
+            return list(masked_mods(self.config, secret, layout))
         if not self.swarm.consensus:
             return []
         if bundle is None:

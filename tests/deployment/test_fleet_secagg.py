@@ -1,7 +1,9 @@
 """``crypto=ckks_secagg`` on a real fleet on 127.0.0.1 (TLS, node authentication): the
 key ceremony runs through the SuperLink, each device keeps its mask keys in its own
 ``context.state`` (Flower's SuperNode keeps a run's context between messages, whichever
-ClientApp process runs each), and a device that dies mid-run is unmasked out."""
+ClientApp process runs each), and a device that dies mid-run is unmasked out. The swarm
+leader merges masked models the same way, each peer's masking mod built from its own
+bundle."""
 
 from __future__ import annotations
 
@@ -66,3 +68,37 @@ def test_a_device_killed_mid_run_is_unmasked_out_and_the_round_completes(tmp_pat
     assert sorted(c["partition-id"] for c in first["clients"]) == [0, 1, 2]
     assert sorted(c["partition-id"] for c in second["clients"]) == [0, 1]
     assert second["accuracy"] is not None
+
+
+#: A swarm whose leader merges the peers' masked ciphertexts (it reads only the merge).
+SWARM = [
+    "family=swarm", "strategy=leader", "swarm.consensus=false", "num_clients=3",
+    "data=digits", "model=logreg", "rounds=2", "engine.torch_threads=1", "crypto=ckks_secagg",
+]  # fmt: skip
+
+
+def test_a_swarm_leader_merges_masked_models_across_three_supernodes(tmp_path: Path) -> None:
+    with fleet_for(tmp_path) as fleet:
+        assert fleet.creds is not None
+        keys = fleet.creds.directory
+        on_fleet = [*fleet.engine_overrides(), f"crypto.keys_dir={keys}", f"engine.keys_dir={keys}"]
+        masked = run(load_config([*SWARM, *on_fleet, f"output_dir={tmp_path / 'masked'}"]))
+        private = run(
+            load_config([*SWARM, "privacy=dp_sgd", *on_fleet, f"output_dir={tmp_path / 'dp'}"])
+        )
+    plain = SWARM[:-1]  # the same swarm, the leader reading every model in one process
+    local = run(load_config([*plain, "engine=inprocess", f"output_dir={tmp_path / 'plain'}"]))
+    assert masked.summary["crypto"]["scheme"] == "ckks_secagg"
+    for record, expected in zip(masked.history, local.history, strict=True):
+        swarm = record["swarm"]
+        assert swarm["live"] == [0, 1, 2] and not record["rejected"]
+        # The masks cancel in the leader's sum: its merge is the plaintext leader's, to
+        # the quantization's 2^-20 steps.
+        assert swarm["leader"] == expected["swarm"]["leader"] is not None
+        assert swarm["merged_accuracy"] == pytest.approx(
+            expected["swarm"]["merged_accuracy"], abs=1.01 / 360
+        )
+        assert record["loss"] == pytest.approx(expected["loss"], rel=1e-4)
+    assert private.summary["status"] == "completed", private.summary["stop_reason"]
+    assert all(r["swarm"]["live"] == [0, 1, 2] for r in private.history)
+    assert 0 < private.summary["privacy"]["epsilon_max"] <= 3.0 + 1e-6

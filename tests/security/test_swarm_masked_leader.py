@@ -226,7 +226,7 @@ def test_dropouts_beyond_the_tolerance_refuse_the_merge_and_reveal_nothing():
         (("crypto=ckks_secagg", "strategy=dinno"), "a neighbour average cannot remove them"),
         (("crypto=ckks_secagg", "strategy.merge=coordinate_median"), "use strategy.merge=mean"),
         (("crypto=ckks_secagg", "swarm.consensus=true"), "set swarm.consensus=false"),
-        (("crypto=ckks_secagg", "engine=deployment"), "family=swarm runs in simulation only"),
+        (("crypto=ckks_secagg", "engine=deployment"), "set crypto.keys_dir=<the directory"),
     ],
 )
 def test_refused_swarm_encryption_says_why(overrides, says):

@@ -74,12 +74,11 @@ def test_a_refused_pair_of_settings_names_both_and_what_works():
     assert "use privacy=dp_sgd" in message
 
 
-def test_masks_run_on_a_fleet_for_horizontal_and_are_refused_for_the_swarm_relay():
-    """The horizontal masked scheme runs on a fleet (tests/deployment/test_fleet_secagg.py);
-    the swarm relay still prepares the peers' masking mods itself, so it says so."""
+def test_masks_run_on_a_fleet_for_horizontal_and_the_swarm_leader():
+    """Both masked paths run on a fleet (tests/deployment/test_fleet_secagg.py): each
+    device builds its masking mod from its own bundle."""
     fleet = ["engine=deployment", "crypto.keys_dir=/keys"]
     assert load_config(["crypto=ckks_secagg", *fleet]).crypto.name == "ckks_secagg"
     swarm = ["family=swarm", "strategy=leader", "num_clients=3", "swarm.consensus=false"]
-    with pytest.raises(ConfigError, match="family=swarm runs in simulation only so far"):
-        load_config([*swarm, "crypto=ckks_secagg", *fleet, "engine.keys_dir=/keys"])
-    assert load_config([*swarm, "crypto=ckks_secagg"]).family == "swarm"  # in simulation
+    config = load_config([*swarm, "crypto=ckks_secagg", *fleet, "engine.keys_dir=/keys"])
+    assert (config.family, config.crypto.name) == ("swarm", "ckks_secagg")
