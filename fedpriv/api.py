@@ -151,7 +151,7 @@ def _simulate(
                 result = _simulate_opened(opened, started, client_app)
             return audited(result, config)
         except KeyboardInterrupt:  # the second Ctrl-C: stopped at once, mid-round
-            raise RunInterrupted(opened.out.path, resumable=opened.strategy.resumable) from None
+            raise RunInterrupted(opened.out.path, resumable=opened.strategy.can_resume) from None
 
 
 def _simulate_opened(
@@ -184,5 +184,5 @@ def _simulate_opened(
     if finished["ctx"].interrupted:  # left unfinished (no summary.json): resume continues
         warm_ray.shutdown()  # Ctrl-C: stop Ray and its actors too, not only the run
         rounds = len(finished["history"])
-        raise RunInterrupted(opened.out.path, rounds, resumable=opened.strategy.resumable)
+        raise RunInterrupted(opened.out.path, rounds, resumable=opened.strategy.can_resume)
     return opened.finish(finished["history"], finished["ctx"], time.perf_counter() - started)

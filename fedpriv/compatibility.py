@@ -332,7 +332,9 @@ def table(families: Any) -> Iterator[Row]:
                         None,
                     )
                 )
-            cells["resume"] = None if family.resumable else "no checkpoints for this family yet"
+            cells["resume"] = (
+                family.resume_limit if family.resumable else "no checkpoints for this family yet"
+            )
             yield Row(name, strategy, cells)
 
 

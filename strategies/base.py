@@ -73,6 +73,8 @@ class Strategy(ABC):
     settings_key: ClassVar[str] = ""
     #: Whether the family checkpoints (implements checkpoint_state/restore_state).
     resumable: ClassVar[bool] = False
+    #: Where a resumable family still cannot resume, and why (None: on every engine).
+    resume_limit: ClassVar[str | None] = None
     #: Features of :data:`fedpriv.compatibility.FEATURES` this family cannot run, each
     #: with the reason and what to use instead (the compatibility table reads it).
     unsupported: ClassVar[Mapping[str, str]] = {}
@@ -123,6 +125,17 @@ class Strategy(ABC):
         """The coordinator's state after a round (None: not resumable): plain values,
         NumPy arrays and ArrayRecords, as :mod:`fedpriv.runtime.tree` writes them."""
         return None
+
+    def resume_refusal(self) -> str | None:
+        """Why a checkpoint of this run could not be continued (None: it can)."""
+        if not self.resumable:
+            return f"family={self.family} runs cannot be resumed yet"
+        return None
+
+    @property
+    def can_resume(self) -> bool:
+        """Whether this run checkpoints and a checkpoint of it can be continued."""
+        return self.resume_refusal() is None
 
     def restore_state(self, state: Any) -> None:
         """Take back what :meth:`checkpoint_state` returned; runs before :meth:`start`."""

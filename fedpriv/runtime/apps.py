@@ -63,7 +63,7 @@ def build_client_app(
     (``adversary``) tamper with their update inside encryption, outside privacy.
     """
     config = strategy.config
-    checkpoints = [NodeStateMod()] if strategy.resumable and config.checkpoint_every else []
+    checkpoints = [NodeStateMod()] if strategy.can_resume and config.checkpoint_every else []
     app = ClientApp(
         mods=[
             *crypto_mods,

@@ -11,6 +11,11 @@ a server that lies to get more updates out of the device's budget). So a node wi
 and when a run resumes it starts from that copy and never takes back a state from the
 server that does not extend it (:func:`fedpriv.runtime.checkpoint.extends`).
 
+A family whose devices keep state the server must never read (a swarm peer's own model,
+its DiNNO duals) keeps that here too, one file per round (:func:`save_private`), so a
+resumed run starts each device from what it held after the round the server's checkpoint
+follows (:func:`load_private`), not from a newer round the checkpoint never saw.
+
 A copy belongs to one experiment: its file is named by the SHA-256 of the run config
 ``fedpriv run`` submitted (the config and the results directory), less the resume flag,
 so a run and its resumes share it. A run that does not resume starts from nothing,
@@ -26,11 +31,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from fedpriv.errors import FedprivError
 from fedpriv.node import RESUME_KEY, partition_id
 from fedpriv.results import write_atomic
+from fedpriv.runtime.tree import TreeError, dumps, loads
 
 #: The node-config key of the directory a device keeps its copies in.
 STATE_DIR = "state-dir"
@@ -95,3 +101,71 @@ def save(context: Context, state: State) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_atomic(path, json.dumps({"format": FORMAT, "state": state}) + "\n", mode=0o600)
+
+
+# -- state only the device reads, per round ----------------------------------------------
+
+
+def _private_paths(context: Context) -> dict[int, Path]:
+    """This node's private-state files for this experiment, by the round each follows."""
+    path = store_path(context)
+    if path is None or not path.parent.is_dir():
+        return {}
+    prefix = f"{path.stem}-round-"
+    found = {}
+    for file in path.parent.glob(f"{prefix}*.npz"):
+        number = file.name[len(prefix) : -len(".npz")]
+        if number.isdigit():
+            found[int(number)] = file
+    return found
+
+
+def save_private(context: Context, server_round: int, records: list[str], rounds_kept: int) -> None:
+    """Write the ``context.state`` records named in ``records`` as they are after
+    ``server_round``, and delete the files no resume can ask for: those older than
+    ``rounds_kept`` rounds, but the newest of them (a device that missed rounds resumes
+    from its last)."""
+    path = store_path(context)
+    if path is None:
+        return
+    state = context.state
+    tree = {
+        "arrays": {n: state.array_records[n] for n in records if n in state.array_records},
+        "configs": {n: dict(state.config_records[n]) for n in records if n in state.config_records},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(path.with_name(f"{path.stem}-round-{server_round}.npz"), dumps(tree), mode=0o600)
+    files = _private_paths(context)
+    older = sorted(r for r in files if r < server_round - rounds_kept)
+    for stale in older[:-1]:
+        files[stale].unlink(missing_ok=True)
+
+
+def load_private(context: Context, server_round: int) -> bool:
+    """Put back the records this node held after ``server_round`` (its newest file of a
+    round up to it). False if it holds none: it had not trained by then."""
+    if store_path(context) is None:
+        raise NodeStoreError(
+            "this run resumes from a checkpoint, and this device keeps no copy of its own "
+            "state to resume from: start its SuperNode with --state-dir (fedpriv "
+            "supernode does by default)"
+        )
+    candidates = {r: f for r, f in _private_paths(context).items() if r <= server_round}
+    if not candidates:
+        return False
+    file = candidates[max(candidates)]
+    try:
+        tree = loads(file.read_bytes())
+        arrays, configs = tree["arrays"], tree["configs"]
+        for name, record in arrays.items():
+            if not isinstance(record, ArrayRecord):
+                raise TypeError(f"{name} is not an array record")
+            context.state[name] = record
+        for name, values in configs.items():
+            context.state[name] = ConfigRecord(values)
+    except (TreeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise NodeStoreError(
+            f"{file} is damaged ({error}); this device's own state after round "
+            f"{server_round} cannot be read"
+        ) from error
+    return True

@@ -142,8 +142,8 @@ def tracked_run(
 
 def _check_resumable(config: ExperimentConfig, strategy: Strategy) -> None:
     """Whether a checkpoint of this run can be continued, before anything starts."""
-    if not strategy.resumable:
-        raise ConfigError(f"family={config.family} runs cannot be resumed yet")
+    if (refusal := strategy.resume_refusal()) is not None:
+        raise ConfigError(refusal)
     if "generated_keys" in uses(config):
         raise ConfigError(
             f"crypto={config.crypto.name}: this run's keys were made in memory and ended "

@@ -42,6 +42,7 @@ from fedpriv.strategies.swarm.peer import (
     KEYS,
     METRICS,
     OUTBOX,
+    RESUME_AFTER,
     SwarmPeer,
     entry,
 )
@@ -67,6 +68,11 @@ class SwarmFamily(Strategy):
     strategies = SWARM_STRATEGIES
     settings = SwarmSettings
     settings_key = "swarm"
+    resumable = True
+    resume_limit = (
+        "on a fleet only: a simulated peer keeps its model in memory, a device keeps its "
+        "own copy (state-dir)"
+    )
     unsupported: ClassVar[Mapping[str, str]] = {
         "central_dp": "central DP needs a server that aggregates; use privacy=dp_sgd (each "
         "peer's training is DP)",
@@ -91,6 +97,29 @@ class SwarmFamily(Strategy):
         self.adder: CkksEmbeddingSum | None = None
         self.initial: np.ndarray | None = None
         self.masked: MaskedMerge | None = None
+
+    def resume_refusal(self) -> str | None:
+        if not self.config.engine.fleet:
+            return f"family=swarm resumes {self.resume_limit}; this run ran in simulation"
+        return None
+
+    def checkpoint_state(self) -> dict[str, Any] | None:
+        """The relay's part: the sealed payloads waiting for each peer, the live peers
+        and the gossip weights. Each peer's model stays on its device
+        (:meth:`SwarmPeer.remember`)."""
+        if not self.can_resume:
+            return None
+        mailbox = {party: ArrayRecord(inbox) for party, inbox in self.mailbox.items() if inbox}
+        return {"mailbox": mailbox, "live": list(self.live), "mixing": self.mixing}
+
+    def restore_state(self, state: dict[str, Any] | None) -> None:
+        """Take back :meth:`checkpoint_state` (None: a run with no checkpoint yet)."""
+        if state is None:
+            return
+        for party, record in state["mailbox"].items():
+            self.mailbox[int(party)] = dict(record.items())
+        self.live = [int(p) for p in state["live"]]
+        self.mixing = [{int(k): float(v) for k, v in row.items()} for row in state["mixing"]]
 
     @classmethod
     def outdated(cls, mapping: Mapping[str, Any]) -> list[str]:
@@ -178,6 +207,7 @@ class SwarmFamily(Strategy):
         if masks_models(self.config):
             layout, _ = self.start_model()
             secret = self.config.crypto.load_keys(server=False, directory=bundle)
+            assert secret is not None, "crypto=ckks_secagg reads a key"
             return list(masked_mods(self.config, secret, layout))
         if not self.swarm.consensus:
             return []
@@ -208,10 +238,14 @@ class SwarmFamily(Strategy):
 
     # -- set-up ------------------------------------------------------------------------------
     def start(self, grid: Grid, ctx: RunContext) -> None:
-        for party, reply in self.parties.first_contact(grid, ctx, "query.keys").items():
+        """Learn each peer's key and size; a resumed run's peers first take back their own
+        state after the checkpoint's round, from their devices."""
+        after = ctx.checkpoint.round if ctx.checkpoint is not None else 0
+        first = RecordDict({CONFIG: ConfigRecord({RESUME_AFTER: after})})
+        for party, reply in self.parties.first_contact(grid, ctx, "query.keys", first).items():
             self.public[party] = bytes(reply.content.config_records[KEYS]["public"])  # type: ignore[arg-type]
             self.sizes[party] = int(metric(reply, "num-examples"))
-        self.live = sorted(self.parties.nodes)
+        self.live = self.live or sorted(self.parties.nodes)
         if masks_models(self.config):
             assert ctx.server_key is not None and self.layout is not None
             self.masked = MaskedMerge(self.config, self.layout, ctx.server_key)

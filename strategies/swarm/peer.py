@@ -37,11 +37,16 @@ from fedpriv.crypto.records import Layout
 from fedpriv.crypto.secagg_peers import CONTRIBUTION, contribution, plain_sum
 from fedpriv.node import node_bundle, partition_id
 from fedpriv.privacy.accounting import planned_steps
+from fedpriv.runtime import node_store
 from fedpriv.runtime.models import evaluate_arrays, fresh_model
 from fedpriv.strategies.swarm.settings import DiNNO, Leader, swarm_strategy
 from fedpriv.training import seed_for
 
 KEY, MODEL, DUAL, MERGED = "swarm.key", "swarm.model", "swarm.dual", "swarm.merged"
+#: What a peer keeps on its own device to resume from (never sent to the relay).
+PRIVATE = [MODEL, DUAL, MERGED]
+#: The first-contact setting of a resumed run: the round its checkpoint follows.
+RESUME_AFTER = "resume-after"
 INBOX, OUTBOX, KEYS, CONFIG, METRICS = "inbox", "outbox", "keys", "config", "metrics"
 
 
@@ -89,6 +94,12 @@ class SwarmPeer:
 
     def keep(self, context: Context, vector: np.ndarray) -> None:
         context.state[MODEL] = ArrayRecord({"values": Array(vector.astype(np.float32))})
+
+    def remember(self, context: Context, sync: int) -> None:
+        """On a device with a state directory, its model (and duals, merge marker) as
+        they are after ``sync``, to resume from; the relay never sees them."""
+        if self.config.checkpoint_every:
+            node_store.save_private(context, sync, PRIVATE, self.config.checkpoint_every)
 
     def sealing(self, msg: Message, context: Context, party: int) -> Sealed:
         """This peer's private key and the peers' public keys for this message. On a
@@ -152,7 +163,12 @@ class SwarmPeer:
 
     # -- handlers -----------------------------------------------------------------------
     def keys(self, msg: Message, context: Context) -> Message:
+        """Publish this peer's key; in a resumed run, first take back its own state after
+        the round the relay's checkpoint follows."""
         party, _, y = self.data(context)
+        settings = msg.content.config_records.get(CONFIG, ConfigRecord())
+        if (after := int(settings.get(RESUME_AFTER, 0))) > 0:  # type: ignore[arg-type]
+            node_store.load_private(context, after)
         if self.config.engine.keys_provisioned:  # a fleet: this peer's key from its bundle
             private = peer_keys(node_bundle(context)).private
         else:
@@ -161,7 +177,9 @@ class SwarmPeer:
         content = RecordDict(
             {
                 KEYS: ConfigRecord({"public": peers.public_key(private)}),
-                METRICS: MetricRecord({"party": party, "num-examples": len(y)}),
+                METRICS: MetricRecord(
+                    {"party": party, "partition-id": party, "num-examples": len(y)}
+                ),
             }
         )
         return Message(content=content, reply_to=msg)
@@ -210,6 +228,7 @@ class SwarmPeer:
         self.keep(context, vector)
         recipients = [int(r) for r in settings["to"]]  # type: ignore[union-attr]
         outbox = self.seal_for(vector, seal, recipients, f"r{sync}")
+        self.remember(context, sync)
         records = {OUTBOX: outbox}
         if self.masked and isinstance(strategy, Leader):
             records[CONTRIBUTION] = contribution(self.weight(strategy, len(y)) * vector)
@@ -286,6 +305,7 @@ class SwarmPeer:
             )
             merged_from = len(received)
         self.keep(context, merged)
+        self.remember(context, sync)
         recipients = [int(r) for r in settings["to"]]  # type: ignore[union-attr]
         outbox = self.seal_for(merged, seal, recipients, f"merged{sync:06d}")
         scores = self.score(merged)

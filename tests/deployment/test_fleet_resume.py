@@ -1,6 +1,8 @@
 """A deployed run whose ServerApp is killed mid-run continues from its checkpoint on the
 same fleet (TLS, node authentication): ``fedpriv run resume=DIR`` resubmits it, every
-node gets its own privacy state back, and ε composes as in an uninterrupted run."""
+node gets its own privacy state back, and ε composes as in an uninterrupted run. A
+swarm's peers take back their own models from their devices, which the relay's
+checkpoint never holds."""
 
 from __future__ import annotations
 
@@ -46,14 +48,14 @@ def children(pid: int) -> list[int]:
 
 
 def charged_as_in_one_process(
-    record: dict, rounds: int, tmp_path: Path, might_have_lost: int = 1
+    record: dict, rounds: int, tmp_path: Path, might_have_lost: int = 1, base=HORIZONTAL
 ) -> None:
-    """Each client's ε after ``rounds`` rounds is what the same experiment computes in one
-    process, or, for a device that trained a round whose reply was lost when the server
-    died, that of ``rounds + might_have_lost`` rounds: never less."""
+    """Each client's ε after ``rounds`` rounds is what the same experiment (``base``)
+    computes in one process, or, for a device that trained a round whose reply was lost
+    when the server died, that of ``rounds + might_have_lost`` rounds: never less."""
     local = run(
         load_config(
-            [*HORIZONTAL, f"rounds={rounds + might_have_lost}", "engine=inprocess",
+            [*base, f"rounds={rounds + might_have_lost}", "engine=inprocess",
              f"output_dir={tmp_path / 'local'}"]
         )
     )  # fmt: skip
@@ -64,25 +66,31 @@ def charged_as_in_one_process(
         assert client["epsilon"] in [pytest.approx(e) for e in allowed], (partition, client)
 
 
+def killed_and_resumed(fleet: LocalFleet, overrides: list[str], out: Path) -> Checkpoint:
+    """Start ``fedpriv run``, kill its ServerApp once a checkpoint is written, resume it;
+    returns the checkpoint it resumed from."""
+    assert fleet.superlink is not None
+    first = fedpriv_run([*overrides, *fleet.engine_overrides(), f"hydra.run.dir={out}"])
+    wait_for((out / "checkpoint.npz").is_file, first, "a checkpoint")
+    server_apps = children(fleet.superlink.executor.pid)
+    assert server_apps, "no ServerApp process on the SuperLink"
+    for pid in server_apps:  # the ServerApp dies as a crashed server would
+        os.kill(pid, signal.SIGKILL)
+    first.kill()
+    first.communicate()
+    saved = Checkpoint.load(out)
+    assert saved is not None
+    assert not (out / "summary.json").exists()
+    resumed = fedpriv_run([f"resume={out}", f"hydra.run.dir={out.parent / 'hydra'}"])
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    return saved
+
+
 def test_a_killed_server_app_resumes_on_the_fleet_and_epsilon_composes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     with LocalFleet(tmp_path, nodes=3) as fleet:
-        assert fleet.superlink is not None
-        first = fedpriv_run([*HORIZONTAL, *fleet.engine_overrides(), f"hydra.run.dir={out}"])
-        wait_for((out / "checkpoint.npz").is_file, first, "a checkpoint")
-        server_apps = children(fleet.superlink.executor.pid)
-        assert server_apps, "no ServerApp process on the SuperLink"
-        for pid in server_apps:  # the ServerApp dies as a crashed server would
-            os.kill(pid, signal.SIGKILL)
-        first.kill()
-        first.communicate()
-        saved = Checkpoint.load(out)
-        assert saved is not None
-        assert not (out / "summary.json").exists()
-
-        resumed = fedpriv_run([f"resume={out}", f"hydra.run.dir={tmp_path / 'hydra'}"])
-        output, _ = resumed.communicate(timeout=600)
-        assert resumed.returncode == 0, output
+        saved = killed_and_resumed(fleet, HORIZONTAL, out)
 
     result = Result.load(out)
     assert result.summary["status"] == "completed"
@@ -116,3 +124,48 @@ def test_a_superlink_restart_resumes_and_no_device_is_charged_less(tmp_path: Pat
     assert result.summary["status"] == "completed"
     assert [r["round"] for r in result.history] == [1, 2, 3]
     charged_as_in_one_process(result.history[2], 3, tmp_path)
+
+
+#: Three swarm peers on digits, 3 syncs.
+SWARM = [
+    "family=swarm", "num_clients=3", "data=digits", "model=logreg", "rounds=3",
+    "swarm.consensus=false", "engine.torch_threads=1",
+]  # fmt: skip
+
+
+def test_a_resumed_swarm_continues_from_each_peers_own_model(tmp_path: Path) -> None:
+    """DiNNO keeps a model and dual variables on each peer: resumed, every sync's
+    numbers are the uninterrupted run's, so each peer took back its own state after the
+    checkpoint's sync (not a newer one it trained before the ServerApp died, nor none)."""
+    dinno = [*SWARM, "strategy=dinno"]
+    out = tmp_path / "run"
+    with LocalFleet(tmp_path, nodes=3) as fleet:
+        assert fleet.creds is not None
+        keys = f"engine.keys_dir={fleet.creds.directory}"
+        saved = killed_and_resumed(fleet, [*dinno, keys], out)
+    # The relay's checkpoint holds sealed payloads, sizes and weights, no peer's model.
+    state = saved.family_state
+    assert set(state) == {"mailbox", "live", "mixing"}
+    for record in state["mailbox"].values():
+        assert all(array.dtype == "uint8" for array in record.values())
+    result = Result.load(out)
+    assert result.summary["status"] == "completed", result.summary["stop_reason"]
+    local = run(load_config([*dinno, "engine=inprocess", f"output_dir={tmp_path / 'local'}"]))
+    assert [r["round"] for r in result.history] == [1, 2, 3]
+    for record, expected in zip(result.history, local.history, strict=True):
+        assert record["swarm"]["live"] == [0, 1, 2]
+        assert record["swarm"]["accuracy_mean"] == pytest.approx(expected["swarm"]["accuracy_mean"])
+        assert record["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+
+
+def test_a_resumed_swarm_leader_with_dp_sgd_charges_no_peer_less(tmp_path: Path) -> None:
+    leader = [*SWARM, "strategy=leader", "privacy=dp_sgd", "privacy.target_epsilon=null",
+              "privacy.noise_multiplier=1.0"]  # fmt: skip
+    out = tmp_path / "run"
+    with LocalFleet(tmp_path, nodes=3) as fleet:
+        assert fleet.creds is not None
+        killed_and_resumed(fleet, [*leader, f"engine.keys_dir={fleet.creds.directory}"], out)
+    result = Result.load(out)
+    assert result.summary["status"] == "completed", result.summary["stop_reason"]
+    assert [r["swarm"]["merged_accuracy"] is not None for r in result.history] == [True] * 3
+    charged_as_in_one_process(result.history[2], 3, tmp_path, base=leader)

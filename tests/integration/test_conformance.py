@@ -105,7 +105,7 @@ def test_an_accepted_combination_runs_and_reports_what_it_promises(
     if config is None:
         pytest.skip("refused at config time")
     family, _, privacy, crypto = combination
-    resumable = FAMILIES.get(family).resumable
+    resumable = FAMILIES.get(family).create(config).can_resume
     if resumable and crypto != "none":
         keys = str(keys_dir(config.crypto.params))
         config = config.replace(crypto=dataclasses.replace(config.crypto, keys_dir=keys))

@@ -309,3 +309,15 @@ def test_a_damaged_spending_record_is_a_clear_error(tmp_path, content):
     (tmp_path / SPENDING_FILE).write_text(content)
     with pytest.raises(CheckpointError, match=rf"{SPENDING_FILE} is damaged"):
         SpendingRecord.load(tmp_path / SPENDING_FILE, num_clients=2)
+
+
+def test_a_swarm_resumes_on_a_fleet_only_and_says_why_elsewhere():
+    """A simulated peer's model lives in memory; a device keeps its own copy."""
+    from fedpriv.families import FAMILIES
+
+    swarm = ["family=swarm", "num_clients=3", "swarm.consensus=false"]
+    simulated = FAMILIES.get("swarm").create(load_config([*swarm, "engine=inprocess"]))
+    assert not simulated.can_resume and simulated.checkpoint_state() is None
+    assert "on a fleet only" in (simulated.resume_refusal() or "")
+    fleet = FAMILIES.get("swarm").create(load_config([*swarm, "engine=deployment"]))
+    assert fleet.can_resume and set(fleet.checkpoint_state() or {}) == {"mailbox", "live", "mixing"}
