@@ -25,6 +25,11 @@ FEATURES = ("dp_sgd", "central_dp", "ckks", "adversary", "fleet")
 
 #: Reasons more than one family gives for a feature it lacks.
 NO_ADVERSARIES_YET = "it has no adversaries yet: use adversary=none"
+#: Where a family whose nodes keep their own models resumes, and why.
+DEVICE_MODELS_LIMIT = (
+    "on a fleet only: a simulated node keeps its model in memory, a device keeps its own "
+    "copy (state-dir)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,8 +338,8 @@ def table(families: Any) -> Iterator[Row]:
                     )
                 )
             cells["resume"] = (
-                family.resume_limit if family.resumable else "no checkpoints for this family yet"
-            )
+                "no checkpoints for this family yet" if not family.resumable else None
+            ) or (DEVICE_MODELS_LIMIT if family.device_models else None)
             yield Row(name, strategy, cells)
 
 

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 from flwr.app import Context, Message
 from flwr.serverapp import Grid
 
+from fedpriv.compatibility import DEVICE_MODELS_LIMIT
 from fedpriv.config import ExperimentConfig
 from fedpriv.registry import Registry, Spec
 from fedpriv.runtime import interrupt
@@ -73,8 +74,9 @@ class Strategy(ABC):
     settings_key: ClassVar[str] = ""
     #: Whether the family checkpoints (implements checkpoint_state/restore_state).
     resumable: ClassVar[bool] = False
-    #: Where a resumable family still cannot resume, and why (None: on every engine).
-    resume_limit: ClassVar[str | None] = None
+    #: Whether its nodes keep models the server must never read: then it resumes only
+    #: where each device keeps its own copy (a fleet's ``state-dir``).
+    device_models: ClassVar[bool] = False
     #: Features of :data:`fedpriv.compatibility.FEATURES` this family cannot run, each
     #: with the reason and what to use instead (the compatibility table reads it).
     unsupported: ClassVar[Mapping[str, str]] = {}
@@ -130,6 +132,8 @@ class Strategy(ABC):
         """Why a checkpoint of this run could not be continued (None: it can)."""
         if not self.resumable:
             return f"family={self.family} runs cannot be resumed yet"
+        if self.device_models and not self.config.engine.fleet:
+            return f"family={self.family} resumes {DEVICE_MODELS_LIMIT}; this run was simulated"
         return None
 
     @property

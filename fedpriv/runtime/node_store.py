@@ -40,6 +40,9 @@ from fedpriv.runtime.tree import TreeError, dumps, loads
 
 #: The node-config key of the directory a device keeps its copies in.
 STATE_DIR = "state-dir"
+#: The setting a resumed run's first message to a node carries: the round its
+#: checkpoint follows (the node takes back its own state after that round).
+RESUME_AFTER = "resume-after"
 FORMAT = 1
 
 State = dict[str, dict[str, Any]]
@@ -123,10 +126,10 @@ def _private_paths(context: Context) -> dict[int, Path]:
 def save_private(context: Context, server_round: int, records: list[str], rounds_kept: int) -> None:
     """Write the ``context.state`` records named in ``records`` as they are after
     ``server_round``, and delete the files no resume can ask for: those older than
-    ``rounds_kept`` rounds, but the newest of them (a device that missed rounds resumes
-    from its last)."""
+    ``rounds_kept`` rounds (the run's ``checkpoint_every``; 0: no checkpoints, nothing
+    written), but the newest of them (a device that missed rounds resumes from its last)."""
     path = store_path(context)
-    if path is None:
+    if path is None or rounds_kept == 0:
         return
     state = context.state
     tree = {

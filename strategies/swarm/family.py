@@ -31,6 +31,7 @@ from fedpriv.crypto.embeddings import CkksEmbeddingMod, CkksEmbeddingSum
 from fedpriv.crypto.records import Layout
 from fedpriv.errors import ConfigError
 from fedpriv.records import metric
+from fedpriv.runtime import node_store
 from fedpriv.runtime.models import initial_arrays
 from fedpriv.runtime.parties import Parties
 from fedpriv.strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
@@ -42,7 +43,6 @@ from fedpriv.strategies.swarm.peer import (
     KEYS,
     METRICS,
     OUTBOX,
-    RESUME_AFTER,
     SwarmPeer,
     entry,
 )
@@ -69,10 +69,7 @@ class SwarmFamily(Strategy):
     settings = SwarmSettings
     settings_key = "swarm"
     resumable = True
-    resume_limit = (
-        "on a fleet only: a simulated peer keeps its model in memory, a device keeps its "
-        "own copy (state-dir)"
-    )
+    device_models = True
     unsupported: ClassVar[Mapping[str, str]] = {
         "central_dp": "central DP needs a server that aggregates; use privacy=dp_sgd (each "
         "peer's training is DP)",
@@ -97,11 +94,6 @@ class SwarmFamily(Strategy):
         self.adder: CkksEmbeddingSum | None = None
         self.initial: np.ndarray | None = None
         self.masked: MaskedMerge | None = None
-
-    def resume_refusal(self) -> str | None:
-        if not self.config.engine.fleet:
-            return f"family=swarm resumes {self.resume_limit}; this run ran in simulation"
-        return None
 
     def checkpoint_state(self) -> dict[str, Any] | None:
         """The relay's part: the sealed payloads waiting for each peer, the live peers
@@ -240,8 +232,10 @@ class SwarmFamily(Strategy):
     def start(self, grid: Grid, ctx: RunContext) -> None:
         """Learn each peer's key and size; a resumed run's peers first take back their own
         state after the checkpoint's round, from their devices."""
-        after = ctx.checkpoint.round if ctx.checkpoint is not None else 0
-        first = RecordDict({CONFIG: ConfigRecord({RESUME_AFTER: after})})
+        first = None
+        if ctx.checkpoint is not None:
+            after = ConfigRecord({node_store.RESUME_AFTER: ctx.checkpoint.round})
+            first = RecordDict({CONFIG: after})
         for party, reply in self.parties.first_contact(grid, ctx, "query.keys", first).items():
             self.public[party] = bytes(reply.content.config_records[KEYS]["public"])  # type: ignore[arg-type]
             self.sizes[party] = int(metric(reply, "num-examples"))

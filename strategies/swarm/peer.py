@@ -45,8 +45,6 @@ from fedpriv.training import seed_for
 KEY, MODEL, DUAL, MERGED = "swarm.key", "swarm.model", "swarm.dual", "swarm.merged"
 #: What a peer keeps on its own device to resume from (never sent to the relay).
 PRIVATE = [MODEL, DUAL, MERGED]
-#: The first-contact setting of a resumed run: the round its checkpoint follows.
-RESUME_AFTER = "resume-after"
 INBOX, OUTBOX, KEYS, CONFIG, METRICS = "inbox", "outbox", "keys", "config", "metrics"
 
 
@@ -98,8 +96,7 @@ class SwarmPeer:
     def remember(self, context: Context, sync: int) -> None:
         """On a device with a state directory, its model (and duals, merge marker) as
         they are after ``sync``, to resume from; the relay never sees them."""
-        if self.config.checkpoint_every:
-            node_store.save_private(context, sync, PRIVATE, self.config.checkpoint_every)
+        node_store.save_private(context, sync, PRIVATE, self.config.checkpoint_every)
 
     def sealing(self, msg: Message, context: Context, party: int) -> Sealed:
         """This peer's private key and the peers' public keys for this message. On a
@@ -167,7 +164,7 @@ class SwarmPeer:
         the round the relay's checkpoint follows."""
         party, _, y = self.data(context)
         settings = msg.content.config_records.get(CONFIG, ConfigRecord())
-        if (after := int(settings.get(RESUME_AFTER, 0))) > 0:  # type: ignore[arg-type]
+        if (after := int(settings.get(node_store.RESUME_AFTER, 0))) > 0:  # type: ignore[arg-type]
             node_store.load_private(context, after)
         if self.config.engine.keys_provisioned:  # a fleet: this peer's key from its bundle
             private = peer_keys(node_bundle(context)).private

@@ -28,6 +28,7 @@ from fedpriv.crypto.embeddings import CkksEmbeddingSum
 from fedpriv.data.vertical import LABEL_OWNER, vertical_tables
 from fedpriv.errors import ConfigError, SimulationError
 from fedpriv.records import metric
+from fedpriv.runtime import node_store
 from fedpriv.runtime.parties import Parties, PartyFailure
 from fedpriv.strategies.base import Handler, RoundReport, RunContext, Setup, Strategy
 from fedpriv.strategies.vertical.model import build_bottom, build_top, epoch_batches
@@ -127,6 +128,8 @@ class Vertical(Strategy):
     strategies = VERTICAL_STRATEGIES
     settings = VerticalSettings
     settings_key = "vertical"
+    resumable = True
+    device_models = True
     unsupported: ClassVar[Mapping[str, str]] = {
         "dp_sgd": NO_DP_ACCOUNTING,
         "central_dp": NO_DP_ACCOUNTING,
@@ -148,6 +151,14 @@ class Vertical(Strategy):
     @classmethod
     def outdated(cls, mapping: Mapping[str, Any]) -> list[str]:
         return outdated(mapping)
+
+    def checkpoint_state(self) -> dict[str, Any] | None:
+        """Nothing of the coordinator's: a resumed run aligns the entities again, and
+        every model stays on its party's device (:meth:`VerticalParty.embed`)."""
+        return {} if self.can_resume else None
+
+    def restore_state(self, state: dict[str, Any] | None) -> None:
+        """Nothing to take back (see :meth:`checkpoint_state`)."""
 
     @classmethod
     def config_problems(cls, config: ExperimentConfig) -> list[str]:
@@ -230,12 +241,13 @@ class Vertical(Strategy):
         started = time.perf_counter()
         try:
             members = self.psi(grid, ctx) if self.vertical.psi else self.plain_ids(grid, ctx)
-            replies = self.parties.send(
-                grid,
-                ctx,
-                "query.align",
-                {p: RecordDict({"members": one_array(m)}) for p, m in members.items()},
-            )
+            contents = {p: RecordDict({"members": one_array(m)}) for p, m in members.items()}
+            if ctx.checkpoint is not None:  # each party then takes back its own models
+                for content in contents.values():
+                    content["config"] = ConfigRecord(
+                        {node_store.RESUME_AFTER: ctx.checkpoint.round}
+                    )
+            replies = self.parties.send(grid, ctx, "query.align", contents)
         except PartyFailure as failure:
             raise SimulationError(f"entity alignment failed: {failure}") from None
         counts = {(int(metric(r, "train")), int(metric(r, "test"))) for r in replies.values()}
@@ -343,7 +355,7 @@ class Vertical(Strategy):
                             )
                         }
                     )
-            evaluation = self.evaluate(grid, ctx)
+            evaluation = self.evaluate(grid, ctx, server_round)
         except PartyFailure as failure:
             return RoundReport(
                 server_round, clients=self.party_entries(ctx), failure=str(failure), contributors=0
@@ -394,10 +406,17 @@ class Vertical(Strategy):
             ctx.exchange.reject(replies[party], f"party {party}, {what}: {reason}")
         return None if bad else combined
 
-    def evaluate(self, grid: Grid, ctx: RunContext) -> dict[str, float | None]:
-        """Embed the test entities at every party; the label owner scores them."""
+    def evaluate(self, grid: Grid, ctx: RunContext, server_round: int) -> dict[str, float | None]:
+        """Embed the test entities at every party (each keeps its models as they are
+        after ``server_round``); the label owner scores them."""
         replies = self.parties.send(
-            grid, ctx, "evaluate.embed", {p: RecordDict() for p in range(self.vertical.parties)}
+            grid,
+            ctx,
+            "evaluate.embed",
+            {
+                p: RecordDict({"config": ConfigRecord({"round": server_round})})
+                for p in range(self.vertical.parties)
+            },
         )
         merged = self.merge(ctx, replies, self.test_count, "evaluation")
         if merged is None:

@@ -12,7 +12,8 @@ Messages (the coordinator's side is :mod:`strategies.vertical.family`):
   and the gradient for each party's embedding.
 * ``evaluate.embed`` / ``evaluate.top`` -- the same, on the test entities, no update.
 
-State lives in ``context.state`` only: weights and momentum, the PSI key, the alignment.
+State lives in ``context.state``: weights and momentum, the PSI key, the alignment. On a
+device with a ``state-dir`` each epoch's models are also kept there, to resume from.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from fedpriv.crypto import psi
 from fedpriv.data.vertical import LABEL_OWNER, PartyTable, vertical_tables
 from fedpriv.errors import ConfigError
 from fedpriv.node import partition_id
+from fedpriv.runtime import node_store
 from fedpriv.strategies.vertical.model import (
     build_bottom,
     build_top,
@@ -55,6 +57,10 @@ BOTTOM, TOP, ALIGNMENT, KEY = (
     "vertical.alignment",
     "vertical.psi",
 )
+
+
+#: What a party keeps on its own device to resume from (never sent to the coordinator).
+PRIVATE = [BOTTOM, TOP]
 
 
 def embedding_of(party: int) -> str:
@@ -131,6 +137,10 @@ class VerticalParty:
         """Keep the rows every party holds, ordered by entity ID (each party knows the
         IDs of its own rows, so all reach the same order without sharing any)."""
         party, table, _ = self.table(context)
+        settings = msg.content.config_records.get("config", ConfigRecord())
+        after = int(settings.get(node_store.RESUME_AFTER, 0))  # type: ignore[arg-type]
+        if after > 0 and not node_store.load_private(context, after):
+            raise ValueError(f"this party holds no models of its own after epoch {after}")
         members = values(msg.content.array_records["members"]).astype(np.int64)
         if len(members) and (members.min() < 0 or members.max() >= len(table.ids)):
             raise ValueError(f"alignment names rows outside this party's {len(table.ids)}")
@@ -186,7 +196,10 @@ class VerticalParty:
         return Message(content=content, reply_to=msg)
 
     def embed(self, msg: Message, context: Context) -> Message:
-        """Embeddings of every aligned test entity (no noise: evaluation only)."""
+        """Embeddings of every aligned test entity (no noise: evaluation only). The
+        epoch's training is over: its models are the ones to resume from."""
+        epoch = int(msg.content.config_records["config"]["round"])  # type: ignore[arg-type]
+        node_store.save_private(context, epoch, PRIVATE, self.config.checkpoint_every)
         party, x, model, _ = self.bottom(context)
         model.eval()
         with torch.no_grad():

@@ -311,13 +311,22 @@ def test_a_damaged_spending_record_is_a_clear_error(tmp_path, content):
         SpendingRecord.load(tmp_path / SPENDING_FILE, num_clients=2)
 
 
-def test_a_swarm_resumes_on_a_fleet_only_and_says_why_elsewhere():
-    """A simulated peer's model lives in memory; a device keeps its own copy."""
+@pytest.mark.parametrize(
+    ("overrides", "relay_state"),
+    [
+        (["family=swarm", "swarm.consensus=false"], {"mailbox", "live", "mixing"}),
+        (["family=vertical", "vertical.parties=3"], set()),
+    ],
+    ids=["swarm", "vertical"],
+)
+def test_families_whose_nodes_keep_models_resume_on_a_fleet_only(overrides, relay_state):
+    """A simulated node's model lives in memory; a device keeps its own copy."""
     from fedpriv.families import FAMILIES
 
-    swarm = ["family=swarm", "num_clients=3", "swarm.consensus=false"]
-    simulated = FAMILIES.get("swarm").create(load_config([*swarm, "engine=inprocess"]))
+    family = FAMILIES.get(overrides[0].split("=")[1])
+    base = [*overrides, "num_clients=3"]
+    simulated = family.create(load_config([*base, "engine=inprocess"]))
     assert not simulated.can_resume and simulated.checkpoint_state() is None
     assert "on a fleet only" in (simulated.resume_refusal() or "")
-    fleet = FAMILIES.get("swarm").create(load_config([*swarm, "engine=deployment"]))
-    assert fleet.can_resume and set(fleet.checkpoint_state() or {}) == {"mailbox", "live", "mixing"}
+    fleet = family.create(load_config([*base, "engine=deployment"]))
+    assert fleet.can_resume and set(fleet.checkpoint_state() or {}) == relay_state
