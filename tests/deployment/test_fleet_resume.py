@@ -158,16 +158,22 @@ def test_a_resumed_swarm_continues_from_each_peers_own_model(tmp_path: Path) -> 
         assert record["loss"] == pytest.approx(expected["loss"], rel=1e-5)
 
 
-def test_a_resumed_swarm_leader_with_dp_sgd_charges_no_peer_less(tmp_path: Path) -> None:
+def test_a_resumed_masked_swarm_leader_with_dp_sgd_charges_no_peer_less(tmp_path: Path) -> None:
+    """The leader merges masked ciphertexts (crypto=ckks_secagg): the resumed run holds a
+    new mask ceremony, and every sync still merges all three peers."""
     leader = [*SWARM, "strategy=leader", "privacy=dp_sgd", "privacy.target_epsilon=null",
               "privacy.noise_multiplier=1.0"]  # fmt: skip
+    masked = [*leader, "crypto=ckks_secagg"]
     out = tmp_path / "run"
-    with LocalFleet(tmp_path, nodes=3) as fleet:
+    with LocalFleet(tmp_path, nodes=3, ckks=load_config(masked).crypto.params) as fleet:
         assert fleet.creds is not None
-        killed_and_resumed(fleet, [*leader, f"engine.keys_dir={fleet.creds.directory}"], out)
+        keys = fleet.creds.directory
+        killed_and_resumed(
+            fleet, [*masked, f"engine.keys_dir={keys}", f"crypto.keys_dir={keys}"], out
+        )
     result = Result.load(out)
     assert result.summary["status"] == "completed", result.summary["stop_reason"]
-    assert [r["swarm"]["merged_accuracy"] is not None for r in result.history] == [True] * 3
+    assert [r["swarm"]["masked_from"] for r in result.history] == [3, 3, 3]
     charged_as_in_one_process(result.history[2], 3, tmp_path, base=leader)
 
 
