@@ -82,13 +82,19 @@ def load_node_file(
     return x.astype(np.float32), y.astype(np.int64)
 
 
+def device_bundle(context: Context) -> str | None:
+    """This device's key bundle, or None on a node without one (a simulation's)."""
+    value = context.node_config.get("keys-dir")
+    return None if value is None else str(value)
+
+
 def node_bundle(context: Context) -> str:
     """This device's key bundle (``keys-dir`` in its node config: ``fedpriv supernode``
     sets it to the bundle it was started with)."""
-    value = context.node_config.get("keys-dir")
+    value = device_bundle(context)
     if value is None:
         raise ConfigError(
             "this node has no 'keys-dir' in its node config: start it with its bundle of "
             "`fedpriv keys init` (fedpriv supernode <dir>/device-<k>), not --insecure"
         )
-    return str(value)
+    return value

@@ -14,9 +14,13 @@ deployed node reads its own here, from the bundle its node config names (``keys-
     device-<k>/swarm/peers.json     every peer's X25519 public key, pinned out of band
     device-<k>/swarm/consensus.ctx  the peers' shared CKKS key of the consensus sum
     superlink/swarm/consensus.ctx   its parameters only (the relay adds, cannot read)
+    device-<k>/secagg/sign.key      this device's Ed25519 signing key
+    device-<k>/secagg/signers.json  every device's Ed25519 public key, pinned out of band
 
 The swarm peers' public keys are pinned here, not learned through the relay: a relay
-that handed a peer its own key for another peer could open what that peer seals.
+that handed a peer its own key for another peer could open what that peer seals. The
+signing keys do the same for ``crypto=ckks_secagg``'s key ceremony: each device signs
+the keys it advertises, so a server cannot pass its own off as a device's.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from fedpriv.crypto import ckks, peers
+from fedpriv.crypto import ckks, peers, signing
 from fedpriv.crypto.ckks import CkksParams
 from fedpriv.crypto.keys import read_params
 from fedpriv.data.vertical import LABEL_OWNER
@@ -36,6 +40,7 @@ PARTY_FILE = "party.json"
 VERTICAL_DIR, SWARM_DIR = "vertical", "swarm"
 ENCRYPT_FILE, SECRET_FILE, EVALUATE_FILE = "encrypt.ctx", "secret.ctx", "evaluate.ctx"
 PEER_KEY_FILE, PEERS_FILE, CONSENSUS_FILE = "peer.key", "peers.json", "consensus.ctx"
+SECAGG_DIR, SIGN_KEY_FILE, SIGNERS_FILE = "secagg", "sign.key", "signers.json"
 #: The consensus sum's CKKS parameters (128-bit; ~1e-9 error on a sum).
 CONSENSUS_PRESET = "ckks-128"
 
@@ -71,6 +76,11 @@ def write_party_keys(
         write(device / SWARM_DIR / PEER_KEY_FILE, private[party], True)
         write(device / SWARM_DIR / PEERS_FILE, json.dumps(pinned, indent=2).encode(), False)
         write(device / SWARM_DIR / CONSENSUS_FILE, consensus.secret, True)
+    signers = [signing.new_key() for _ in devices]
+    pinned = {str(p): signing.public_key(key).hex() for p, key in enumerate(signers)}
+    for party, device in enumerate(devices):
+        write(device / SECAGG_DIR / SIGN_KEY_FILE, signers[party], True)
+        write(device / SECAGG_DIR / SIGNERS_FILE, json.dumps(pinned, indent=2).encode(), False)
 
 
 def _read(path: Path) -> bytes:
@@ -146,3 +156,22 @@ def consensus_node_key(directory: str | Path) -> bytes:
 def consensus_server_key(directory: str | Path) -> bytes:
     """The relay's consensus context (parameters only) from the SuperLink's bundle."""
     return _read(Path(directory) / SWARM_DIR / CONSENSUS_FILE)
+
+
+@dataclasses.dataclass(frozen=True)
+class SigningKeys:
+    """A device's signing key, its party, and every device's pinned public key."""
+
+    party: int
+    private: bytes
+    pinned: dict[int, bytes]
+
+
+def signing_keys(directory: str | Path) -> SigningKeys:
+    folder = Path(directory) / SECAGG_DIR
+    pinned = json.loads(_read(folder / SIGNERS_FILE))
+    return SigningKeys(
+        party=bundle_party(directory),
+        private=_read(folder / SIGN_KEY_FILE),
+        pinned={int(p): bytes.fromhex(key) for p, key in pinned.items()},
+    )

@@ -9,6 +9,12 @@ of their self-mask seeds and, for those that dropped, shares of their mask secre
 (``query.secagg_unmask``) — never both for one node, and never a self-mask share of a
 node whose mask secret it has revealed (that node's update would then be open).
 
+On a device (a node with a key bundle) the advertised keys are signed with the device's
+Ed25519 key, and a node shares its mask secret only with nodes whose keys a device of
+the fleet signed (every device's public key is pinned in its bundle): a server that
+hands a node its own keys in place of a device's, to collect the shares, is refused.
+In simulation nothing is signed: the server is the researcher's own process.
+
 Secrets live in ``context.state`` under :data:`STATE` only (Flower keeps it per node;
 fedpriv's checkpoints do not copy it), never in module globals or replies.
 """
@@ -21,9 +27,10 @@ from typing import Any, cast
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from fedpriv.crypto import masking
+from fedpriv.crypto import masking, party_keys, signing
 from fedpriv.crypto.client import CkksClientMod
 from fedpriv.crypto.records import CORRECTION
+from fedpriv.node import device_bundle
 
 #: The node state record and the messages' record.
 STATE = "secagg"
@@ -63,12 +70,17 @@ class SecAggNode:
         return {KEYS: self.keys, SHARE: self.share, DELIVER: self.deliver, UNMASK: self.unmask}
 
     def keys(self, msg: Message, context: Context) -> Message:
-        """Fresh channel and mask key pairs; the public halves go back."""
+        """Fresh channel and mask key pairs; the public halves go back, signed on a device."""
         channel, mask = masking.KeyPair.generate(), masking.KeyPair.generate()
         context.state[STATE] = ConfigRecord(
             {"channel": channel.secret, "mask": mask.secret, "retired": []}
         )
-        return _reply(msg, {"channel": channel.public, "mask": mask.public})
+        values: dict[str, Any] = {"channel": channel.public, "mask": mask.public}
+        if (bundle := device_bundle(context)) is not None:
+            signer = party_keys.signing_keys(bundle)
+            advertised = _advertised(signer.party, channel.public, mask.public)
+            values.update(party=signer.party, signature=signing.sign(signer.private, advertised))
+        return _reply(msg, values)
 
     def share(self, msg: Message, context: Context) -> Message:
         """Keep every node's public keys; seal one share of the mask secret to each."""
@@ -76,6 +88,8 @@ class SecAggNode:
         nodes, threshold, me = _ints(record["nodes"]), int(record["threshold"]), context.node_id  # type: ignore[arg-type]
         if me not in nodes or not 2 <= threshold <= len(nodes):
             raise ValueError(f"a share request for nodes {nodes} with threshold {threshold}")
+        if (bundle := device_bundle(context)) is not None:
+            _check_signed(record, nodes, party_keys.signing_keys(bundle).pinned)
         state["nodes"], state["threshold"] = nodes, threshold
         for node in nodes:
             state[f"channel/{node}"] = record[f"channel/{node}"]
@@ -133,6 +147,36 @@ class SecAggNode:
     @staticmethod
     def _channel(state: ConfigRecord, node: int) -> bytes:
         return _agreed(state, "channel", node)
+
+
+def _advertised(party: int, channel: bytes, mask: bytes) -> bytes:
+    return signing.statement("fedpriv/secagg/keys/v1", party, channel, mask)
+
+
+def _check_signed(record: ConfigRecord, nodes: list[int], pinned: Mapping[int, bytes]) -> None:
+    """Refuse a key table in which a node's keys are not signed by a device of the fleet
+    (its key pinned in this device's bundle), or two nodes claim the same device."""
+    claimed: dict[int, int] = {}
+    for node in nodes:
+        party, signature = record.get(f"party/{node}"), record.get(f"signature/{node}")
+        key = pinned.get(party) if isinstance(party, int) else None
+        advertised = _advertised(
+            cast(int, party),
+            cast(bytes, record[f"channel/{node}"]),
+            cast(bytes, record[f"mask/{node}"]),
+        )
+        if (
+            key is None
+            or not isinstance(signature, bytes)
+            or not signing.verify(key, signature, advertised)
+        ):
+            raise ValueError(
+                f"node {node}'s keys are not signed by a device of this fleet (party "
+                f"{party!r}, pinned in secagg/signers.json): refusing to share the mask "
+                "secret with keys the server may have made"
+            )
+        if (other := claimed.setdefault(party, node)) != node:  # type: ignore[arg-type]
+            raise ValueError(f"nodes {other} and {node} both advertise device {party!r}'s keys")
 
 
 def _agreed(state: ConfigRecord, kind: str, node: int) -> bytes:

@@ -86,9 +86,10 @@ class SecAggAggregator(CkksAggregator):
         keys = _answers(send([_ask(n, KEYS, {}) for n in nodes]))
         nodes = sorted(keys)
         table: dict[str, Any] = {"nodes": nodes, "threshold": self.threshold}
-        for node in nodes:
-            table[f"channel/{node}"] = keys[node]["channel"]
-            table[f"mask/{node}"] = keys[node]["mask"]
+        for node in nodes:  # the keys each node advertised, signed on a fleet
+            for field in ("channel", "mask", "party", "signature"):
+                if field in keys[node]:
+                    table[f"{field}/{node}"] = keys[node][field]
         self.mask_keys = {n: cast(bytes, keys[n]["mask"]) for n in nodes}
         shared = _answers(send([_ask(n, SHARE, table) for n in nodes]))
         inbox: dict[int, dict[str, Any]] = {n: {} for n in shared}

@@ -9,7 +9,8 @@
                          vertical/evaluate.ctx, swarm/consensus.ctx (parameters only)
       device-<k>/        ca.crt, nodes/node-<k>.key, client.ctx, params.json,
                          party.json, vertical/encrypt.ctx (public key),
-                         swarm/peer.key, swarm/peers.json, swarm/consensus.ctx
+                         swarm/peer.key, swarm/peers.json, swarm/consensus.ctx,
+                         secagg/sign.key, secagg/signers.json
       device-0/          also vertical/secret.ctx: the label owner alone decrypts
 
 Each bundle is copied whole to its host, so nothing has to be picked out of a shared

@@ -44,7 +44,11 @@ class Federation:
     offline: set[int] = dataclasses.field(default_factory=set)
 
     @classmethod
-    def create(cls, n: int, threshold: int, size: int = 300, seed: int = 0) -> Federation:
+    def create(
+        cls, n: int, threshold: int, size: int = 300, seed: int = 0, bundles: list[Any] = ()
+    ) -> Federation:
+        """``bundles``: each node's key bundle (node k holds device k-1's), as on a fleet;
+        none: simulated nodes."""
         spec = CkksSecAgg(threshold=threshold)
         rng = np.random.default_rng(seed)
         layout = Layout.of(ArrayRecord({"w": Array(np.zeros(size, dtype=np.float32))}))
@@ -53,7 +57,7 @@ class Federation:
             spec=spec,
             keys=ckks.make_keys(spec.params),
             layout=layout,
-            contexts={k: Context(1, k, {}, RecordDict(), {}) for k in nodes},
+            contexts={k: Context(1, k, _node_config(bundles, k), RecordDict(), {}) for k in nodes},
             updates={k: rng.normal(0, 1, size) for k in nodes},
             weights={k: int(rng.integers(5, 200)) for k in nodes},
         )
@@ -148,6 +152,10 @@ class Federation:
 
     def quantizer(self) -> masking.Quantizer:
         return self.spec.quantizer(len(self.contexts))
+
+
+def _node_config(bundles: list[Any], node: int) -> dict[str, Any]:
+    return {"keys-dir": str(bundles[node - 1])} if bundles else {}
 
 
 @dataclasses.dataclass

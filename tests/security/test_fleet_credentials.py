@@ -124,6 +124,8 @@ def test_each_bundle_holds_only_what_its_host_needs(keys: FleetKeys) -> None:
             "swarm/peer.key",
             "swarm/peers.json",
             "swarm/consensus.ctx",
+            "secagg/sign.key",
+            "secagg/signers.json",
         }
     assert sorted(p.name for p in keys.directory.iterdir()) == [
         "ca",
@@ -151,9 +153,9 @@ def test_folders_are_0700_and_private_keys_0600(keys: FleetKeys) -> None:
     public = {"server.ctx", "encrypt.ctx", "evaluate.ctx"}
     secrets = [p for p in secrets if p.name not in public and "superlink" not in p.parts]
     secrets += [keys.superlink.server_key]
-    # ca.key, server.key; per device: node key, client.ctx, peer.key, consensus.ctx;
-    # the label owner's vertical secret.ctx
-    assert len(secrets) == 1 + 1 + 2 * 4 + 1
+    # ca.key, server.key; per device: node key, client.ctx, peer.key, consensus.ctx,
+    # sign.key; the label owner's vertical secret.ctx
+    assert len(secrets) == 1 + 1 + 2 * 5 + 1
     assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in secrets} == {"0o600"}
 
 
