@@ -10,10 +10,12 @@ from typing import cast
 
 import numpy as np
 import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
 from secagg_federation import Federation
 
 from fedpriv.crypto import Ckks, ckks, masking, packed
 from fedpriv.crypto.records import chunks_of
+from fedpriv.crypto.secagg_node import RECORD
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -170,3 +172,56 @@ def test_a_node_never_sees_its_peers_shares_in_the_clear():
             for value in record.values():
                 assert not any(isinstance(value, bytes) and h in value for h in held)
     assert chunks_of(replies[0].content.array_records["arrays"])
+
+
+def split_view(colluders: list[int]):
+    """A server that lies about dropouts: all N clients replied, but it tells some honest
+    nodes that node 1 dropped (they reveal shares of its mask secret) and the others that
+    it survived (they reveal shares of its self-mask seed). The colluders give both.
+    Returns node 1's update as the coalition rebuilds it, and the truth."""
+    fed = Federation.create(N, T, seed=5)
+    aggregator = fed.aggregator()
+    aggregator.correction = lambda *_: (None, "the server unmasks by hand")
+    _, replies = fed.round(aggregator, 1)
+    sealed = {r.metadata.src_node_id: r.content.config_records[RECORD] for r in replies}
+    everyone = sorted(fed.contexts)
+    honest = [k for k in everyone if k not in colluders and k != 1]
+    told_dropped = honest[: T - len(colluders)]
+    told_survived = [k for k in [*honest, 1] if k not in told_dropped]
+
+    def ask(node: int, survivors: list[int]) -> Message:
+        values = {"round": 1, "survivors": survivors,
+                  "dropped": sorted(set(everyone) - set(survivors))}  # fmt: skip
+        values.update({f"from/{s}": sealed[s][f"to/{node}"] for s in survivors})
+        return Message(RecordDict({RECORD: ConfigRecord(values)}), dst_node_id=node,
+                       message_type="query.secagg_unmask")  # fmt: skip
+
+    asks = [ask(k, [j for j in everyone if j != 1]) for k in told_dropped]
+    asks += [ask(k, everyone) for k in told_survived]
+    answers = [r.content.config_records[RECORD] for r in fed.send(asks) if not r.has_error()]
+    target = next(r for r in replies if r.metadata.src_node_id == 1)
+    mask_shares = [a["mask/1"] for a in answers if "mask/1" in a]
+    mask_shares += [fed.state(c)["held/1"] for c in colluders]
+    seed_shares = [a["self/1"] for a in answers if "self/1" in a]
+    for c in colluders:
+        key = masking.agree(fed.state(c)["channel"], fed.state(c)["channel/1"])
+        seed_shares.append(masking.unseal(key, (1, c, 1), fed.sealed_to(target, c)))
+    q, size = fed.quantizer(), fed.layout.size
+    secret, seed = _combine(mask_shares), _combine(seed_shares)
+    masks = masking.self_mask(seed, 1, size, q.bits) if seed else np.zeros(size, np.uint64)
+    for peer in everyone[1:]:
+        if secret is not None:
+            agreed = masking.agree(secret, fed.state(colluders[0])[f"mask/{peer}"])
+            masks = masks + masking.pair_mask(agreed, 1, peer, 1, size, q.bits)
+    guess = q.decode((fed.masked(target) - masks) & np.uint64((1 << q.bits) - 1))
+    return guess, fed.weights[1] * fed.updates[1]
+
+
+def test_a_server_lying_about_dropouts_needs_2t_minus_k_colluders():
+    """Each honest node reveals for one split of a round, so the two secrets need two
+    disjoint honest sets: with c = 2T - N - 1 colluders (here 1) the update stays masked;
+    with c = 2T - N (here 2) the split view opens it (docs/crypto.md's bound)."""
+    guess, truth = split_view(colluders=[2])
+    assert abs(np.corrcoef(guess, truth)[0, 1]) < 0.3
+    guess, truth = split_view(colluders=[2, 3])
+    np.testing.assert_allclose(guess, truth, atol=Federation.create(N, T).quantizer().step)
