@@ -337,10 +337,15 @@ def table(families: Any) -> Iterator[Row]:
                         None,
                     )
                 )
-            cells["resume"] = (
-                "no checkpoints for this family yet" if not family.resumable else None
-            ) or (DEVICE_MODELS_LIMIT if family.device_models else None)
+            cells["resume"] = _resume_limit(family)
             yield Row(name, strategy, cells)
+
+
+def _resume_limit(family: Any) -> str | None:
+    """Where a family's runs cannot be resumed, and why (None: wherever they run)."""
+    if not family.resumable:
+        return "no checkpoints for this family yet"
+    return DEVICE_MODELS_LIMIT if family.device_models else None
 
 
 def render(rows: list[Row]) -> str:

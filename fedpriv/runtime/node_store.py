@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 
 from fedpriv.errors import FedprivError
 from fedpriv.node import RESUME_KEY, partition_id
@@ -100,10 +100,21 @@ def load(context: Context) -> State | None:
 def save(context: Context, state: State) -> None:
     """Replace this node's copy with ``state`` (atomically, readable by its owner only)."""
     path = store_path(context)
-    if path is None:
-        return
+    if path is not None:
+        _write_own(path, json.dumps({"format": FORMAT, "state": state}) + "\n")
+
+
+def _write_own(path: Path, content: str | bytes) -> None:
+    """Replace ``path`` atomically, in a folder and a file only this device's user reads."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomic(path, json.dumps({"format": FORMAT, "state": state}) + "\n", mode=0o600)
+    write_atomic(path, content, mode=0o600)
+
+
+def resume_after(msg: Message) -> int:
+    """The round whose state a resumed run's first message asks this node to take back
+    (its ``config`` record's :data:`RESUME_AFTER`); 0: the run is not resuming."""
+    record = msg.content.config_records.get("config")
+    return 0 if record is None else int(record.get(RESUME_AFTER, 0))  # type: ignore[arg-type]
 
 
 # -- state only the device reads, per round ----------------------------------------------
@@ -136,8 +147,7 @@ def save_private(context: Context, server_round: int, records: list[str], rounds
         "arrays": {n: state.array_records[n] for n in records if n in state.array_records},
         "configs": {n: dict(state.config_records[n]) for n in records if n in state.config_records},
     }
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomic(path.with_name(f"{path.stem}-round-{server_round}.npz"), dumps(tree), mode=0o600)
+    _write_own(path.with_name(f"{path.stem}-round-{server_round}.npz"), dumps(tree))
     files = _private_paths(context)
     older = sorted(r for r in files if r < server_round - rounds_kept)
     for stale in older[:-1]:

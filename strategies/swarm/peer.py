@@ -163,8 +163,7 @@ class SwarmPeer:
         """Publish this peer's key; in a resumed run, first take back its own state after
         the round the relay's checkpoint follows."""
         party, _, y = self.data(context)
-        settings = msg.content.config_records.get(CONFIG, ConfigRecord())
-        if (after := int(settings.get(node_store.RESUME_AFTER, 0))) > 0:  # type: ignore[arg-type]
+        if (after := node_store.resume_after(msg)) > 0:
             node_store.load_private(context, after)
         if self.config.engine.keys_provisioned:  # a fleet: this peer's key from its bundle
             private = peer_keys(node_bundle(context)).private

@@ -137,8 +137,7 @@ class VerticalParty:
         """Keep the rows every party holds, ordered by entity ID (each party knows the
         IDs of its own rows, so all reach the same order without sharing any)."""
         party, table, _ = self.table(context)
-        settings = msg.content.config_records.get("config", ConfigRecord())
-        after = int(settings.get(node_store.RESUME_AFTER, 0))  # type: ignore[arg-type]
+        after = node_store.resume_after(msg)
         if after > 0 and not node_store.load_private(context, after):
             raise ValueError(f"this party holds no models of its own after epoch {after}")
         members = values(msg.content.array_records["members"]).astype(np.int64)

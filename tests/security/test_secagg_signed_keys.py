@@ -16,8 +16,8 @@ from flwr.app import Message
 from secagg_federation import Federation
 
 from fedpriv.crypto import masking
-from fedpriv.crypto.party_keys import write_party_keys
 from fedpriv.crypto.secagg_node import RECORD, SHARE
+from fedpriv.deployment.credentials import write_fleet_keys
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -25,15 +25,9 @@ N, T = 4, 3
 
 
 def bundles(tmp_path: Path) -> list[Path]:
-    """The devices' bundles of the fleet's signing keys, as `fedpriv keys init` writes them."""
-    devices = [tmp_path / f"device-{k}" for k in range(N)]
-
-    def write(path: Path, content: bytes, secret: bool) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-
-    write_party_keys(tmp_path / "superlink", devices, None, write)
-    return devices
+    """The devices' bundles, as `fedpriv keys init` writes them."""
+    keys = write_fleet_keys(tmp_path / "fleet", nodes=N)
+    return [keys.device(k).directory for k in range(N)]
 
 
 class SwappingServer:
