@@ -88,6 +88,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/simulation.py --out outputs/bench/simulation.json
 	$(BIN)/python benchmarks/population.py --out outputs/bench/population.json
 	$(BIN)/python benchmarks/dp_overhead.py --out outputs/bench/dp_overhead.json
+	$(BIN)/python benchmarks/device_training.py --out outputs/bench/device_training.json
 	$(BIN)/python benchmarks/dp_utility.py --out outputs/bench
 	$(BIN)/python benchmarks/he_aggregation.py --out outputs/bench/he_aggregation.json
 	$(BIN)/python benchmarks/fedbuff_ckks.py --out outputs/bench/fedbuff_ckks.json

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from fedpriv.config import ExperimentConfig
 
 #: Features a family may lack (:func:`_setting` names the setting that asks for each).
-FEATURES = ("dp_sgd", "central_dp", "ckks", "adversary", "fleet")
+FEATURES = ("dp_sgd", "central_dp", "ckks", "adversary", "fleet", "gpu")
 
 #: Reasons more than one family gives for a feature it lacks.
 NO_ADVERSARIES_YET = "it has no adversaries yet: use adversary=none"
@@ -231,6 +231,8 @@ def uses(config: ExperimentConfig) -> set[str]:
         out.add("adversary")
     if config.engine.fleet:
         out.add("fleet")
+    if config.train.device.startswith("cuda"):
+        out.add("gpu")
     if config.selection.device_profiles != "none":
         out.add("simulated_devices")
     return out
@@ -282,6 +284,7 @@ def _setting(feature: str, config: ExperimentConfig) -> str:
         "adversary": f"adversary={config.adversary.name}",
         "fleet": f"engine={config.engine.name}",
         "feature_partition": f"partition={config.partition.name}",
+        "gpu": f"train.device={config.train.device}",
     }[feature]
 
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedpriv.errors import ConfigError
 from fedpriv.registry import Spec
+
+#: What ``train.device`` accepts: ``auto`` (the node's CUDA GPU if its torch sees one, else
+#: its CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +34,9 @@ class TrainConfig(Spec):
     #: is merged (``test-accuracy``: how the holder would do alone). Off by default: it
     #: costs an evaluation per client per round.
     local_accuracy: bool = False
+    #: Where each node trains and evaluates: chosen on the node, since a fleet mixes a
+    #: Jetson's GPU with a Pi's CPU. Models travel and rest on the CPU either way.
+    device: str = "auto"
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -40,7 +50,43 @@ class TrainConfig(Spec):
             out.append(("momentum", "must be in [0, 1)"))
         if self.weight_decay < 0:
             out.append(("weight_decay", "must be >= 0"))
+        if not DEVICE_PATTERN.fullmatch(str(self.device)):
+            out.append(("device", "must be one of: auto, cpu, cuda, cuda:N"))
         return out
+
+
+def torch_device(name: str) -> torch.device:
+    """The device ``train.device`` names on this node. ``auto`` falls back to the CPU;
+    a GPU asked for by name that this node's torch cannot use is a ConfigError, not a
+    silent CPU run (which would defeat a Jetson and hide it)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ConfigError(
+                f"train.device={name} but this node's torch {torch.__version__} ({build}) "
+                "sees no CUDA GPU; use train.device=auto or cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"train.device={name} but this node has {torch.cuda.device_count()} CUDA "
+                f"GPU(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+    return device
+
+
+@contextlib.contextmanager
+def placed(model: nn.Module, name: str) -> Iterator[torch.device]:
+    """``model`` on the device ``name`` resolves to for a block of work, and back on the
+    CPU after it (where state dicts are read, merged and sent), also on an error."""
+    device = torch_device(name)
+    model.to(device)
+    try:
+        yield device
+    finally:
+        model.to("cpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,42 +132,44 @@ def train_local(
     DiNNO's consensus pull.
     """
     start = time.perf_counter()
-    features, labels = torch.from_numpy(x), torch.from_numpy(y)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
-    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
-    model.train()
     loss_sum, correct, seen, steps = 0.0, 0, 0, 0
-    for _ in range(config.local_epochs):
-        order = torch.randperm(len(labels), generator=generator)
-        for batch in order.split(config.batch_size):
-            if max_steps is not None and steps >= max_steps:
-                break
-            inputs, targets = features[batch], labels[batch]
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(inputs)
-            loss = nn.functional.cross_entropy(logits, targets)
-            objective = loss
-            if anchor:
-                drift = sum(
-                    (p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
-                )
-                objective = loss + 0.5 * proximal_mu * drift
-            objective.backward()
-            optimizer.step()
-            if after_step is not None:
-                after_step()
-            loss_sum += loss.item() * len(targets)
-            correct += int((logits.argmax(dim=1) == targets).sum())
-            seen += len(targets)
-            steps += 1
+    with placed(model, config.device) as device:
+        features, labels = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        generator = torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+        anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+        model.train()
+        for _ in range(config.local_epochs):
+            order = torch.randperm(len(labels), generator=generator).to(device)
+            for batch in order.split(config.batch_size):
+                if max_steps is not None and steps >= max_steps:
+                    break
+                inputs, targets = features[batch], labels[batch]
+                optimizer.zero_grad(set_to_none=True)
+                logits = model(inputs)
+                loss = nn.functional.cross_entropy(logits, targets)
+                objective = loss
+                if anchor:
+                    drift = sum(
+                        (p - a).pow(2).sum()
+                        for p, a in zip(model.parameters(), anchor, strict=True)
+                    )
+                    objective = loss + 0.5 * proximal_mu * drift
+                objective.backward()
+                optimizer.step()
+                if after_step is not None:
+                    after_step()
+                loss_sum += loss.item() * len(targets)
+                correct += int((logits.argmax(dim=1) == targets).sum())
+                seen += len(targets)
+                steps += 1
     return TrainStats(
-        num_examples=len(labels),
+        num_examples=len(y),
         steps=steps,
         loss=loss_sum / max(seen, 1),
         accuracy=correct / max(seen, 1),
@@ -131,16 +179,18 @@ def train_local(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 2048
+    model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 2048, device: str = "cpu"
 ) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``."""
+    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``, on ``device`` (a
+    ``train.device`` value)."""
     model.eval()
     loss_sum, correct = 0.0, 0
-    features, labels = torch.from_numpy(x), torch.from_numpy(y)
-    for start in range(0, len(labels), batch_size):
-        logits = model(features[start : start + batch_size])
-        targets = labels[start : start + batch_size]
-        loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == targets).sum())
-    n = max(len(labels), 1)
+    with placed(model, device) as where:
+        features, labels = torch.from_numpy(x), torch.from_numpy(y)
+        for start in range(0, len(labels), batch_size):
+            logits = model(features[start : start + batch_size].to(where))
+            targets = labels[start : start + batch_size].to(where)
+            loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == targets).sum())
+    n = max(len(y), 1)
     return {"accuracy": correct / n, "loss": loss_sum / n}

@@ -30,7 +30,7 @@ from fedpriv.privacy.accounting import ACCOUNTANTS, calibrated_noise, sample_rat
 from fedpriv.privacy.base import PRIVACY, PrivacySpec
 from fedpriv.privacy.secure_random import secure_generator
 from fedpriv.registry import Spec
-from fedpriv.training import TrainStats, secret_seed, seed_for
+from fedpriv.training import TrainStats, placed, secret_seed, seed_for
 
 log = logging.getLogger("fedpriv")
 
@@ -254,7 +254,7 @@ def use_csprng_noise(optimizer: Any) -> None:
             _check_processed_flag(p.summed_grad)
             draws = rng.standard_normal((4, *p.summed_grad.shape), dtype=np.float32)
             noise = torch.from_numpy(draws.sum(axis=0) * np.float32(std / 2))
-            noise = noise.to(p.summed_grad.dtype)
+            noise = noise.to(device=p.summed_grad.device, dtype=p.summed_grad.dtype)
             p.grad = (p.summed_grad + noise).view_as(p)
             _mark_as_processed(p.summed_grad)
 
@@ -379,85 +379,90 @@ def train_dp_sgd(
     n = len(y)
     sigma = dp.noise_for(n, train.batch_size, planned_steps)
     loader = poisson_loader(x, y, train.batch_size, seed=seed, secret=dp.secure_noise)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
-    )
-    mode = grad_sample_mode(model, dp.grad_sample_mode)
-    bookkeeping = mode == "bookkeeping"
-    engine = PrivacyEngine(accountant=dp.accountant)
-    # Book-keeping takes ghost clipping's place in Opacus' own set-up: make_private
-    # validates the model and builds DPOptimizerFastGradientClipping (which noises and
-    # scales an already clipped p.grad) with the accountant's step hook; only its ghost
-    # hooks (wrap_model=False: on the model itself) are removed for book-keeping's.
-    made = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        criterion=nn.CrossEntropyLoss(),
-        data_loader=loader,
-        noise_multiplier=sigma,
-        max_grad_norm=dp.max_grad_norm,
-        poisson_sampling=False,  # the loader samples Poisson batches already
-        grad_sample_mode="ghost" if bookkeeping else mode,
-        wrap_model=not bookkeeping,
-        # From the run's seed only when asked: whoever holds the config could redraw it.
-        noise_generator=torch.Generator().manual_seed(
-            secret_seed() if dp.secure_noise else seed_for(seed, NOISE_STREAM)
-        ),
-    )
-    clipping = None
-    if bookkeeping:
-        from fedpriv.privacy.bookkeeping import BookkeepingClipping
-
-        ghost_hooks, optimizer, _, loader = made
-        ghost_hooks.remove_hooks()
-        private, criterion = model, nn.CrossEntropyLoss(reduction="sum")
-        clipping = BookkeepingClipping(model, dp.max_grad_norm)
-    elif mode == "ghost":
-        private, optimizer, criterion, loader = made
-    else:
-        private, optimizer, loader = made
-        criterion = nn.CrossEntropyLoss()
-    if dp.secure_mode:
-        use_csprng_noise(optimizer)
-    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
-    private.train()
     loss_sum, correct, seen = 0.0, 0, 0
-    for _ in range(train.local_epochs):
-        batches: Any = (
-            BatchMemoryManager(
-                data_loader=loader,
-                max_physical_batch_size=dp.max_physical_batch_size,
-                optimizer=optimizer,
-            )
-            if dp.max_physical_batch_size
-            else contextlib.nullcontext(loader)
+    with placed(model, train.device) as device:
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=train.lr,
+            momentum=train.momentum,
+            weight_decay=train.weight_decay,
         )
-        with batches as physical:
-            for inputs, targets in physical:
-                if max_steps is not None and _noisy_steps(engine) >= max_steps:
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                if clipping is not None:
-                    with clipping.recording():
+        mode = grad_sample_mode(model, dp.grad_sample_mode)
+        bookkeeping = mode == "bookkeeping"
+        engine = PrivacyEngine(accountant=dp.accountant)
+        # Book-keeping takes ghost clipping's place in Opacus' own set-up: make_private
+        # validates the model and builds DPOptimizerFastGradientClipping (which noises and
+        # scales an already clipped p.grad) with the accountant's step hook; only its ghost
+        # hooks (wrap_model=False: on the model itself) are removed for book-keeping's.
+        made = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            criterion=nn.CrossEntropyLoss(),
+            data_loader=loader,
+            noise_multiplier=sigma,
+            max_grad_norm=dp.max_grad_norm,
+            poisson_sampling=False,  # the loader samples Poisson batches already
+            grad_sample_mode="ghost" if bookkeeping else mode,
+            wrap_model=not bookkeeping,
+            # From the run's seed only when asked: whoever holds the config could redraw it.
+            noise_generator=torch.Generator(device).manual_seed(
+                secret_seed() if dp.secure_noise else seed_for(seed, NOISE_STREAM)
+            ),
+        )
+        clipping = None
+        if bookkeeping:
+            from fedpriv.privacy.bookkeeping import BookkeepingClipping
+
+            ghost_hooks, optimizer, _, loader = made
+            ghost_hooks.remove_hooks()
+            private, criterion = model, nn.CrossEntropyLoss(reduction="sum")
+            clipping = BookkeepingClipping(model, dp.max_grad_norm)
+        elif mode == "ghost":
+            private, optimizer, criterion, loader = made
+        else:
+            private, optimizer, loader = made
+            criterion = nn.CrossEntropyLoss()
+        if dp.secure_mode:
+            use_csprng_noise(optimizer)
+        anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+        private.train()
+        for _ in range(train.local_epochs):
+            batches: Any = (
+                BatchMemoryManager(
+                    data_loader=loader,
+                    max_physical_batch_size=dp.max_physical_batch_size,
+                    optimizer=optimizer,
+                )
+                if dp.max_physical_batch_size
+                else contextlib.nullcontext(loader)
+            )
+            with batches as physical:
+                for cpu_inputs, cpu_targets in physical:
+                    inputs, targets = cpu_inputs.to(device), cpu_targets.to(device)
+                    if max_steps is not None and _noisy_steps(engine) >= max_steps:
+                        break
+                    optimizer.zero_grad(set_to_none=True)
+                    if clipping is not None:
+                        with clipping.recording():
+                            logits = private(inputs)
+                            summed = criterion(logits, targets)
+                            summed.backward()
+                        loss = summed.detach() / max(len(targets), 1)
+                    else:
                         logits = private(inputs)
-                        summed = criterion(logits, targets)
-                        summed.backward()
-                    loss = summed.detach() / max(len(targets), 1)
-                else:
-                    logits = private(inputs)
-                    loss = criterion(logits, targets)
-                    loss.backward()
-                optimizer.step()
-                if anchor:
-                    with torch.no_grad():
-                        for p, a in zip(model.parameters(), anchor, strict=True):
-                            p.sub_(train.lr * proximal_mu * (p - a))
-                if after_step is not None:
-                    after_step()
-                if len(targets):
-                    loss_sum += float(loss.item()) * len(targets)
-                    correct += int((logits.argmax(dim=1) == targets).sum())
-                    seen += len(targets)
+                        loss = criterion(logits, targets)
+                        loss.backward()
+                    optimizer.step()
+                    if anchor:
+                        with torch.no_grad():
+                            for p, a in zip(model.parameters(), anchor, strict=True):
+                                p.sub_(train.lr * proximal_mu * (p - a))
+                    if after_step is not None:
+                        after_step()
+                    if len(targets):
+                        loss_sum += float(loss.item()) * len(targets)
+                        correct += int((logits.argmax(dim=1) == targets).sum())
+                        seen += len(targets)
     steps = _noisy_steps(engine)
     ran = _accounted(engine)
     stats = TrainStats(

@@ -38,4 +38,4 @@ def evaluate_arrays(
     """Accuracy and loss of a global model on the held-out test split."""
     model = fresh_model(config, data.dataset)
     model.load_state_dict(arrays.to_torch_state_dict())
-    return evaluate(model, data.dataset.x_test, data.dataset.y_test)
+    return evaluate(model, data.dataset.x_test, data.dataset.y_test, device=config.train.device)

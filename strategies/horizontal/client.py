@@ -17,7 +17,7 @@ from fedpriv.privacy.accounting import planned_steps
 from fedpriv.runtime.models import fresh_model
 from fedpriv.selection import MAX_STEPS, WORK_SECONDS
 from fedpriv.strategies.horizontal.specs import HorizontalSpec
-from fedpriv.training import evaluate, seed_for
+from fedpriv.training import evaluate, placed, seed_for
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 
@@ -40,21 +40,22 @@ class HorizontalClient:
         """Accuracy and loss of the received model on the held-out test split. The
         server asks a key holder when it cannot read the model itself (CKKS)."""
         data, model = self.model(msg)
-        metrics = evaluate(model, data.dataset.x_test, data.dataset.y_test)
+        metrics = evaluate(
+            model, data.dataset.x_test, data.dataset.y_test, device=self.config.train.device
+        )
         content = RecordDict(
             {METRICS: MetricRecord({**metrics, "num-examples": len(data.dataset.y_test)})}
         )
         return Message(content=content, reply_to=msg)
 
-    @staticmethod
-    def local_accuracy(model: nn.Module, data: FederatedData, pid: int) -> dict[str, float]:
+    def local_accuracy(self, model: nn.Module, data: FederatedData, pid: int) -> dict[str, float]:
         """``test-accuracy`` and ``test-loss`` of this client's trained model, before any
         merge, on the test split as this client sees it (only its own features with
         ``partition=features``): the "each holder alone" baseline. Named as swarm peers
         name their own model's score: a score on the public test split, which DP-SGD's
         ledger releases as post-processing."""
         x_test = data.own_features(pid, data.dataset.x_test)
-        scores = evaluate(model, x_test, data.dataset.y_test)
+        scores = evaluate(model, x_test, data.dataset.y_test, device=self.config.train.device)
         return {"test-accuracy": scores["accuracy"], "test-loss": scores["loss"]}
 
     def ready(self, msg: Message, context: Context) -> Message:
@@ -65,16 +66,18 @@ class HorizontalClient:
         data = cfg.federated_data()
         shape, classes = data.dataset.input_shape, data.dataset.num_classes
         model = cfg.model.build(shape, classes)
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr)
-        inputs = torch.randn(cfg.train.batch_size, *shape)
-        labels = torch.randint(classes, (cfg.train.batch_size,))
         steps = cfg.selection.probe_steps
-        for step in range(steps + 1):  # the first, untimed, pays torch's one-off set-up
-            if step == 1:
-                started = time.perf_counter()
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(inputs), labels).backward()
-            optimizer.step()
+        with placed(model, cfg.train.device) as device:  # timed where training will run
+            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr)
+            inputs = torch.randn(cfg.train.batch_size, *shape, device=device)
+            labels = torch.randint(classes, (cfg.train.batch_size,), device=device)
+            for step in range(steps + 1):  # the first, untimed, pays torch's one-off set-up
+                if step == 1:
+                    started = time.perf_counter()
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+                optimizer.step()
+            float(model(inputs[:1]).sum())  # waits for a GPU's queued steps
         seconds = time.perf_counter() - started
         time.sleep(cfg.selection.simulated_wait(pid, cfg.num_clients, seconds))
         metrics = MetricRecord(

@@ -273,7 +273,10 @@ class SwarmPeer:
 
         def pull() -> None:
             with torch.no_grad():
-                for param, target, lam in pairs:
+                for i, (param, target, lam) in enumerate(pairs):
+                    if target.device != param.device:  # training moved the model (a GPU)
+                        target, lam = target.to(param.device), lam.to(param.device)
+                        pairs[i] = (param, target, lam)
                     param.sub_(lr * (lam + weight * (param - target)))
 
         return pull

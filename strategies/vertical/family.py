@@ -136,6 +136,8 @@ class Vertical(Strategy):
         "adversary": NO_ADVERSARIES_YET,
         "feature_partition": "vertical.split already gives each party its own features: "
         "leave partition at its default and set vertical.split",
+        "gpu": "its parties train on the CPU (their models are small and every batch's "
+        "embeddings cross the network): set train.device=auto or cpu",
     }
 
     def __init__(self, config: ExperimentConfig) -> None:

@@ -18,6 +18,7 @@ USING = {
     "ckks": ["crypto=ckks"],
     "adversary": ["adversary=noise"],
     "fleet": ["engine=deployment"],
+    "gpu": ["train.device=cuda"],  # a node's hardware is checked on the node, not here
 }
 #: What a family needs besides (vertical adds ciphertexts only under a sum-able merge;
 #: a swarm's relay on a fleet reads its consensus context from the server's bundle).
@@ -33,7 +34,8 @@ INSTEAD = {("swarm", "ckks"): ["crypto=ckks_secagg", "swarm.consensus=false"]}
 ROWS = list(table(FAMILIES))
 #: The setting each feature's refusal must name.
 NAMED = {"dp_sgd": "privacy=dp_sgd", "central_dp": "privacy=central", "ckks": "crypto=ckks",
-         "adversary": "adversary=noise", "fleet": "engine=deployment"}  # fmt: skip
+         "adversary": "adversary=noise", "fleet": "engine=deployment",
+         "gpu": "train.device=cuda"}  # fmt: skip
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: f"{r.family}-{r.strategy}")
