@@ -98,6 +98,8 @@ class TrainStats:
     loss: float
     accuracy: float
     seconds: float
+    #: Whether the steps ran on a CUDA GPU (``train.device``, as resolved on the node).
+    on_gpu: bool = False
 
 
 def secret_seed() -> int:
@@ -174,6 +176,7 @@ def train_local(
         loss=loss_sum / max(seen, 1),
         accuracy=correct / max(seen, 1),
         seconds=time.perf_counter() - start,
+        on_gpu=device.type == "cuda",
     )
 
 

@@ -471,6 +471,7 @@ def train_dp_sgd(
         loss=loss_sum / max(seen, 1),
         accuracy=correct / max(seen, 1),
         seconds=time.perf_counter() - start,
+        on_gpu=device.type == "cuda",
     )
     return stats, {
         "dp-noise-multiplier": ran[0] if ran else sigma,

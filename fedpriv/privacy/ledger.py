@@ -35,13 +35,14 @@ DECLINED = "declined"
 #: What a train reply's metrics may carry under DP-SGD (docs/privacy.md lists each):
 #: counts and settings that follow from the client's dataset size (public in fedpriv's
 #: DP model, as in Opacus': q and δ derive from it), the accounting itself, the model's
-#: score on the public test split (post-processing), timings and device telemetry.
+#: score on the public test split (post-processing), timings, where training ran and
+#: device telemetry.
 #: Anything else, such as the loss and accuracy on the private batches, is withheld:
 #: ε does not cover it.
 RELEASED_UNDER_DP = frozenset(
     {
         "num-examples", "partition-id", "party", "steps", "rounds-trained", "train-seconds",
-        "work-seconds", *EVIDENCE, *TELEMETRY_KEYS,
+        "train-gpu", "work-seconds", *EVIDENCE, *TELEMETRY_KEYS,
     }
 )  # fmt: skip
 #: Keys with this prefix score the trained model on the public test split (swarm peers).

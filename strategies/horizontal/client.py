@@ -121,6 +121,7 @@ class HorizontalClient:
                 "train-loss": stats.loss,
                 "train-accuracy": stats.accuracy,
                 "train-seconds": stats.seconds,
+                "train-gpu": int(stats.on_gpu),
                 WORK_SECONDS: time.perf_counter() - started,
                 "steps": stats.steps,
                 "rounds-trained": rounds_trained,

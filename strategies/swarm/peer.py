@@ -235,6 +235,7 @@ class SwarmPeer:
                 "num-examples": len(y),
                 "train-loss": stats.loss,
                 "steps": stats.steps,
+                "train-gpu": int(stats.on_gpu),
                 **{f"test-{k}": v for k, v in self.score(vector).items()},
                 **privacy_metrics,
             }

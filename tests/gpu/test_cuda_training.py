@@ -148,6 +148,9 @@ def test_a_whole_dp_run_on_the_gpu_spends_what_the_cpu_run_spends(tmp_path, fami
         config = load_config([*base, f"train.device={device}", f"output_dir={tmp_path / device}"])
         peak = on_gpu_peak(lambda c=config, d=device: results.__setitem__(d, run(c)))
         assert (peak > 0) == (device == "cuda")
+    for device, result in results.items():  # each reply says where its node trained
+        flags = {c["train-gpu"] for r in result.history for c in r["clients"]}
+        assert flags == {int(device == "cuda")}, (device, flags)
     spent = {d: r.summary["privacy"]["epsilon_max"] for d, r in results.items()}
     assert spent["cpu"] == spent["cuda"] <= 4.0 + 1e-6
     accuracy = {

@@ -87,6 +87,7 @@ def test_dp_sgd_leaves_the_model_on_the_cpu_with_its_accounting():
                                 planned_steps=4)  # fmt: skip
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     assert spent["dp-steps"] == stats.steps == 4 and spent["dp-noise-multiplier"] == 1.0
+    assert stats.on_gpu is torch.cuda.is_available()
 
 
 @NO_GPU
@@ -96,3 +97,15 @@ def test_a_run_asking_every_node_for_a_gpu_stops_with_the_nodes_reason(tmp_path)
                           f"output_dir={tmp_path / 'run'}"])  # fmt: skip
     with pytest.raises(ConfigError, match=r"this node's torch .* sees no CUDA GPU"):
         run(config)
+
+
+@NO_GPU
+@pytest.mark.inprocess
+@pytest.mark.parametrize("family", ["horizontal", "swarm"])
+def test_each_reply_says_its_node_trained_on_the_cpu(tmp_path, family):
+    """``train-gpu`` in every client entry: how an operator sees that a Jetson used its
+    GPU (tests/gpu checks the 1)."""
+    result = run(load_config([f"family={family}", "engine=inprocess", "num_clients=2",
+                              "rounds=1", "model=logreg", "privacy=dp_sgd",
+                              f"output_dir={tmp_path / 'run'}"]))  # fmt: skip
+    assert [c["train-gpu"] for c in result.history[0]["clients"]] == [0, 0]
