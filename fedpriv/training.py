@@ -102,6 +102,35 @@ class TrainStats:
     on_gpu: bool = False
 
 
+class Tally:
+    """Summed loss and correct predictions over a training's batches, kept on the
+    training device: reading them after every step would make each step wait for the
+    GPU. Float64 sums, as the Python floats they replace."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.seen = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """One batch: ``loss`` its mean loss, ``logits`` the model's output on it."""
+        self.loss += loss.detach().double() * len(targets)
+        self.correct += (logits.detach().argmax(dim=1) == targets).sum()
+        self.seen += len(targets)
+
+    def stats(self, num_examples: int, steps: int, started: float) -> TrainStats:
+        """The training's :class:`TrainStats`, read once (``started``: its perf_counter)."""
+        seen = max(self.seen, 1)
+        return TrainStats(
+            num_examples=num_examples,
+            steps=steps,
+            loss=float(self.loss) / seen,
+            accuracy=int(self.correct) / seen,
+            seconds=time.perf_counter() - started,
+            on_gpu=self.loss.device.type == "cuda",
+        )
+
+
 def secret_seed() -> int:
     """A seed nobody else can compute (OS randomness), for noise that protects data:
     noise drawn from the run's seed could be regenerated and subtracted by anyone
@@ -134,8 +163,9 @@ def train_local(
     DiNNO's consensus pull.
     """
     start = time.perf_counter()
-    loss_sum, correct, seen, steps = 0.0, 0, 0, 0
+    steps = 0
     with placed(model, config.device) as device:
+        tally = Tally(device)
         features, labels = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         generator = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.SGD(
@@ -166,18 +196,9 @@ def train_local(
                 optimizer.step()
                 if after_step is not None:
                     after_step()
-                loss_sum += loss.item() * len(targets)
-                correct += int((logits.argmax(dim=1) == targets).sum())
-                seen += len(targets)
+                tally.add(loss, logits, targets)
                 steps += 1
-    return TrainStats(
-        num_examples=len(y),
-        steps=steps,
-        loss=loss_sum / max(seen, 1),
-        accuracy=correct / max(seen, 1),
-        seconds=time.perf_counter() - start,
-        on_gpu=device.type == "cuda",
-    )
+    return tally.stats(len(y), steps, start)
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from fedpriv.privacy.accounting import ACCOUNTANTS, calibrated_noise, sample_rat
 from fedpriv.privacy.base import PRIVACY, PrivacySpec
 from fedpriv.privacy.secure_random import secure_generator
 from fedpriv.registry import Spec
-from fedpriv.training import TrainStats, placed, secret_seed, seed_for
+from fedpriv.training import Tally, TrainStats, placed, secret_seed, seed_for
 
 log = logging.getLogger("fedpriv")
 
@@ -379,8 +379,8 @@ def train_dp_sgd(
     n = len(y)
     sigma = dp.noise_for(n, train.batch_size, planned_steps)
     loader = poisson_loader(x, y, train.batch_size, seed=seed, secret=dp.secure_noise)
-    loss_sum, correct, seen = 0.0, 0, 0
     with placed(model, train.device) as device:
+        tally = Tally(device)
         optimizer = torch.optim.SGD(
             model.parameters(),
             lr=train.lr,
@@ -459,20 +459,11 @@ def train_dp_sgd(
                                 p.sub_(train.lr * proximal_mu * (p - a))
                     if after_step is not None:
                         after_step()
-                    if len(targets):
-                        loss_sum += float(loss.item()) * len(targets)
-                        correct += int((logits.argmax(dim=1) == targets).sum())
-                        seen += len(targets)
+                    if len(targets):  # an empty Poisson batch's mean loss is NaN
+                        tally.add(loss, logits, targets)
     steps = _noisy_steps(engine)
     ran = _accounted(engine)
-    stats = TrainStats(
-        num_examples=n,
-        steps=steps,
-        loss=loss_sum / max(seen, 1),
-        accuracy=correct / max(seen, 1),
-        seconds=time.perf_counter() - start,
-        on_gpu=device.type == "cuda",
-    )
+    stats = tally.stats(n, steps, start)
     return stats, {
         "dp-noise-multiplier": ran[0] if ran else sigma,
         "dp-sample-rate": ran[1] if ran else loader.sample_rate,
