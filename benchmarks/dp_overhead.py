@@ -64,7 +64,7 @@ def epoch_seconds(
 ) -> float:
     torch.manual_seed(0)
     model = MODELS.create(model_params).build(data.input_shape, data.num_classes)
-    train = TrainConfig(local_epochs=1, batch_size=batch, lr=0.05)
+    train = TrainConfig(local_epochs=1, batch_size=batch, lr=0.05, device="cpu")
     start = time.perf_counter()
     if mode is None:
         train_local(model, data.x_train, data.y_train, train, seed=0)

@@ -113,6 +113,7 @@ def experiment(num_clients: int, rounds: int) -> ExperimentConfig:
             "train.local_epochs=1",
             "train.batch_size=32",
             "train.lr=0.05",
+            "train.device=cpu",  # engine overhead, on a client's CPU, on any machine
             f"num_clients={num_clients}",
             f"rounds={rounds}",
             "seed=0",

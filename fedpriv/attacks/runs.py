@@ -126,7 +126,9 @@ def gradient_inversion(run_dir: Path, config: ExperimentConfig) -> dict[str, Any
     sent = initial_arrays(config, data)
     model = fresh_model(config, data.dataset)
     model.load_state_dict(sent.to_torch_state_dict())
-    one_step = TrainConfig(local_epochs=1, batch_size=1, lr=config.train.lr)
+    one_step = TrainConfig(
+        local_epochs=1, batch_size=1, lr=config.train.lr, device=config.train.device
+    )
     local = fresh_model(config, data.dataset)
     local.load_state_dict(sent.to_torch_state_dict())
     dp = config.privacy.local_dp()
