@@ -103,19 +103,30 @@ class TrainStats:
 
 
 class Tally:
-    """Summed loss and correct predictions over a training's batches, kept on the
-    training device: reading them after every step would make each step wait for the
-    GPU. Float64 sums, as the Python floats they replace."""
+    """Summed loss and correct predictions over a training's batches. On a GPU the sums
+    stay there and are read once (reading them after every step would make each step
+    wait for the GPU); on the CPU they are Python floats, which cost less than a tensor
+    operation per step. Both are float64 sums, the same numbers."""
 
     def __init__(self, device: torch.device) -> None:
-        self.loss = torch.zeros((), dtype=torch.float64, device=device)
-        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.on_gpu = device.type == "cuda"
+        self.loss: torch.Tensor | float = (
+            torch.zeros((), dtype=torch.float64, device=device) if self.on_gpu else 0.0
+        )
+        self.correct: torch.Tensor | int = (
+            torch.zeros((), dtype=torch.int64, device=device) if self.on_gpu else 0
+        )
         self.seen = 0
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """One batch: ``loss`` its mean loss, ``logits`` the model's output on it."""
-        self.loss += loss.detach().double() * len(targets)
-        self.correct += (logits.detach().argmax(dim=1) == targets).sum()
+        hits = (logits.detach().argmax(dim=1) == targets).sum()
+        if self.on_gpu:
+            self.loss += loss.detach().double() * len(targets)
+            self.correct += hits
+        else:
+            self.loss += loss.item() * len(targets)
+            self.correct += int(hits)
         self.seen += len(targets)
 
     def stats(self, num_examples: int, steps: int, started: float) -> TrainStats:
@@ -127,7 +138,7 @@ class Tally:
             loss=float(self.loss) / seen,
             accuracy=int(self.correct) / seen,
             seconds=time.perf_counter() - started,
-            on_gpu=self.loss.device.type == "cuda",
+            on_gpu=self.on_gpu,
         )
 
 
