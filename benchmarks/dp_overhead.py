@@ -60,11 +60,18 @@ def load_images(samples: int) -> Dataset:
 
 
 def epoch_seconds(
-    model_params: dict, data: Dataset, batch: int, mode: str | None, secure: bool = False
+    model_params: dict,
+    data: Dataset,
+    batch: int,
+    mode: str | None,
+    secure: bool = False,
+    device: str = "cpu",
 ) -> float:
+    """One epoch's seconds: plain SGD (``mode`` None) or DP-SGD in ``mode``, on ``device``
+    (the model is back on the CPU when it returns: all its work is done)."""
     torch.manual_seed(0)
     model = MODELS.create(model_params).build(data.input_shape, data.num_classes)
-    train = TrainConfig(local_epochs=1, batch_size=batch, lr=0.05, device="cpu")
+    train = TrainConfig(local_epochs=1, batch_size=batch, lr=0.05, device=device)
     start = time.perf_counter()
     if mode is None:
         train_local(model, data.x_train, data.y_train, train, seed=0)
