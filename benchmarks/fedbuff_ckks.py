@@ -8,7 +8,12 @@ process, in the same run, on the same vectors:
   seeded ciphertexts), which only adds: what FedAvg pays per update,
 * ``ckks scale+add``: FedBuff's (``packed.ScaledSum``, preset ckks-128-async, seeded):
   load, one plaintext multiply and one rescale per ciphertext, then add; the full
-  buffer is then folded into the offset.
+  buffer is then folded into the offset,
+* ``masked``: FedBuff under ``ckks_secagg`` (:mod:`fedpriv.crypto.secagg_buffer`): the
+  server's integer-weighted sum of one-time-masked updates mod p, then the one
+  ciphertext a refresher sends added to the offset. Its clients' side is timed too:
+  masking and sealing ``--clients`` Shamir shares per update, and the refresher's
+  decoding and encryption.
 
 Times are CPU seconds of this process (``time.process_time``), so the ratios hold on a
 shared machine; the error is the decrypted sum against a float64 numpy sum.
@@ -25,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from he_aggregation import cpu_timed, weighted_sum
 
-from fedpriv.crypto import Ckks, packed
+from fedpriv.crypto import Ckks, masking, packed, shares
 from fedpriv.results import write_atomic
 
 
@@ -68,6 +73,7 @@ def main() -> None:
     sizes = [min(fedbuff.params.packed_values, args.params - s)
              for s in range(0, args.params, fedbuff.params.packed_values)]  # fmt: skip
     decrypted = packed.decrypt(keys.secret, fedbuff.params, offset.save(), sizes)
+    masked = masked_costs(updates, factors, fedbuff, keys)
     result = {
         "clients": args.clients,
         "params": args.params,
@@ -80,6 +86,8 @@ def main() -> None:
         "max_abs_error": float(np.abs(decrypted - exact).max()),
         "bytes_up_per_float32": sum(map(len, chunks[0])) / (4 * args.params),
         "bytes_down_per_float32": sum(map(len, offset.save())) / (4 * args.params),
+        **masked,
+        "masked_vs_numpy": masked["masked_server_cpu_s"] / numpy_seconds,
     }
     print(f"{args.clients} updates x {args.params:,} values, one process, CPU seconds")
     print(f"  numpy FedBuff step        {numpy_seconds:8.3f} s   1.0x")
@@ -92,8 +100,75 @@ def main() -> None:
     print(
         f"  max abs error {result['max_abs_error']:.2e}; bytes/float32 up {up:.2f}, down {down:.2f}"
     )
+    print(
+        f"  masked (ckks_secagg)      {masked['masked_server_cpu_s']:8.3f} s   "
+        f"{result['masked_vs_numpy']:.1f}x numpy; error {masked['masked_max_abs_error']:.2e}; "
+        f"bytes/float32 up {masked['masked_bytes_up_per_float32']:.2f}"
+    )
+    print(
+        f"  masked clients: {masked['mask_values_per_s'] / 1e6:.2f} M values/s masked and "
+        f"shared; refresher {masked['refresh_cpu_s']:.3f} s"
+    )
     if args.out is not None:
         write_atomic(args.out, json.dumps(result, indent=2) + "\n")
+
+
+def masked_costs(
+    updates: np.ndarray, factors: np.ndarray, spec: Ckks, keys: object
+) -> dict[str, float]:
+    """FedBuff under ckks_secagg on the same updates: clients mask and share, the server
+    adds masked updates with integer weights, nodes combine, a refresher decodes and
+    encrypts, the server adds one ciphertext to the offset. CPU seconds of each side."""
+    clients, size = updates.shape
+    threshold, step, bits = clients // 2 + 1, 2.0**-20, 8
+    channel = masking.agree(masking.KeyPair.generate().secret, masking.KeyPair.generate().public)
+    unit = 1.0 / clients
+    weights = [max(1, round(f / unit * 2**bits)) for f in factors]
+
+    def mask_all() -> tuple[list[np.ndarray], list[list[np.ndarray]], int]:
+        masked, held, sealed = [], [], 0
+        for k, update in enumerate(updates):
+            mask = shares.uniform(size)
+            masked.append(
+                (shares.to_field(np.rint(update / step).astype(np.int64)) + mask) % shares.PRIME
+            )
+            parts = shares.split(mask, threshold, clients)
+            sealed += sum(len(masking.seal(channel, (k, j, 1), p.astype(np.uint32).tobytes()))
+                          for j, p in enumerate(parts))  # fmt: skip
+            held.append(parts)
+        return masked, held, sealed
+
+    (masked, held, sealed), client_seconds = cpu_timed(mask_all)
+    answers = {x: shares.weighted_sum([h[x - 1] for h in held], weights)
+               for x in range(1, threshold + 1)}  # fmt: skip
+
+    def refresh() -> list[bytes]:
+        total = shares.weighted_sum(masked, weights)  # the server's sum, for the check below
+        units = shares.from_field((total + shares.PRIME - shares.combine(answers)) % shares.PRIME)
+        return packed.encrypt(keys.secret, spec.params, units * (unit * step / 2**bits))  # type: ignore[attr-defined]
+
+    chunks, refresh_seconds = cpu_timed(refresh)
+    refreshed = packed.ScaledSum(keys.public, spec.params, len(chunks))  # type: ignore[attr-defined]
+    offset = packed.ScaledSum(keys.public, spec.params, len(chunks))  # type: ignore[attr-defined]
+
+    def server() -> None:
+        shares.weighted_sum(masked, weights)
+        refreshed.add(chunks, 1.0)
+        offset.absorb(refreshed)
+
+    _, server_seconds = cpu_timed(server)
+    sizes = [
+        min(spec.params.packed_values, size - s) for s in range(0, size, spec.params.packed_values)
+    ]
+    decrypted = packed.decrypt(keys.secret, spec.params, offset.save(), sizes)  # type: ignore[attr-defined]
+    exact = np.array([w * unit / 2**bits for w in weights]) @ updates.astype(np.float64)
+    return {
+        "masked_server_cpu_s": server_seconds,
+        "masked_max_abs_error": float(np.abs(decrypted - exact).max()),
+        "masked_bytes_up_per_float32": (size * 4 + sealed / clients) / (4 * size),
+        "mask_values_per_s": clients * size / client_seconds,
+        "refresh_cpu_s": refresh_seconds,
+    }
 
 
 if __name__ == "__main__":

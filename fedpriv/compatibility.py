@@ -120,12 +120,10 @@ RULES = (
     rule(
         "asynchronous",
         "masked",
-        why="crypto={crypto} cannot run strategy={strategy}: pairwise masks cancel only when "
-        "every client of one agreed cohort is summed with the same weight, and an "
-        "asynchronous server weights each update by its own staleness (s(τ)·m no longer "
-        "cancels a partner's -s(τ')·m) and learns which clients fill a buffer only as their "
-        "masked updates arrive; use crypto=ckks with strategy=fedbuff, or a synchronous "
-        "strategy with crypto={crypto}",
+        "integer_scale",
+        why="crypto={crypto} with strategy={strategy} encrypts each buffer's real-valued "
+        "step (its masks are removed before encryption), which needs the preset's scale, "
+        "not the masked integers' 2^scale_bits: set crypto.scale_bits=null",
     ),
     rule(
         "asynchronous",
@@ -217,6 +215,8 @@ def uses(config: ExperimentConfig) -> set[str]:
             out.add("generated_keys")
         if getattr(config.crypto, "masks_updates", False):
             out.add("masked")
+            if getattr(config.crypto, "scale_bits", None) is not None:
+                out.add("integer_scale")
         if _rescale_levels(config.crypto) == 0:
             out.add("no_rescale_level")
     if getattr(config.strategy, "delay_compensation", 0):

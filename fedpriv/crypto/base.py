@@ -127,13 +127,19 @@ class CryptoSpec(Spec):
         return PlainAggregator(flower, weight_key)
 
     def async_aggregator(
-        self, *, layout: Layout, public: bytes | None, weight_key: str
+        self,
+        *,
+        layout: Layout,
+        public: bytes | None,
+        weight_key: str,
+        strategy: Any,
+        num_clients: int,
     ) -> OffsetAggregator | None:
         """An asynchronous server's scale-and-add of encrypted updates (FedBuff; None:
         plaintext, the strategy's rule reads each update)."""
         return None
 
-    def client_handlers(self) -> Mapping[str, Callable[..., Any]]:
+    def client_handlers(self, config: Any) -> Mapping[str, Callable[..., Any]]:
         """Node-side handlers of the scheme's own messages (``query.<name>``)."""
         return {}
 

@@ -81,6 +81,11 @@ class OffsetAggregator:
         self.costs = self._zero_costs()
 
     @property
+    def pending(self) -> bool:
+        """Whether a full buffer waits to go into the offset (here never: it goes at once)."""
+        return False
+
+    @property
     def buffered(self) -> int:
         """Updates in the buffer."""
         return self.buffer.terms
@@ -101,10 +106,14 @@ class OffsetAggregator:
             return str(error)
         finally:
             self.costs["aggregate_seconds"] += time.perf_counter() - started
-        metrics = next(iter(reply.content.metric_records.values()))
+        self.costs["ciphertext_bytes_up"] += sum(len(c) for c in chunks)
+        self.costs["plaintext_bytes_up"] += self.layout.float32_bytes
+        self.note(next(iter(reply.content.metric_records.values())))
+        return None
+
+    def note(self, metrics: Any) -> None:
+        """Keep the largest encryption time and error a client reported."""
         costs = self.costs
-        costs["ciphertext_bytes_up"] += sum(len(c) for c in chunks)
-        costs["plaintext_bytes_up"] += self.layout.float32_bytes
         for metric, entry in (
             ("ckks-encrypt-seconds", "encrypt_seconds_max"),
             ("ckks-decrypt-seconds", "decrypt_seconds_max"),
@@ -113,12 +122,17 @@ class OffsetAggregator:
             value = metrics.get(metric)
             if isinstance(value, int | float) and math.isfinite(value):  # a client's word
                 costs[entry] = max(costs[entry] or 0.0, float(value))
-        return None
 
-    def step(self) -> None:
-        """Fold the buffer into the offset: the next model version."""
+    def step(self) -> bool:
+        """Fold the full buffer into the offset: True, a new model version."""
         self.offset.absorb(self.buffer)
         self.saved = self.offset.save()
+        return True
+
+    def settle(self, idle: list[int], *, force: bool) -> int:
+        """Step on the full buffers held back for the ``idle`` nodes (here none is);
+        returns the steps taken."""
+        return 0
 
     def model(self, base: ArrayRecord) -> ArrayRecord:
         """The current model version as clients receive it: ``base`` and the offset."""
@@ -172,15 +186,31 @@ class OffsetClientMod(CkksClientMod):
         reply = call_next(msg, context)
         if reply.has_error() or ARRAYS not in reply.content.array_records:
             return reply  # an error, a decline, or an evaluation: nothing to encrypt
-        metrics = reply.content.metric_records[METRICS]
         # Measured from the model as the handler got it (its arrays' own dtypes).
         update = self.layout.flatten(reply.content.array_records[ARRAYS]) - self.layout.flatten(
             sent
         )
-        self.check_range(update)
-        chunks, sizes = self.seal(update, 1, metrics, decrypt_seconds)
-        reply.content[ARRAYS] = offset_record(ArrayRecord(), chunks, sizes, self.key)
+        self.wrap(update, msg, reply, context, decrypt_seconds)
         return reply
+
+    def wrap(
+        self,
+        update: np.ndarray,
+        msg: Message,
+        reply: Message,
+        context: Context,
+        decrypt_seconds: float,
+    ) -> None:
+        """Put the update into ``reply`` as the server takes it: here encrypted, unweighted."""
+        metrics = reply.content.metric_records[METRICS]
+        reply.content[ARRAYS] = self.encrypted(update, metrics, decrypt_seconds)
+
+    def encrypted(self, values: np.ndarray, metrics: Any, decrypt_seconds: float) -> ArrayRecord:
+        """``values`` (an update, or a step of the offset) as ciphertexts under the run's
+        key, their range checked and the mod's timings in ``metrics``."""
+        self.check_range(values)
+        chunks, sizes = self.seal(values, 1, metrics, decrypt_seconds)
+        return offset_record(ArrayRecord(), chunks, sizes, self.key)
 
     def model_of(self, arrays: ArrayRecord) -> np.ndarray:
         """``base + offset`` from a record of :func:`offset_record`."""

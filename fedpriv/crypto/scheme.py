@@ -140,7 +140,13 @@ class Ckks(CryptoSpec):
         )
 
     def async_aggregator(
-        self, *, layout: Layout, public: bytes | None, weight_key: str
+        self,
+        *,
+        layout: Layout,
+        public: bytes | None,
+        weight_key: str,
+        strategy: Any,
+        num_clients: int,
     ) -> OffsetAggregator:
         if public is None:
             raise ValueError("crypto=ckks: the server needs the public context")

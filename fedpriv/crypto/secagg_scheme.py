@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
-from fedpriv.crypto import ckks, masking
+from fedpriv.crypto import ckks, masking, secagg_buffer
 from fedpriv.crypto.base import CRYPTO, Aggregator
 from fedpriv.crypto.parallel import default_workers
 from fedpriv.crypto.records import Layout
@@ -42,6 +42,8 @@ class CkksSecAgg(Ckks):
     scale_bits: int | None = SCALE_BITS
     threshold: int | None = None
     step_bits: int = 20
+    #: FedBuff: staleness weights are rounded to multiples of 2^-staleness_bits.
+    staleness_bits: int = 8
 
     def problems(self) -> list[tuple[str, str]]:
         out = [p for p in super().problems() if p[0] != "scale_bits"]
@@ -53,6 +55,8 @@ class CkksSecAgg(Ckks):
             out.append(("threshold", "must be >= 2 (or null: a majority of a round's clients)"))
         if not 8 <= self.step_bits <= 30:
             out.append(("step_bits", "must be 8 to 30 (values rounded to 2^-step_bits)"))
+        if not 0 <= self.staleness_bits <= 16:
+            out.append(("staleness_bits", "must be 0 to 16 (weights rounded to 2^-staleness_bits)"))
         return out
 
     def quantizer(self, num_clients: int) -> masking.Quantizer:
@@ -66,22 +70,35 @@ class CkksSecAgg(Ckks):
     ) -> list[Callable[..., Any]]:
         if secret is None:
             raise ValueError("crypto=ckks_secagg: the clients need the secret context")
+        common: dict[str, Any] = {
+            "strategy": config.strategy,
+            "layout": layout,
+            "weight_key": config.privacy.weight_key(),
+            "num_clients": config.num_clients,
+            "workers": self.workers or config.engine.client_cpus(),
+            "verify": self.verify,
+        }
+        if getattr(config.strategy, "asynchronous", False):
+            block = secagg_buffer.block_of(config.strategy, config.num_clients)
+            step = 2.0**-self.step_bits
+            limit = secagg_buffer.client_limit(step, self.staleness_bits, block)
+            return [
+                secagg_buffer.MaskedOffsetClientMod(
+                    self.params, secret, seeded=self.seeded, step=step, limit=limit, **common
+                )
+            ]
         return [
             SecAggClientMod(
-                self.params,
-                secret,
-                strategy=config.strategy,
-                layout=layout,
-                weight_key=config.privacy.weight_key(),
-                num_clients=config.num_clients,
-                workers=self.workers or config.engine.client_cpus(),
-                verify=self.verify,
-                quantizer=self.quantizer(config.num_clients),
+                self.params, secret, quantizer=self.quantizer(config.num_clients), **common
             )
         ]
 
-    def client_handlers(self) -> Mapping[str, Callable[..., Any]]:
-        return SecAggNode().handlers()
+    def client_handlers(self, config: Any) -> Mapping[str, Callable[..., Any]]:
+        handlers = SecAggNode().handlers()
+        if getattr(config.strategy, "asynchronous", False):
+            block = secagg_buffer.block_of(config.strategy, config.num_clients)
+            handlers.update(secagg_buffer.BufferNode(block).handlers())
+        return handlers
 
     def aggregator(
         self,
@@ -105,10 +122,26 @@ class CkksSecAgg(Ckks):
             quantizer=self.quantizer,
         )
 
-    def async_aggregator(self, *, layout: Layout, public: bytes | None, weight_key: str) -> Any:
-        raise ValueError(
-            "crypto=ckks_secagg cannot run an asynchronous strategy (fedpriv.compatibility "
-            "says why): its masks cancel only in an unweighted sum of one agreed cohort"
+    def async_aggregator(
+        self,
+        *,
+        layout: Layout,
+        public: bytes | None,
+        weight_key: str,
+        strategy: Any,
+        num_clients: int,
+    ) -> secagg_buffer.MaskedOffsetAggregator:
+        if public is None:
+            raise ValueError("crypto=ckks_secagg: the server needs the public context")
+        return secagg_buffer.MaskedOffsetAggregator(
+            self.params,
+            public,
+            layout=layout,
+            weight_key=weight_key,
+            threshold=self.threshold,
+            unit=secagg_buffer.scale_unit(strategy, num_clients),
+            step=2.0**-self.step_bits,
+            staleness_bits=self.staleness_bits,
         )
 
     def split_keys(self) -> ckks.SplitKeys:

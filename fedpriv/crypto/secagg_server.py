@@ -48,6 +48,29 @@ def _answers(replies: list[Message]) -> dict[int, Any]:
     return out
 
 
+def key_ceremony(send: Send, nodes: list[int], threshold: int) -> dict[int, bytes]:
+    """Run the key ceremony among ``nodes``: each makes its keys and seals a share of its
+    mask secret to every other through the server. Returns the public mask keys of the
+    nodes that completed it (the others take no part in the run's masking)."""
+    keys = _answers(send([_ask(n, KEYS, {}) for n in nodes]))
+    nodes = sorted(keys)
+    table: dict[str, Any] = {"nodes": nodes, "threshold": threshold}
+    for node in nodes:  # the keys each node advertised, signed on a fleet
+        for field in ("channel", "mask", "party", "signature"):
+            if field in keys[node]:
+                table[f"{field}/{node}"] = keys[node][field]
+    shared = _answers(send([_ask(n, SHARE, table) for n in nodes]))
+    inbox: dict[int, dict[str, Any]] = {n: {} for n in shared}
+    for source, sealed in shared.items():
+        for dst in shared:
+            inbox[dst][f"from/{source}"] = sealed[f"to/{dst}"]
+    delivered = _answers(send([_ask(n, DELIVER, inbox[n]) for n in inbox]))
+    log.info(
+        "secagg: %d of %d nodes hold mask keys; threshold %d", len(delivered), len(nodes), threshold
+    )
+    return {n: cast(bytes, keys[n]["mask"]) for n in sorted(delivered)}
+
+
 class SecAggAggregator(CkksAggregator):
     """:class:`CkksAggregator` over masked updates, with the masking protocol's steps."""
 
@@ -83,27 +106,7 @@ class SecAggAggregator(CkksAggregator):
                 "then survives (clients - threshold) dropouts"
             )
         self.send = send
-        keys = _answers(send([_ask(n, KEYS, {}) for n in nodes]))
-        nodes = sorted(keys)
-        table: dict[str, Any] = {"nodes": nodes, "threshold": self.threshold}
-        for node in nodes:  # the keys each node advertised, signed on a fleet
-            for field in ("channel", "mask", "party", "signature"):
-                if field in keys[node]:
-                    table[f"{field}/{node}"] = keys[node][field]
-        self.mask_keys = {n: cast(bytes, keys[n]["mask"]) for n in nodes}
-        shared = _answers(send([_ask(n, SHARE, table) for n in nodes]))
-        inbox: dict[int, dict[str, Any]] = {n: {} for n in shared}
-        for source, sealed in shared.items():
-            for dst in shared:
-                inbox[dst][f"from/{source}"] = sealed[f"to/{dst}"]
-        delivered = _answers(send([_ask(n, DELIVER, inbox[n]) for n in inbox]))
-        self.mask_keys = {n: self.mask_keys[n] for n in delivered}
-        log.info(
-            "secagg: %d of %d nodes hold mask keys; threshold %d",
-            len(self.mask_keys),
-            len(nodes),
-            self.threshold,
-        )
+        self.mask_keys = key_ceremony(send, nodes, self.threshold)
 
     def stamp(self, server_round: int, messages: list[Message]) -> None:
         """Tell each train message's node the round and its clients (those with keys)."""

@@ -30,6 +30,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedpriv.config import ExperimentConfig
+from fedpriv.crypto.base import Interactive
 from fedpriv.crypto.offset import OffsetAggregator
 from fedpriv.crypto.records import Layout
 from fedpriv.privacy.ledger import declined_reason
@@ -116,13 +117,24 @@ class AsyncHorizontal(HorizontalDriver):
             self.arrays = self.initial
         self.layout = Layout.of(self.initial)  # a resumed run's arrays may carry ciphertexts
         self.sealed = self.config.crypto.async_aggregator(
-            layout=self.layout, public=ctx.server_key, weight_key=self.weight_key
+            layout=self.layout,
+            public=ctx.server_key,
+            weight_key=self.weight_key,
+            strategy=self.spec,
+            num_clients=self.config.num_clients,
         )
         if self.sealed is not None:
             try:
                 self.sealed.restore(self.arrays)
             except ValueError as error:
                 raise CheckpointError(f"the checkpoint's encrypted model: {error}") from error
+        if isinstance(self.sealed, Interactive):  # masked updates: a key ceremony first
+            self.sealed.open(
+                lambda messages: ctx.exchange.send_and_receive(grid, messages),
+                nodes=sorted(grid.get_node_ids()),
+                per_round=self.config.num_clients,
+                num_clients=self.config.num_clients,
+            )
         if self.state is None:
             # Under CKKS the server holds no plaintext model: its rule state only counts.
             model = self.layout.flatten(self.arrays) if self.sealed is None else np.zeros(0)
@@ -152,6 +164,8 @@ class AsyncHorizontal(HorizontalDriver):
     def dispatch(self, grid: Grid, ctx: RunContext) -> None:
         """Give idle nodes the current model, up to ``fraction_train`` of the fleet busy."""
         assert self.state is not None and self.layout is not None
+        if self.sealed is not None and self.sealed.pending:
+            return  # nodes stay idle until they have unmasked the full buffer
         chosen = self.choose(grid, self.rng)
         if not chosen:
             return
@@ -163,9 +177,10 @@ class AsyncHorizontal(HorizontalDriver):
             self.dispatched += 1
             settings = ConfigRecord({"server-round": self.dispatched})
             content = RecordDict({ARRAYS: self.arrays, CONFIG: settings})
-            messages.append(
-                Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN)
-            )
+            message = Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN)
+            if isinstance(self.sealed, Interactive):
+                self.sealed.stamp(self.dispatched, [message])
+            messages.append(message)
         pushed, now = set(ctx.exchange.push(grid, messages)), time.monotonic()
         for message, node in zip(messages, chosen, strict=True):
             if message.metadata.message_id in pushed:
@@ -230,11 +245,25 @@ class AsyncHorizontal(HorizontalDriver):
         factor = self.spec.update_factor(staleness, self.state.block)
         if (reason := self.sealed.take(reply, factor)) is not None:
             return reason
-        if self.sealed.buffered >= self.state.block:
-            self.sealed.step()
-            self.state.version += 1
-            self.arrays = self.sealed.model(self.initial)
+        if self.sealed.buffered >= self.state.block and self.sealed.step():
+            self.advance()
         return None
+
+    def advance(self) -> None:
+        """The encrypted offset took a step: the next model version."""
+        assert self.sealed is not None and self.state is not None
+        self.state.version += 1
+        self.arrays = self.sealed.model(self.initial)
+
+    def settle(self, grid: Grid) -> None:
+        """Masked updates: once enough nodes are idle, have them unmask a full buffer
+        (they must be idle: a node's messages would race over its state)."""
+        if self.sealed is None or not self.sealed.pending:
+            return
+        busy = {d.node for d in self.in_flight.values()} | self.benched
+        idle = [node for node in sorted(grid.get_node_ids()) if node not in busy]
+        for _ in range(self.sealed.settle(idle, force=not self.in_flight)):
+            self.advance()
 
     def buffered(self) -> int:
         """Updates taken but not yet applied."""
@@ -252,6 +281,7 @@ class AsyncHorizontal(HorizontalDriver):
         doorbell = reply_doorbell(grid)
         while len(applied) < target:
             mark = doorbell.mark()
+            self.settle(grid)
             self.dispatch(grid, ctx)
             if not self.in_flight:
                 if self.benched:  # every client that could train failed this round
@@ -284,6 +314,7 @@ class AsyncHorizontal(HorizontalDriver):
             if not replies:
                 doorbell.wait(mark, PULL_INTERVAL_S)
         assert self.state is not None
+        self.settle(grid)  # a buffer that filled last steps the model evaluated next
         if stop_reason is None:
             self.dispatch(grid, ctx)  # idle clients train while the server evaluates
         evaluation = self.evaluate(grid, ctx, live={int(entry["node_id"]) for entry in applied})

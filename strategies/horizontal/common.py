@@ -106,7 +106,7 @@ class HorizontalDriver(Strategy):
             "train": client.train,
             "evaluate": client.evaluate,
             "query.ready": client.ready,
-            **self.config.crypto.client_handlers(),
+            **self.config.crypto.client_handlers(self.config),
         }
 
     def warm_up(

@@ -213,7 +213,7 @@ class SwarmFamily(Strategy):
     def client_handlers(self) -> Mapping[str, Handler]:
         layout, initial = self.start_model()
         handlers = SwarmPeer(self.config, layout, initial).handlers()
-        return {**handlers, **self.config.crypto.client_handlers()}  # type: ignore[dict-item]
+        return {**handlers, **self.config.crypto.client_handlers(self.config)}  # type: ignore[dict-item]
 
     def send(
         self,

@@ -39,3 +39,31 @@ def test_fedbuff_under_ckks_with_dp_sgd_runs_on_a_fleet(tmp_path: Path) -> None:
     assert all(not record["rejected"] for record in result.history)
     # A key holder decrypted and evaluated every version: better than chance (0.1).
     assert all(record["accuracy"] > 0.5 for record in result.history)
+
+
+MASKED = [
+    *[o for o in FEDBUFF if not o.startswith("crypto=")],
+    "crypto=ckks_secagg", "crypto.scale_bits=null",
+]  # fmt: skip
+
+
+def test_fedbuff_with_masks_and_dp_sgd_runs_on_a_fleet(tmp_path: Path) -> None:
+    """No single key holder: each device masks its update with a one-time mask whose
+    shares it seals to the others (signed key ceremony), and idle devices unmask each
+    full buffer through the SuperLink (docs/crypto.md, "FedBuff under ckks_secagg")."""
+    with LocalFleet(tmp_path, nodes=3, ckks=load_config(MASKED).crypto.params) as fleet:
+        assert fleet.creds is not None
+        result = run(
+            load_config(
+                [*MASKED, *fleet.engine_overrides(), f"crypto.keys_dir={fleet.creds.directory}",
+                 f"output_dir={tmp_path / 'run'}"]
+            )
+        )  # fmt: skip
+    assert result.summary["status"] == "completed", result.summary["stop_reason"]
+    assert result.summary["crypto"]["scheme"] == "ckks_secagg"
+    assert 0 < result.summary["privacy"]["epsilon_max"] < float("inf")
+    for record in result.history:
+        assert "refused" not in record["crypto"] and not record["rejected"]
+        assert record["version"] + record["crypto"]["buffers_waiting"] == record["updates"] // 2
+    assert result.history[-1]["version"] >= 2
+    assert all(record["accuracy"] > 0.5 for record in result.history)

@@ -35,7 +35,7 @@ class FaultySwarm(SwarmFamily):
     def client_handlers(self) -> Mapping[str, Handler]:
         assert self.layout is not None and self.initial is not None
         peer = FaultyPeer(self.config, self.layout, self.initial, self.mode)
-        return {**peer.handlers(), **self.config.crypto.client_handlers()}  # type: ignore[dict-item]
+        return {**peer.handlers(), **self.config.crypto.client_handlers(self.config)}  # type: ignore[dict-item]
 
 
 class Crashing(FaultySwarm):

@@ -39,7 +39,10 @@ SMALL = [
 ]  # fmt: skip
 
 #: What a combination needs besides (FedBuff's staleness scaling takes a rescale level).
-ALSO = {("fedbuff", "ckks"): ["crypto.preset=ckks-128-async"]}
+ALSO = {
+    ("fedbuff", "ckks"): ["crypto.preset=ckks-128-async"],
+    ("fedbuff", "ckks_secagg"): ["crypto.preset=ckks-128-async", "crypto.scale_bits=null"],
+}
 
 COMBINATIONS = [
     (family, strategy, privacy, crypto)

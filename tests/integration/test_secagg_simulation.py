@@ -40,8 +40,8 @@ def test_masked_run_matches_the_plaintext_run_with_dp_sgd(strategy, make_config,
     ("overrides", "says"),
     [
         (("family=vertical", "strategy=splitnn"), "vertical parties exchange embeddings"),
-        (("strategy=fedasync",), "masks cancel only"),
-        (("strategy=fedbuff", "crypto.preset=ckks-128-async"), "masks cancel only"),
+        (("strategy=fedasync",), "fedasync rescales the encrypted model"),
+        (("strategy=fedbuff", "crypto.preset=ckks-128-async"), "set crypto.scale_bits=null"),
         (("strategy=fedmedian",), "needs the plaintext updates"),
     ],
 )

@@ -84,3 +84,15 @@ def test_masks_run_on_a_fleet_for_horizontal_and_the_swarm_leader():
     swarm = ["family=swarm", "strategy=leader", "num_clients=3", "swarm.consensus=false"]
     config = load_config([*swarm, "crypto=ckks_secagg", *fleet, "engine.keys_dir=/keys"])
     assert (config.family, config.crypto.name) == ("swarm", "ckks_secagg")
+
+
+def test_fedbuff_runs_masked_with_the_async_preset_at_its_own_scale():
+    """FedBuff's masks are removed before encryption: the offset holds real values, so
+    the masked integers' scale 2^18 is refused with the setting that fixes it."""
+    masked = ["strategy=fedbuff", "crypto=ckks_secagg", "crypto.preset=ckks-128-async"]
+    config = load_config([*masked, "crypto.scale_bits=null"])
+    assert config.crypto.params.scale_bits == 36
+    with pytest.raises(ConfigError, match=r"set crypto\.scale_bits=null"):
+        load_config(masked)
+    with pytest.raises(ConfigError, match="fedasync rescales the encrypted model"):
+        load_config(["strategy=fedasync", "crypto=ckks_secagg", "crypto.scale_bits=null"])

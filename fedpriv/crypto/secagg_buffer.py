@@ -1,0 +1,400 @@
+"""FedBuff under ``crypto=ckks_secagg``: one-time masks whose Shamir shares add up over
+any buffer (the idea of LightSecAgg, So et al., MLSys 2022), so no single key holder,
+nor the server with fewer than ``threshold`` clients, can open one client's update.
+
+Pairwise masks cancel only in an unweighted sum of a cohort agreed before masking; a
+FedBuff buffer is whoever arrives first, each update weighted by its own staleness.
+Instead each client draws a fresh mask ``z`` (field elements mod p) for every update,
+sends ``q + z`` (its quantized update ``q``), and seals one Shamir share of ``z`` to
+every node of the key ceremony. When a buffer of K updates is full, the server asks idle
+nodes to combine (``query.secagg_combine``): node j answers ``Σ w_i·[z_i]_j`` for the
+buffer's integer staleness weights ``w_i``, sealed to one key holder, the *refresher*.
+From ``threshold`` answers the refresher decodes ``Σ w_i·z_i`` (never a single ``z_i``),
+removes it from the server's ``Σ w_i·(q_i + z_i)``, and encrypts the step under CKKS
+(``query.secagg_refresh``); the server adds that ciphertext to the encrypted offset as
+:mod:`fedpriv.crypto.offset` does for ``crypto=ckks``.
+
+A node answers for a buffer of at least ``buffer_size`` updates, with weights >= 1, and
+never twice for one mask: each mask enters one decoded sum only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from fedpriv.crypto import ckks, masking, shares
+from fedpriv.crypto.client import ARRAYS, METRICS
+from fedpriv.crypto.offset import OffsetAggregator, OffsetClientMod, offset_chunks
+from fedpriv.crypto.records import Layout, key_of
+from fedpriv.crypto.secagg_node import RECORD, ROUND, SecAggNode, _ints, _reply, _state
+from fedpriv.crypto.secagg_server import Send, _answers, _ask, key_ceremony
+from fedpriv.errors import ConfigError
+
+log = logging.getLogger("fedpriv")
+
+COMBINE, REFRESH = "query.secagg_combine", "query.secagg_refresh"
+#: The masked update's array in a reply, and the masked sum's in a refresh request.
+MASKED = "secagg-masked"
+
+
+def _describe(buffer: int, entries: list[tuple[int, int, int]]) -> bytes:
+    """The buffer a combined share belongs to, bound into what is sealed to the refresher."""
+    return json.dumps(["fedpriv/fedbuff-combine/v1", buffer, entries]).encode()
+
+
+def _entries(record: Mapping[str, Any]) -> list[tuple[int, int, int]]:
+    """A request's buffer: (source node, mask id, integer weight) per update."""
+    sources, masks, weights = (_ints(record[k]) for k in ("sources", "masks", "weights"))
+    if not len(sources) == len(masks) == len(weights):
+        raise ValueError(
+            f"a buffer of {len(sources)} sources, {len(masks)} masks, {len(weights)} weights"
+        )
+    return list(zip(sources, masks, weights, strict=True))
+
+
+class BufferNode:
+    """The node-side handlers of masked FedBuff (picklable; state in ``context.state``)."""
+
+    def __init__(self, buffer_size: int) -> None:
+        self.buffer_size = buffer_size
+
+    def handlers(self) -> dict[str, Any]:
+        return {COMBINE: self.combine, REFRESH: self.refresh}
+
+    def check_buffer(self, entries: list[tuple[int, int, int]]) -> None:
+        if len(entries) < self.buffer_size:
+            raise ValueError(
+                f"a buffer of {len(entries)} updates, fewer than buffer_size="
+                f"{self.buffer_size}: its sum could show one client's update"
+            )
+        if bad := [w for _, _, w in entries if not 1 <= w < shares.PRIME]:
+            raise ValueError(
+                f"buffer weights {bad}: each must be >= 1 (a zero would drop an update)"
+            )
+        if len({(s, m) for s, m, _ in entries}) != len(entries):
+            raise ValueError("a buffer names one mask twice")
+
+    def combine(self, msg: Message, context: Context) -> Message:
+        """``Σ w_i·[z_i]_me`` for the buffer, sealed to the refresher; each mask once."""
+        state, record, me = _state(context), msg.content.config_records[RECORD], context.node_id
+        entries, buffer = _entries(record), int(record["buffer"])  # type: ignore[arg-type]
+        refresher = int(record["refresher"])  # type: ignore[arg-type]
+        self.check_buffer(entries)
+        answered = set(cast(list[str], state.get("answered", [])))
+        named = {f"{s}/{m}" for s, m, _ in entries}
+        if reused := sorted(named & answered):
+            raise ValueError(
+                f"masks {reused} were combined before: a second sum over one mask could "
+                "isolate it; refusing"
+            )
+        held = []
+        for index, (source, mask, _) in enumerate(entries):
+            token = cast(bytes, record[f"from/{index}"])
+            plain = masking.unseal(SecAggNode._channel(state, source), (source, me, mask), token)
+            held.append(np.frombuffer(plain, dtype=np.uint32))
+        total = shares.weighted_sum(held, [w for _, _, w in entries])
+        state["answered"] = sorted(answered | named)
+        head = _describe(buffer, entries)
+        payload = len(head).to_bytes(4, "little") + head + total.astype(np.uint32).tobytes()
+        sealed = masking.seal(
+            SecAggNode._channel(state, refresher), (me, refresher, buffer), payload
+        )
+        return _reply(msg, {f"to/{refresher}": sealed})
+
+    def refresh(self, msg: Message, context: Context) -> Message:
+        """The buffer's step, unmasked from ``threshold`` combined shares, as a plaintext
+        array for the CKKS mod to encrypt on the way out (it never leaves this node)."""
+        state, record, me = _state(context), msg.content.config_records[RECORD], context.node_id
+        entries, buffer = _entries(record), int(record["buffer"])  # type: ignore[arg-type]
+        self.check_buffer(entries)
+        nodes, threshold = _ints(state["nodes"]), int(state["threshold"])  # type: ignore[arg-type]
+        head = _describe(buffer, entries)
+        combined = {}
+        for key, token in record.items():
+            if not key.startswith("from/"):
+                continue
+            node = int(key.removeprefix("from/"))
+            plain = masking.unseal(
+                SecAggNode._channel(state, node), (node, me, buffer), cast(bytes, token)
+            )
+            length = int.from_bytes(plain[:4], "little")
+            if plain[4 : 4 + length] != head:
+                raise ValueError(f"node {node} combined another buffer than this one")
+            combined[nodes.index(node) + 1] = np.frombuffer(plain[4 + length :], dtype=np.uint32)
+        if len(combined) < threshold:
+            raise ValueError(
+                f"{len(combined)} combined shares; decoding needs threshold={threshold}"
+            )
+        masked = msg.content.array_records[MASKED][MASKED].numpy().astype(np.uint64)
+        units = shares.from_field((masked + shares.PRIME - shares.combine(combined)) % shares.PRIME)
+        step = units.astype(np.float64) * float(record["scale"])  # type: ignore[arg-type]
+        content = RecordDict(
+            {ARRAYS: ArrayRecord({"step": Array(step)}), METRICS: MetricRecord({})}
+        )
+        return Message(content, reply_to=msg)
+
+
+def mask_for_buffer(
+    context: Context, config: Mapping[str, Any], units: np.ndarray
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """``units`` (signed integers) masked with a fresh one-time mask, and the mask's
+    Shamir shares sealed to every node of the ceremony (the server relays them)."""
+    state, me, mask_id = _state(context), context.node_id, int(config[ROUND])
+    nodes, threshold = _ints(state["nodes"]), int(state["threshold"])  # type: ignore[arg-type]
+    mask = shares.uniform(len(units))
+    masked = (shares.to_field(units) + mask) % shares.PRIME
+    sealed: dict[str, Any] = {"mask": mask_id}
+    for node, share in zip(nodes, shares.split(mask, threshold, len(nodes)), strict=True):
+        payload = share.astype(np.uint32).tobytes()
+        sealed[f"to/{node}"] = masking.seal(
+            SecAggNode._channel(state, node), (me, node, mask_id), payload
+        )
+    return masked.astype(np.uint32), sealed
+
+
+class MaskedOffsetClientMod(OffsetClientMod):
+    """A key holder's side: decrypt the offset, send the update masked (not encrypted),
+    and encrypt the step it unmasks when it is the refresher."""
+
+    def __init__(self, *args: Any, step: float, limit: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.step, self.limit = step, limit
+
+    def __call__(
+        self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        if msg.metadata.message_type != REFRESH:
+            return super().__call__(msg, context, call_next)
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        step = reply.content.array_records[ARRAYS]["step"].numpy()
+        reply.content[ARRAYS] = self.encrypted(step, reply.content.metric_records[METRICS], 0.0)
+        return reply
+
+    def wrap(
+        self,
+        update: np.ndarray,
+        msg: Message,
+        reply: Message,
+        context: Context,
+        decrypt_seconds: float,
+    ) -> None:
+        largest = float(np.abs(update).max(initial=0.0))
+        if not largest < self.limit:
+            raise ValueError(
+                f"crypto=ckks_secagg: this client's update reaches |Δ| = {largest:.3g}; a "
+                f"buffer's weighted sum must stay below the field's half, so each update "
+                f"below {self.limit:.3g}: lower crypto.step_bits or crypto.staleness_bits"
+            )
+        config = msg.content.config_records["config"]
+        units = np.rint(update / self.step).astype(np.int64)
+        masked, sealed = mask_for_buffer(context, config, units)
+        reply.content[ARRAYS] = ArrayRecord({MASKED: Array(masked)})
+        reply.content[RECORD] = ConfigRecord(sealed)
+        reply.content.metric_records[METRICS]["ckks-decrypt-seconds"] = decrypt_seconds
+
+
+class MaskedOffsetAggregator(OffsetAggregator):
+    """The server's side: add the masked updates (integer-weighted, mod p), and when a
+    buffer is full, have idle nodes combine their shares and one of them refresh the
+    step into a ciphertext, which goes into the encrypted offset."""
+
+    def __init__(
+        self,
+        params: ckks.CkksParams,
+        public: bytes,
+        *,
+        layout: Layout,
+        weight_key: str,
+        threshold: int | None,
+        unit: float,
+        step: float,
+        staleness_bits: int,
+    ) -> None:
+        super().__init__(params, public, layout=layout, weight_key=weight_key)
+        self.requested, self.threshold = threshold, 0
+        self.unit, self.step_size, self.staleness_bits = unit, step, staleness_bits
+        self.send: Send | None = None
+        self.nodes: list[int] = []
+        #: The open buffer: (source, mask id, weight, sealed shares) and the weighted sum.
+        self.entries: list[tuple[int, int, int, ConfigRecord]] = []
+        self.masked = np.zeros(layout.size, dtype=np.uint64)
+        #: Full buffers waiting for idle nodes to combine.
+        self.closed: list[tuple[list[tuple[int, int, int, ConfigRecord]], np.ndarray]] = []
+        self.steps = 0
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.closed)
+
+    @property
+    def buffered(self) -> int:
+        return len(self.entries)
+
+    def open(self, send: Send, *, nodes: list[int], per_round: int, num_clients: int) -> None:
+        """The key ceremony among every node (a buffer may hold anyone's update)."""
+        self.threshold = self.requested or len(nodes) // 2 + 1
+        if not 2 <= self.threshold <= len(nodes):
+            raise ConfigError(
+                f"crypto.threshold={self.threshold}: with {len(nodes)} clients it must be from "
+                f"2 to {len(nodes)} (null: a majority, {len(nodes) // 2 + 1})"
+            )
+        self.send = send
+        self.nodes = sorted(key_ceremony(send, nodes, self.threshold))
+
+    def stamp(self, server_round: int, messages: list[Message]) -> None:
+        """Each train message's mask id (the server's count of messages sent)."""
+        for message in messages:
+            message.content.config_records["config"][ROUND] = server_round
+
+    def check(self, reply: Message) -> str | None:
+        arrays = next(iter(reply.content.array_records.values()), None)
+        sealed = reply.content.config_records.get(RECORD)
+        masked = arrays.get(MASKED) if arrays is not None else None
+        if masked is None or masked.dtype != "uint32" or tuple(masked.shape) != (self.layout.size,):
+            return f"no masked update of {self.layout.size} uint32 values"
+        if sealed is None or not isinstance(sealed.get("mask"), int):
+            return "no mask id"
+        if missing := [n for n in self.nodes if f"to/{n}" not in sealed]:
+            return f"no mask share sealed to nodes {missing}"
+        mask_id = (reply.metadata.src_node_id, sealed["mask"])
+        if any(
+            (s, m) == mask_id
+            for batch, _ in [(self.entries, None), *self.closed]
+            for s, m, _, _ in batch
+        ):
+            return f"mask {mask_id} is already in a buffer"
+        return None
+
+    def take(self, reply: Message, factor: float) -> str | None:
+        """Add the masked update with its staleness weight as an integer: the factor
+        over η/K in units of 2^-staleness_bits (at least 1)."""
+        arrays = next(iter(reply.content.array_records.values()))
+        masked = arrays[MASKED].numpy().astype(np.uint64)
+        if int(masked.max(initial=0)) >= shares.PRIME:
+            return "a masked value outside the field"
+        started = time.perf_counter()
+        weight = max(1, round(factor / self.unit * 2**self.staleness_bits))
+        sealed = reply.content.config_records[RECORD]
+        self.entries.append((reply.metadata.src_node_id, int(sealed["mask"]), weight, sealed))  # type: ignore[arg-type]
+        self.masked = (
+            self.masked + masked * np.uint64(weight) % np.uint64(shares.PRIME)
+        ) % np.uint64(shares.PRIME)
+        self.costs["plaintext_bytes_up"] += self.layout.float32_bytes
+        self.costs["aggregate_seconds"] += time.perf_counter() - started
+        tokens = [cast(bytes, v) for k, v in sealed.items() if k.startswith("to/")]
+        self.costs["ciphertext_bytes_up"] += masked.size * 4 + sum(map(len, tokens))
+        return None
+
+    def step(self) -> bool:
+        """Close the full buffer; it steps the model once idle nodes combine it."""
+        self.closed.append((self.entries, self.masked))
+        self.entries, self.masked = [], np.zeros(self.layout.size, dtype=np.uint64)
+        return False
+
+    def settle(self, idle: list[int], *, force: bool) -> int:
+        """Unmask the closed buffers, oldest first, with the ``idle`` nodes and fold each
+        step into the offset; returns the steps taken. With too few idle nodes it waits,
+        unless ``force`` (no node is busy any more): then a buffer is dropped, with the
+        reason, and the model stays as it was."""
+        idle = [n for n in idle if n in self.nodes]
+        if len(idle) < self.threshold and not force:
+            return 0
+        steps = 0
+        while self.closed:
+            entries, masked = self.closed.pop(0)
+            started = time.perf_counter()
+            problem = self._unmask(entries, masked, idle)
+            costs = self.costs
+            costs["unmask_seconds"] = (
+                costs.get("unmask_seconds", 0.0) + time.perf_counter() - started
+            )
+            if problem is not None:
+                log.warning("a buffer of %d updates was dropped: %s", len(entries), problem)
+                costs["refused"] = costs.get("refused", 0) + 1
+                continue
+            super().step()
+            steps += 1
+        return steps
+
+    def _unmask(
+        self, entries: list[tuple[int, int, int, ConfigRecord]], masked: np.ndarray, idle: list[int]
+    ) -> str | None:
+        if len(idle) < self.threshold:
+            return f"{len(idle)} nodes can combine; unmasking needs threshold={self.threshold}"
+        assert self.send is not None, "open() runs first"
+        self.steps += 1
+        refresher = entries[-1][0] if entries[-1][0] in idle else min(idle)
+        described: dict[str, Any] = {
+            "buffer": self.steps,
+            "sources": [e[0] for e in entries],
+            "masks": [e[1] for e in entries],
+            "weights": [e[2] for e in entries],
+        }
+        asks = []
+        for node in idle:
+            values = {**described, "refresher": refresher}
+            values.update({f"from/{i}": e[3][f"to/{node}"] for i, e in enumerate(entries)})
+            asks.append(_ask(node, COMBINE, values))
+        answers = _answers(self.send(asks))
+        if len(answers) < self.threshold:
+            return (
+                f"{len(answers)} nodes combined their shares; unmasking needs "
+                f"threshold={self.threshold}"
+            )
+        values = {**described, "scale": self.unit * self.step_size / 2**self.staleness_bits}
+        values.update({f"from/{n}": a[f"to/{refresher}"] for n, a in answers.items()})
+        request = _ask(refresher, REFRESH, values)
+        request.content[MASKED] = ArrayRecord({MASKED: Array(masked.astype(np.uint32))})
+        replies = self.send([request])
+        if not replies or replies[0].has_error():
+            reason = replies[0].error.reason if replies else "no reply"
+            return f"the refresher (node {refresher}) failed: {reason}"
+        arrays = replies[0].content.array_records.get(ARRAYS)
+        if arrays is None or key_of(arrays) != self.key:
+            return f"the refresher (node {refresher}) sent no ciphertext under the run's key"
+        started = time.perf_counter()
+        try:
+            self.buffer.add(offset_chunks(arrays), 1.0)
+        except ValueError as error:
+            return f"the refresher's ciphertext: {error}"
+        finally:
+            self.costs["aggregate_seconds"] += time.perf_counter() - started
+        self.note(replies[0].content.metric_records.get(METRICS, {}))
+        return None
+
+    def round_costs(self, sent: int) -> dict[str, Any]:
+        out = super().round_costs(sent)
+        out["buffers_waiting"] = len(self.closed)  # full, not yet unmasked
+        return out
+
+    @staticmethod
+    def _zero_costs() -> dict[str, Any]:
+        out = OffsetAggregator._zero_costs()
+        out["encryption"] = (
+            "one-time masks mod p, Shamir-shared among the clients (no single key holder); "
+            "a refresher encrypts each buffer's step into the offset"
+        )
+        return out
+
+
+def client_limit(step: float, staleness_bits: int, block: int) -> float:
+    """The largest |Δ| a client may send: a buffer's weighted sum stays within ±p/2."""
+    return (shares.PRIME // 2) * step / (block * 2**staleness_bits)
+
+
+def block_of(strategy: Any, num_clients: int) -> int:
+    return int(getattr(strategy, "buffer_size", None) or num_clients)
+
+
+def scale_unit(strategy: Any, num_clients: int) -> float:
+    """η/K: the factor FedBuff gives an update of staleness weight 1."""
+    return float(strategy.update_factor(0, block_of(strategy, num_clients)) / strategy.weight(0))
