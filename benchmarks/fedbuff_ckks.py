@@ -38,6 +38,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=10, help="updates in one buffer")
     parser.add_argument("--params", type=int, default=1_000_000, help="values per update")
+    parser.add_argument(
+        "--pieces", type=int, default=1, help="masked: each share is 1/pieces of an update"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
@@ -73,7 +76,7 @@ def main() -> None:
     sizes = [min(fedbuff.params.packed_values, args.params - s)
              for s in range(0, args.params, fedbuff.params.packed_values)]  # fmt: skip
     decrypted = packed.decrypt(keys.secret, fedbuff.params, offset.save(), sizes)
-    masked = masked_costs(updates, factors, fedbuff, keys)
+    masked = masked_costs(updates, factors, fedbuff, keys, args.pieces)
     result = {
         "clients": args.clients,
         "params": args.params,
@@ -114,7 +117,7 @@ def main() -> None:
 
 
 def masked_costs(
-    updates: np.ndarray, factors: np.ndarray, spec: Ckks, keys: object
+    updates: np.ndarray, factors: np.ndarray, spec: Ckks, keys: object, pieces: int
 ) -> dict[str, float]:
     """FedBuff under ckks_secagg on the same updates: clients mask and share, the server
     adds masked updates with integer weights, nodes combine, a refresher decodes and
@@ -132,7 +135,7 @@ def masked_costs(
             masked.append(
                 (shares.to_field(np.rint(update / step).astype(np.int64)) + mask) % shares.PRIME
             )
-            parts = shares.split(mask, threshold, clients)
+            parts = shares.split(mask, threshold, clients, pieces)
             sealed += sum(len(masking.seal(channel, (k, j, 1), p.astype(np.uint32).tobytes()))
                           for j, p in enumerate(parts))  # fmt: skip
             held.append(parts)
@@ -140,11 +143,13 @@ def masked_costs(
 
     (masked, held, sealed), client_seconds = cpu_timed(mask_all)
     answers = {x: shares.weighted_sum([h[x - 1] for h in held], weights)
-               for x in range(1, threshold + 1)}  # fmt: skip
+               for x in range(1, threshold + pieces)}  # fmt: skip
 
     def refresh() -> list[bytes]:
         total = shares.weighted_sum(masked, weights)  # the server's sum, for the check below
-        units = shares.from_field((total + shares.PRIME - shares.combine(answers)) % shares.PRIME)
+        units = shares.from_field(
+            (total + shares.PRIME - shares.combine(answers, threshold, pieces, size)) % shares.PRIME
+        )
         return packed.encrypt(keys.secret, spec.params, units * (unit * step / 2**bits))  # type: ignore[attr-defined]
 
     chunks, refresh_seconds = cpu_timed(refresh)
@@ -165,6 +170,7 @@ def masked_costs(
     return {
         "masked_server_cpu_s": server_seconds,
         "masked_max_abs_error": float(np.abs(decrypted - exact).max()),
+        "masked_pieces": pieces,
         "masked_bytes_up_per_float32": (size * 4 + sealed / clients) / (4 * size),
         "mask_values_per_s": clients * size / client_seconds,
         "refresh_cpu_s": refresh_seconds,

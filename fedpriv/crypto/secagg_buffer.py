@@ -62,8 +62,8 @@ def _entries(record: Mapping[str, Any]) -> list[tuple[int, int, int]]:
 class BufferNode:
     """The node-side handlers of masked FedBuff (picklable; state in ``context.state``)."""
 
-    def __init__(self, buffer_size: int) -> None:
-        self.buffer_size = buffer_size
+    def __init__(self, buffer_size: int, pieces: int) -> None:
+        self.buffer_size, self.pieces = buffer_size, pieces
 
     def handlers(self) -> dict[str, Any]:
         return {COMBINE: self.combine, REFRESH: self.refresh}
@@ -109,8 +109,8 @@ class BufferNode:
         return _reply(msg, {f"to/{refresher}": sealed})
 
     def refresh(self, msg: Message, context: Context) -> Message:
-        """The buffer's step, unmasked from ``threshold`` combined shares, as a plaintext
-        array for the CKKS mod to encrypt on the way out (it never leaves this node)."""
+        """The buffer's step, unmasked from ``threshold - 1 + pieces`` combined shares, as
+        a plaintext array for the CKKS mod to encrypt on the way out (it stays here)."""
         state, record, me = _state(context), msg.content.config_records[RECORD], context.node_id
         entries, buffer = _entries(record), int(record["buffer"])  # type: ignore[arg-type]
         self.check_buffer(entries)
@@ -128,12 +128,9 @@ class BufferNode:
             if plain[4 : 4 + length] != head:
                 raise ValueError(f"node {node} combined another buffer than this one")
             combined[nodes.index(node) + 1] = np.frombuffer(plain[4 + length :], dtype=np.uint32)
-        if len(combined) < threshold:
-            raise ValueError(
-                f"{len(combined)} combined shares; decoding needs threshold={threshold}"
-            )
         masked = msg.content.array_records[MASKED][MASKED].numpy().astype(np.uint64)
-        units = shares.from_field((masked + shares.PRIME - shares.combine(combined)) % shares.PRIME)
+        mask = shares.combine(combined, threshold, self.pieces, size=len(masked))
+        units = shares.from_field((masked + shares.PRIME - mask) % shares.PRIME)
         step = units.astype(np.float64) * float(record["scale"])  # type: ignore[arg-type]
         content = RecordDict(
             {ARRAYS: ArrayRecord({"step": Array(step)}), METRICS: MetricRecord({})}
@@ -142,16 +139,17 @@ class BufferNode:
 
 
 def mask_for_buffer(
-    context: Context, config: Mapping[str, Any], units: np.ndarray
+    context: Context, config: Mapping[str, Any], units: np.ndarray, pieces: int
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """``units`` (signed integers) masked with a fresh one-time mask, and the mask's
-    Shamir shares sealed to every node of the ceremony (the server relays them)."""
+    shares (each 1/``pieces`` of it) sealed to every node of the ceremony (the server
+    relays them)."""
     state, me, mask_id = _state(context), context.node_id, int(config[ROUND])
     nodes, threshold = _ints(state["nodes"]), int(state["threshold"])  # type: ignore[arg-type]
     mask = shares.uniform(len(units))
     masked = (shares.to_field(units) + mask) % shares.PRIME
     sealed: dict[str, Any] = {"mask": mask_id}
-    for node, share in zip(nodes, shares.split(mask, threshold, len(nodes)), strict=True):
+    for node, share in zip(nodes, shares.split(mask, threshold, len(nodes), pieces), strict=True):
         payload = share.astype(np.uint32).tobytes()
         sealed[f"to/{node}"] = masking.seal(
             SecAggNode._channel(state, node), (me, node, mask_id), payload
@@ -163,9 +161,9 @@ class MaskedOffsetClientMod(OffsetClientMod):
     """A key holder's side: decrypt the offset, send the update masked (not encrypted),
     and encrypt the step it unmasks when it is the refresher."""
 
-    def __init__(self, *args: Any, step: float, limit: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, step: float, limit: float, pieces: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.step, self.limit = step, limit
+        self.step, self.limit, self.pieces = step, limit, pieces
 
     def __call__(
         self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
@@ -196,7 +194,7 @@ class MaskedOffsetClientMod(OffsetClientMod):
             )
         config = msg.content.config_records["config"]
         units = np.rint(update / self.step).astype(np.int64)
-        masked, sealed = mask_for_buffer(context, config, units)
+        masked, sealed = mask_for_buffer(context, config, units, self.pieces)
         reply.content[ARRAYS] = ArrayRecord({MASKED: Array(masked)})
         reply.content[RECORD] = ConfigRecord(sealed)
         reply.content.metric_records[METRICS]["ckks-decrypt-seconds"] = decrypt_seconds
@@ -218,9 +216,10 @@ class MaskedOffsetAggregator(OffsetAggregator):
         unit: float,
         step: float,
         staleness_bits: int,
+        pieces: int,
     ) -> None:
         super().__init__(params, public, layout=layout, weight_key=weight_key)
-        self.requested, self.threshold = threshold, 0
+        self.requested, self.threshold, self.pieces = threshold, 0, pieces
         self.unit, self.step_size, self.staleness_bits = unit, step, staleness_bits
         self.send: Send | None = None
         self.nodes: list[int] = []
@@ -236,16 +235,23 @@ class MaskedOffsetAggregator(OffsetAggregator):
         return bool(self.closed)
 
     @property
+    def needed(self) -> int:
+        """Nodes whose combined shares unmask a buffer."""
+        return self.threshold - 1 + self.pieces
+
+    @property
     def buffered(self) -> int:
         return len(self.entries)
 
     def open(self, send: Send, *, nodes: list[int], per_round: int, num_clients: int) -> None:
         """The key ceremony among every node (a buffer may hold anyone's update)."""
         self.threshold = self.requested or len(nodes) // 2 + 1
-        if not 2 <= self.threshold <= len(nodes):
+        if not 2 <= self.threshold <= len(nodes) + 1 - self.pieces:
             raise ConfigError(
-                f"crypto.threshold={self.threshold}: with {len(nodes)} clients it must be from "
-                f"2 to {len(nodes)} (null: a majority, {len(nodes) // 2 + 1})"
+                f"crypto.threshold={self.threshold} with crypto.pieces={self.pieces}: with "
+                f"{len(nodes)} clients it must be from 2 to {len(nodes) + 1 - self.pieces} "
+                f"(null: a majority, {len(nodes) // 2 + 1}): unmasking a buffer needs "
+                "threshold - 1 + pieces nodes"
             )
         self.send = send
         self.nodes = sorted(key_ceremony(send, nodes, self.threshold))
@@ -306,7 +312,7 @@ class MaskedOffsetAggregator(OffsetAggregator):
         unless ``force`` (no node is busy any more): then a buffer is dropped, with the
         reason, and the model stays as it was."""
         idle = [n for n in idle if n in self.nodes]
-        if len(idle) < self.threshold and not force:
+        if len(idle) < self.needed and not force:
             return 0
         steps = 0
         while self.closed:
@@ -328,8 +334,8 @@ class MaskedOffsetAggregator(OffsetAggregator):
     def _unmask(
         self, entries: list[tuple[int, int, int, ConfigRecord]], masked: np.ndarray, idle: list[int]
     ) -> str | None:
-        if len(idle) < self.threshold:
-            return f"{len(idle)} nodes can combine; unmasking needs threshold={self.threshold}"
+        if len(idle) < self.needed:
+            return f"{len(idle)} nodes can combine; unmasking needs {self.needed}"
         assert self.send is not None, "open() runs first"
         self.steps += 1
         refresher = entries[-1][0] if entries[-1][0] in idle else min(idle)
@@ -345,11 +351,8 @@ class MaskedOffsetAggregator(OffsetAggregator):
             values.update({f"from/{i}": e[3][f"to/{node}"] for i, e in enumerate(entries)})
             asks.append(_ask(node, COMBINE, values))
         answers = _answers(self.send(asks))
-        if len(answers) < self.threshold:
-            return (
-                f"{len(answers)} nodes combined their shares; unmasking needs "
-                f"threshold={self.threshold}"
-            )
+        if len(answers) < self.needed:
+            return f"{len(answers)} nodes combined their shares; unmasking needs {self.needed}"
         values = {**described, "scale": self.unit * self.step_size / 2**self.staleness_bits}
         values.update({f"from/{n}": a[f"to/{refresher}"] for n, a in answers.items()})
         request = _ask(refresher, REFRESH, values)

@@ -44,6 +44,9 @@ class CkksSecAgg(Ckks):
     step_bits: int = 20
     #: FedBuff: staleness weights are rounded to multiples of 2^-staleness_bits.
     staleness_bits: int = 8
+    #: FedBuff: each mask share is 1/pieces of the update; unmasking a buffer then
+    #: needs threshold - 1 + pieces nodes (LightSecAgg's coded shares; 1: Shamir's).
+    pieces: int = 1
 
     def problems(self) -> list[tuple[str, str]]:
         out = [p for p in super().problems() if p[0] != "scale_bits"]
@@ -55,6 +58,8 @@ class CkksSecAgg(Ckks):
             out.append(("threshold", "must be >= 2 (or null: a majority of a round's clients)"))
         if not 8 <= self.step_bits <= 30:
             out.append(("step_bits", "must be 8 to 30 (values rounded to 2^-step_bits)"))
+        if self.pieces < 1:
+            out.append(("pieces", "must be >= 1 (1: each share is the update's size)"))
         if not 0 <= self.staleness_bits <= 16:
             out.append(("staleness_bits", "must be 0 to 16 (weights rounded to 2^-staleness_bits)"))
         return out
@@ -84,7 +89,13 @@ class CkksSecAgg(Ckks):
             limit = secagg_buffer.client_limit(step, self.staleness_bits, block)
             return [
                 secagg_buffer.MaskedOffsetClientMod(
-                    self.params, secret, seeded=self.seeded, step=step, limit=limit, **common
+                    self.params,
+                    secret,
+                    seeded=self.seeded,
+                    step=step,
+                    limit=limit,
+                    pieces=self.pieces,
+                    **common,
                 )
             ]
         return [
@@ -97,7 +108,7 @@ class CkksSecAgg(Ckks):
         handlers = SecAggNode().handlers()
         if getattr(config.strategy, "asynchronous", False):
             block = secagg_buffer.block_of(config.strategy, config.num_clients)
-            handlers.update(secagg_buffer.BufferNode(block).handlers())
+            handlers.update(secagg_buffer.BufferNode(block, self.pieces).handlers())
         return handlers
 
     def aggregator(
@@ -142,6 +153,7 @@ class CkksSecAgg(Ckks):
             unit=secagg_buffer.scale_unit(strategy, num_clients),
             step=2.0**-self.step_bits,
             staleness_bits=self.staleness_bits,
+            pieces=self.pieces,
         )
 
     def split_keys(self) -> ckks.SplitKeys:

@@ -36,38 +36,69 @@ def uniform(size: int) -> np.ndarray:
     return ((words[:, 0] % _P) * _WRAP + words[:, 1] % _P) % _P
 
 
-def split(secret: np.ndarray, threshold: int, holders: int) -> list[np.ndarray]:
-    """Shares of ``secret`` (field elements) at x = 1..holders; any ``threshold`` of
-    them rebuild it, fewer reveal nothing."""
-    if not 1 <= threshold <= holders < 1 << 16:
-        raise ValueError(f"threshold={threshold} of holders={holders}: need 1 <= t <= n < 65536")
-    secret = secret.astype(np.uint64)
-    coefficients = [uniform(len(secret)) for _ in range(threshold - 1)]
+def split(secret: np.ndarray, threshold: int, holders: int, pieces: int = 1) -> list[np.ndarray]:
+    """Shares of ``secret`` (field elements) at x = 1..holders, each 1/``pieces`` of its
+    length: the secret cut into ``pieces`` rows and ``threshold - 1`` random rows are the
+    coefficients of a polynomial (row c multiplies x^c). Any ``threshold - 1 + pieces``
+    shares rebuild the secret; any ``threshold - 1`` reveal nothing (LightSecAgg's coded
+    shares; ``pieces=1`` is Shamir's scheme)."""
+    if not (threshold >= 1 and pieces >= 1 and threshold - 1 + pieces <= holders < 1 << 16):
+        raise ValueError(
+            f"threshold={threshold}, pieces={pieces} of holders={holders}: need t >= 1, "
+            "pieces >= 1 and t - 1 + pieces <= n < 65536"
+        )
+    width = -(-len(secret) // pieces)
+    padded = np.zeros(width * pieces, dtype=np.uint64)
+    padded[: len(secret)] = secret
+    rows = [*padded.reshape(pieces, width), *(uniform(width) for _ in range(threshold - 1))]
     out = []
     for x in range(1, holders + 1):
-        value = np.zeros_like(secret)
-        for coefficient in reversed(coefficients):  # Horner: products stay below 2^48
-            value = (value * np.uint64(x) + coefficient) % _P
-        out.append((value * np.uint64(x) + secret) % _P)
+        value = np.zeros(width, dtype=np.uint64)
+        for row in reversed(rows):  # Horner: products stay below 2^48
+            value = (value * np.uint64(x) + row) % _P
+        out.append(value)
     return out
 
 
-def combine(shares: Mapping[int, np.ndarray]) -> np.ndarray:
-    """The secret from shares by holder x (1-based); exactly ``threshold`` of them, or
-    more that agree. Fewer give a wrong vector, not an error: count them first."""
+def combine(
+    shares: Mapping[int, np.ndarray], threshold: int, pieces: int = 1, size: int | None = None
+) -> np.ndarray:
+    """The secret (its first ``size`` elements) from shares by holder x (1-based) of a
+    :func:`split` with these ``threshold`` and ``pieces``: the first
+    ``threshold - 1 + pieces`` of them are used. ValueError with fewer."""
+    needed = threshold - 1 + pieces
     xs = sorted(shares)
-    if not xs or xs[0] < 1 or len(set(xs)) != len(xs):
+    if len(set(xs)) != len(xs) or (xs and xs[0] < 1):
         raise ValueError(f"shares at x={xs}: need distinct x >= 1")
-    total = np.zeros(len(shares[xs[0]]), dtype=np.uint64)
-    for x in xs:
-        numerator, denominator = 1, 1
-        for other in xs:
-            if other != x:
-                numerator = numerator * other % PRIME
-                denominator = denominator * (other - x) % PRIME
-        weight = np.uint64(numerator * pow(denominator, -1, PRIME) % PRIME)
-        total = (total + shares[x].astype(np.uint64) * weight % _P) % _P
-    return total
+    if len(xs) < needed:
+        raise ValueError(f"{len(xs)} shares; rebuilding needs threshold - 1 + pieces = {needed}")
+    xs = xs[:needed]
+    inverse = _inverse([[pow(x, c, PRIME) for c in range(needed)] for x in xs])
+    rows = []
+    for c in range(pieces):
+        row = np.zeros(len(shares[xs[0]]), dtype=np.uint64)
+        for x, weight in zip(xs, inverse[c], strict=True):
+            row = (row + shares[x].astype(np.uint64) * np.uint64(weight) % _P) % _P
+        rows.append(row)
+    return np.concatenate(rows)[:size]
+
+
+def _inverse(matrix: list[list[int]]) -> list[list[int]]:
+    """The inverse of a square matrix over GF(p), by Gauss-Jordan on Python integers."""
+    n = len(matrix)
+    rows = [[*row, *(int(i == j) for j in range(n))] for i, row in enumerate(matrix)]
+    for col in range(n):
+        pivot = next(r for r in range(col, n) if rows[r][col] % PRIME)
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        scale = pow(rows[col][col], -1, PRIME)
+        rows[col] = [v * scale % PRIME for v in rows[col]]
+        for r in range(n):
+            if r != col and rows[r][col]:
+                factor = rows[r][col]
+                rows[r] = [
+                    (v - factor * w) % PRIME for v, w in zip(rows[r], rows[col], strict=True)
+                ]
+    return [row[n:] for row in rows]
 
 
 def weighted_sum(vectors: Sequence[np.ndarray], weights: Sequence[int]) -> np.ndarray:

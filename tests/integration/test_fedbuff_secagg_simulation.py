@@ -43,8 +43,10 @@ def check(result) -> None:
 
 
 @pytest.mark.inprocess
-def test_fedbuff_with_masks_and_dp_sgd_in_process(make_config) -> None:
-    check(run(make_config(*FEDBUFF_SECAGG_DP)))
+@pytest.mark.parametrize("pieces", [1, 2])
+def test_fedbuff_with_masks_and_dp_sgd_in_process(pieces, make_config) -> None:
+    """pieces=2: coded shares half the update's size, unmasked by all 3 nodes."""
+    check(run(make_config(*FEDBUFF_SECAGG_DP, f"crypto.pieces={pieces}")))
 
 
 @pytest.mark.simulation

@@ -32,6 +32,7 @@ from fedpriv.crypto.offset import offset_chunks
 from fedpriv.crypto.records import Layout
 from fedpriv.crypto.secagg_buffer import COMBINE, MASKED, BufferNode
 from fedpriv.crypto.secagg_node import RECORD, STATE, SecAggNode
+from fedpriv.errors import ConfigError
 from fedpriv.strategies.horizontal.asynchronous import FedBuff
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -52,8 +53,8 @@ class BufferFederation:
     sent: int = 0
 
     @classmethod
-    def create(cls, seed: int = 0) -> BufferFederation:
-        spec = CkksSecAgg(threshold=T, preset="ckks-128-async", scale_bits=None)
+    def create(cls, seed: int = 0, pieces: int = 1) -> BufferFederation:
+        spec = CkksSecAgg(threshold=T, preset="ckks-128-async", scale_bits=None, pieces=pieces)
         rng = np.random.default_rng(seed)
         nodes = range(1, N + 1)
         return cls(
@@ -187,7 +188,8 @@ def coalition_guess(fed: BufferFederation, reply: Message, coalition: list[int])
         token = cast(bytes, sealed[f"to/{node}"])
         plain = masking.unseal(fed.channel(node, target), (target, node, mask_id), token)
         held[nodes.index(node) + 1] = np.frombuffer(plain, dtype=np.uint32)
-    mask = shares.combine(held)
+    mask = shares.combine(held, threshold=len(held) + 1 - fed.spec.pieces, pieces=fed.spec.pieces,
+                          size=SIZE)  # fmt: skip
     masked = reply.content.array_records["arrays"][MASKED].numpy().astype(np.uint64)
     units = shares.from_field((masked + shares.PRIME - mask) % shares.PRIME)
     return units * 2.0**-fed.spec.step_bits
@@ -292,5 +294,41 @@ def test_a_masked_update_reveals_nothing_to_a_key_holder():
 
 def test_the_node_handlers_are_those_of_the_scheme():
     handlers = CkksSecAgg().client_handlers(_Config(N, strategy=FedBuff()))
-    assert set(BufferNode(3).handlers()) <= set(handlers)
+    assert set(BufferNode(3, 1).handlers()) <= set(handlers)
     assert set(SecAggNode().handlers()) <= set(handlers)
+
+
+def test_coded_shares_halve_the_bytes_and_keep_the_guarantee():
+    """pieces=2: each sealed share is half the update; unmasking then needs
+    threshold - 1 + pieces = 5 of 6 nodes, and the same coalition still learns nothing."""
+    fed = BufferFederation.create(pieces=2)
+    aggregator, replies, factors = buffer_of(fed, [1, 2, 3], [0, 0, 0])
+    one = BufferFederation.create()
+    _, single, _ = buffer_of(one, [1, 2, 3], [0, 0, 0])
+
+    def share_bytes(reply):
+        return len(reply.content.config_records[RECORD]["to/2"])
+
+    assert share_bytes(replies[0]) < 0.55 * share_bytes(single[0])
+    fed.offline |= {6}  # one dropout: 5 still unmask
+    assert aggregator.settle(sorted(fed.contexts), force=False) == 1
+    expected = sum(f * fed.updates[k] for f, k in zip(factors, [1, 2, 3], strict=True))
+    np.testing.assert_allclose(fed.offset(aggregator), expected, atol=1e-6)
+    guess = coalition_guess(fed, replies[0], coalition=[2, 3, 4][: T - 1])
+    assert abs(np.corrcoef(guess, fed.updates[1])[0, 1]) < 0.3
+    opened = coalition_guess(fed, replies[0], coalition=[2, 3, 4, 5, 6][: T + 1])
+    np.testing.assert_allclose(opened, fed.updates[1], atol=2.0**-20)
+
+
+def test_coded_shares_with_too_many_dropouts_drop_the_buffer():
+    fed = BufferFederation.create(pieces=2)
+    aggregator, _, _ = buffer_of(fed, [1, 2, 3], [0, 0, 0])
+    fed.offline |= {5, 6}  # 4 left, 5 needed
+    assert aggregator.settle(sorted(fed.contexts), force=False) == 0
+    assert aggregator.costs["refused"] == 1 and aggregator.saved == []
+
+
+def test_more_pieces_than_the_nodes_can_decode_is_refused_naming_both():
+    fed = BufferFederation.create(pieces=4)  # threshold 4 - 1 + 4 = 7 > 6 nodes
+    with pytest.raises(ConfigError, match=r"crypto\.threshold=4 with crypto\.pieces=4"):
+        fed.aggregator()

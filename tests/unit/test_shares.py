@@ -23,15 +23,16 @@ def test_any_threshold_shares_rebuild_the_secret():
     secret = shares.uniform(500)
     held = shares.split(secret, threshold=3, holders=5)
     for chosen in itertools.combinations(range(1, 6), 3):
-        np.testing.assert_array_equal(shares.combine({x: held[x - 1] for x in chosen}), secret)
-    # More shares than the threshold agree on the same polynomial.
-    np.testing.assert_array_equal(shares.combine(dict(enumerate(held, 1))), secret)
+        rebuilt = shares.combine({x: held[x - 1] for x in chosen}, threshold=3)
+        np.testing.assert_array_equal(rebuilt, secret)
+    # Given more shares than it needs, it uses the first ones.
+    np.testing.assert_array_equal(shares.combine(dict(enumerate(held, 1)), 3), secret)
 
 
 def test_fewer_shares_give_another_vector():
     secret = shares.uniform(500)
     held = shares.split(secret, threshold=3, holders=5)
-    wrong = shares.combine({1: held[0], 2: held[1]})
+    wrong = shares.combine({1: held[0], 2: held[1]}, threshold=2)  # as if t were 2
     assert np.mean(wrong == secret) < 0.01
 
 
@@ -56,7 +57,32 @@ def test_weighted_sums_of_shares_are_shares_of_the_weighted_sum():
     expected = [
         sum(w * int(s[i]) for w, s in zip(weights, secrets, strict=True)) % P for i in range(200)
     ]
-    assert shares.combine(combined).tolist() == expected
+    assert shares.combine(combined, threshold=2).tolist() == expected
+
+
+def test_coded_shares_are_a_fraction_of_the_secret_and_any_enough_rebuild_it():
+    """pieces=3, threshold 3: each share is a third of the secret (padded); any
+    threshold - 1 + pieces = 5 of 6 rebuild it, and 2 are uniform."""
+    secret = shares.uniform(1000)
+    held = shares.split(secret, threshold=3, holders=6, pieces=3)
+    assert {len(h) for h in held} == {334}
+    for chosen in itertools.combinations(range(1, 7), 5):
+        rebuilt = shares.combine({x: held[x - 1] for x in chosen}, 3, 3, size=1000)
+        np.testing.assert_array_equal(rebuilt, secret)
+    zeros = shares.split(np.zeros(30_000, np.uint64), threshold=3, holders=6, pieces=3)
+    for share in zeros[:2]:
+        assert abs(share.astype(np.float64).mean() / P - 0.5) < 0.01
+
+
+def test_coded_shares_add_up_over_weighted_sums():
+    secrets = [shares.uniform(99) for _ in range(3)]
+    weights = [3, 1, 200]
+    held = [shares.split(s, threshold=2, holders=5, pieces=2) for s in secrets]
+    combined = {x: shares.weighted_sum([h[x - 1] for h in held], weights) for x in (1, 3, 5)}
+    expected = [
+        sum(w * int(s[i]) for w, s in zip(weights, secrets, strict=True)) % P for i in range(99)
+    ]
+    assert shares.combine(combined, 2, 2, size=99).tolist() == expected
 
 
 def test_signed_integers_round_trip_through_the_field():
@@ -75,8 +101,10 @@ def test_uniform_draws_field_elements():
 @pytest.mark.parametrize(
     ("call", "says"),
     [
-        (lambda: shares.split(np.zeros(3, np.uint64), 4, 3), "threshold=4 of holders=3"),
-        (lambda: shares.combine({1: np.zeros(2), 0: np.zeros(2)}), "distinct x >= 1"),
+        (lambda: shares.split(np.zeros(3, np.uint64), 4, 3), "threshold=4, pieces=1 of holders=3"),
+        (lambda: shares.split(np.zeros(3, np.uint64), 3, 4, 3), "t - 1 \\+ pieces <= n"),
+        (lambda: shares.combine({1: np.zeros(2), 0: np.zeros(2)}, 2), "distinct x >= 1"),
+        (lambda: shares.combine({1: np.zeros(2)}, 2, 2), "threshold - 1 \\+ pieces = 3"),
         (lambda: shares.weighted_sum([np.zeros(2)], [P]), "is not a field element"),
         (lambda: shares.weighted_sum([np.zeros(2)], [1, 2]), "1 vectors and 2 weights"),
     ],
