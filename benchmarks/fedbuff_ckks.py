@@ -10,7 +10,8 @@ process, in the same run, on the same vectors:
   load, one plaintext multiply and one rescale per ciphertext, then add; the full
   buffer is then folded into the offset,
 * ``masked``: FedBuff under ``ckks_secagg`` (:mod:`fedpriv.crypto.secagg_buffer`): the
-  server's integer-weighted sum of one-time-masked updates mod p, then the one
+  server's sum of one-time-masked updates mod p (all weights 1: masked FedBuff runs
+  with ``staleness=constant``), then the one
   ciphertext a refresher sends added to the offset. Its clients' side is timed too:
   masking and sealing ``--clients`` Shamir shares per update, and the refresher's
   decoding and encryption.
@@ -76,7 +77,7 @@ def main() -> None:
     sizes = [min(fedbuff.params.packed_values, args.params - s)
              for s in range(0, args.params, fedbuff.params.packed_values)]  # fmt: skip
     decrypted = packed.decrypt(keys.secret, fedbuff.params, offset.save(), sizes)
-    masked = masked_costs(updates, factors, fedbuff, keys, args.pieces)
+    masked = masked_costs(updates, fedbuff, keys, args.pieces)
     result = {
         "clients": args.clients,
         "params": args.params,
@@ -116,17 +117,16 @@ def main() -> None:
         write_atomic(args.out, json.dumps(result, indent=2) + "\n")
 
 
-def masked_costs(
-    updates: np.ndarray, factors: np.ndarray, spec: Ckks, keys: object, pieces: int
-) -> dict[str, float]:
+def masked_costs(updates: np.ndarray, spec: Ckks, keys: object, pieces: int) -> dict[str, float]:
     """FedBuff under ckks_secagg on the same updates: clients mask and share, the server
-    adds masked updates with integer weights, nodes combine, a refresher decodes and
-    encrypts, the server adds one ciphertext to the offset. CPU seconds of each side."""
+    adds masked updates (each counted once: staleness=constant), nodes combine, a
+    refresher decodes and encrypts, the server adds one ciphertext to the offset. CPU
+    seconds of each side."""
     clients, size = updates.shape
-    threshold, step, bits = clients // 2 + 1, 2.0**-20, 8
+    threshold, step = clients // 2 + 1, 2.0**-20
     channel = masking.agree(masking.KeyPair.generate().secret, masking.KeyPair.generate().public)
     unit = 1.0 / clients
-    weights = [max(1, round(f / unit * 2**bits)) for f in factors]
+    weights = [1] * clients
 
     def mask_all() -> tuple[list[np.ndarray], list[list[np.ndarray]], int]:
         masked, held, sealed = [], [], 0
@@ -150,7 +150,7 @@ def masked_costs(
         units = shares.from_field(
             (total + shares.PRIME - shares.combine(answers, threshold, pieces, size)) % shares.PRIME
         )
-        return packed.encrypt(keys.secret, spec.params, units * (unit * step / 2**bits))  # type: ignore[attr-defined]
+        return packed.encrypt(keys.secret, spec.params, units * (unit * step))  # type: ignore[attr-defined]
 
     chunks, refresh_seconds = cpu_timed(refresh)
     refreshed = packed.ScaledSum(keys.public, spec.params, len(chunks))  # type: ignore[attr-defined]
@@ -166,7 +166,7 @@ def masked_costs(
         min(spec.params.packed_values, size - s) for s in range(0, size, spec.params.packed_values)
     ]
     decrypted = packed.decrypt(keys.secret, spec.params, offset.save(), sizes)  # type: ignore[attr-defined]
-    exact = np.array([w * unit / 2**bits for w in weights]) @ updates.astype(np.float64)
+    exact = unit * updates.astype(np.float64).sum(axis=0)
     return {
         "masked_server_cpu_s": server_seconds,
         "masked_max_abs_error": float(np.abs(decrypted - exact).max()),

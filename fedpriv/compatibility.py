@@ -127,6 +127,16 @@ RULES = (
     ),
     rule(
         "asynchronous",
+        "masked",
+        "staleness_weights",
+        why="crypto={crypto} sums strategy={strategy}'s masked updates as integers, each "
+        "counted once: unequal integer weights (w_a·q_a + w_b·q_b) would show every "
+        "update's low-order digits to any key holder, and weights the server chose could "
+        "spell updates out digit by digit; set strategy.staleness=constant (and "
+        "strategy.max_staleness to drop stale updates)",
+    ),
+    rule(
+        "asynchronous",
         "central_dp",
         why="privacy={privacy} cannot run strategy={strategy}: central DP noises one "
         "aggregate of a round's clients, and asynchronous updates arrive one at a time; "
@@ -217,6 +227,8 @@ def uses(config: ExperimentConfig) -> set[str]:
             out.add("masked")
             if getattr(config.crypto, "scale_bits", None) is not None:
                 out.add("integer_scale")
+            if getattr(config.strategy, "staleness", "constant") != "constant":
+                out.add("staleness_weights")
         if _rescale_levels(config.crypto) == 0:
             out.add("no_rescale_level")
     if getattr(config.strategy, "delay_compensation", 0):

@@ -129,6 +129,10 @@ class OffsetAggregator:
         self.saved = self.offset.save()
         return True
 
+    def can_train(self, node: int) -> bool:
+        """Whether ``node`` can send an update the server takes (here: any key holder)."""
+        return True
+
     def settle(self, idle: list[int], *, force: bool) -> int:
         """Step on the full buffers held back for the ``idle`` nodes (here none is);
         returns the steps taken."""

@@ -1,21 +1,24 @@
 """FedBuff under ``crypto=ckks_secagg``: one-time masks whose Shamir shares add up over
 any buffer (the idea of LightSecAgg, So et al., MLSys 2022), so no single key holder,
-nor the server with fewer than ``threshold`` clients, can open one client's update.
+nor a server that follows the protocol with fewer than ``threshold`` clients, can open
+one client's update (the bounds, and a server that breaks the protocol: docs/crypto.md).
 
-Pairwise masks cancel only in an unweighted sum of a cohort agreed before masking; a
-FedBuff buffer is whoever arrives first, each update weighted by its own staleness.
-Instead each client draws a fresh mask ``z`` (field elements mod p) for every update,
-sends ``q + z`` (its quantized update ``q``), and seals one Shamir share of ``z`` to
-every node of the key ceremony. When a buffer of K updates is full, the server asks idle
-nodes to combine (``query.secagg_combine``): node j answers ``Σ w_i·[z_i]_j`` for the
-buffer's integer staleness weights ``w_i``, sealed to one key holder, the *refresher*.
-From ``threshold`` answers the refresher decodes ``Σ w_i·z_i`` (never a single ``z_i``),
-removes it from the server's ``Σ w_i·(q_i + z_i)``, and encrypts the step under CKKS
-(``query.secagg_refresh``); the server adds that ciphertext to the encrypted offset as
-:mod:`fedpriv.crypto.offset` does for ``crypto=ckks``.
+Pairwise masks cancel only in a sum of a cohort agreed before masking; a FedBuff buffer
+is whoever arrives first. Instead each client draws a fresh mask ``z`` (field elements
+mod p) for every update, sends ``q + z`` (its quantized update ``q``), and seals one
+share of ``z`` to every node of the key ceremony. When a buffer of K updates from K
+different clients is full, the server asks idle nodes to combine
+(``query.secagg_combine``): node j answers ``Σ [z_i]_j``, sealed to one key holder, the
+*refresher*. From ``threshold - 1 + pieces`` answers the refresher decodes ``Σ z_i``
+(never a single ``z_i``), removes it from the server's ``Σ (q_i + z_i)``, and encrypts
+the step under CKKS (``query.secagg_refresh``); the server adds that ciphertext to the
+encrypted offset as :mod:`fedpriv.crypto.offset` does for ``crypto=ckks``.
 
-A node answers for a buffer of at least ``buffer_size`` updates, with weights >= 1, and
-never twice for one mask: each mask enters one decoded sum only.
+Every update of a buffer counts once: unequal integer weights on masked integers
+(``w_a·q_a + w_b·q_b``) would show the updates' low-order digits, so staleness weights
+are refused at config time (``strategy.staleness=constant``). A node combines a buffer
+only of at least ``buffer_size`` updates from distinct clients, and a client's mask only
+once (mask ids only grow, per client).
 """
 
 from __future__ import annotations
@@ -42,21 +45,26 @@ log = logging.getLogger("fedpriv")
 COMBINE, REFRESH = "query.secagg_combine", "query.secagg_refresh"
 #: The masked update's array in a reply, and the masked sum's in a refresh request.
 MASKED = "secagg-masked"
+#: First word of a sealed mask share's and a combined answer's header: neither can pass
+#: for the other, nor for the ceremony's shares (whose first word is a node ID).
+SHARE_TAG, ANSWER_TAG = (1 << 64) - 2, (1 << 64) - 3
 
 
-def _describe(buffer: int, entries: list[tuple[int, int, int]]) -> bytes:
+def _describe(buffer: int, entries: list[tuple[int, int]]) -> bytes:
     """The buffer a combined share belongs to, bound into what is sealed to the refresher."""
-    return json.dumps(["fedpriv/fedbuff-combine/v1", buffer, entries]).encode()
+    return json.dumps(["fedpriv/fedbuff-combine/v2", buffer, entries]).encode()
 
 
-def _entries(record: Mapping[str, Any]) -> list[tuple[int, int, int]]:
-    """A request's buffer: (source node, mask id, integer weight) per update."""
-    sources, masks, weights = (_ints(record[k]) for k in ("sources", "masks", "weights"))
-    if not len(sources) == len(masks) == len(weights):
-        raise ValueError(
-            f"a buffer of {len(sources)} sources, {len(masks)} masks, {len(weights)} weights"
-        )
-    return list(zip(sources, masks, weights, strict=True))
+def _entries(record: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """A request's buffer: (source node, mask id) per update."""
+    sources, masks = _ints(record["sources"]), _ints(record["masks"])
+    if len(sources) != len(masks):
+        raise ValueError(f"a buffer of {len(sources)} sources and {len(masks)} masks")
+    return list(zip(sources, masks, strict=True))
+
+
+def _unsealed(state: ConfigRecord, header: tuple[int, ...], token: Any) -> bytes:
+    return masking.unseal(SecAggNode._channel(state, header[1]), header, cast(bytes, token))
 
 
 class BufferNode:
@@ -68,44 +76,54 @@ class BufferNode:
     def handlers(self) -> dict[str, Any]:
         return {COMBINE: self.combine, REFRESH: self.refresh}
 
-    def check_buffer(self, entries: list[tuple[int, int, int]]) -> None:
-        if len(entries) < self.buffer_size:
+    def check_buffer(self, entries: list[tuple[int, int]]) -> None:
+        """Refuse a buffer whose sum could show less than ``buffer_size`` clients' mix."""
+        sources = [source for source, _ in entries]
+        if len(set(sources)) < self.buffer_size:
             raise ValueError(
-                f"a buffer of {len(entries)} updates, fewer than buffer_size="
-                f"{self.buffer_size}: its sum could show one client's update"
+                f"a buffer of updates from {len(set(sources))} clients, fewer than "
+                f"buffer_size={self.buffer_size}: its sum could show one client's update"
             )
-        if bad := [w for _, _, w in entries if not 1 <= w < shares.PRIME]:
+        if len(set(sources)) != len(sources):
             raise ValueError(
-                f"buffer weights {bad}: each must be >= 1 (a zero would drop an update)"
+                "a buffer names one client twice: the others in it could subtract theirs"
             )
-        if len({(s, m) for s, m, _ in entries}) != len(entries):
-            raise ValueError("a buffer names one mask twice")
+        if any(mask < 1 for _, mask in entries):
+            raise ValueError("a buffer names a mask id below 1")
 
     def combine(self, msg: Message, context: Context) -> Message:
-        """``Σ w_i·[z_i]_me`` for the buffer, sealed to the refresher; each mask once."""
+        """``Σ [z_i]_me`` over the buffer, sealed to the refresher. Each client's masks are
+        combined in the order they were made, each once: a second sum over one mask
+        could isolate it."""
         state, record, me = _state(context), msg.content.config_records[RECORD], context.node_id
         entries, buffer = _entries(record), int(record["buffer"])  # type: ignore[arg-type]
         refresher = int(record["refresher"])  # type: ignore[arg-type]
         self.check_buffer(entries)
-        answered = set(cast(list[str], state.get("answered", [])))
-        named = {f"{s}/{m}" for s, m, _ in entries}
-        if reused := sorted(named & answered):
+        if reused := [
+            (source, mask)
+            for source, mask in entries
+            if mask <= int(state.get(f"combined/{source}", 0))  # type: ignore[arg-type]
+        ]:
             raise ValueError(
-                f"masks {reused} were combined before: a second sum over one mask could "
-                "isolate it; refusing"
+                f"masks {reused} (client, mask id) are not newer than the last this node "
+                "combined: a second sum over one mask could isolate it; refusing"
             )
-        held = []
-        for index, (source, mask, _) in enumerate(entries):
-            token = cast(bytes, record[f"from/{index}"])
-            plain = masking.unseal(SecAggNode._channel(state, source), (source, me, mask), token)
-            held.append(np.frombuffer(plain, dtype=np.uint32))
-        total = shares.weighted_sum(held, [w for _, _, w in entries])
-        state["answered"] = sorted(answered | named)
+        held = [
+            np.frombuffer(
+                _unsealed(state, (SHARE_TAG, source, me, mask), record[f"from/{index}"]),
+                dtype=np.uint32,
+            )
+            for index, (source, mask) in enumerate(entries)
+        ]
+        if len({len(h) for h in held}) != 1 or not len(held[0]):
+            raise ValueError(f"mask shares of lengths {[len(h) for h in held]}: not one buffer")
+        total = shares.weighted_sum(held, [1] * len(held))
+        for source, mask in entries:
+            state[f"combined/{source}"] = mask
         head = _describe(buffer, entries)
         payload = len(head).to_bytes(4, "little") + head + total.astype(np.uint32).tobytes()
-        sealed = masking.seal(
-            SecAggNode._channel(state, refresher), (me, refresher, buffer), payload
-        )
+        header = (ANSWER_TAG, me, refresher, buffer)
+        sealed = masking.seal(SecAggNode._channel(state, refresher), header, payload)
         return _reply(msg, {f"to/{refresher}": sealed})
 
     def refresh(self, msg: Message, context: Context) -> Message:
@@ -115,20 +133,20 @@ class BufferNode:
         entries, buffer = _entries(record), int(record["buffer"])  # type: ignore[arg-type]
         self.check_buffer(entries)
         nodes, threshold = _ints(state["nodes"]), int(state["threshold"])  # type: ignore[arg-type]
+        masked = msg.content.array_records[MASKED][MASKED].numpy().astype(np.uint64)
+        width = -(-len(masked) // self.pieces)
         head = _describe(buffer, entries)
         combined = {}
         for key, token in record.items():
             if not key.startswith("from/"):
                 continue
             node = int(key.removeprefix("from/"))
-            plain = masking.unseal(
-                SecAggNode._channel(state, node), (node, me, buffer), cast(bytes, token)
-            )
+            plain = _unsealed(state, (ANSWER_TAG, node, me, buffer), token)
             length = int.from_bytes(plain[:4], "little")
-            if plain[4 : 4 + length] != head:
+            answer = np.frombuffer(plain[4 + length :], dtype=np.uint32)
+            if plain[4 : 4 + length] != head or len(answer) != width:
                 raise ValueError(f"node {node} combined another buffer than this one")
-            combined[nodes.index(node) + 1] = np.frombuffer(plain[4 + length :], dtype=np.uint32)
-        masked = msg.content.array_records[MASKED][MASKED].numpy().astype(np.uint64)
+            combined[nodes.index(node) + 1] = answer
         mask = shares.combine(combined, threshold, self.pieces, size=len(masked))
         units = shares.from_field((masked + shares.PRIME - mask) % shares.PRIME)
         step = units.astype(np.float64) * float(record["scale"])  # type: ignore[arg-type]
@@ -145,6 +163,8 @@ def mask_for_buffer(
     shares (each 1/``pieces`` of it) sealed to every node of the ceremony (the server
     relays them)."""
     state, me, mask_id = _state(context), context.node_id, int(config[ROUND])
+    if mask_id < 1:
+        raise ValueError(f"mask id {mask_id}: the server numbers masks from 1")
     nodes, threshold = _ints(state["nodes"]), int(state["threshold"])  # type: ignore[arg-type]
     mask = shares.uniform(len(units))
     masked = (shares.to_field(units) + mask) % shares.PRIME
@@ -152,7 +172,7 @@ def mask_for_buffer(
     for node, share in zip(nodes, shares.split(mask, threshold, len(nodes), pieces), strict=True):
         payload = share.astype(np.uint32).tobytes()
         sealed[f"to/{node}"] = masking.seal(
-            SecAggNode._channel(state, node), (me, node, mask_id), payload
+            SecAggNode._channel(state, node), (SHARE_TAG, me, node, mask_id), payload
         )
     return masked.astype(np.uint32), sealed
 
@@ -189,8 +209,8 @@ class MaskedOffsetClientMod(OffsetClientMod):
         if not largest < self.limit:
             raise ValueError(
                 f"crypto=ckks_secagg: this client's update reaches |Δ| = {largest:.3g}; a "
-                f"buffer's weighted sum must stay below the field's half, so each update "
-                f"below {self.limit:.3g}: lower crypto.step_bits or crypto.staleness_bits"
+                f"buffer's sum must stay below the field's half, so each update below "
+                f"{self.limit:.3g}: lower crypto.step_bits (coarser precision)"
             )
         config = msg.content.config_records["config"]
         units = np.rint(update / self.step).astype(np.int64)
@@ -200,10 +220,14 @@ class MaskedOffsetClientMod(OffsetClientMod):
         reply.content.metric_records[METRICS]["ckks-decrypt-seconds"] = decrypt_seconds
 
 
+#: An update in a buffer: its client, mask id and the shares it sealed to each node.
+Entry = tuple[int, int, ConfigRecord]
+
+
 class MaskedOffsetAggregator(OffsetAggregator):
-    """The server's side: add the masked updates (integer-weighted, mod p), and when a
-    buffer is full, have idle nodes combine their shares and one of them refresh the
-    step into a ciphertext, which goes into the encrypted offset."""
+    """The server's side: sum the masked updates mod p into buffers of K distinct
+    clients, and when a buffer is full, have idle nodes combine their shares and one of
+    them refresh the step into a ciphertext, which goes into the encrypted offset."""
 
     def __init__(
         self,
@@ -213,21 +237,21 @@ class MaskedOffsetAggregator(OffsetAggregator):
         layout: Layout,
         weight_key: str,
         threshold: int | None,
-        unit: float,
-        step: float,
-        staleness_bits: int,
+        block: int,
+        scale: float,
         pieces: int,
     ) -> None:
         super().__init__(params, public, layout=layout, weight_key=weight_key)
         self.requested, self.threshold, self.pieces = threshold, 0, pieces
-        self.unit, self.step_size, self.staleness_bits = unit, step, staleness_bits
+        self.block, self.scale = block, scale
         self.send: Send | None = None
         self.nodes: list[int] = []
-        #: The open buffer: (source, mask id, weight, sealed shares) and the weighted sum.
-        self.entries: list[tuple[int, int, int, ConfigRecord]] = []
-        self.masked = np.zeros(layout.size, dtype=np.uint64)
+        #: Buffers filling, oldest first: a client's second update goes to the next one.
+        self.filling: list[tuple[list[Entry], np.ndarray]] = []
         #: Full buffers waiting for idle nodes to combine.
-        self.closed: list[tuple[list[tuple[int, int, int, ConfigRecord]], np.ndarray]] = []
+        self.closed: list[tuple[list[Entry], np.ndarray]] = []
+        #: Every (client, mask id) taken: a mask enters one buffer only.
+        self.seen: set[tuple[int, int]] = set()
         self.steps = 0
 
     @property
@@ -241,20 +265,30 @@ class MaskedOffsetAggregator(OffsetAggregator):
 
     @property
     def buffered(self) -> int:
-        return len(self.entries)
+        """Updates taken and not yet in the offset (in buffers filling or full)."""
+        return sum(len(entries) for entries, _ in self.filling + self.closed)
 
     def open(self, send: Send, *, nodes: list[int], per_round: int, num_clients: int) -> None:
         """The key ceremony among every node (a buffer may hold anyone's update)."""
         self.threshold = self.requested or len(nodes) // 2 + 1
-        if not 2 <= self.threshold <= len(nodes) + 1 - self.pieces:
+        self.send = send
+        self.check_threshold(len(nodes), len(nodes))
+        self.nodes = sorted(key_ceremony(send, nodes, self.threshold))
+        self.check_threshold(len(self.nodes), len(nodes))
+
+    def check_threshold(self, keyed: int, nodes: int) -> None:
+        """Refuse a threshold that ``keyed`` nodes with mask keys could never unmask."""
+        if not 2 <= self.threshold <= keyed + 1 - self.pieces:
             raise ConfigError(
                 f"crypto.threshold={self.threshold} with crypto.pieces={self.pieces}: with "
-                f"{len(nodes)} clients it must be from 2 to {len(nodes) + 1 - self.pieces} "
-                f"(null: a majority, {len(nodes) // 2 + 1}): unmasking a buffer needs "
+                f"{keyed} of {nodes} nodes holding mask keys it must be from 2 to "
+                f"{keyed + 1 - self.pieces} (null: a majority): unmasking a buffer needs "
                 "threshold - 1 + pieces nodes"
             )
-        self.send = send
-        self.nodes = sorted(key_ceremony(send, nodes, self.threshold))
+
+    def can_train(self, node: int) -> bool:
+        """Whether ``node`` took part in the key ceremony (others could not mask)."""
+        return node in self.nodes
 
     def stamp(self, server_round: int, messages: list[Message]) -> None:
         """Each train message's mask id (the server's count of messages sent)."""
@@ -271,29 +305,38 @@ class MaskedOffsetAggregator(OffsetAggregator):
             return "no mask id"
         if missing := [n for n in self.nodes if f"to/{n}" not in sealed]:
             return f"no mask share sealed to nodes {missing}"
-        mask_id = (reply.metadata.src_node_id, sealed["mask"])
-        if any(
-            (s, m) == mask_id
-            for batch, _ in [(self.entries, None), *self.closed]
-            for s, m, _, _ in batch
-        ):
-            return f"mask {mask_id} is already in a buffer"
+        mask = cast(int, sealed["mask"])
+        if mask < 1 or (reply.metadata.src_node_id, mask) in self.seen:
+            return f"mask id {mask} was sent before (or is below 1)"
         return None
 
     def take(self, reply: Message, factor: float) -> str | None:
-        """Add the masked update with its staleness weight as an integer: the factor
-        over η/K in units of 2^-staleness_bits (at least 1)."""
+        """Add the masked update to the oldest filling buffer without its client, and
+        close a buffer that is full. Every update counts once (``factor`` is the same
+        η/K for all: staleness weights are refused under masks)."""
         arrays = next(iter(reply.content.array_records.values()))
         masked = arrays[MASKED].numpy().astype(np.uint64)
         if int(masked.max(initial=0)) >= shares.PRIME:
             return "a masked value outside the field"
         started = time.perf_counter()
-        weight = max(1, round(factor / self.unit * 2**self.staleness_bits))
-        sealed = reply.content.config_records[RECORD]
-        self.entries.append((reply.metadata.src_node_id, int(sealed["mask"]), weight, sealed))  # type: ignore[arg-type]
-        self.masked = (
-            self.masked + masked * np.uint64(weight) % np.uint64(shares.PRIME)
-        ) % np.uint64(shares.PRIME)
+        source, sealed = reply.metadata.src_node_id, reply.content.config_records[RECORD]
+        mask = int(sealed["mask"])  # type: ignore[arg-type]
+        self.seen.add((source, mask))
+        index = next(
+            (
+                i
+                for i, (entries, _) in enumerate(self.filling)
+                if source not in [e[0] for e in entries]
+            ),
+            len(self.filling),
+        )
+        if index == len(self.filling):
+            self.filling.append(([], np.zeros(self.layout.size, dtype=np.uint64)))
+        entries, total = self.filling[index]
+        entries.append((source, mask, sealed))
+        self.filling[index] = (entries, (total + masked) % np.uint64(shares.PRIME))
+        if len(entries) >= self.block:
+            self.closed.append(self.filling.pop(index))
         self.costs["plaintext_bytes_up"] += self.layout.float32_bytes
         self.costs["aggregate_seconds"] += time.perf_counter() - started
         tokens = [cast(bytes, v) for k, v in sealed.items() if k.startswith("to/")]
@@ -301,16 +344,14 @@ class MaskedOffsetAggregator(OffsetAggregator):
         return None
 
     def step(self) -> bool:
-        """Close the full buffer; it steps the model once idle nodes combine it."""
-        self.closed.append((self.entries, self.masked))
-        self.entries, self.masked = [], np.zeros(self.layout.size, dtype=np.uint64)
+        """A full buffer steps the model only once idle nodes unmask it (:meth:`settle`)."""
         return False
 
     def settle(self, idle: list[int], *, force: bool) -> int:
-        """Unmask the closed buffers, oldest first, with the ``idle`` nodes and fold each
+        """Unmask the full buffers, oldest first, with the ``idle`` nodes and fold each
         step into the offset; returns the steps taken. With too few idle nodes it waits,
-        unless ``force`` (no node is busy any more): then a buffer is dropped, with the
-        reason, and the model stays as it was."""
+        unless ``force``: then a buffer is dropped, with the reason, and the model stays
+        as it was."""
         idle = [n for n in idle if n in self.nodes]
         if len(idle) < self.needed and not force:
             return 0
@@ -326,14 +367,13 @@ class MaskedOffsetAggregator(OffsetAggregator):
             if problem is not None:
                 log.warning("a buffer of %d updates was dropped: %s", len(entries), problem)
                 costs["refused"] = costs.get("refused", 0) + 1
+                costs["updates_dropped"] = costs.get("updates_dropped", 0) + len(entries)
                 continue
             super().step()
             steps += 1
         return steps
 
-    def _unmask(
-        self, entries: list[tuple[int, int, int, ConfigRecord]], masked: np.ndarray, idle: list[int]
-    ) -> str | None:
+    def _unmask(self, entries: list[Entry], masked: np.ndarray, idle: list[int]) -> str | None:
         if len(idle) < self.needed:
             return f"{len(idle)} nodes can combine; unmasking needs {self.needed}"
         assert self.send is not None, "open() runs first"
@@ -343,17 +383,16 @@ class MaskedOffsetAggregator(OffsetAggregator):
             "buffer": self.steps,
             "sources": [e[0] for e in entries],
             "masks": [e[1] for e in entries],
-            "weights": [e[2] for e in entries],
         }
         asks = []
         for node in idle:
             values = {**described, "refresher": refresher}
-            values.update({f"from/{i}": e[3][f"to/{node}"] for i, e in enumerate(entries)})
+            values.update({f"from/{i}": e[2][f"to/{node}"] for i, e in enumerate(entries)})
             asks.append(_ask(node, COMBINE, values))
         answers = _answers(self.send(asks))
         if len(answers) < self.needed:
             return f"{len(answers)} nodes combined their shares; unmasking needs {self.needed}"
-        values = {**described, "scale": self.unit * self.step_size / 2**self.staleness_bits}
+        values = {**described, "scale": self.scale}
         values.update({f"from/{n}": a[f"to/{refresher}"] for n, a in answers.items()})
         request = _ask(refresher, REFRESH, values)
         request.content[MASKED] = ArrayRecord({MASKED: Array(masked.astype(np.uint32))})
@@ -389,15 +428,11 @@ class MaskedOffsetAggregator(OffsetAggregator):
         return out
 
 
-def client_limit(step: float, staleness_bits: int, block: int) -> float:
-    """The largest |Δ| a client may send: a buffer's weighted sum stays within ±p/2."""
-    return (shares.PRIME // 2) * step / (block * 2**staleness_bits)
+def client_limit(step: float, block: int) -> float:
+    """The largest |Δ| a client may send: the sum of a buffer of ``block`` updates, each
+    rounded to a multiple of ``step``, stays within ±p/2."""
+    return (shares.PRIME // 2 // block - 1) * step
 
 
 def block_of(strategy: Any, num_clients: int) -> int:
     return int(getattr(strategy, "buffer_size", None) or num_clients)
-
-
-def scale_unit(strategy: Any, num_clients: int) -> float:
-    """η/K: the factor FedBuff gives an update of staleness weight 1."""
-    return float(strategy.update_factor(0, block_of(strategy, num_clients)) / strategy.weight(0))

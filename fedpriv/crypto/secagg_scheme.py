@@ -42,8 +42,6 @@ class CkksSecAgg(Ckks):
     scale_bits: int | None = SCALE_BITS
     threshold: int | None = None
     step_bits: int = 20
-    #: FedBuff: staleness weights are rounded to multiples of 2^-staleness_bits.
-    staleness_bits: int = 8
     #: FedBuff: each mask share is 1/pieces of the update; unmasking a buffer then
     #: needs threshold - 1 + pieces nodes (LightSecAgg's coded shares; 1: Shamir's).
     pieces: int = 1
@@ -60,8 +58,6 @@ class CkksSecAgg(Ckks):
             out.append(("step_bits", "must be 8 to 30 (values rounded to 2^-step_bits)"))
         if self.pieces < 1:
             out.append(("pieces", "must be >= 1 (1: each share is the update's size)"))
-        if not 0 <= self.staleness_bits <= 16:
-            out.append(("staleness_bits", "must be 0 to 16 (weights rounded to 2^-staleness_bits)"))
         return out
 
     def quantizer(self, num_clients: int) -> masking.Quantizer:
@@ -86,7 +82,7 @@ class CkksSecAgg(Ckks):
         if getattr(config.strategy, "asynchronous", False):
             block = secagg_buffer.block_of(config.strategy, config.num_clients)
             step = 2.0**-self.step_bits
-            limit = secagg_buffer.client_limit(step, self.staleness_bits, block)
+            limit = secagg_buffer.client_limit(step, block)
             return [
                 secagg_buffer.MaskedOffsetClientMod(
                     self.params,
@@ -150,9 +146,9 @@ class CkksSecAgg(Ckks):
             layout=layout,
             weight_key=weight_key,
             threshold=self.threshold,
-            unit=secagg_buffer.scale_unit(strategy, num_clients),
-            step=2.0**-self.step_bits,
-            staleness_bits=self.staleness_bits,
+            block=(block := secagg_buffer.block_of(strategy, num_clients)),
+            # A buffer's step is η/K times its sum of updates (each in units of the step).
+            scale=float(strategy.update_factor(0, block)) * 2.0**-self.step_bits,
             pieces=self.pieces,
         )
 

@@ -151,6 +151,8 @@ class AsyncHorizontal(HorizontalDriver):
         """Nodes with no work in flight and budget left, in partition order."""
         busy = {d.node for d in self.in_flight.values()} | self.retired | self.benched
         nodes = partition_order(list(grid.get_node_ids()), self.partition_of)
+        if self.sealed is not None:  # masked: only nodes of the key ceremony can mask
+            nodes = [node for node in nodes if self.sealed.can_train(node)]
         return [node for node in nodes if node not in busy]
 
     def choose(self, grid: Grid, rng: random.Random) -> list[int]:
@@ -255,14 +257,16 @@ class AsyncHorizontal(HorizontalDriver):
         self.state.version += 1
         self.arrays = self.sealed.model(self.initial)
 
-    def settle(self, grid: Grid) -> None:
-        """Masked updates: once enough nodes are idle, have them unmask a full buffer
-        (they must be idle: a node's messages would race over its state)."""
+    def settle(self, grid: Grid, force: bool = False) -> None:
+        """Masked updates: once enough nodes have no train message in flight, have them
+        unmask the full buffers (a node's two messages at once would race over its
+        state). ``force``, or no message in flight: unmask with whoever is idle, or drop
+        the buffer."""
         if self.sealed is None or not self.sealed.pending:
             return
-        busy = {d.node for d in self.in_flight.values()} | self.benched
+        busy = {d.node for d in self.in_flight.values()}
         idle = [node for node in sorted(grid.get_node_ids()) if node not in busy]
-        for _ in range(self.sealed.settle(idle, force=not self.in_flight)):
+        for _ in range(self.sealed.settle(idle, force=force or not self.in_flight)):
             self.advance()
 
     def buffered(self) -> int:
@@ -302,6 +306,7 @@ class AsyncHorizontal(HorizontalDriver):
             if (stop_reason := ctx.clock.budget_reason()) is not None:
                 break
             if time.monotonic() - last_update > patience:
+                self.settle(grid, force=True)  # a buffer waiting on nodes that went silent
                 log.warning(
                     "round %d: no usable update for engine.round_timeout_s=%g s; evaluating "
                     "after %d of %d",

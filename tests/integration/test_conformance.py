@@ -41,7 +41,11 @@ SMALL = [
 #: What a combination needs besides (FedBuff's staleness scaling takes a rescale level).
 ALSO = {
     ("fedbuff", "ckks"): ["crypto.preset=ckks-128-async"],
-    ("fedbuff", "ckks_secagg"): ["crypto.preset=ckks-128-async", "crypto.scale_bits=null"],
+    ("fedbuff", "ckks_secagg"): [
+        "crypto.preset=ckks-128-async",
+        "crypto.scale_bits=null",
+        "strategy.staleness=constant",
+    ],
 }
 
 COMBINATIONS = [

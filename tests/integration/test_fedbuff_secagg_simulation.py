@@ -15,6 +15,7 @@ FEDBUFF_SECAGG_DP = [
     "rounds=2",
     "strategy=fedbuff",
     "strategy.buffer_size=2",
+    "strategy.staleness=constant",
     "strategy.updates_per_round=4",
     "crypto=ckks_secagg",
     "crypto.preset=ckks-128-async",

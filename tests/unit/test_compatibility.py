@@ -86,13 +86,16 @@ def test_masks_run_on_a_fleet_for_horizontal_and_the_swarm_leader():
     assert (config.family, config.crypto.name) == ("swarm", "ckks_secagg")
 
 
-def test_fedbuff_runs_masked_with_the_async_preset_at_its_own_scale():
+def test_fedbuff_runs_masked_with_the_async_preset_at_its_own_scale_unweighted():
     """FedBuff's masks are removed before encryption: the offset holds real values, so
-    the masked integers' scale 2^18 is refused with the setting that fixes it."""
+    the masked integers' scale 2^18 is refused with the setting that fixes it; and
+    staleness weights on masked integers would show their low digits."""
     masked = ["strategy=fedbuff", "crypto=ckks_secagg", "crypto.preset=ckks-128-async"]
-    config = load_config([*masked, "crypto.scale_bits=null"])
+    config = load_config([*masked, "crypto.scale_bits=null", "strategy.staleness=constant"])
     assert config.crypto.params.scale_bits == 36
     with pytest.raises(ConfigError, match=r"set crypto\.scale_bits=null"):
-        load_config(masked)
+        load_config([*masked, "strategy.staleness=constant"])
+    with pytest.raises(ConfigError, match=r"set strategy\.staleness=constant"):
+        load_config([*masked, "crypto.scale_bits=null"])
     with pytest.raises(ConfigError, match="fedasync rescales the encrypted model"):
         load_config(["strategy=fedasync", "crypto=ckks_secagg", "crypto.scale_bits=null"])

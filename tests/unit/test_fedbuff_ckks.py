@@ -305,7 +305,8 @@ def test_fedbuff_under_ckks_is_refused_where_it_cannot_work(make_config) -> None
             make_config(f"strategy={other}", *CKKS)
     # Masked FedBuff encrypts real-valued steps: not at the masked integers' scale.
     with pytest.raises(ConfigError, match=r"crypto\.scale_bits=null"):
-        make_config("strategy=fedbuff", "crypto=ckks_secagg", "crypto.preset=ckks-128-async")
+        make_config("strategy=fedbuff", "crypto=ckks_secagg", "crypto.preset=ckks-128-async",
+                    "strategy.staleness=constant")  # fmt: skip
     config = make_config("strategy=fedbuff", "privacy=dp_sgd", "privacy.target_epsilon=null",
                          "privacy.noise_multiplier=1.0", *CKKS)  # fmt: skip
     assert config.crypto.params.rescale_levels == 1

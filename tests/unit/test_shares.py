@@ -85,6 +85,33 @@ def test_coded_shares_add_up_over_weighted_sums():
     assert shares.combine(combined, 2, 2, size=99).tolist() == expected
 
 
+def _det(matrix: list[list[int]]) -> int:
+    """The determinant mod p by elimination (an independent check of invertibility)."""
+    rows, det = [row[:] for row in matrix], 1
+    for col in range(len(rows)):
+        pivot = next((r for r in range(col, len(rows)) if rows[r][col] % P), None)
+        if pivot is None:
+            return 0
+        if pivot != col:
+            rows[col], rows[pivot], det = rows[pivot], rows[col], -det
+        det = det * rows[col][col] % P
+        inv = pow(rows[col][col], -1, P)
+        for r in range(col + 1, len(rows)):
+            f = rows[r][col] * inv % P
+            rows[r] = [(a - f * b) % P for a, b in zip(rows[r], rows[col], strict=True)]
+    return det % P
+
+
+@pytest.mark.parametrize(("threshold", "pieces", "holders"), [(4, 1, 6), (3, 3, 6), (6, 5, 10)])
+def test_any_threshold_minus_one_shares_are_uniform_exactly(threshold, pieces, holders):
+    """Shares at x_1..x_{t-1} are D·secret + R·random, where R[j][i] = x_j^(pieces+i) for
+    the t-1 random rows: if R is invertible for every such set of holders, the shares
+    are uniform whatever the secret (a one-time pad), which is the privacy claim."""
+    for chosen in itertools.combinations(range(1, holders + 1), threshold - 1):
+        random_part = [[pow(x, pieces + i, P) for i in range(threshold - 1)] for x in chosen]
+        assert _det(random_part) != 0
+
+
 def test_signed_integers_round_trip_through_the_field():
     units = np.array([0, 1, -1, P // 2, -(P // 2), 123456789, -987654321], dtype=np.int64)
     field = shares.to_field(units)
