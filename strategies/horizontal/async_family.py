@@ -320,9 +320,18 @@ class AsyncHorizontal(HorizontalDriver):
                 doorbell.wait(mark, PULL_INTERVAL_S)
         assert self.state is not None
         self.settle(grid)  # a buffer that filled last steps the model evaluated next
-        if stop_reason is None:
-            self.dispatch(grid, ctx)  # idle clients train while the server evaluates
-        evaluation = self.evaluate(grid, ctx, live={int(entry["node_id"]) for entry in applied})
+        live = {int(entry["node_id"]) for entry in applied}
+        if self.config.crypto.server_reads_model:
+            if stop_reason is None:
+                self.dispatch(grid, ctx)  # idle clients train while the server evaluates
+            evaluation = self.evaluate(grid, ctx, live=live)
+        else:
+            # A key holder evaluates: one with no train message in flight, since a node's
+            # two messages at once race over its state (its privacy ledger included).
+            idle = set(grid.get_node_ids()) - {d.node for d in self.in_flight.values()}
+            evaluation = self.evaluate(grid, ctx, live=(live & idle) or idle)
+            if stop_reason is None:
+                self.dispatch(grid, ctx)
         extra: dict[str, Any] = {
             "updates": self.updates_applied,
             "version": self.state.version,
