@@ -18,7 +18,9 @@ Every update of a buffer counts once: unequal integer weights on masked integers
 (``w_a·q_a + w_b·q_b``) would show the updates' low-order digits, so staleness weights
 are refused at config time (``strategy.staleness=constant``). A node combines a buffer
 only of at least ``buffer_size`` updates from distinct clients, and a client's mask only
-once (mask ids only grow, per client).
+once (mask ids only grow, per client); a refresher unmasks a buffer once, at the scale
+of its own config, and clips rather than refuses a step out of range (an altered sum's),
+so its reply tells the server nothing.
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ def _unsealed(state: ConfigRecord, header: tuple[int, ...], token: Any) -> bytes
 class BufferNode:
     """The node-side handlers of masked FedBuff (picklable; state in ``context.state``)."""
 
-    def __init__(self, buffer_size: int, pieces: int) -> None:
-        self.buffer_size, self.pieces = buffer_size, pieces
+    def __init__(self, buffer_size: int, pieces: int, scale: float) -> None:
+        #: ``scale``: η/K times the quantization step, from this node's own config.
+        self.buffer_size, self.pieces, self.scale = buffer_size, pieces, scale
 
     def handlers(self) -> dict[str, Any]:
         return {COMBINE: self.combine, REFRESH: self.refresh}
@@ -128,10 +131,15 @@ class BufferNode:
 
     def refresh(self, msg: Message, context: Context) -> Message:
         """The buffer's step, unmasked from ``threshold - 1 + pieces`` combined shares, as
-        a plaintext array for the CKKS mod to encrypt on the way out (it stays here)."""
+        a plaintext array for the CKKS mod to encrypt on the way out (it stays here).
+        Each buffer once: a server re-sending it with an altered sum would learn from
+        each outcome something of a step it must not read."""
         state, record, me = _state(context), msg.content.config_records[RECORD], context.node_id
         entries, buffer = _entries(record), int(record["buffer"])  # type: ignore[arg-type]
         self.check_buffer(entries)
+        if buffer <= int(state.get("refreshed", 0)):  # type: ignore[arg-type]
+            raise ValueError(f"buffer {buffer} is not newer than the last this node refreshed")
+        state["refreshed"] = buffer
         nodes, threshold = _ints(state["nodes"]), int(state["threshold"])  # type: ignore[arg-type]
         masked = msg.content.array_records[MASKED][MASKED].numpy().astype(np.uint64)
         width = -(-len(masked) // self.pieces)
@@ -149,7 +157,7 @@ class BufferNode:
             combined[nodes.index(node) + 1] = answer
         mask = shares.combine(combined, threshold, self.pieces, size=len(masked))
         units = shares.from_field((masked + shares.PRIME - mask) % shares.PRIME)
-        step = units.astype(np.float64) * float(record["scale"])  # type: ignore[arg-type]
+        step = units.astype(np.float64) * self.scale
         content = RecordDict(
             {ARRAYS: ArrayRecord({"step": Array(step)}), METRICS: MetricRecord({})}
         )
@@ -194,6 +202,12 @@ class MaskedOffsetClientMod(OffsetClientMod):
         if reply.has_error():
             return reply
         step = reply.content.array_records[ARRAYS]["step"].numpy()
+        # Out of range only if the server altered the sum (clients check their own
+        # updates): clip rather than refuse, so the reply tells it nothing.
+        bound = self.room() / self.num_clients / 2
+        if np.abs(step).max(initial=0.0) >= bound:
+            log.warning("refresh: a step beyond ±%.3g was clipped (an altered sum?)", bound)
+            step = np.clip(step, -bound, bound) * (1 - 1e-9)
         reply.content[ARRAYS] = self.encrypted(step, reply.content.metric_records[METRICS], 0.0)
         return reply
 
@@ -238,12 +252,11 @@ class MaskedOffsetAggregator(OffsetAggregator):
         weight_key: str,
         threshold: int | None,
         block: int,
-        scale: float,
         pieces: int,
     ) -> None:
         super().__init__(params, public, layout=layout, weight_key=weight_key)
         self.requested, self.threshold, self.pieces = threshold, 0, pieces
-        self.block, self.scale = block, scale
+        self.block = block
         self.send: Send | None = None
         self.nodes: list[int] = []
         #: Buffers filling, oldest first: a client's second update goes to the next one.
@@ -392,7 +405,7 @@ class MaskedOffsetAggregator(OffsetAggregator):
         answers = _answers(self.send(asks))
         if len(answers) < self.needed:
             return f"{len(answers)} nodes combined their shares; unmasking needs {self.needed}"
-        values = {**described, "scale": self.scale}
+        values = dict(described)
         values.update({f"from/{n}": a[f"to/{refresher}"] for n, a in answers.items()})
         request = _ask(refresher, REFRESH, values)
         request.content[MASKED] = ArrayRecord({MASKED: Array(masked.astype(np.uint32))})

@@ -64,13 +64,25 @@ def _ints(value: Any) -> list[int]:
 
 
 class SecAggNode:
-    """The ceremony's and the unmasking's node-side handlers (picklable, stateless)."""
+    """The ceremony's and the unmasking's node-side handlers (picklable, stateless).
+
+    ``floor``: the lowest threshold this node shares its secrets at (its own config's);
+    a server asking for less, or for a second ceremony in the run, is refused: either
+    would let fewer colluders open what the node masks from then on."""
+
+    def __init__(self, floor: int = 2) -> None:
+        self.floor = floor
 
     def handlers(self) -> dict[str, Any]:
         return {KEYS: self.keys, SHARE: self.share, DELIVER: self.deliver, UNMASK: self.unmask}
 
     def keys(self, msg: Message, context: Context) -> Message:
         """Fresh channel and mask key pairs; the public halves go back, signed on a device."""
+        if STATE in context.state.config_records:
+            raise ValueError(
+                "this node made its mask keys for this run already: a second key ceremony "
+                "could share its secrets more thinly; refusing"
+            )
         channel, mask = masking.KeyPair.generate(), masking.KeyPair.generate()
         context.state[STATE] = ConfigRecord(
             {"channel": channel.secret, "mask": mask.secret, "retired": []}
@@ -88,6 +100,14 @@ class SecAggNode:
         nodes, threshold, me = _ints(record["nodes"]), int(record["threshold"]), context.node_id  # type: ignore[arg-type]
         if me not in nodes or not 2 <= threshold <= len(nodes):
             raise ValueError(f"a share request for nodes {nodes} with threshold {threshold}")
+        if threshold < self.floor:
+            raise ValueError(
+                f"a share request with threshold {threshold}, below this node's "
+                f"{self.floor} (crypto.threshold, or a majority): fewer colluders could "
+                "rebuild its secrets; refusing"
+            )
+        if "nodes" in state:
+            raise ValueError("this node shared its mask secret for this run already; refusing")
         if (bundle := device_bundle(context)) is not None:
             _check_signed(record, nodes, party_keys.signing_keys(bundle).pinned)
         state["nodes"], state["threshold"] = nodes, threshold

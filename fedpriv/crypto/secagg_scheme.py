@@ -101,11 +101,25 @@ class CkksSecAgg(Ckks):
         ]
 
     def client_handlers(self, config: Any) -> Mapping[str, Callable[..., Any]]:
-        handlers = SecAggNode().handlers()
-        if getattr(config.strategy, "asynchronous", False):
-            block = secagg_buffer.block_of(config.strategy, config.num_clients)
-            handlers.update(secagg_buffer.BufferNode(block, self.pieces).handlers())
+        handlers = SecAggNode(self.threshold_floor(config)).handlers()
+        strategy = config.strategy
+        if getattr(strategy, "asynchronous", False):
+            block = secagg_buffer.block_of(strategy, config.num_clients)
+            scale = float(strategy.update_factor(0, block)) * 2.0**-self.step_bits
+            handlers.update(secagg_buffer.BufferNode(block, self.pieces, scale).handlers())
         return handlers
+
+    def threshold_floor(self, config: Any) -> int:
+        """The threshold a node expects from its own config: ``threshold``, else a
+        majority of a round's clients (every client for a swarm and for FedBuff). A
+        server may ask for more, never less."""
+        if self.threshold is not None:
+            return self.threshold
+        strategy, clients = config.strategy, config.num_clients
+        sampled = getattr(strategy, "sampled", None)
+        if getattr(strategy, "asynchronous", False) or config.family == "swarm" or sampled is None:
+            return clients // 2 + 1
+        return int(sampled(clients)) // 2 + 1
 
     def aggregator(
         self,
@@ -146,9 +160,7 @@ class CkksSecAgg(Ckks):
             layout=layout,
             weight_key=weight_key,
             threshold=self.threshold,
-            block=(block := secagg_buffer.block_of(strategy, num_clients)),
-            # A buffer's step is η/K times its sum of updates (each in units of the step).
-            scale=float(strategy.update_factor(0, block)) * 2.0**-self.step_bits,
+            block=secagg_buffer.block_of(strategy, num_clients),
             pieces=self.pieces,
         )
 

@@ -329,7 +329,11 @@ class AsyncHorizontal(HorizontalDriver):
             # A key holder evaluates: one with no train message in flight, since a node's
             # two messages at once race over its state (its privacy ledger included).
             idle = set(grid.get_node_ids()) - {d.node for d in self.in_flight.values()}
-            evaluation = self.evaluate(grid, ctx, live=(live & idle) or idle)
+            if idle:
+                evaluation = self.evaluate(grid, ctx, live=(live & idle) or idle)
+            else:
+                log.warning("round %d: every node is training; not evaluated", server_round)
+                evaluation = {"accuracy": None, "loss": None}
             if stop_reason is None:
                 self.dispatch(grid, ctx)
         extra: dict[str, Any] = {

@@ -164,6 +164,7 @@ class _Config:
 
     num_clients: int
     strategy: Any = dataclasses.field(default_factory=FedAvg)
+    family: str = "horizontal"
     privacy: Any = None
     engine: Any = None
 

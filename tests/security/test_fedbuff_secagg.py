@@ -31,8 +31,8 @@ from secagg_federation import WEIGHT, _Config
 from fedpriv.crypto import CkksSecAgg, ckks, masking, packed, shares
 from fedpriv.crypto.offset import offset_chunks
 from fedpriv.crypto.records import Layout
-from fedpriv.crypto.secagg_buffer import ANSWER_TAG, COMBINE, MASKED, SHARE_TAG, BufferNode
-from fedpriv.crypto.secagg_node import RECORD, STATE, SecAggNode
+from fedpriv.crypto.secagg_buffer import ANSWER_TAG, COMBINE, MASKED, REFRESH, SHARE_TAG, BufferNode
+from fedpriv.crypto.secagg_node import KEYS, RECORD, SHARE, STATE, SecAggNode
 from fedpriv.errors import ConfigError
 from fedpriv.strategies.horizontal.asynchronous import FedBuff
 
@@ -54,14 +54,16 @@ class BufferFederation:
     sent: int = 0
 
     @classmethod
-    def create(cls, seed: int = 0, pieces: int = 1) -> BufferFederation:
+    def create(
+        cls, seed: int = 0, pieces: int = 1, k: int = K, server_lr: float = 0.8
+    ) -> BufferFederation:
         spec = CkksSecAgg(threshold=T, preset="ckks-128-async", scale_bits=None, pieces=pieces)
         rng = np.random.default_rng(seed)
         nodes = range(1, N + 1)
         return cls(
             spec=spec,
             keys=ckks.make_keys(spec.params),
-            strategy=FedBuff(buffer_size=K, server_lr=0.8, staleness="constant"),
+            strategy=FedBuff(buffer_size=k, server_lr=server_lr, staleness="constant"),
             layout=Layout.of(ArrayRecord({"w": Array(np.zeros(SIZE, dtype=np.float32))})),
             contexts={k: Context(1, k, {}, RecordDict(), {}) for k in nodes},
             updates={k: rng.normal(0, 0.1, SIZE) for k in nodes},
@@ -277,73 +279,136 @@ def test_a_node_refuses_a_sealed_token_of_another_kind_as_a_mask_share():
     assert "addressed to another" in refused(fed, combine_request(forged, node=4))
 
 
-def test_a_server_splitting_the_nodes_needs_2t_minus_n_colluders():
-    """A server that breaks the protocol asks two disjoint sets of honest nodes for sums
-    over one client's mask: with colluders c >= 2·threshold - n (here 2 of 6,
-    threshold 4) it isolates the mask; with one colluder there are not enough honest
-    nodes for two disjoint sets, and each node combines a mask once."""
-    fed = BufferFederation.create()
-    aggregator = fed.aggregator()
-    # Victim 1, honest 2; colluders 5 and 6 send updates whose masks they know.
-    replies = {r.metadata.src_node_id: r for r in fed.updates_from(aggregator, [1, 2, 5, 6])}
-    second = fed.updates_from(aggregator, [5])[0]
-    known = {  # a colluder's own mask: its masked update minus its update
-        id(r): (r.content.array_records["arrays"][MASKED].numpy().astype(np.uint64)
-                + shares.PRIME - shares.to_field(np.rint(fed.updates[5 if r is second else
-                  r.metadata.src_node_id] * 2**20).astype(np.int64))) % shares.PRIME
-        for r in (replies[5], replies[6], second)
-    }  # fmt: skip
-
-    def entry(r):
-        return (r.metadata.src_node_id, r.content.config_records[RECORD]["mask"],
-                r.content.config_records[RECORD])  # fmt: skip
-
-    def decode(buffer, entries, answering):
-        asks = [combine_request(entries, node, buffer=buffer, refresher=5) for node in answering]
-        answers = {}
-        nodes = [int(n) for n in cast(list[int], fed.state(5)["nodes"])]
-        for reply in fed.send(asks):
-            if reply.has_error():
-                continue
-            node = reply.metadata.src_node_id
-            plain = masking.unseal(fed.channel(5, node), (ANSWER_TAG, node, 5, buffer),
-                                   reply.content.config_records[RECORD]["to/5"])  # fmt: skip
-            length = int.from_bytes(plain[:4], "little")
-            answers[nodes.index(node) + 1] = np.frombuffer(plain[4 + length :], dtype=np.uint32)
-        return shares.combine(answers, T, size=SIZE) if len(answers) >= T else None
-
-    # Sum 1 over {victim, 2, colluder 5}, from nodes {1, 2} and the colluders.
-    x = decode(1, [entry(replies[1]), entry(replies[2]), entry(replies[5])], [1, 2, 5, 6])
-    # Sum 2 over {2, colluder 6, colluder 5 again}, from the other honest nodes {3, 4}
-    # and the colluders, who answer whatever they are asked (their records forgotten).
-    for colluder in (5, 6):
-        state = fed.state(colluder)
-        for key in [k for k in state if k.startswith("combined/")]:
-            del state[key]
-    y = decode(2, [entry(replies[2]), entry(replies[6]), entry(second)], [3, 4, 5, 6])
-    assert x is not None and y is not None  # c = 2 = 2·4 - 6: two disjoint sets exist
-    p = shares.PRIME
-    mask_2 = (y + 2 * p - known[id(replies[6])] - known[id(second)]) % p
-    victim = (x + 2 * p - mask_2 - known[id(replies[5])]) % p
-    guess = units_of(replies[1], victim) * 2.0**-20
-    np.testing.assert_allclose(guess, fed.updates[1], atol=2.0**-20)
-    # With one colluder (6), the second sum needs 3 honest nodes besides {1, 2}: only
-    # 3 and 4 are left, and 1 and 2 refuse to combine client 2's mask again.
-    fed2 = BufferFederation.create()
-    aggregator2 = fed2.aggregator()
-    r2 = {r.metadata.src_node_id: r for r in fed2.updates_from(aggregator2, [1, 2, 5, 6])}
-    extra = fed2.updates_from(aggregator2, [6])[0]
-    ents = {k: (k, r.content.config_records[RECORD]["mask"], r.content.config_records[RECORD])
-            for k, r in r2.items()}  # fmt: skip
-    first = fed2.send([combine_request([ents[1], ents[2], ents[5]], n, 1, 6) for n in [1, 2, 5, 6]])
-    assert not any(r.has_error() for r in first)
-    again = [ents[2], ents[6], (6, extra.content.config_records[RECORD]["mask"],
-             extra.content.config_records[RECORD])]  # fmt: skip
-    state = fed2.state(6)
+def forget(fed: BufferFederation, node: int) -> None:
+    """A colluding node answers whatever it is asked: its record of combined masks goes."""
+    state = fed.state(node)
     for key in [k for k in state if k.startswith("combined/")]:
         del state[key]
-    answered = fed2.send([combine_request(again, n, 2, 6) for n in [1, 2, 3, 4, 6]])
-    assert sum(not r.has_error() for r in answered) < T  # 3, 4 and 6: one short
+
+
+def decoded(fed: BufferFederation, entries, answering: list[int], buffer: int):
+    """What a colluding refresher (node 6) decodes from the answers of ``answering``
+    to a combine over ``entries``, and how many answered (None: too few to decode)."""
+    asks = [combine_request(entries, node, buffer=buffer, refresher=6) for node in answering]
+    nodes = [int(n) for n in cast(list[int], fed.state(6)["nodes"])]
+    answers = {}
+    for reply in fed.send(asks):
+        if reply.has_error():
+            continue
+        node = reply.metadata.src_node_id
+        token = reply.content.config_records[RECORD]["to/6"]
+        plain = masking.unseal(fed.channel(6, node), (ANSWER_TAG, node, 6, buffer), token)
+        length = int.from_bytes(plain[:4], "little")
+        answers[nodes.index(node) + 1] = np.frombuffer(plain[4 + length :], dtype=np.uint32)
+    mask = shares.combine(answers, T, size=SIZE) if len(answers) >= T else None
+    return mask, len(answers)
+
+
+def entry_of(reply: Message):
+    record = reply.content.config_records[RECORD]
+    return (reply.metadata.src_node_id, record["mask"], record)
+
+
+@pytest.mark.parametrize("colluders", [[5, 6], [6]])
+def test_a_second_sum_over_one_mask_needs_threshold_plus_u_minus_n_colluders(colluders):
+    """A server that breaks the protocol asks a second set of nodes for a sum over a
+    victim's mask that the first set combined already (each node refuses twice itself).
+    With c >= threshold + u - n colluders (2 of 6 at threshold 4) two disjoint honest
+    sets exist and both sums decode: a second equation in the victim's mask. With one
+    colluder the second set is one answer short."""
+    fed = BufferFederation.create(k=4)
+    aggregator = fed.aggregator()
+    first = {r.metadata.src_node_id: r for r in fed.updates_from(aggregator, [1, 2, 3, 4])}
+    later = {r.metadata.src_node_id: r for r in fed.updates_from(aggregator, [2, 3, 4])}
+    honest = [n for n in range(1, N + 1) if n not in colluders]
+    buffer_x = [entry_of(first[n]) for n in (1, 2, 3, 4)]
+    x, answered_x = decoded(fed, buffer_x, honest[: T - len(colluders)] + colluders, 1)
+    assert x is not None and answered_x == T
+    for node in colluders:
+        forget(fed, node)
+    # The victim's mask again, with three of the others' later updates (all distinct).
+    buffer_y = [entry_of(first[1])] + [entry_of(later[n]) for n in (2, 3, 4)]
+    rest = [n for n in honest if n not in honest[: T - len(colluders)]]
+    y, answered_y = decoded(fed, buffer_y, rest + colluders, 2)
+    if len(colluders) >= 2 * T - N:
+        assert y is not None  # two sums over z_1 from disjoint honest sets
+        masks = {
+            n: mask_of(fed, r) for n, r in [*first.items(), *((-n, r) for n, r in later.items())]
+        }
+        p = shares.PRIME
+        expected = (masks[1] + masks[-2] + masks[-3] + masks[-4]) % p
+        np.testing.assert_array_equal(y, expected)
+    else:
+        assert y is None and answered_y == T - 1  # honest 4 and 5, and the colluder
+
+
+def mask_of(fed: BufferFederation, reply: Message) -> np.ndarray:
+    """A client's mask, from its masked update and its known update (the oracle)."""
+    masked = reply.content.array_records["arrays"][MASKED].numpy().astype(np.uint64)
+    units = np.rint(fed.updates[reply.metadata.src_node_id] * 2**20).astype(np.int64)
+    return (masked + shares.PRIME - shares.to_field(units)) % shares.PRIME
+
+
+def test_a_node_takes_part_in_one_key_ceremony_at_its_own_threshold():
+    """A server re-running the ceremony on one node, to have it share its secrets
+    among fewer nodes at a lower threshold, is refused; so is a first ceremony below
+    the node's own threshold (its config's: crypto.threshold, or a majority)."""
+    fed = BufferFederation.create()
+    fed.aggregator()
+    handlers = fed.spec.client_handlers(fed.config)
+    again = Message(RecordDict({RECORD: ConfigRecord({})}), dst_node_id=1, message_type=KEYS)
+    with pytest.raises(ValueError, match="already"):
+        handlers[KEYS](again, fed.contexts[1])
+    state = fed.state(1)
+    table = {"nodes": [1, 5, 6], "threshold": 2}
+    for node in (1, 5, 6):
+        table[f"channel/{node}"], table[f"mask/{node}"] = (
+            state[f"channel/{node}"],
+            state[f"mask/{node}"],
+        )
+    reshare = Message(RecordDict({RECORD: ConfigRecord(table)}), dst_node_id=1, message_type=SHARE)
+    with pytest.raises(ValueError, match="below this node's 4"):
+        handlers[SHARE](reshare, fed.contexts[1])
+    table["threshold"] = 4
+    table["nodes"] = [1, 2, 5, 6]
+    for node in (2,):
+        table[f"channel/{node}"], table[f"mask/{node}"] = (
+            state[f"channel/{node}"],
+            state[f"mask/{node}"],
+        )
+    reshare = Message(RecordDict({RECORD: ConfigRecord(table)}), dst_node_id=1, message_type=SHARE)
+    with pytest.raises(ValueError, match="already"):
+        handlers[SHARE](reshare, fed.contexts[1])
+
+
+def test_a_refresher_unmasks_a_buffer_once_and_its_reply_tells_nothing():
+    """A server altering the masked sum it sends the refresher, to learn from the
+    outcome (refused or not) something of a step it must not read: a step out of range
+    is clipped, not refused, so a ciphertext always comes back; and a buffer is
+    refreshed once, so there is no second try. (A large server_lr lets an altered sum
+    reach the range: at 0.8 no alteration can.)"""
+    fed = BufferFederation.create(server_lr=3000.0)
+    aggregator, _, factor = buffer_of(fed, [1, 2, 3])
+    sent: list[Message] = []
+    honest = aggregator.send
+
+    def altering(messages):
+        for message in messages:
+            if message.metadata.message_type == REFRESH:
+                masked = message.content.array_records[MASKED][MASKED].numpy().copy()
+                masked[0] = (int(masked[0]) + shares.PRIME // 3) % shares.PRIME
+                message.content[MASKED] = ArrayRecord({MASKED: Array(masked)})
+                sent.append(message)
+        return honest(messages)
+
+    aggregator.send = altering
+    assert aggregator.settle(sorted(fed.contexts), force=False) == 1  # no refusal to see
+    offset, expected = fed.offset(aggregator), step_of(fed, factor, [1, 2, 3])
+    bound = fed.spec.params.max_abs_rescaled / N / 2
+    assert abs(offset[0]) == pytest.approx(bound, rel=1e-6)  # clipped, not the sum
+    np.testing.assert_allclose(offset[1:], expected[1:], atol=1e-2)  # beside a 7e5 value
+    (refresh,) = sent
+    assert "not newer than the last" in refused(fed, refresh)
 
 
 def test_dropouts_within_the_tolerance_still_unmask():
@@ -382,7 +447,7 @@ def test_a_masked_update_reveals_nothing_to_a_key_holder():
 
 def test_the_node_handlers_are_those_of_the_scheme():
     handlers = CkksSecAgg().client_handlers(_Config(N, strategy=FedBuff()))
-    assert set(BufferNode(3, 1).handlers()) <= set(handlers)
+    assert set(BufferNode(3, 1, 1.0).handlers()) <= set(handlers)
     assert set(SecAggNode().handlers()) <= set(handlers)
 
 
