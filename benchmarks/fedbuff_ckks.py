@@ -29,9 +29,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+from flwr.app import ConfigRecord, Context, RecordDict
 from he_aggregation import cpu_timed, weighted_sum
 
 from fedpriv.crypto import Ckks, masking, packed, shares
+from fedpriv.crypto.secagg_buffer import mask_for_buffer
+from fedpriv.crypto.secagg_node import ROUND, STATE
 from fedpriv.results import write_atomic
 
 
@@ -124,24 +127,29 @@ def masked_costs(updates: np.ndarray, spec: Ckks, keys: object, pieces: int) -> 
     seconds of each side."""
     clients, size = updates.shape
     threshold, step = clients // 2 + 1, 2.0**-20
-    channel = masking.agree(masking.KeyPair.generate().secret, masking.KeyPair.generate().public)
     unit = 1.0 / clients
     weights = [1] * clients
+    context = client_context(clients, threshold)
+    units = [np.rint(update / step).astype(np.int64) for update in updates]
 
-    def mask_all() -> tuple[list[np.ndarray], list[list[np.ndarray]], int]:
-        masked, held, sealed = [], [], 0
-        for k, update in enumerate(updates):
-            mask = shares.uniform(size)
-            masked.append(
-                (shares.to_field(np.rint(update / step).astype(np.int64)) + mask) % shares.PRIME
-            )
-            parts = shares.split(mask, threshold, clients, pieces)
-            sealed += sum(len(masking.seal(channel, (k, j, 1), p.astype(np.uint32).tobytes()))
-                          for j, p in enumerate(parts))  # fmt: skip
-            held.append(parts)
-        return masked, held, sealed
+    def mask_all() -> tuple[list[np.ndarray], int]:
+        """Each client's masking and sealing, as its mod does it."""
+        masked, sealed = [], 0
+        for k, values in enumerate(units):
+            vector, tokens = mask_for_buffer(context, {ROUND: k + 1}, values, pieces)
+            masked.append(vector.astype(np.uint64))
+            sealed += sum(len(v) for name, v in tokens.items() if name.startswith("to/"))
+        return masked, sealed
 
-    (masked, held, sealed), client_seconds = cpu_timed(mask_all)
+    (masked, sealed), client_seconds = cpu_timed(mask_all)
+    # What the nodes would combine: shares of each client's mask (split again here: the
+    # sealed ones are opened only by their nodes).
+    held = [
+        shares.split(
+            (m + shares.PRIME - shares.to_field(u)) % shares.PRIME, threshold, clients, pieces
+        )
+        for m, u in zip(masked, units, strict=True)
+    ]
     answers = {x: shares.weighted_sum([h[x - 1] for h in held], weights)
                for x in range(1, threshold + pieces)}  # fmt: skip
 
@@ -175,6 +183,17 @@ def masked_costs(updates: np.ndarray, spec: Ckks, keys: object, pieces: int) -> 
         "mask_values_per_s": clients * size / client_seconds,
         "refresh_cpu_s": refresh_seconds,
     }
+
+
+def client_context(clients: int, threshold: int) -> Context:
+    """A client's node state after the key ceremony: a sealed channel to each of
+    ``clients`` nodes (1..clients), and the threshold its shares are made at."""
+    own = masking.KeyPair.generate()
+    nodes = list(range(1, clients + 1))
+    state = ConfigRecord({"channel": own.secret, "nodes": nodes, "threshold": threshold})
+    for node in nodes:
+        state[f"channel/{node}"] = masking.KeyPair.generate().public
+    return Context(1, 0, {}, RecordDict({STATE: state}), {})
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ class CkksClientMod:
         its modulus (the encoding's coefficients are bounded by the largest one)."""
         pairs = np.append(values, 0.0) if len(values) % 2 else values
         largest = float(np.abs(np.ascontiguousarray(pairs).view(np.complex128)).max(initial=0.0))
-        limit = self.room() / self.num_clients
+        limit = self.limit()
         if not largest < limit:
             raise ValueError(
                 f"CKKS: this client's pre-weighted update reaches |n_k·x| = {largest:.3g} (a "
@@ -157,6 +157,10 @@ class CkksClientMod:
                 f"below {limit:.3g}. Lower crypto.scale_bits (coarser precision) or use a "
                 "larger first prime in crypto.coeff_mod_bit_sizes"
             )
+
+    def limit(self) -> float:
+        """The largest magnitude one client's pair of values may reach in a slot."""
+        return self.room() / self.num_clients
 
     def room(self) -> float:
         """The largest magnitude the sum of all clients' values may reach in a slot."""

@@ -189,9 +189,12 @@ class MaskedOffsetClientMod(OffsetClientMod):
     """A key holder's side: decrypt the offset, send the update masked (not encrypted),
     and encrypt the step it unmasks when it is the refresher."""
 
-    def __init__(self, *args: Any, step: float, limit: float, pieces: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, step: float, field_limit: float, pieces: int, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.step, self.limit, self.pieces = step, limit, pieces
+        #: ``field_limit``: the largest |Δ| whose buffer sum stays within ±p/2.
+        self.step, self.field_limit, self.pieces = step, field_limit, pieces
 
     def __call__(
         self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
@@ -204,7 +207,7 @@ class MaskedOffsetClientMod(OffsetClientMod):
         step = reply.content.array_records[ARRAYS]["step"].numpy()
         # Out of range only if the server altered the sum (clients check their own
         # updates): clip rather than refuse, so the reply tells it nothing.
-        bound = self.room() / self.num_clients / 2
+        bound = self.limit() / 2  # per value: a pair's magnitude stays below the limit
         if np.abs(step).max(initial=0.0) >= bound:
             log.warning("refresh: a step beyond ±%.3g was clipped (an altered sum?)", bound)
             step = np.clip(step, -bound, bound) * (1 - 1e-9)
@@ -220,11 +223,11 @@ class MaskedOffsetClientMod(OffsetClientMod):
         decrypt_seconds: float,
     ) -> None:
         largest = float(np.abs(update).max(initial=0.0))
-        if not largest < self.limit:
+        if not largest < self.field_limit:
             raise ValueError(
                 f"crypto=ckks_secagg: this client's update reaches |Δ| = {largest:.3g}; a "
                 f"buffer's sum must stay below the field's half, so each update below "
-                f"{self.limit:.3g}: lower crypto.step_bits (coarser precision)"
+                f"{self.field_limit:.3g}: lower crypto.step_bits (coarser precision)"
             )
         config = msg.content.config_records["config"]
         units = np.rint(update / self.step).astype(np.int64)
@@ -445,7 +448,3 @@ def client_limit(step: float, block: int) -> float:
     """The largest |Δ| a client may send: the sum of a buffer of ``block`` updates, each
     rounded to a multiple of ``step``, stays within ±p/2."""
     return (shares.PRIME // 2 // block - 1) * step
-
-
-def block_of(strategy: Any, num_clients: int) -> int:
-    return int(getattr(strategy, "buffer_size", None) or num_clients)

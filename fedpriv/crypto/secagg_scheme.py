@@ -80,7 +80,7 @@ class CkksSecAgg(Ckks):
             "verify": self.verify,
         }
         if getattr(config.strategy, "asynchronous", False):
-            block = secagg_buffer.block_of(config.strategy, config.num_clients)
+            block = config.strategy.block_size(config.num_clients)
             step = 2.0**-self.step_bits
             limit = secagg_buffer.client_limit(step, block)
             return [
@@ -89,7 +89,7 @@ class CkksSecAgg(Ckks):
                     secret,
                     seeded=self.seeded,
                     step=step,
-                    limit=limit,
+                    field_limit=limit,
                     pieces=self.pieces,
                     **common,
                 )
@@ -104,7 +104,7 @@ class CkksSecAgg(Ckks):
         handlers = SecAggNode(self.threshold_floor(config)).handlers()
         strategy = config.strategy
         if getattr(strategy, "asynchronous", False):
-            block = secagg_buffer.block_of(strategy, config.num_clients)
+            block = strategy.block_size(config.num_clients)
             scale = float(strategy.update_factor(0, block)) * 2.0**-self.step_bits
             handlers.update(secagg_buffer.BufferNode(block, self.pieces, scale).handlers())
         return handlers
@@ -160,7 +160,7 @@ class CkksSecAgg(Ckks):
             layout=layout,
             weight_key=weight_key,
             threshold=self.threshold,
-            block=secagg_buffer.block_of(strategy, num_clients),
+            block=strategy.block_size(num_clients),
             pieces=self.pieces,
         )
 

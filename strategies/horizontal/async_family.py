@@ -149,11 +149,11 @@ class AsyncHorizontal(HorizontalDriver):
     # -- sending -----------------------------------------------------------------
     def idle_nodes(self, grid: Grid) -> list[int]:
         """Nodes with no work in flight and budget left, in partition order."""
-        busy = {d.node for d in self.in_flight.values()} | self.retired | self.benched
-        nodes = partition_order(list(grid.get_node_ids()), self.partition_of)
+        nodes = partition_order(self.untasked(grid), self.partition_of)
         if self.sealed is not None:  # masked: only nodes of the key ceremony can mask
             nodes = [node for node in nodes if self.sealed.can_train(node)]
-        return [node for node in nodes if node not in busy]
+        resting = self.retired | self.benched
+        return [node for node in nodes if node not in resting]
 
     def choose(self, grid: Grid, rng: random.Random) -> list[int]:
         """Idle nodes drawn from ``rng`` to fill ``fraction_train`` of the fleet."""
@@ -264,10 +264,14 @@ class AsyncHorizontal(HorizontalDriver):
         the buffer."""
         if self.sealed is None or not self.sealed.pending:
             return
-        busy = {d.node for d in self.in_flight.values()}
-        idle = [node for node in sorted(grid.get_node_ids()) if node not in busy]
+        idle = self.untasked(grid)
         for _ in range(self.sealed.settle(idle, force=force or not self.in_flight)):
             self.advance()
+
+    def untasked(self, grid: Grid) -> list[int]:
+        """Nodes with no train message in flight, whether or not they may train again."""
+        busy = {d.node for d in self.in_flight.values()}
+        return [node for node in sorted(grid.get_node_ids()) if node not in busy]
 
     def buffered(self) -> int:
         """Updates taken but not yet applied."""
@@ -328,7 +332,7 @@ class AsyncHorizontal(HorizontalDriver):
         else:
             # A key holder evaluates: one with no train message in flight, since a node's
             # two messages at once race over its state (its privacy ledger included).
-            idle = set(grid.get_node_ids()) - {d.node for d in self.in_flight.values()}
+            idle = set(self.untasked(grid))
             if idle:
                 evaluation = self.evaluate(grid, ctx, live=(live & idle) or idle)
             else:

@@ -243,8 +243,12 @@ class _Buffered(AsyncSpec):
             out.append(("buffer_size", "must be >= 1"))
         return out
 
+    def block_size(self, num_clients: int) -> int:
+        """Updates per step (K)."""
+        return self.buffer_size or num_clients
+
     def start(self, model: np.ndarray, num_clients: int) -> ServerState:
-        return ServerState(model=model.copy(), block=self.buffer_size or num_clients)
+        return ServerState(model=model.copy(), block=self.block_size(num_clients))
 
     def receive(self, state: ServerState, arrival: Arrival) -> bool:
         state.buffer.append(

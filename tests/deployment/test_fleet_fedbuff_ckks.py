@@ -10,6 +10,7 @@ import pytest
 
 from fedpriv import load_config, run
 from fedpriv.deployment import LocalFleet
+from fedpriv.results import Result
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
@@ -21,16 +22,20 @@ FEDBUFF = [
 ]  # fmt: skip
 
 
-def test_fedbuff_under_ckks_with_dp_sgd_runs_on_a_fleet(tmp_path: Path) -> None:
-    with LocalFleet(tmp_path, nodes=3, ckks=load_config(FEDBUFF).crypto.params) as fleet:
+def run_on_fleet(tmp_path: Path, overrides: list[str]) -> tuple[Result, Path]:
+    """The run on a 3-device TLS fleet keyed for its CKKS parameters; the result and the
+    server's key bundle."""
+    with LocalFleet(tmp_path, nodes=3, ckks=load_config(overrides).crypto.params) as fleet:
         assert fleet.creds is not None
-        assert not (fleet.creds.directory / "client.ctx").exists()  # the server's bundle
-        result = run(
-            load_config(
-                [*FEDBUFF, *fleet.engine_overrides(), f"crypto.keys_dir={fleet.creds.directory}",
-                 f"output_dir={tmp_path / 'run'}"]
-            )
-        )  # fmt: skip
+        keys = fleet.creds.directory
+        on_fleet = [*fleet.engine_overrides(), f"crypto.keys_dir={keys}"]
+        result = run(load_config([*overrides, *on_fleet, f"output_dir={tmp_path / 'run'}"]))
+    return result, keys
+
+
+def test_fedbuff_under_ckks_with_dp_sgd_runs_on_a_fleet(tmp_path: Path) -> None:
+    result, keys = run_on_fleet(tmp_path, FEDBUFF)
+    assert not (keys / "client.ctx").exists()  # the server's bundle
     assert result.summary["status"] == "completed", result.summary["stop_reason"]
     assert result.summary["crypto"]["scheme"] == "ckks"
     assert 0 < result.summary["privacy"]["epsilon_max"] < float("inf")
@@ -51,14 +56,7 @@ def test_fedbuff_with_masks_and_dp_sgd_runs_on_a_fleet(tmp_path: Path) -> None:
     """No single key holder: each device masks its update with a one-time mask whose
     shares it seals to the others (signed key ceremony), and idle devices unmask each
     full buffer through the SuperLink (docs/crypto.md, "FedBuff under ckks_secagg")."""
-    with LocalFleet(tmp_path, nodes=3, ckks=load_config(MASKED).crypto.params) as fleet:
-        assert fleet.creds is not None
-        result = run(
-            load_config(
-                [*MASKED, *fleet.engine_overrides(), f"crypto.keys_dir={fleet.creds.directory}",
-                 f"output_dir={tmp_path / 'run'}"]
-            )
-        )  # fmt: skip
+    result, _ = run_on_fleet(tmp_path, MASKED)
     assert result.summary["status"] == "completed", result.summary["stop_reason"]
     assert result.summary["crypto"]["scheme"] == "ckks_secagg"
     assert 0 < result.summary["privacy"]["epsilon_max"] < float("inf")
